@@ -1,0 +1,33 @@
+# Quick start: `make demo` and `make test` from a fresh clone (they create .venv themselves).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# Pin the CPU build of torch first, so the project's `torch` requirement pulls no CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m sc_noise2self.demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m ""
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sc_noise2self tests benchmarks
+	$(VENV)/bin/ruff format --check sc_noise2self tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/pca_sweep.py
+
+clean:
+	rm -rf $(VENV) demo_output

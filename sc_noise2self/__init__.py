@@ -1,0 +1,17 @@
+"""Self-supervised calibration of single-cell denoisers (Noise2Self, molecular cross-validation).
+
+>>> import sc_noise2self as n2s
+>>> adata = n2s.datasets.pbmc2k()
+>>> n2s.pp.denoise(adata, progress=False)
+>>> adata.uns["denoised"]["best"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from . import datasets, denoisers, pl, pp, tl
+from ._calibrate import CalibrationResult, package_version
+from ._split import CountSplit
+
+__version__ = package_version()
+
+__all__ = ["CalibrationResult", "CountSplit", "__version__", "datasets", "denoisers", "pl", "pp", "tl"]

@@ -1,0 +1,12 @@
+"""Logging in scanpy's style, without importing scanpy at package import time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def info(msg: str, **kwargs: Any) -> Any:
+    """``scanpy.logging.info``: respects ``sc.settings.verbosity`` and times ``time=start``."""
+    from scanpy import logging as logg
+
+    return logg.info(msg, **kwargs)

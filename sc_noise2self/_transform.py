@@ -1,0 +1,191 @@
+"""Per-cell depth normalisation, variance-stabilising transforms, and the exact depth conversion.
+
+A denoiser fitted on the training half predicts ``E[T(s' x')]`` with ``x' ~ Poisson(p λ)``.
+The held-out half has rate ``(1 - p) λ``; for a non-linear ``T`` a plain rescaling of the
+prediction is biased (Jensen). The exact conversion tabulates ``F_s(μ) = E[T(s X)]`` for
+``X ~ Poisson(μ)``, inverts it at the training depth to get the rate ``μ'``, and evaluates
+``F`` at the held-out rate ``r μ'`` with ``r = (1 - p) / p``.
+
+With ``target_sum``, cells are scaled by ``s = target_sum / (fraction · N_c)`` where ``N_c``
+is the cell's total count in the full data, so both halves (and the full data, fraction 1)
+share the same expected normalised value ``target_sum · λ / N_c`` while each keeps its own,
+known Poisson depth.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+from scipy import sparse
+from scipy.special import gammaln, xlogy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._types import LossName, TransformName
+
+__all__ = [
+    "TRANSFORMS",
+    "DepthConversion",
+    "build_conversion",
+    "cell_scales",
+    "expected_transform",
+    "transform_counts",
+]
+
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sqrt": np.sqrt,
+    "log1p": np.log1p,
+    "none": np.asarray,
+}
+TRANSFORM_CODES = {"sqrt": 0, "log1p": 1, "none": 2}
+
+_N_RATE_GRID = 2048  # rate grid, evenly spaced in log1p(μ)
+_N_VALUE_GRID = 8192  # prediction grid of the conversion table, evenly spaced
+_N_SCALE_ROWS = 129  # per-cell scale rows when cells are depth-normalised
+
+
+def check_transform(transform: str) -> str:
+    if transform not in TRANSFORMS:
+        msg = f"transform must be one of {sorted(TRANSFORMS)}, got {transform!r}."
+        raise ValueError(msg)
+    return transform
+
+
+def cell_scales(totals: np.ndarray, target_sum: float | None, fraction: float = 1.0) -> np.ndarray:
+    """Multiplier per cell applied to counts before the transform.
+
+    ``None`` means no depth normalisation (all ones). Otherwise each cell is scaled to
+    ``target_sum`` expected counts at the given sampling ``fraction`` of its molecules.
+    """
+    totals = np.asarray(totals, dtype=np.float64)
+    if target_sum is None:
+        return np.ones_like(totals)
+    if not target_sum > 0:
+        msg = f"target_sum must be positive or None, got {target_sum!r}."
+        raise ValueError(msg)
+    return float(target_sum) / (fraction * totals)
+
+
+def transform_counts(X: sparse.csr_matrix, transform: TransformName, scales: np.ndarray) -> sparse.csr_matrix:
+    """``T(s_c · x)`` for CSR counts, as float64 CSR with the same sparsity (T(0) = 0)."""
+    data = X.data.astype(np.float64) * np.repeat(scales, np.diff(X.indptr))
+    return sparse.csr_matrix((TRANSFORMS[transform](data), X.indices, X.indptr), shape=X.shape)
+
+
+def expected_transform(mu: np.ndarray, scales: np.ndarray, transform: TransformName) -> np.ndarray:
+    """``E[T(s X)]`` for ``X ~ Poisson(μ)``, one row per scale ``s``, one column per rate ``μ``.
+
+    Sums the Poisson mass over ``μ ± 10 sd`` (the rest is below 1e-20), in blocks of rates.
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    scales = np.atleast_1d(np.asarray(scales, dtype=np.float64))
+    func = TRANSFORMS[transform]
+    out = np.empty((scales.size, mu.size))
+    order = np.argsort(mu)
+    for block in np.array_split(order, max(1, mu.size // 128)):
+        m = mu[block]
+        lo = max(0, int(np.floor(m.min() - 10 * np.sqrt(m.min()) - 10)))
+        hi = int(np.ceil(m.max() + 10 * np.sqrt(m.max()) + 30))
+        k = np.arange(lo, hi + 1, dtype=np.float64)
+        pmf = np.exp(xlogy(k, m[:, None]) - m[:, None] - gammaln(k + 1))
+        out[:, block] = (pmf @ func(np.outer(k, scales))).T
+    return out
+
+
+class DepthConversion(NamedTuple):
+    """Lookup table from a training-depth prediction to the held-out scale, per cell scale.
+
+    ``table[i, j]`` is the converted value of prediction ``j / inv_step`` for a cell whose
+    training scale is ``row_scales[i]``: the expected transformed held-out value (MSE) or
+    the held-out Poisson rate (Poisson loss). Cells between two rows are interpolated in
+    ``log s``.
+    """
+
+    table: np.ndarray
+    inv_step: float
+    row_scales: np.ndarray
+
+    def rows_for(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower row index and interpolation weight in ``log s`` for each cell."""
+        scales = np.asarray(scales, dtype=np.float64)
+        if self.row_scales.size == 1:
+            return np.zeros(scales.size, dtype=np.int64), np.zeros(scales.size)
+        log_rows = np.log(self.row_scales)
+        pos = (np.log(scales) - log_rows[0]) / (log_rows[1] - log_rows[0])
+        pos = np.clip(pos, 0, self.row_scales.size - 1)
+        idx = np.minimum(pos.astype(np.int64), self.row_scales.size - 2)
+        return idx, pos - idx
+
+    def __call__(self, pred: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        """Convert predictions (cells × genes) for cells with training ``scales`` (NumPy path)."""
+        pred = np.asarray(pred, dtype=np.float64)
+        idx, weight = self.rows_for(scales)
+        n = self.table.shape[1]
+        pos = np.maximum(pred * self.inv_step, 0.0)
+        j = np.minimum(pos.astype(np.int64), n - 2)
+        frac = pos - j
+
+        def row_value(r: np.ndarray) -> np.ndarray:
+            lo = self.table[r[:, None], j]
+            return lo + frac * (self.table[r[:, None], j + 1] - lo)
+
+        out = row_value(idx)
+        if self.row_scales.size > 1:
+            out += weight[:, None] * (row_value(idx + 1) - out)
+        return out
+
+
+def build_conversion(
+    transform: TransformName,
+    *,
+    fraction: float,
+    train_scales: np.ndarray,
+    normalized: bool,
+    max_rate: float,
+    loss: LossName,
+    test_fraction: float | None = None,
+) -> DepthConversion:
+    """Tabulate the exact train→test conversion for one split.
+
+    Parameters
+    ----------
+    transform
+        Transform applied to scaled counts.
+    fraction
+        Expected share of molecules in the training half, ``p``.
+    train_scales
+        Per-cell multipliers of the training half.
+    normalized
+        Whether cells are depth-normalised (then the held-out scale is ``s' p / (1 - p)``,
+        otherwise both halves use the raw counts).
+    max_rate
+        Largest training-half rate the table must cover; predictions beyond it are
+        extrapolated linearly.
+    loss
+        ``"mse"``: table of expected transformed held-out values. ``"poisson"``: table of
+        held-out Poisson rates on the count scale.
+    test_fraction
+        Expected share of molecules in the held-out half, ``1 - p`` unless given.
+    """
+    q = 1.0 - fraction if test_fraction is None else test_fraction
+    ratio = q / fraction
+    s_lo, s_hi = float(np.min(train_scales)), float(np.max(train_scales))
+    n_rows = 1 if s_hi <= s_lo * (1 + 1e-12) else _N_SCALE_ROWS
+    row_scales = np.geomspace(s_lo, s_hi, n_rows) if n_rows > 1 else np.array([s_lo])
+
+    u = np.linspace(0.0, np.log1p(max_rate * max(1.0, ratio)), _N_RATE_GRID)
+    mu = np.expm1(u)
+    f_train = expected_transform(mu, row_scales, transform)
+    y = np.linspace(0.0, f_train[:, -1].max(), _N_VALUE_GRID)
+    # Rate of the training half for each prediction, per row (F is increasing in μ).
+    train_rate = np.expm1(np.stack([np.interp(y, f_row, u) for f_row in f_train]))
+    test_rate = ratio * train_rate
+    if loss == "poisson":
+        table = test_rate
+    else:
+        test_scales = row_scales / ratio if normalized else row_scales
+        f_test = expected_transform(mu, test_scales, transform)
+        table = np.stack([np.interp(np.log1p(r), u, f_row) for r, f_row in zip(test_rate, f_test, strict=True)])
+    return DepthConversion(table=table, inv_step=(_N_VALUE_GRID - 1) / y[-1], row_scales=row_scales)

@@ -1,0 +1,14 @@
+"""Type aliases shared across modules."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+import numpy as np
+from scipy import sparse
+
+ArrayLike: TypeAlias = np.ndarray | sparse.spmatrix | sparse.sparray
+RandomState: TypeAlias = int | np.random.Generator | None
+TransformName: TypeAlias = Literal["sqrt", "log1p", "none"]
+LossName: TypeAlias = Literal["mse", "poisson"]
+SplitScheme: TypeAlias = Literal["binomial", "multinomial"]

@@ -1,0 +1,8 @@
+"""Denoising methods behind the :class:`~sc_noise2self.denoisers.Denoiser` protocol."""
+
+from __future__ import annotations
+
+from ._base import Denoiser
+from .pca import PCA
+
+__all__ = ["PCA", "Denoiser"]

@@ -1,0 +1,205 @@
+"""Preprocessing: the AnnData-facing API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import _logging as logg
+from ._calibrate import denoise_counts, resolve_method, run_mcv
+from ._split import split_array
+from ._validate import get_counts
+from .tl import _counts_from
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+    from ._split import CountSplit
+    from ._types import ArrayLike, LossName, RandomState, SplitScheme, TransformName
+    from .denoisers import Denoiser
+
+__all__ = ["denoise", "split_counts"]
+
+def denoise(  # noqa: PLR0913
+    adata: AnnData,
+    *,
+    method: str | Denoiser = "pca",
+    layer: str | None = None,
+    key_added: str = "denoised",
+    grid: Sequence[int] | None = None,
+    split_fraction: float = 0.9,
+    n_splits: int = 1,
+    transform: TransformName = "sqrt",
+    target_sum: float | None = None,
+    loss: LossName = "mse",
+    random_state: RandomState = 0,
+    chunk_size: int | None = None,
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    """Denoise raw counts with a setting chosen by molecular cross-validation.
+
+    Splits every cell's molecules into a training and a held-out part, sweeps the
+    denoiser's setting (for PCA the number of components) on the training part, scores
+    each value against the held-out part (after the exact depth conversion for the
+    non-linear transform), keeps the minimum, and refits on all counts at that value.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with raw UMI counts (cells × genes), sparse or dense.
+    method
+        ``"pca"`` or a :class:`~sc_noise2self.denoisers.Denoiser` instance, e.g.
+        ``sc_noise2self.denoisers.PCA(n_iter=10)``.
+    layer
+        Layer holding raw counts; ``adata.X`` when None.
+    key_added
+        Name of the output layer and of the ``uns`` entry.
+    grid
+        Values to sweep; default 1..20, then steps up to 100 components (capped by
+        ``min(n_cells, n_genes) - 1``).
+    split_fraction
+        Expected share of each cell's molecules used for fitting; the rest is held out.
+    n_splits
+        Independent random splits; the choice minimises the mean loss over splits.
+    transform
+        ``"sqrt"``, ``"log1p"`` or ``"none"``, applied to (optionally depth-normalised)
+        counts before denoising.
+    target_sum
+        If given, scale each cell to this many counts before the transform (as
+        ``sc.pp.normalize_total``); None denoises raw-depth counts.
+    loss
+        ``"mse"`` on the transformed scale, or ``"poisson"`` negative log-likelihood on
+        the count scale.
+    random_state
+        Seed of the splits and of the randomised SVD; same seed, same bytes.
+    chunk_size
+        Cells per block when scoring and writing; default keeps a block under 4 MiB.
+    progress
+        Show a progress bar.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    Returns None if ``copy=False``, else a new AnnData. Sets the following fields:
+
+    ``adata.layers[key_added]`` : :class:`numpy.ndarray` (dtype ``float32``)
+        Denoised expression on the transformed scale of the full data: ``T(x)`` for
+        raw counts ``x``, or ``T(x · target_sum / total)`` with ``target_sum``
+        (e.g. ``sqrt`` of counts by default). Dense, cells × genes.
+    ``adata.uns[key_added]`` : :class:`dict`
+        ``method``, ``grid_name``, ``grid``, ``loss`` (splits × grid, per element),
+        ``loss_mean``, ``best`` (the chosen value), ``params`` (every setting, including
+        ``layer``) and the package ``version``.
+    """
+    start = logg.info(f"denoising with {method if isinstance(method, str) else type(method).__name__}")
+    counts = _counts_from(adata, layer)
+    name, denoiser = resolve_method(method, random_state)
+    result = run_mcv(
+        counts,
+        denoiser,
+        method=name,
+        grid=grid,
+        split_fraction=split_fraction,
+        n_splits=n_splits,
+        transform=transform,
+        target_sum=target_sum,
+        loss=loss,
+        random_state=random_state,
+        chunk_size=chunk_size,
+        progress=progress,
+    )
+    denoised = denoise_counts(
+        counts, denoiser, result.best, transform=transform, target_sum=target_sum, chunk_size=chunk_size
+    )
+    uns = result.to_uns()
+    uns["params"]["layer"] = layer
+    uns["params"]["method_repr"] = repr(denoiser)
+    logg.info(f"    chose {result.grid_name}={result.best} (held-out {result.params['loss']} {result.loss_mean.min():.6g})")
+
+    adata = adata.copy() if copy else adata
+    adata.layers[key_added] = denoised
+    adata.uns[key_added] = uns
+    logg.info(
+        "    finished",
+        time=start,
+        deep=(
+            f"added\n    {key_added!r}, denoised expression (adata.layers)\n"
+            f"    {key_added!r}, calibration curve and choice (adata.uns)"
+        ),
+    )
+    return adata if copy else None
+
+def split_counts(  # noqa: PLR0913
+    data: AnnData | ArrayLike,
+    *,
+    layer: str | None = None,
+    split_fraction: float | None = 0.9,
+    n_splits: int = 1,
+    scheme: SplitScheme = "binomial",
+    random_state: RandomState = 0,
+    key_added: str = "split",
+    copy: bool = False,
+) -> AnnData | list[CountSplit] | None:
+    """Split raw counts into independent training and held-out molecules.
+
+    ``"binomial"`` thinning draws ``x' ~ Bin(x, split_fraction)`` and ``x'' = x - x'``
+    for every entry; ``n_splits`` independent repeats. ``"multinomial"`` deals every
+    molecule into one of ``n_splits`` folds and returns, per fold, the other folds as
+    training and the fold as held-out (k-fold). Under Poisson sampling both halves are
+    independent samples of the same cells. Only stored nonzeros are touched, so sparse
+    input stays sparse; one seed gives the same bytes for CSR, CSC and dense input.
+
+    Parameters
+    ----------
+    data
+        Raw counts: an AnnData or a matrix (dense, CSR or CSC; integer or float dtype
+        holding integers).
+    layer
+        For AnnData, the layer holding raw counts; ``adata.X`` when None.
+    split_fraction
+        Expected training share for ``"binomial"``; must be None for ``"multinomial"``,
+        where it is ``(k - 1) / k``.
+    n_splits
+        Number of repeats (binomial) or folds (multinomial).
+    scheme
+        ``"binomial"`` or ``"multinomial"``.
+    random_state
+        Seed; split ``i`` does not depend on ``n_splits``.
+    key_added
+        For AnnData, prefix of the layers written.
+    copy
+        For AnnData, return a modified copy instead of writing to ``data``.
+
+    Returns
+    -------
+    For a matrix, a list of :class:`~sc_noise2self.CountSplit` ``(train, test,
+    fraction)`` in the input's format. For AnnData, None (or a copy with ``copy=True``)
+    and sets ``layers[f"{key_added}_train"]`` and ``layers[f"{key_added}_test"]``
+    (suffixed ``_0``, ``_1``, … when there are several splits).
+    """
+    from anndata import AnnData
+
+    if not isinstance(data, AnnData):
+        if layer is not None or copy:
+            msg = "layer and copy are only meaningful for AnnData input."
+            raise ValueError(msg)
+        return split_array(
+            data, split_fraction=split_fraction, n_splits=n_splits, scheme=scheme, random_state=random_state
+        )
+    splits = split_array(
+        get_counts(data, layer),
+        split_fraction=split_fraction,
+        n_splits=n_splits,
+        scheme=scheme,
+        random_state=random_state,
+    )
+    adata = data.copy() if copy else data
+    for i, split in enumerate(splits):
+        suffix = "" if len(splits) == 1 else f"_{i}"
+        adata.layers[f"{key_added}_train{suffix}"] = split.train
+        adata.layers[f"{key_added}_test{suffix}"] = split.test
+    return adata if copy else None
+
