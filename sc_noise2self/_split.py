@@ -90,7 +90,7 @@ def _like(template: ArrayLike, X: sparse.csr_matrix) -> ArrayLike:
 def split_array(
     X: ArrayLike,
     *,
-    split_fraction: float | None = 0.9,
+    split_fraction: float | None = None,
     n_splits: int = 1,
     scheme: SplitScheme = "binomial",
     random_state: RandomState = 0,
@@ -111,7 +111,10 @@ def split_array(
         return splits
     if scheme == "multinomial":
         if split_fraction is not None:
-            msg = "With scheme='multinomial' the training share is (k-1)/k for k = n_splits folds; pass split_fraction=None."
+            msg = (
+                "With scheme='multinomial' the training share is (k-1)/k for k = n_splits folds; "
+                "leave split_fraction unset."
+            )
             raise ValueError(msg)
         if n_splits < 2:
             msg = "scheme='multinomial' needs n_splits >= 2 folds."

@@ -136,7 +136,7 @@ def split_counts(  # noqa: PLR0913
     data: AnnData | ArrayLike,
     *,
     layer: str | None = None,
-    split_fraction: float | None = 0.9,
+    split_fraction: float | None = None,
     n_splits: int = 1,
     scheme: SplitScheme = "binomial",
     random_state: RandomState = 0,
@@ -160,8 +160,8 @@ def split_counts(  # noqa: PLR0913
     layer
         For AnnData, the layer holding raw counts; ``adata.X`` when None.
     split_fraction
-        Expected training share for ``"binomial"``; must be None for ``"multinomial"``,
-        where it is ``(k - 1) / k``.
+        Expected training share for ``"binomial"`` (default 0.9). For ``"multinomial"``
+        it is ``(k - 1) / k`` and must not be given.
     n_splits
         Number of repeats (binomial) or folds (multinomial).
     scheme

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from sc_noise2self.denoisers import PCA, Denoiser
+from sc_noise2self.denoisers.pca import centered_truncated_svd
+
+
+@pytest.mark.parametrize("as_sparse", [True, False], ids=["csr", "dense"])
+def test_truncated_svd_matches_dense_svd(simulation, as_sparse):
+    X = np.sqrt(simulation.counts.toarray().astype(float))
+    mean, u, s, vt = centered_truncated_svd(
+        sparse.csr_matrix(X) if as_sparse else X, 10, rng=np.random.default_rng(0)
+    )
+    np.testing.assert_allclose(mean, X.mean(axis=0))
+    _, s_ref, vt_ref = np.linalg.svd(X - X.mean(axis=0), full_matrices=False)
+    # The signal components (8 programs) are exact; the trailing ones sit in the noise bulk,
+    # where a randomised SVD is accurate to a fraction of the (tiny) spectral gaps.
+    np.testing.assert_allclose(s[:7], s_ref[:7], rtol=1e-6)
+    np.testing.assert_allclose(s, s_ref[:10], rtol=5e-3)
+    np.testing.assert_allclose(np.abs(np.sum(vt[:7] * vt_ref[:7], axis=1)), 1.0, atol=1e-5)
+    np.testing.assert_allclose(u.T @ u, np.eye(10), atol=1e-10)
+
+
+def test_sweep_equals_direct_prediction(simulation):
+    X = sparse.csr_matrix(np.sqrt(simulation.counts.astype(float)))
+    grid = np.array([1, 2, 5, 9])
+    pca = PCA(random_state=0).fit(X, grid)
+    assert isinstance(pca, Denoiser)
+    rows = slice(10, 50)
+    seen = []
+    for k, pred in pca.sweep(rows):
+        np.testing.assert_allclose(pred, pca.predict(rows, k), atol=1e-12)
+        seen.append(k)
+    assert seen == grid.tolist()
+
+
+def test_full_rank_reconstructs_the_data():
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, size=(6, 12)).astype(float)  # centred rank 5
+    pca = PCA(random_state=0).fit(sparse.csr_matrix(X), np.array([5]))
+    np.testing.assert_allclose(pca.predict(slice(None), 5), X, atol=1e-8)
+
+
+def test_default_grid_is_capped_by_data_size():
+    assert PCA().default_grid((1000, 500))[-1] == 100
+    assert PCA().default_grid((1000, 500))[:20].tolist() == list(range(1, 21))
+    assert PCA().default_grid((30, 500))[-1] == 28
+
+
+def test_init_stores_parameters_untouched():
+    rng = np.random.default_rng(3)
+    pca = PCA(n_iter=2, random_state=rng)
+    assert pca.random_state is rng and pca.n_iter == 2
+    assert not hasattr(pca, "components_")

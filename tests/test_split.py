@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import sparse
+
+from sc_noise2self import pp
+from sc_noise2self._split import binomial_split
+
+from ._helpers import ARRAY_TYPES, DTYPES, as_type, dense
+
+
+@pytest.mark.parametrize("array_type", ARRAY_TYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_halves_add_up_and_keep_type(small_counts, array_type, dtype):
+    X = as_type(small_counts, array_type, dtype)
+    (split,) = pp.split_counts(X, split_fraction=0.7, random_state=3)
+    assert type(split.train) is type(X)
+    assert split.train.dtype == dtype
+    np.testing.assert_array_equal(dense(split.train) + dense(split.test), dense(X))
+    assert (dense(split.train) >= 0).all() and (dense(split.test) >= 0).all()
+    # sparsity pattern of each half lies within the input's
+    assert not (dense(split.train)[dense(X) == 0]).any()
+    assert not (dense(split.test)[dense(X) == 0]).any()
+
+
+def test_same_seed_same_bytes_across_array_types(small_counts):
+    reference = pp.split_counts(small_counts, random_state=11, n_splits=2)
+    for array_type in (np.asarray, sparse.csc_matrix, sparse.csr_array):
+        for dtype in (np.int64, np.float32):
+            other = pp.split_counts(as_type(small_counts, array_type, dtype), random_state=11, n_splits=2)
+            for a, b in zip(reference, other, strict=True):
+                np.testing.assert_array_equal(dense(a.train), dense(b.train))
+    again = pp.split_counts(small_counts, random_state=11, n_splits=2)
+    for a, b in zip(reference, again, strict=True):
+        assert a.train.data.tobytes() == b.train.data.tobytes()
+        assert a.test.indices.tobytes() == b.test.indices.tobytes()
+    other_seed = pp.split_counts(small_counts, random_state=12)
+    assert (dense(other_seed[0].train) != dense(reference[0].train)).any()
+
+
+def test_split_i_does_not_depend_on_n_splits(small_counts):
+    one = pp.split_counts(small_counts, n_splits=1, random_state=5)
+    three = pp.split_counts(small_counts, n_splits=3, random_state=5)
+    np.testing.assert_array_equal(one[0].train.toarray(), three[0].train.toarray())
+    assert (three[1].train.toarray() != three[0].train.toarray()).any()
+
+
+def test_binomial_moments_and_independence_on_poisson_data():
+    rng = np.random.default_rng(0)
+    lam = rng.gamma(1.0, 3.0, size=(400, 50))
+    X = sparse.csr_matrix(rng.poisson(lam))
+    p = 0.8
+    (split,) = pp.split_counts(X, split_fraction=p, random_state=1)
+    train, test = split.train.toarray().astype(float), split.test.toarray().astype(float)
+    # E[x'] = p x, checked over ~ 60k molecules
+    assert train.sum() / X.sum() == pytest.approx(p, abs=0.01)
+    # x' and x'' of a Poisson variable are independent: no correlation once λ is removed
+    resid_train, resid_test = train - p * lam, test - (1 - p) * lam
+    corr = np.corrcoef(resid_train.ravel(), resid_test.ravel())[0, 1]
+    assert abs(corr) < 0.02
+    # whereas thinning a fixed count makes the halves anti-correlated given x
+    resid_given_x = train - p * X.toarray()
+    assert np.corrcoef(resid_given_x.ravel(), (test - (1 - p) * X.toarray()).ravel())[0, 1] < -0.9
+
+
+def test_multinomial_folds_partition_the_molecules(small_counts):
+    folds = pp.split_counts(small_counts, scheme="multinomial", n_splits=4, random_state=2)
+    assert len(folds) == 4
+    total = sum(f.test.toarray() for f in folds)
+    np.testing.assert_array_equal(total, small_counts.toarray())
+    for fold in folds:
+        assert fold.fraction == pytest.approx(0.75)
+        np.testing.assert_array_equal(fold.train.toarray() + fold.test.toarray(), small_counts.toarray())
+    shares = np.array([f.test.sum() for f in folds]) / small_counts.sum()
+    np.testing.assert_allclose(shares, 0.25, atol=0.02)
+
+
+def test_split_counts_on_anndata_writes_layers(small_counts):
+    import anndata as ad
+
+    adata = ad.AnnData(small_counts.astype(np.float32))
+    pp.split_counts(adata, n_splits=2, key_added="mcv")
+    assert set(adata.layers) == {"mcv_train_0", "mcv_test_0", "mcv_train_1", "mcv_test_1"}
+    np.testing.assert_array_equal((adata.layers["mcv_train_1"] + adata.layers["mcv_test_1"]).toarray(), adata.X.toarray())
+    copy = pp.split_counts(adata, copy=True)
+    assert "split_train" in copy.layers and "split_train" not in adata.layers
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        pytest.param([[1.5, 0], [0, 2]], "non-integer", id="log-normalised"),
+        pytest.param([[-1, 0], [0, 2]], "negative", id="negative"),
+        pytest.param([[np.nan, 1], [0, 2]], "NaN", id="nan"),
+        pytest.param([[0, 0], [0, 2]], "cells without any counts", id="empty-cell"),
+        pytest.param([[0, 1], [0, 2]], "genes without any counts", id="empty-gene"),
+    ],
+)
+def test_bad_counts_raise(values, match):
+    with pytest.raises(ValueError, match=match):
+        pp.split_counts(np.array(values, dtype=float))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"split_fraction": 1.0}, "strictly between 0 and 1"),
+        ({"n_splits": 0}, "positive integer"),
+        ({"scheme": "multinomial", "n_splits": 3, "split_fraction": 0.5}, "leave split_fraction unset"),
+        ({"scheme": "multinomial", "n_splits": 1}, "n_splits >= 2"),
+        ({"scheme": "other"}, "scheme must be"),
+        ({"random_state": -1}, "random_state"),
+    ],
+)
+def test_bad_arguments_raise(small_counts, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pp.split_counts(small_counts, **kwargs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 30),
+    st.integers(1, 30),
+    st.floats(0.05, 0.95),
+    st.integers(0, 2**32 - 1),
+    st.floats(0.05, 0.9),
+)
+def test_property_split_is_exact_and_within_pattern(n_cells, n_genes, p, seed, density):
+    rng = np.random.default_rng(seed)
+    X = sparse.random(n_cells, n_genes, density=density, format="csr", random_state=rng, data_rvs=lambda k: rng.integers(1, 50, k))
+    train, test = binomial_split(X, p, np.random.default_rng(seed))
+    np.testing.assert_array_equal((train + test).toarray(), X.toarray())
+    assert set(zip(*train.nonzero(), strict=True)) <= set(zip(*X.nonzero(), strict=True))
+    assert train.has_sorted_indices and test.has_sorted_indices
