@@ -120,6 +120,8 @@ def denoise(  # noqa: PLR0913
     logg.info(f"    chose {result.grid_name}={result.best} (held-out {result.params['loss']} {result.loss_mean.min():.6g})")
 
     adata = adata.copy() if copy else adata
+    if adata.is_view:  # as scanpy does: turn the view into an actual AnnData before writing
+        adata._init_as_actual(adata.copy())
     adata.layers[key_added] = denoised
     adata.uns[key_added] = uns
     logg.info(
@@ -197,6 +199,8 @@ def split_counts(  # noqa: PLR0913
         random_state=random_state,
     )
     adata = data.copy() if copy else data
+    if adata.is_view:
+        adata._init_as_actual(adata.copy())
     for i, split in enumerate(splits):
         suffix = "" if len(splits) == 1 else f"_{i}"
         adata.layers[f"{key_added}_train{suffix}"] = split.train

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+import sc_noise2self as n2s
+
+
+def test_bundled_pbmc_is_raw_counts():
+    adata = n2s.datasets.pbmc2k()
+    assert adata.shape == (2000, 1000)
+    assert sparse.issparse(adata.X) and adata.X.dtype == np.int32
+    assert adata.X.min() >= 0 and (np.asarray(adata.X.sum(axis=0)) > 0).all()
+    assert "CC BY 4.0" in adata.uns["source"]
+
+
+def test_bundled_pbmc_end_to_end():
+    adata = n2s.datasets.pbmc2k()
+    n2s.pp.denoise(adata, progress=False, grid=[1, 5, 10, 20, 30, 40])
+    # a clear interior minimum on real data
+    assert 5 <= adata.uns["denoised"]["best"] <= 40
+    loss = adata.uns["denoised"]["loss_mean"]
+    assert loss[0] > loss.min() * 1.05

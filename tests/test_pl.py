@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib as mpl
+import numpy as np
+import pytest
+
+mpl.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import sc_noise2self as n2s  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def calibrated(simulation) -> ad.AnnData:
+    a = ad.AnnData(simulation.counts.copy())
+    n2s.pp.denoise(a, grid=list(range(1, 31)), n_splits=3, progress=False)
+    return a
+
+
+def test_calibration_plot_marks_the_choice(calibrated, tmp_path):
+    ax = n2s.pl.calibration(calibrated, show=False, save=tmp_path / "curve.png")
+    best = calibrated.uns["denoised"]["best"]
+    assert ax.get_xlabel() == "number of principal components"
+    assert "held-out mse" in ax.get_ylabel() and ax.get_title()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"chosen: {best}" in labels and "mean over splits" in labels and "single split" in labels
+    assert len(ax.lines) == 3 + 1 + 1 + 1  # 3 splits, mean, chosen line, chosen marker
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    plt.close("all")
+
+
+def test_calibration_into_given_axes(calibrated):
+    _, ax = plt.subplots()
+    assert n2s.pl.calibration(calibrated, ax=ax) is ax
+    np.testing.assert_allclose(ax.lines[-3].get_ydata(), calibrated.uns["denoised"]["loss_mean"])
+    plt.close("all")
+
+
+def test_calibration_without_denoise_says_what_to_do():
+    with pytest.raises(ValueError, match="run sc_noise2self.pp.denoise"):
+        n2s.pl.calibration(ad.AnnData(np.ones((3, 3))))

@@ -1,0 +1,154 @@
+"""The AnnData-facing API: what is written, what is left alone, round trips, bad input."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+import sc_noise2self as n2s
+from sc_noise2self import pp
+
+from ._helpers import ARRAY_TYPES, as_type
+
+GRID = [1, 2, 3, 5, 8, 12]
+
+
+@pytest.fixture
+def adata(simulation) -> ad.AnnData:
+    a = ad.AnnData(simulation.counts.copy())
+    a.layers["counts"] = simulation.counts.copy()
+    a.obs_names = [f"cell{i}" for i in range(a.n_obs)]
+    return a
+
+
+def _snapshot(a: ad.AnnData) -> dict:
+    X = a.X.toarray() if sparse.issparse(a.X) else np.array(a.X)
+    return {"X": X, "layers": sorted(a.layers), "uns": sorted(a.uns), "obs": a.obs.copy(), "var": a.var.copy()}
+
+
+def _assert_unchanged(a: ad.AnnData, before: dict) -> None:
+    after = _snapshot(a)
+    np.testing.assert_array_equal(after["X"], before["X"])
+    assert after["layers"] == before["layers"] and after["uns"] == before["uns"]
+    assert after["obs"].equals(before["obs"]) and after["var"].equals(before["var"])
+
+
+def test_denoise_writes_layer_and_uns_only(adata):
+    before = _snapshot(adata)
+    counts_layer = adata.layers["counts"].copy()
+    assert pp.denoise(adata, grid=GRID, progress=False) is None
+    out = adata.layers["denoised"]
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == adata.shape
+    np.testing.assert_array_equal(adata.X.toarray(), before["X"])
+    assert (adata.layers["counts"] != counts_layer).nnz == 0
+    uns = adata.uns["denoised"]
+    assert uns["method"] == "pca" and uns["grid_name"] == "n_comps" and uns["calibration"] == "mcv"
+    np.testing.assert_array_equal(uns["grid"], GRID)
+    assert uns["loss"].shape == (1, len(GRID))
+    assert uns["best"] == GRID[int(np.argmin(uns["loss_mean"]))]
+    assert uns["params"]["transform"] == "sqrt" and uns["params"]["split_fraction"] == 0.9
+    assert uns["version"] == n2s.__version__
+
+
+def test_denoised_layer_is_closer_to_truth_than_the_raw_data(adata, simulation):
+    pp.denoise(adata, grid=GRID, progress=False)
+    truth = np.sqrt(simulation.rates)
+    raw_error = np.mean((np.sqrt(adata.X.toarray()) - truth) ** 2)
+    assert np.mean((adata.layers["denoised"] - truth) ** 2) < 0.5 * raw_error
+
+
+def test_copy_returns_new_object_and_leaves_input(adata):
+    before = _snapshot(adata)
+    out = pp.denoise(adata, grid=GRID, progress=False, copy=True, key_added="dn")
+    assert out is not adata and "dn" in out.layers and "dn" in out.uns
+    _assert_unchanged(adata, before)
+
+
+def test_uns_and_layer_survive_h5ad_round_trip(adata, tmp_path):
+    pp.denoise(adata, grid=GRID, n_splits=2, progress=False)
+    path = tmp_path / "denoised.h5ad"
+    adata.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    np.testing.assert_array_equal(back.layers["denoised"], adata.layers["denoised"])
+    for key, value in adata.uns["denoised"].items():
+        if isinstance(value, dict):
+            assert dict(back.uns["denoised"][key]) == value
+        else:
+            np.testing.assert_array_equal(back.uns["denoised"][key], value)
+    ax = n2s.pl.calibration(back, show=False)
+    assert ax.get_xlabel()
+
+
+def test_same_seed_same_bytes_across_array_types(simulation):
+    reference = None
+    for array_type in [p.values[0] for p in ARRAY_TYPES]:
+        for dtype in (np.int32, np.float32):
+            a = ad.AnnData(as_type(simulation.counts, array_type, dtype))
+            pp.denoise(a, grid=GRID, random_state=4, progress=False)
+            result = (a.layers["denoised"].tobytes(), a.uns["denoised"]["loss"].tobytes())
+            reference = reference or result
+            assert result == reference, (array_type, dtype)
+
+
+def test_different_seed_changes_the_split(adata):
+    a, b = adata.copy(), adata.copy()
+    pp.denoise(a, grid=GRID, random_state=0, progress=False)
+    pp.denoise(b, grid=GRID, random_state=1, progress=False)
+    assert not np.array_equal(a.uns["denoised"]["loss"], b.uns["denoised"]["loss"])
+
+
+def test_counts_layer_and_estimator_instance(adata):
+    adata.X = np.log1p(adata.X.toarray())  # log-normalised X, raw counts in a layer
+    pp.denoise(adata, layer="counts", method=n2s.denoisers.PCA(n_iter=3), grid=GRID, progress=False)
+    assert adata.uns["denoised"]["params"]["layer"] == "counts"
+    assert adata.uns["denoised"]["method"] == "pca"
+    assert "n_iter=3" in adata.uns["denoised"]["params"]["method_repr"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "kwargs", "match"),
+    [
+        pytest.param(lambda a: setattr(a, "X", np.log1p(a.X.toarray())), {}, "non-integer", id="log-normalised"),
+        pytest.param(lambda a: setattr(a, "X", -a.X.toarray()), {}, "negative", id="negative"),
+        pytest.param(lambda a: a.X.data.__setitem__(0, np.nan), {}, "NaN", id="nan"),
+        pytest.param(lambda a: a.X.data.__setitem__(slice(a.X.indptr[0], a.X.indptr[1]), 0), {}, "cells without", id="empty-cell"),
+        pytest.param(lambda a: None, {"layer": "raw"}, "Layer 'raw' not found", id="missing-layer"),
+        pytest.param(lambda a: None, {"grid": [1, 2, 10_000]}, "must lie in 1..", id="grid-too-large"),
+        pytest.param(lambda a: None, {"grid": [0, 2]}, "must lie in 1..", id="grid-zero"),
+        pytest.param(lambda a: None, {"split_fraction": 0.0}, "strictly between", id="fraction"),
+        pytest.param(lambda a: None, {"transform": "log"}, "transform must be", id="transform"),
+        pytest.param(lambda a: None, {"loss": "l1"}, "loss must be", id="loss"),
+        pytest.param(lambda a: None, {"method": "magic"}, "method must be", id="method"),
+        pytest.param(lambda a: None, {"target_sum": -1.0}, "target_sum", id="target-sum"),
+    ],
+)
+def test_bad_input_raises_and_leaves_adata_unchanged(adata, mutate, kwargs, match):
+    adata.X = adata.X.astype(np.float64)
+    mutate(adata)
+    before = _snapshot(adata)
+    with pytest.raises(ValueError, match=match):
+        pp.denoise(adata, progress=False, **kwargs)
+    _assert_unchanged(adata, before)
+
+
+def test_too_few_cells_for_the_default_grid_is_capped():
+    a = ad.AnnData(sparse.csr_matrix(np.random.default_rng(0).poisson(3.0, (8, 30))))
+    pp.denoise(a, progress=False)
+    assert a.uns["denoised"]["grid"].max() == 7
+
+
+def test_anndata_view_input(adata):
+    view = adata[:300]
+    out = pp.denoise(view, grid=GRID, progress=False, copy=True)
+    assert out.shape == (300, adata.n_vars) and "denoised" not in adata.layers
+    pp.denoise(view, grid=GRID, progress=False)  # in place: the view becomes an actual AnnData
+    assert not view.is_view and "denoised" in view.layers and "denoised" not in adata.layers
+
+
+def test_progress_bar_can_be_turned_off(adata, capsys):
+    pp.denoise(adata, grid=GRID, progress=False)
+    assert "MCV" not in capsys.readouterr().err
+    pp.denoise(adata, grid=GRID, progress=True)
+    assert "MCV" in capsys.readouterr().err
