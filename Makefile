@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sc_noise2self.demo --out demo_output
+	$(PY) -m sc_noise2self._demo --out demo_output
 
 test: $(STAMP)
 	$(PY) -m pytest

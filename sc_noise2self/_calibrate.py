@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._loss import check_loss, score_block
+from ._loss import check_loss, held_out_target, score_block
 from ._split import binomial_split, seed_sequence
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
 from ._validate import check_fraction, check_grid
@@ -40,7 +40,7 @@ def package_version() -> str:
 
 
 def resolve_method(method: str | Denoiser, random_state: RandomState) -> tuple[str, Denoiser]:
-    """A method name becomes a fresh estimator seeded from ``random_state``; an instance is used as is."""
+    """Turn a method name into a fresh estimator seeded from ``random_state``; use an instance as is."""
     if isinstance(method, str):
         if method not in METHODS:
             msg = f"method must be one of {sorted(METHODS)} or a Denoiser instance, got {method!r}."
@@ -54,7 +54,7 @@ def resolve_method(method: str | Denoiser, random_state: RandomState) -> tuple[s
 
 
 def _seed_record(random_state: RandomState) -> int | str | None:
-    """What ``uns`` keeps of the seed: the int, None, or a note that a Generator was passed."""
+    """Return what ``uns`` keeps of the seed: the int, None, or a note that a Generator was passed."""
     if random_state is None or isinstance(random_state, np.random.Generator):
         return None if random_state is None else "numpy.random.Generator"
     return int(random_state)
@@ -119,7 +119,7 @@ class CalibrationResult:
         }
 
 
-def run_mcv(  # noqa: PLR0913
+def run_mcv(
     counts: sparse.csr_matrix,
     denoiser: Denoiser,
     *,
@@ -168,16 +168,10 @@ def run_mcv(  # noqa: PLR0913
             train, test = binomial_split(counts, p, np.random.default_rng(seed_sequence(random_state, 0, i)))
             denoiser.fit(transform_counts(train, transform, train_scales), grid)
             for rows in blocks:
-                test_block = test[rows]
+                target = held_out_target(test[rows], test_scales[rows], transform=transform, loss=loss)
                 for j, (_, pred) in enumerate(denoiser.sweep(rows)):
                     per_cell = score_block(
-                        pred,
-                        test_block,
-                        conversion=conversion,
-                        train_scales=train_scales[rows],
-                        test_scales=test_scales[rows],
-                        transform=transform,
-                        loss=loss,
+                        pred, target, conversion=conversion, train_scales=train_scales[rows], loss=loss
                     )
                     losses[i, j] += per_cell.sum()
                 bar.update()

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 
-from ._transform import TRANSFORM_CODES
+from ._transform import transform_counts
+
+from scipy import sparse
 
 if TYPE_CHECKING:
-    from scipy import sparse
-
     from ._transform import DepthConversion
     from ._types import LossName, TransformName
 
-__all__ = ["LOSSES", "POISSON_FLOOR", "score_block"]
+__all__ = ["LOSSES", "POISSON_FLOOR", "held_out_target", "score_block"]
 
 LOSSES = ("mse", "poisson")
 POISSON_FLOOR = 1e-6
@@ -39,100 +39,118 @@ def check_loss(loss: str) -> str:
     return loss
 
 
-@numba.njit(cache=True, inline="always")
-def _convert(table, row, weight, value, inv_step):  # noqa: ANN001, ANN202
-    n = table.shape[1]
-    pos = value * inv_step
-    if pos <= 0.0:
-        pos = 0.0
-    j = int(pos)
-    if j > n - 2:
-        j = n - 2
-    frac = pos - j
-    lo = table[row, j]
-    out = lo + frac * (table[row, j + 1] - lo)
+@numba.njit(cache=True, inline="always", fastmath=True)
+def _lookup(table, base, last, value, inv_step):
+    # Linear interpolation in one row (starting at flat index ``base``) of a regular table;
+    # clamped below at 0 and extrapolated linearly past the end. Branch-free.
+    pos = max(value * inv_step, 0.0)
+    j = min(int(pos), last - 1)
+    lo = table[base + j]
+    return lo + (pos - j) * (table[base + j + 1] - lo)
+
+
+@numba.njit(cache=True, inline="always", fastmath=True)
+def _convert(table, n, row, weight, value, inv_step):
+    out = _lookup(table, row * n, n - 1, value, inv_step)
     if weight > 0.0:
-        lo2 = table[row + 1, j]
-        out2 = lo2 + frac * (table[row + 1, j + 1] - lo2)
-        out += weight * (out2 - out)
+        out += weight * (_lookup(table, (row + 1) * n, n - 1, value, inv_step) - out)
     return out
 
 
-@numba.njit(cache=True, inline="always")
-def _apply_transform(x, code):  # noqa: ANN001, ANN202
-    if code == 0:
-        return np.sqrt(x)
-    if code == 1:
-        return np.log1p(x)
-    return x
-
-
-@numba.njit(parallel=True, cache=True)
-def _score_rows(  # noqa: PLR0913
-    pred, indptr, indices, data, test_scales, rows, weights, table, inv_step, tcode, poisson, floor, out
-):  # noqa: ANN001, ANN202
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _mse_rows(pred, target, rows, weights, table, inv_step, out):
+    # Dense, branch-free pass: the held-out block is densified once per block of cells
+    # and reused for every grid value.
     n_cells, n_genes = pred.shape
+    n = table.shape[1]
+    flat = table.ravel()
     for c in numba.prange(n_cells):
-        row, weight, scale = rows[c], weights[c], test_scales[c]
-        q, q_end = indptr[c], indptr[c + 1]
+        row, weight = rows[c], weights[c]
         acc = 0.0
-        for g in range(n_genes):
-            value = _convert(table, row, weight, pred[c, g], inv_step)
-            x = 0.0
-            if q < q_end and indices[q] == g:
-                x = data[q]
-                q += 1
-            if poisson:
-                rate = max(value, floor)
-                acc += rate - x * np.log(rate)
-            else:
-                d = value - (_apply_transform(scale * x, tcode) if x != 0.0 else 0.0)
+        if weight > 0.0:
+            for g in range(n_genes):
+                d = _convert(flat, n, row, weight, pred[c, g], inv_step) - target[c, g]
+                acc += d * d
+        else:  # one scale row: the common case, kept free of the second lookup
+            base = row * n
+            for g in range(n_genes):
+                d = _lookup(flat, base, n - 1, pred[c, g], inv_step) - target[c, g]
                 acc += d * d
         out[c] = acc
 
 
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _poisson_rows(pred, indptr, indices, data, rows, weights, table, inv_step, floor, out):
+    # Sum of rates over all genes, then - y log(rate) at the held-out nonzeros only.
+    n_cells, n_genes = pred.shape
+    n = table.shape[1]
+    flat = table.ravel()
+    for c in numba.prange(n_cells):
+        row, weight = rows[c], weights[c]
+        acc = 0.0
+        for g in range(n_genes):
+            acc += max(_convert(flat, n, row, weight, pred[c, g], inv_step), floor)
+        for q in range(indptr[c], indptr[c + 1]):
+            rate = max(_convert(flat, n, row, weight, pred[c, indices[q]], inv_step), floor)
+            acc -= data[q] * np.log(rate)
+        out[c] = acc
+
+
+def held_out_target(
+    test: sparse.csr_matrix, test_scales: np.ndarray, *, transform: TransformName, loss: LossName
+) -> np.ndarray | sparse.csr_matrix:
+    """Held-out values of a block of cells on the scale its loss compares at.
+
+    MSE: ``T(s'' x'')`` as a dense block (cells of one block × genes, like the
+    predictions). Poisson: the counts, kept sparse. Computed once per block and reused
+    for every grid value.
+    """
+    if loss == "poisson":
+        return sparse.csr_matrix((test.data.astype(np.float64), test.indices, test.indptr), shape=test.shape)
+    return transform_counts(test, transform, test_scales).toarray()
+
+
 def score_block(
     pred: np.ndarray,
-    test: sparse.csr_matrix,
+    target: np.ndarray | sparse.csr_matrix,
     *,
     conversion: DepthConversion,
     train_scales: np.ndarray,
-    test_scales: np.ndarray,
-    transform: TransformName,
     loss: LossName,
 ) -> np.ndarray:
-    """Per-cell summed loss of a block of predictions against the held-out counts.
+    """Per-cell summed loss of a block of predictions against the held-out half.
 
     Parameters
     ----------
     pred
         Training-depth predictions for a block of cells, cells × genes, on the
         transformed scale of the training half.
-    test
-        Held-out raw counts of the same cells (canonical CSR).
+    target
+        The same cells' held-out values from :func:`held_out_target`.
     conversion
-        The split's depth conversion.
-    train_scales, test_scales
-        Per-cell multipliers of the training and held-out halves for these cells.
-    transform, loss
-        As in :func:`sc_noise2self.pp.denoise`.
+        The split's depth conversion (built for the same ``loss``).
+    train_scales
+        Per-cell multipliers of the training half for these cells.
+    loss
+        ``"mse"`` or ``"poisson"``.
     """
     pred = np.ascontiguousarray(pred, dtype=np.float64)
     rows, weights = conversion.rows_for(train_scales)
+    table = np.ascontiguousarray(conversion.table)
     out = np.empty(pred.shape[0])
-    _score_rows(
-        pred,
-        test.indptr,
-        test.indices,
-        test.data.astype(np.float64, copy=False),
-        np.ascontiguousarray(test_scales, dtype=np.float64),
-        rows,
-        weights,
-        conversion.table,
-        conversion.inv_step,
-        TRANSFORM_CODES[transform],
-        loss == "poisson",
-        POISSON_FLOOR,
-        out,
-    )
+    if loss == "poisson":
+        _poisson_rows(
+            pred,
+            target.indptr,
+            target.indices,
+            target.data,
+            rows,
+            weights,
+            table,
+            conversion.inv_step,
+            POISSON_FLOOR,
+            out,
+        )
+    else:
+        _mse_rows(pred, np.ascontiguousarray(target), rows, weights, table, conversion.inv_step, out)
     return out

@@ -33,7 +33,7 @@ class CountSplit(NamedTuple):
 
 
 def seed_sequence(random_state: RandomState, *key: int) -> np.random.SeedSequence:
-    """A child seed for one random step, independent of how many siblings are drawn.
+    """Return a child seed for one random step, independent of how many siblings are drawn.
 
     ``key`` names the step (e.g. ``(0, i)`` for split ``i``) so that adding a split
     never changes the earlier ones.
@@ -53,7 +53,9 @@ def _with_data(X: sparse.csr_matrix, data: np.ndarray) -> sparse.csr_matrix:
     return out
 
 
-def binomial_split(X: sparse.csr_matrix, fraction: float, rng: np.random.Generator) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+def binomial_split(
+    X: sparse.csr_matrix, fraction: float, rng: np.random.Generator
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
     """Thin canonical-CSR counts: ``train ~ Bin(X, fraction)``, ``test = X - train``.
 
     Works on the stored nonzeros only; the halves keep the input dtype.

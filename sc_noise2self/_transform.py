@@ -39,7 +39,7 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "log1p": np.log1p,
     "none": np.asarray,
 }
-TRANSFORM_CODES = {"sqrt": 0, "log1p": 1, "none": 2}
+
 
 _N_RATE_GRID = 2048  # rate grid, evenly spaced in log1p(μ)
 _N_VALUE_GRID = 8192  # prediction grid of the conversion table, evenly spaced

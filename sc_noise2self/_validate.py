@@ -115,7 +115,7 @@ def check_counts(X: sparse.csr_matrix, *, what: str = "the input") -> None:
 
 
 def check_fraction(split_fraction: float) -> float:
-    """The training share of molecules must lie strictly between 0 and 1."""
+    """Check that the training share of molecules lies strictly between 0 and 1."""
     p = float(split_fraction)
     if not 0.0 < p < 1.0:
         msg = f"split_fraction must lie strictly between 0 and 1, got {split_fraction!r}."

@@ -43,6 +43,7 @@ def calibration(
     The Axes, unless ``show`` is True.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     if key not in adata.uns or "loss" not in adata.uns[key]:
         msg = f"adata.uns[{key!r}] has no calibration; run sc_noise2self.pp.denoise(adata, key_added={key!r}) first."
@@ -60,12 +61,21 @@ def calibration(
     if loss.shape[0] > 1:
         for i, row in enumerate(loss):
             ax.plot(grid, row, color="0.7", lw=0.8, label="single split" if i == 0 else None)
-    ax.plot(grid, mean, marker="o", ms=3, color="C0", lw=1.5, label="mean over splits" if loss.shape[0] > 1 else "held-out loss")
+    ax.plot(
+        grid,
+        mean,
+        marker="o",
+        ms=3,
+        color="C0",
+        lw=1.5,
+        label="mean over splits" if loss.shape[0] > 1 else "held-out loss",
+    )
     ibest = int(np.flatnonzero(grid == best)[0])
     ax.axvline(best, color="C3", ls="--", lw=1)
     ax.plot([best], [mean[ibest]], marker="*", ms=12, color="C3", ls="none", label=f"chosen: {best}")
     if grid.max() / max(grid.min(), 1) >= 20:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel(_GRID_LABELS.get(str(info.get("grid_name")), str(info.get("grid_name", "grid value"))))
     transform = params.get("transform", "")
     loss_name = params.get("loss", "mse")

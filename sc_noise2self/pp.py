@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["denoise", "split_counts"]
 
-def denoise(  # noqa: PLR0913
+
+def denoise(
     adata: AnnData,
     *,
     method: str | Denoiser = "pca",
@@ -117,7 +118,9 @@ def denoise(  # noqa: PLR0913
     uns = result.to_uns()
     uns["params"]["layer"] = layer
     uns["params"]["method_repr"] = repr(denoiser)
-    logg.info(f"    chose {result.grid_name}={result.best} (held-out {result.params['loss']} {result.loss_mean.min():.6g})")
+    logg.info(
+        f"    chose {result.grid_name}={result.best} (held-out {result.params['loss']} {result.loss_mean.min():.6g})"
+    )
 
     adata = adata.copy() if copy else adata
     if adata.is_view:  # as scanpy does: turn the view into an actual AnnData before writing
@@ -134,7 +137,8 @@ def denoise(  # noqa: PLR0913
     )
     return adata if copy else None
 
-def split_counts(  # noqa: PLR0913
+
+def split_counts(
     data: AnnData | ArrayLike,
     *,
     layer: str | None = None,
@@ -206,4 +210,3 @@ def split_counts(  # noqa: PLR0913
         adata.layers[f"{key_added}_train{suffix}"] = split.train
         adata.layers[f"{key_added}_test{suffix}"] = split.test
     return adata if copy else None
-

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["CalibrationResult", "calibrate"]
 
 
-def calibrate(  # noqa: PLR0913
+def calibrate(
     data: AnnData | ArrayLike,
     *,
     method: str | Denoiser = "pca",
@@ -93,7 +93,7 @@ def calibrate(  # noqa: PLR0913
 
 
 def _counts_from(data: AnnData | ArrayLike, layer: str | None) -> ArrayLike:
-    """Validated canonical CSR counts from an AnnData (X or layer) or a matrix."""
+    """Return validated canonical-CSR counts from an AnnData (X or layer) or a matrix."""
     from anndata import AnnData
 
     if isinstance(data, AnnData):

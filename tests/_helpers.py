@@ -22,7 +22,7 @@ DTYPES = [
 
 def as_type(counts: sparse.csr_matrix, array_type, dtype):
     dense = counts.toarray().astype(dtype)
-    return array_type(dense) if array_type is np.asarray else array_type(dense)
+    return array_type(dense)
 
 
 def dense(x) -> np.ndarray:

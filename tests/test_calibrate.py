@@ -47,7 +47,9 @@ def test_curve_has_an_interior_minimum_and_splits_average(simulation):
 def test_poisson_loss_and_normalisation_choose_sensibly(simulation):
     grid = np.arange(1, 31)
     errors = _truth_errors(simulation, grid, "log1p", 1e4)
-    result = tl.calibrate(simulation.counts, grid=grid, transform="log1p", target_sum=1e4, loss="poisson", progress=False)
+    result = tl.calibrate(
+        simulation.counts, grid=grid, transform="log1p", target_sum=1e4, loss="poisson", progress=False
+    )
     assert errors[result.best - 1] <= 1.10 * errors.min()
 
 
@@ -60,7 +62,9 @@ def test_chunking_does_not_change_the_result(simulation):
 def _sparse_counts(n_cells: int, n_genes: int, per_cell: int, seed: int = 0) -> sparse.csr_matrix:
     """Every cell gets ``per_cell`` random genes and gene ``i % n_genes``, so nothing is empty."""
     rng = np.random.default_rng(seed)
-    cols = np.concatenate([rng.integers(0, n_genes, (n_cells, per_cell)), (np.arange(n_cells) % n_genes)[:, None]], axis=1)
+    cols = np.concatenate(
+        [rng.integers(0, n_genes, (n_cells, per_cell)), (np.arange(n_cells) % n_genes)[:, None]], axis=1
+    )
     rows = np.repeat(np.arange(n_cells), per_cell + 1)
     data = rng.integers(1, 5, rows.size)
     return sparse.csr_matrix((data, (rows, cols.ravel())), shape=(n_cells, n_genes), dtype=np.int32)

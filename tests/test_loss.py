@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from sc_noise2self._loss import POISSON_FLOOR, score_block
+from sc_noise2self._loss import POISSON_FLOOR, held_out_target, score_block
 from sc_noise2self._transform import TRANSFORMS, build_conversion, cell_scales
 
 
@@ -22,9 +22,8 @@ def test_kernel_matches_numpy_reference(transform, loss, target_sum):
         transform, fraction=p, train_scales=train_s, normalized=target_sum is not None, max_rate=50.0, loss=loss
     )
     pred = rng.normal(1.0, 1.0, size=counts.shape)  # includes negative predictions
-    got = score_block(
-        pred, counts, conversion=conv, train_scales=train_s, test_scales=test_s, transform=transform, loss=loss
-    )
+    target = held_out_target(counts, test_s, transform=transform, loss=loss)
+    got = score_block(pred, target, conversion=conv, train_scales=train_s, loss=loss)
     value = conv(pred, train_s)
     y = counts.toarray().astype(float)
     if loss == "mse":
@@ -39,11 +38,17 @@ def test_poisson_loss_is_minimised_by_the_true_rate():
     """Prediction first: mean(ρ - y log ρ) is smallest at ρ = E[y] (a swapped loss would not be)."""
     rng = np.random.default_rng(1)
     y = sparse.csr_matrix(rng.poisson(3.0, size=(200, 50)))
-    conv = build_conversion("none", fraction=0.5, train_scales=np.ones(1), normalized=False, max_rate=40.0, loss="poisson")
+    conv = build_conversion(
+        "none", fraction=0.5, train_scales=np.ones(1), normalized=False, max_rate=40.0, loss="poisson"
+    )
     ones = np.ones(200)
     losses = {
         rate: score_block(
-            np.full(y.shape, rate), y, conversion=conv, train_scales=ones, test_scales=ones, transform="none", loss="poisson"
+            np.full(y.shape, rate),
+            held_out_target(y, ones, transform="none", loss="poisson"),
+            conversion=conv,
+            train_scales=ones,
+            loss="poisson",
         ).sum()
         for rate in (2.0, 3.0, 4.0)
     }

@@ -36,7 +36,9 @@ def test_signature_conventions(func):
 
 
 def test_import_is_light():
-    code = "import sys, sc_noise2self; print(any(m in sys.modules for m in ('torch', 'scanpy', 'anndata', 'matplotlib')))"
+    code = (
+        "import sys, sc_noise2self; print(any(m in sys.modules for m in ('torch', 'scanpy', 'anndata', 'matplotlib')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -11,9 +11,7 @@ from sc_noise2self.denoisers.pca import centered_truncated_svd
 @pytest.mark.parametrize("as_sparse", [True, False], ids=["csr", "dense"])
 def test_truncated_svd_matches_dense_svd(simulation, as_sparse):
     X = np.sqrt(simulation.counts.toarray().astype(float))
-    mean, u, s, vt = centered_truncated_svd(
-        sparse.csr_matrix(X) if as_sparse else X, 10, rng=np.random.default_rng(0)
-    )
+    mean, u, s, vt = centered_truncated_svd(sparse.csr_matrix(X) if as_sparse else X, 10, rng=np.random.default_rng(0))
     np.testing.assert_allclose(mean, X.mean(axis=0))
     _, s_ref, vt_ref = np.linalg.svd(X - X.mean(axis=0), full_matrices=False)
     # The signal components (8 programs) are exact; the trailing ones sit in the noise bulk,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-import sc_noise2self as n2s  # noqa: E402
+import sc_noise2self as n2s
 
 
 @pytest.fixture(scope="module")
@@ -38,5 +38,5 @@ def test_calibration_into_given_axes(calibrated):
 
 
 def test_calibration_without_denoise_says_what_to_do():
-    with pytest.raises(ValueError, match="run sc_noise2self.pp.denoise"):
+    with pytest.raises(ValueError, match=r"run sc_noise2self\.pp\.denoise"):
         n2s.pl.calibration(ad.AnnData(np.ones((3, 3))))

@@ -84,7 +84,9 @@ def test_split_counts_on_anndata_writes_layers(small_counts):
     adata = ad.AnnData(small_counts.astype(np.float32))
     pp.split_counts(adata, n_splits=2, key_added="mcv")
     assert set(adata.layers) == {"mcv_train_0", "mcv_test_0", "mcv_train_1", "mcv_test_1"}
-    np.testing.assert_array_equal((adata.layers["mcv_train_1"] + adata.layers["mcv_test_1"]).toarray(), adata.X.toarray())
+    np.testing.assert_array_equal(
+        (adata.layers["mcv_train_1"] + adata.layers["mcv_test_1"]).toarray(), adata.X.toarray()
+    )
     copy = pp.split_counts(adata, copy=True)
     assert "split_train" in copy.layers and "split_train" not in adata.layers
 
@@ -130,7 +132,9 @@ def test_bad_arguments_raise(small_counts, kwargs, match):
 )
 def test_property_split_is_exact_and_within_pattern(n_cells, n_genes, p, seed, density):
     rng = np.random.default_rng(seed)
-    X = sparse.random(n_cells, n_genes, density=density, format="csr", random_state=rng, data_rvs=lambda k: rng.integers(1, 50, k))
+    X = sparse.random(
+        n_cells, n_genes, density=density, format="csr", random_state=rng, data_rvs=lambda k: rng.integers(1, 50, k)
+    )
     train, test = binomial_split(X, p, np.random.default_rng(seed))
     np.testing.assert_array_equal((train + test).toarray(), X.toarray())
     assert set(zip(*train.nonzero(), strict=True)) <= set(zip(*X.nonzero(), strict=True))

@@ -71,7 +71,9 @@ def _naive_factor(transform: str, ratio: float, *, normalised: bool) -> float:
 
 def test_poisson_table_returns_held_out_rates():
     p = 0.9
-    conv = build_conversion("sqrt", fraction=p, train_scales=np.ones(1), normalized=False, max_rate=200.0, loss="poisson")
+    conv = build_conversion(
+        "sqrt", fraction=p, train_scales=np.ones(1), normalized=False, max_rate=200.0, loss="poisson"
+    )
     lam = np.array([0.0, 0.2, 1.0, 10.0, 100.0])
     pred = expected_transform(p * lam, [1.0], "sqrt")
     np.testing.assert_allclose(conv(pred, np.ones(1)), [(1 - p) * lam], rtol=2e-3, atol=2e-4)

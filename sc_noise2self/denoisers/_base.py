@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Self
 
     import numpy as np
-    from typing_extensions import Self
 
     from .._types import ArrayLike
 
@@ -37,7 +37,7 @@ class Denoiser(Protocol):
     """What the grid values mean, e.g. ``"n_comps"``; used in plots and ``uns``."""
 
     def default_grid(self, shape: tuple[int, int]) -> np.ndarray:
-        """The grid used when the caller gives none, for data of this shape."""
+        """Return the grid used when the caller gives none, for data of this shape."""
 
     def max_grid_value(self, shape: tuple[int, int]) -> int:
         """Largest admissible grid value for data of this shape."""

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 from scipy import linalg, sparse
-from scipy.linalg.blas import dgemm
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from typing_extensions import Self
+    from typing import Self
 
     from .._types import ArrayLike
 
@@ -61,10 +60,19 @@ def centered_truncated_svd(
     return mean, u * signs, s, vt * signs[:, None]
 
 
-def _add_product(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """``out += a @ b`` in place for C-contiguous float64 ``out`` (one pass, no temporary)."""
-    # In Fortran order out is out.T, so accumulate out.T += b.T @ a.T with BLAS.
-    dgemm(1.0, b.T, np.ascontiguousarray(a).T, beta=1.0, c=out.T, overwrite_c=True)
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _add_product(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out += a @ b`` in place, one pass over ``out`` per row of ``b``.
+
+    The sweep adds a few components at a time (inner dimension 1–5), where this is
+    memory-bound; it shares numba's thread pool with the scoring kernel instead of
+    contending with BLAS threads.
+    """
+    for c in numba.prange(out.shape[0]):
+        for j in range(a.shape[1]):
+            coef = a[c, j]
+            for g in range(out.shape[1]):
+                out[c, g] += coef * b[j, g]
 
 
 class PCA:

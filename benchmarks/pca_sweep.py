@@ -1,0 +1,95 @@
+"""Cost of the whole MCV rank sweep relative to one truncated SVD, and split throughput.
+
+Run: ``.venv/bin/python benchmarks/pca_sweep.py [--cells 20000 --genes 2000]``
+
+Data: a seeded low-rank Poisson matrix (cells mix 10 gene programs, log-normal depth
+around ``--depth`` UMIs per cell), CSR int32 — sparse and shallow like 10x data.
+Everything is measured in this one run, side by side, on the same matrix:
+
+- ``svd``: one centred randomised truncated SVD at k = 100 of the transformed training
+  half (the fit the sweep needs anyway);
+- ``sweep``: ``tl.calibrate`` over k = 1..100 end to end (split, transform, that SVD,
+  depth conversion tables, scoring all 100 ranks block by block);
+- ``split``: binomial thinning of all nonzeros;
+- the same sweep over the default grid of ``pp.denoise``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from scipy import sparse
+from threadpoolctl import threadpool_info
+
+from sc_noise2self import tl
+from sc_noise2self._split import binomial_split
+from sc_noise2self._transform import cell_scales, transform_counts
+from sc_noise2self.denoisers import PCA
+from sc_noise2self.denoisers.pca import centered_truncated_svd
+
+
+def simulate(n_cells: int, n_genes: int, depth: float, seed: int = 0) -> sparse.csr_matrix:
+    """Cells mix 10 gene programs; gene abundances spread log-normally (σ = 2), as in 10x data."""
+    rng = np.random.default_rng(seed)
+    baseline = rng.lognormal(0.0, 2.0, n_genes)
+    programs = rng.gamma(0.4, 1.0, size=(10, n_genes)) * np.geomspace(3, 0.3, 10)[:, None] * baseline
+    profile = baseline + rng.dirichlet(np.full(10, 0.3), size=n_cells) @ programs
+    profile /= profile.sum(axis=1, keepdims=True)
+    counts = sparse.csr_matrix(rng.poisson(depth * rng.lognormal(0, 0.4, (n_cells, 1)) * profile), dtype=np.int32)
+    keep = np.asarray(counts.sum(axis=0)).ravel() > 0
+    return counts[:, keep]
+
+
+def best_of(repeats: int, func) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cells", type=int, default=20_000)
+    parser.add_argument("--genes", type=int, default=2_000)
+    parser.add_argument("--depth", type=float, default=1_500.0)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    counts = simulate(args.cells, args.genes, args.depth)
+    n, g = counts.shape
+    print(
+        f"data: {n} x {g} CSR, {counts.nnz:,} nonzeros ({counts.nnz / n / g:.1%}), median {np.median(np.asarray(counts.sum(1))):.0f} UMIs/cell"
+    )
+    blas = {i["internal_api"]: i["num_threads"] for i in threadpool_info()}
+    print(f"threads: {blas}")
+
+    rng = np.random.default_rng(0)
+    t_split = best_of(args.repeats, lambda: binomial_split(counts, 0.9, rng))
+    print(f"split: {t_split:.3f} s, {counts.nnz / t_split / 1e6:.1f} M nonzeros/s")
+
+    train, _ = binomial_split(counts, 0.9, np.random.default_rng(0))
+    scales = cell_scales(np.asarray(counts.sum(axis=1)).ravel(), None, 0.9)
+    X = transform_counts(train, "sqrt", scales)
+    t_svd = best_of(args.repeats, lambda: centered_truncated_svd(X, args.k, rng=np.random.default_rng(0)))
+    print(f"one truncated SVD at k={args.k}: {t_svd:.2f} s")
+
+    grid = np.arange(1, args.k + 1)
+    tl.calibrate(simulate(300, 100, 500.0), grid=[1, 2], progress=False)  # compile the kernels outside the timing
+    t_sweep = best_of(args.repeats, lambda: tl.calibrate(counts, grid=grid, progress=False))
+    print(f"whole sweep k=1..{args.k} (split + transform + SVD + scoring {args.k} ranks): {t_sweep:.2f} s")
+    print(f"ratio sweep / one SVD: {t_sweep / t_svd:.2f}  (goal <= 1.3)")
+    print(f"scoring cost per matrix entry and rank: {(t_sweep - t_svd) / (n * g * args.k) * 1e9:.2f} ns")
+    default = PCA().default_grid(counts.shape)
+    t_default = best_of(args.repeats, lambda: tl.calibrate(counts, progress=False))
+    print(
+        f"default grid ({default.size} ranks in 1..{default[-1]}): {t_default:.2f} s, ratio to one SVD: {t_default / t_svd:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
