@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
+from scipy import sparse
 
 from ._transform import transform_counts
-
-from scipy import sparse
 
 if TYPE_CHECKING:
     from ._transform import DepthConversion

@@ -133,7 +133,7 @@ class PCA:
         pred[:] = self.mean_
         done = 0
         for k in self.grid_:
-            _add_product(pred, scores[:, done:k], self.components_[done:k])
+            _add_product(pred, np.ascontiguousarray(scores[:, done:k]), self.components_[done:k])
             done = k
             yield int(k), pred
 
