@@ -100,7 +100,7 @@ def check_counts(X: sparse.csr_matrix, *, what: str = "the input") -> None:
     empty_cells = int(np.count_nonzero(cell_totals == 0))
     if empty_cells:
         msg = (
-            f"{what} has {empty_cells} cells without any counts; remove them first, "
+            f"{what} has {_plural(empty_cells, 'cell')} without any counts; remove them first, "
             "e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
         )
         raise ValueError(msg)
@@ -108,10 +108,14 @@ def check_counts(X: sparse.csr_matrix, *, what: str = "the input") -> None:
     empty_genes = int(np.count_nonzero(gene_totals == 0))
     if empty_genes:
         msg = (
-            f"{what} has {empty_genes} genes without any counts; remove them first, "
+            f"{what} has {_plural(empty_genes, 'gene')} without any counts; remove them first, "
             "e.g. `sc.pp.filter_genes(adata, min_counts=1)`."
         )
         raise ValueError(msg)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def check_fraction(split_fraction: float) -> float:

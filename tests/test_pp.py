@@ -114,7 +114,7 @@ def test_counts_layer_and_estimator_instance(adata):
         pytest.param(lambda a: setattr(a, "X", -a.X.toarray()), {}, "negative", id="negative"),
         pytest.param(lambda a: a.X.data.__setitem__(0, np.nan), {}, "NaN", id="nan"),
         pytest.param(
-            lambda a: a.X.data.__setitem__(slice(a.X.indptr[0], a.X.indptr[1]), 0), {}, "cells without", id="empty-cell"
+            lambda a: a.X.data.__setitem__(slice(a.X.indptr[0], a.X.indptr[1]), 0), {}, "1 cell without any counts", id="empty-cell"
         ),
         pytest.param(lambda a: None, {"layer": "raw"}, "Layer 'raw' not found", id="missing-layer"),
         pytest.param(lambda a: None, {"grid": [1, 2, 10_000]}, "must lie in 1..", id="grid-too-large"),
