@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ._loss import check_loss, held_out_target, score_block
 from ._split import binomial_split, seed_sequence
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
-from ._validate import check_fraction, check_grid
+from ._validate import check_fraction, check_grid, check_positive_int
 from .denoisers import PCA, Denoiser
 
 if TYPE_CHECKING:
@@ -62,12 +62,8 @@ def _seed_record(random_state: RandomState) -> int | str | None:
 
 def chunk_rows(n_cells: int, n_genes: int, chunk_size: int | None) -> list[slice]:
     """Blocks of cells so that a block × genes array stays small."""
-    if chunk_size is None:
-        chunk_size = max(1, _CHUNK_ELEMENTS // n_genes)
-    if int(chunk_size) != chunk_size or chunk_size < 1:
-        msg = f"chunk_size must be a positive integer or None, got {chunk_size!r}."
-        raise ValueError(msg)
-    return [slice(i, min(i + int(chunk_size), n_cells)) for i in range(0, n_cells, int(chunk_size))]
+    size = max(1, _CHUNK_ELEMENTS // n_genes) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+    return [slice(i, min(i + size, n_cells)) for i in range(0, n_cells, size)]
 
 
 @dataclass
@@ -138,17 +134,13 @@ def run_mcv(
     p = check_fraction(split_fraction)
     check_transform(transform)
     check_loss(loss)
-    if int(n_splits) != n_splits or n_splits < 1:
-        msg = f"n_splits must be a positive integer, got {n_splits!r}."
-        raise ValueError(msg)
+    n_splits = check_positive_int(n_splits, "n_splits")
     max_value = denoiser.max_grid_value(counts.shape)
     if max_value < 1:
         msg = f"Data of shape {counts.shape} is too small to calibrate; it needs at least 2 cells and 2 genes."
         raise ValueError(msg)
     grid = check_grid(denoiser.default_grid(counts.shape) if grid is None else grid, max_value=max_value)
     blocks = chunk_rows(counts.shape[0], counts.shape[1], chunk_size)
-    cell_scales(np.ones(1), target_sum)  # validates target_sum before any work
-
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     train_scales = cell_scales(totals, target_sum, p)
     test_scales = cell_scales(totals, target_sum, 1.0 - p)
@@ -157,14 +149,14 @@ def run_mcv(
         fraction=p,
         train_scales=train_scales,
         normalized=target_sum is not None,
-        max_rate=1.5 * p * float(counts.data.max()) + 20.0,
+        max_rate=1.5 * p * float(counts.data.max()) + 20.0,  # covers every plausible training rate
         loss=loss,
     )
 
-    losses = np.zeros((int(n_splits), grid.size))
+    losses = np.zeros((n_splits, grid.size))
     n_elements = counts.shape[0] * counts.shape[1]
-    with tqdm(total=int(n_splits) * len(blocks), desc=f"MCV {method}", unit="block", disable=not progress) as bar:
-        for i in range(int(n_splits)):
+    with tqdm(total=n_splits * len(blocks), desc=f"MCV {method}", unit="block", disable=not progress) as bar:
+        for i in range(n_splits):
             train, test = binomial_split(counts, p, np.random.default_rng(seed_sequence(random_state, 0, i)))
             denoiser.fit(transform_counts(train, transform, train_scales), grid)
             for rows in blocks:
@@ -177,7 +169,7 @@ def run_mcv(
                 bar.update()
     params = {
         "split_fraction": p,
-        "n_splits": int(n_splits),
+        "n_splits": n_splits,
         "transform": transform,
         "target_sum": None if target_sum is None else float(target_sum),
         "loss": loss,

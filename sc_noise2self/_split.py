@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from scipy import sparse
 
-from ._validate import as_canonical_csr, check_counts, check_fraction
+from ._validate import as_canonical_csr, check_counts, check_fraction, check_positive_int
 
 if TYPE_CHECKING:
     from ._types import ArrayLike, RandomState, SplitScheme
@@ -98,9 +98,7 @@ def split_array(
     random_state: RandomState = 0,
 ) -> list[CountSplit]:
     """Split raw counts into training and test molecules; see :func:`sc_noise2self.pp.split_counts`."""
-    if int(n_splits) != n_splits or n_splits < 1:
-        msg = f"n_splits must be a positive integer, got {n_splits!r}."
-        raise ValueError(msg)
+    n_splits = check_positive_int(n_splits, "n_splits")
     counts = as_canonical_csr(X)
     check_counts(counts, what="The count matrix")
     if scheme == "binomial":

@@ -19,6 +19,7 @@ __all__ = [
     "check_counts",
     "check_fraction",
     "check_grid",
+    "check_positive_int",
     "get_counts",
 ]
 
@@ -125,6 +126,14 @@ def check_fraction(split_fraction: float) -> float:
         msg = f"split_fraction must lie strictly between 0 and 1, got {split_fraction!r}."
         raise ValueError(msg)
     return p
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Check that ``value`` is a positive integer (``True``/``False`` are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        msg = f"{name} must be a positive integer, got {value!r}."
+        raise ValueError(msg)
+    return int(value)
 
 
 def check_grid(grid: Sequence[int], *, max_value: int, name: str = "grid") -> np.ndarray:
