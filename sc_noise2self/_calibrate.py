@@ -142,6 +142,14 @@ def run_mcv(
     grid = check_grid(denoiser.default_grid(counts.shape) if grid is None else grid, max_value=max_value)
     blocks = chunk_rows(counts.shape[0], counts.shape[1], chunk_size)
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    held_out_per_cell = (1.0 - p) * float(np.median(totals))
+    if held_out_per_cell < 1.0:
+        msg = (
+            f"Too few molecules for a split: cells have a median of {np.median(totals):g} counts, so the held-out "
+            f"part (split_fraction={p}) would hold {held_out_per_cell:.2g} per cell. Lower split_fraction, or keep "
+            "deeper cells (e.g. `sc.pp.filter_cells(adata, min_counts=...)`)."
+        )
+        raise ValueError(msg)
     train_scales = cell_scales(totals, target_sum, p)
     test_scales = cell_scales(totals, target_sum, 1.0 - p)
     conversion = build_conversion(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from scipy import sparse
 
-from ._validate import as_canonical_csr, check_counts, check_fraction, check_positive_int
+from ._validate import as_canonical_csr, check_count_values, check_fraction, check_positive_int
 
 if TYPE_CHECKING:
     from ._types import ArrayLike, RandomState, SplitScheme
@@ -100,7 +100,7 @@ def split_array(
     """Split raw counts into training and test molecules; see :func:`sc_noise2self.pp.split_counts`."""
     n_splits = check_positive_int(n_splits, "n_splits")
     counts = as_canonical_csr(X)
-    check_counts(counts, what="The count matrix")
+    check_count_values(counts, what="The count matrix")
     if scheme == "binomial":
         fraction = check_fraction(0.9 if split_fraction is None else split_fraction)
         splits = []

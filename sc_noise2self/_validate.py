@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 from scipy import sparse
@@ -15,12 +15,14 @@ if TYPE_CHECKING:
     from ._types import ArrayLike
 
 __all__ = [
+    "Counts",
     "as_canonical_csr",
-    "check_counts",
+    "check_count_values",
     "check_fraction",
     "check_grid",
     "check_positive_int",
     "get_counts",
+    "prepare_counts",
 ]
 
 
@@ -61,12 +63,8 @@ def as_canonical_csr(X: ArrayLike) -> sparse.csr_matrix:
     return sparse.csr_matrix(X)
 
 
-def check_counts(X: sparse.csr_matrix, *, what: str = "the input") -> None:
-    """Raise ``ValueError`` unless ``X`` holds raw counts (finite, non-negative integers).
-
-    Also rejects cells or genes without any counts, which carry no information for a
-    count split and break per-cell normalisation.
-    """
+def check_count_values(X: sparse.csr_matrix, *, what: str = "the input") -> None:
+    """Raise ``ValueError`` unless ``X`` holds raw counts (finite, non-negative integers)."""
     data = X.data
     if data.dtype.kind not in "iuf":
         msg = f"{what} has dtype {data.dtype}; counts must be integers or floats."
@@ -74,11 +72,10 @@ def check_counts(X: sparse.csr_matrix, *, what: str = "the input") -> None:
     if data.dtype == np.float16:
         msg = f"{what} is float16, which cannot hold counts above 2048 exactly; cast it to float32 or int32 first."
         raise ValueError(msg)
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all():
-            n_bad = int(np.count_nonzero(~np.isfinite(data)))
-            msg = f"{what} contains {n_bad} NaN or infinite values; counts must be finite."
-            raise ValueError(msg)
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        n_bad = int(np.count_nonzero(~np.isfinite(data)))
+        msg = f"{what} contains {n_bad} NaN or infinite values; counts must be finite."
+        raise ValueError(msg)
     if data.size and data.min() < 0:
         msg = (
             f"{what} contains negative values ({int(np.count_nonzero(data < 0))} entries), so it is not raw counts "
@@ -93,26 +90,55 @@ def check_counts(X: sparse.csr_matrix, *, what: str = "the input") -> None:
             "them, e.g. `layer='counts'` (keep one with `adata.layers['counts'] = adata.X.copy()` before normalising)."
         )
         raise ValueError(msg)
-    n_cells, n_genes = X.shape
-    if n_cells == 0 or n_genes == 0:
+    if X.shape[0] == 0 or X.shape[1] == 0:
         msg = f"{what} has shape {X.shape}; it needs at least one cell and one gene."
         raise ValueError(msg)
-    cell_totals = np.asarray(X.sum(axis=1)).ravel()
-    empty_cells = int(np.count_nonzero(cell_totals == 0))
-    if empty_cells:
+
+
+class Counts(NamedTuple):
+    """Validated counts for calibration, with the cells and genes they were taken from."""
+
+    matrix: sparse.csr_matrix
+    """Canonical CSR counts without empty cells or genes."""
+    cells: np.ndarray | None
+    """Boolean mask of the input's cells kept, or None when all were."""
+    genes: np.ndarray | None
+    """Boolean mask of the input's genes kept, or None when all were."""
+
+
+def prepare_counts(X: ArrayLike, *, what: str, empty: Literal["error", "drop"] = "error") -> Counts:
+    """Canonical CSR raw counts without cells or genes that have no counts.
+
+    Empty cells and genes carry no information for a molecular split and break per-cell
+    normalisation: with ``empty="error"`` they raise a ``ValueError`` that gives their
+    number, with ``empty="drop"`` they are left out (and reported in the masks).
+    """
+    if empty not in ("error", "drop"):
+        msg = f"empty must be 'error' or 'drop', got {empty!r}."
+        raise ValueError(msg)
+    counts = as_canonical_csr(X)
+    check_count_values(counts, what=what)
+    keep_cells = np.asarray(counts.sum(axis=1)).ravel() > 0
+    keep_genes = np.bincount(counts.indices, weights=counts.data, minlength=counts.shape[1]) > 0
+    n_cells, n_genes = int((~keep_cells).sum()), int((~keep_genes).sum())
+    if empty == "error" and n_cells:
         msg = (
-            f"{what} has {_plural(empty_cells, 'cell')} without any counts; remove them first, "
-            "e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
+            f"{what} has {_plural(n_cells, 'cell')} without any counts; remove them first, "
+            "e.g. `sc.pp.filter_cells(adata, min_counts=1)`, or pass `empty='drop'`."
         )
         raise ValueError(msg)
-    gene_totals = np.bincount(X.indices, weights=data, minlength=n_genes)
-    empty_genes = int(np.count_nonzero(gene_totals == 0))
-    if empty_genes:
+    if empty == "error" and n_genes:
         msg = (
-            f"{what} has {_plural(empty_genes, 'gene')} without any counts; remove them first, "
-            "e.g. `sc.pp.filter_genes(adata, min_counts=1)`."
+            f"{what} has {_plural(n_genes, 'gene')} without any counts; remove them first, "
+            "e.g. `sc.pp.filter_genes(adata, min_counts=1)`, or pass `empty='drop'`."
         )
         raise ValueError(msg)
+    if not keep_cells.any():
+        msg = f"{what} has no counts at all."
+        raise ValueError(msg)
+    if n_cells or n_genes:
+        counts = as_canonical_csr(counts[keep_cells][:, keep_genes])
+    return Counts(counts, keep_cells if n_cells else None, keep_genes if n_genes else None)
 
 
 def _plural(n: int, noun: str) -> str:

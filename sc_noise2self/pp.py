@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
 
 from . import _logging as logg
 from ._calibrate import denoise_counts, resolve_method, run_mcv
@@ -35,6 +37,7 @@ def denoise(
     target_sum: float | None = None,
     loss: LossName = "mse",
     random_state: RandomState = 0,
+    empty: Literal["error", "drop"] = "error",
     chunk_size: int | None = None,
     progress: bool = True,
     copy: bool = False,
@@ -75,6 +78,10 @@ def denoise(
         the count scale.
     random_state
         Seed of the splits and of the randomised SVD; same seed, same bytes.
+    empty
+        Cells or genes without any counts: ``"error"`` (the default; the message says
+        how many) or ``"drop"``: calibrate and denoise the others, and write zeros for
+        them (their transformed counts).
     chunk_size
         Cells per block when scoring and writing; default keeps a block under 4 MiB.
     progress
@@ -96,10 +103,10 @@ def denoise(
         ``layer``) and the package ``version``.
     """
     start = logg.info(f"denoising with {method if isinstance(method, str) else type(method).__name__}")
-    counts = _counts_from(adata, layer)
+    counts = _counts_from(adata, layer, empty)
     name, denoiser = resolve_method(method, random_state)
     result = run_mcv(
-        counts,
+        counts.matrix,
         denoiser,
         method=name,
         grid=grid,
@@ -113,9 +120,13 @@ def denoise(
         progress=progress,
     )
     denoised = denoise_counts(
-        counts, denoiser, result.best, transform=transform, target_sum=target_sum, chunk_size=chunk_size
+        counts.matrix, denoiser, result.best, transform=transform, target_sum=target_sum, chunk_size=chunk_size
     )
+    if counts.cells is not None or counts.genes is not None:
+        denoised = _embed(denoised, counts.cells, counts.genes)
     uns = result.to_uns()
+    uns["n_dropped_cells"] = 0 if counts.cells is None else int((~counts.cells).sum())
+    uns["n_dropped_genes"] = 0 if counts.genes is None else int((~counts.genes).sum())
     uns["params"]["layer"] = layer
     uns["params"]["method_repr"] = repr(denoiser)
     logg.info(
@@ -136,6 +147,17 @@ def denoise(
         ),
     )
     return adata if copy else None
+
+
+def _embed(values: np.ndarray, cells: np.ndarray | None, genes: np.ndarray | None) -> np.ndarray:
+    """Place the denoised kept cells × genes into a zero matrix of the input's shape."""
+    rows = np.arange(values.shape[0]) if cells is None else np.flatnonzero(cells)
+    cols = np.arange(values.shape[1]) if genes is None else np.flatnonzero(genes)
+    out = np.zeros(
+        (rows.size if cells is None else cells.size, cols.size if genes is None else genes.size), values.dtype
+    )
+    out[np.ix_(rows, cols)] = values
+    return out
 
 
 def split_counts(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ._calibrate import CalibrationResult, resolve_method, run_mcv
-from ._validate import as_canonical_csr, check_counts, get_counts
+from ._validate import get_counts, prepare_counts
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
     from ._types import ArrayLike, LossName, RandomState, TransformName
+    from ._validate import Counts
     from .denoisers import Denoiser
 
 __all__ = ["CalibrationResult", "calibrate"]
@@ -30,6 +31,7 @@ def calibrate(
     target_sum: float | None = None,
     loss: LossName = "mse",
     random_state: RandomState = 0,
+    empty: Literal["error", "drop"] = "error",
     chunk_size: int | None = None,
     progress: bool = True,
 ) -> CalibrationResult:
@@ -65,6 +67,9 @@ def calibrate(
         the count scale.
     random_state
         Seed of the splits and of the denoiser; same seed, same result.
+    empty
+        Cells or genes without any counts: ``"error"`` (say how many) or ``"drop"``
+        (calibrate on the others).
     chunk_size
         Cells per block when scoring; default keeps a block under 4 MiB.
     progress
@@ -74,10 +79,10 @@ def calibrate(
     -------
     The loss per split and grid value, and the chosen value as ``result.best``.
     """
-    counts = _counts_from(data, layer)
+    counts = _counts_from(data, layer, empty)
     name, denoiser = resolve_method(method, random_state)
     return run_mcv(
-        counts,
+        counts.matrix,
         denoiser,
         method=name,
         grid=grid,
@@ -92,18 +97,14 @@ def calibrate(
     )
 
 
-def _counts_from(data: AnnData | ArrayLike, layer: str | None) -> ArrayLike:
+def _counts_from(data: AnnData | ArrayLike, layer: str | None, empty: Literal["error", "drop"]) -> Counts:
     """Return validated canonical-CSR counts from an AnnData (X or layer) or a matrix."""
     from anndata import AnnData
 
     if isinstance(data, AnnData):
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        counts = as_canonical_csr(get_counts(data, layer))
-    else:
-        if layer is not None:
-            msg = "layer is only meaningful for AnnData input."
-            raise ValueError(msg)
-        where = "The count matrix"
-        counts = as_canonical_csr(data)
-    check_counts(counts, what=where)
-    return counts
+        return prepare_counts(get_counts(data, layer), what=where, empty=empty)
+    if layer is not None:
+        msg = "layer is only meaningful for AnnData input."
+        raise ValueError(msg)
+    return prepare_counts(data, what="The count matrix", empty=empty)

@@ -23,6 +23,13 @@ def adata(simulation) -> ad.AnnData:
     return a
 
 
+def _zero_gene(X: sparse.csr_matrix, gene: int) -> sparse.csr_matrix:
+    X = X.copy()
+    X.data[X.indices == gene] = 0
+    X.eliminate_zeros()
+    return X
+
+
 def _snapshot(a: ad.AnnData) -> dict:
     X = a.X.toarray() if sparse.issparse(a.X) else np.array(a.X)
     return {"X": X, "layers": sorted(a.layers), "uns": sorted(a.uns), "obs": a.obs.copy(), "var": a.var.copy()}
@@ -114,8 +121,13 @@ def test_counts_layer_and_estimator_instance(adata):
         pytest.param(lambda a: setattr(a, "X", -a.X.toarray()), {}, "negative", id="negative"),
         pytest.param(lambda a: a.X.data.__setitem__(0, np.nan), {}, "NaN", id="nan"),
         pytest.param(
-            lambda a: a.X.data.__setitem__(slice(a.X.indptr[0], a.X.indptr[1]), 0), {}, "1 cell without any counts", id="empty-cell"
+            lambda a: a.X.data.__setitem__(slice(a.X.indptr[0], a.X.indptr[1]), 0),
+            {},
+            "1 cell without any counts",
+            id="empty-cell",
         ),
+        pytest.param(lambda a: setattr(a, "X", _zero_gene(a.X, 3)), {}, "1 gene without any counts", id="empty-gene"),
+        pytest.param(lambda a: None, {"empty": "ignore"}, "empty must be", id="empty-flag"),
         pytest.param(lambda a: None, {"layer": "raw"}, "Layer 'raw' not found", id="missing-layer"),
         pytest.param(lambda a: None, {"grid": [1, 2, 10_000]}, "must lie in 1..", id="grid-too-large"),
         pytest.param(lambda a: None, {"grid": [0, 2]}, "must lie in 1..", id="grid-zero"),
@@ -133,6 +145,40 @@ def test_bad_input_raises_and_leaves_adata_unchanged(adata, mutate, kwargs, matc
     with pytest.raises(ValueError, match=match):
         pp.denoise(adata, progress=False, **kwargs)
     _assert_unchanged(adata, before)
+
+
+def test_empty_cells_and_genes_can_be_dropped(adata):
+    X = _zero_gene(_zero_gene(adata.X, 2), 7)
+    X.data[X.indptr[5] : X.indptr[6]] = 0
+    X.eliminate_zeros()
+    adata.X = X
+    with pytest.raises(ValueError, match=r"1 cell without any counts.*empty='drop'"):
+        pp.denoise(adata, grid=GRID, progress=False)
+    pp.denoise(adata, grid=GRID, progress=False, empty="drop")
+    out = adata.layers["denoised"]
+    assert out.shape == adata.shape
+    assert not out[5].any() and not out[:, [2, 7]].any() and out[6].any()
+    assert adata.uns["denoised"]["n_dropped_cells"] == 1 and adata.uns["denoised"]["n_dropped_genes"] == 2
+    kept = adata[np.arange(adata.n_obs) != 5][:, np.setdiff1d(np.arange(adata.n_vars), [2, 7])].copy()
+    pp.denoise(kept, grid=GRID, progress=False)
+    np.testing.assert_array_equal(np.delete(np.delete(out, 5, axis=0), [2, 7], axis=1), kept.layers["denoised"])
+
+
+def test_too_few_molecules_for_the_split():
+    shallow = ad.AnnData(sparse.csr_matrix(np.eye(20, dtype=np.int32) * 3))
+    with pytest.raises(ValueError, match="Too few molecules for a split"):
+        pp.denoise(shallow, progress=False)
+    pp.denoise(shallow, split_fraction=0.5, progress=False)
+
+
+def test_int64_indices_give_the_same_result(simulation):
+    wide = simulation.counts.copy()
+    wide.indices, wide.indptr = wide.indices.astype(np.int64), wide.indptr.astype(np.int64)
+    a, b = ad.AnnData(simulation.counts.copy()), ad.AnnData(wide)
+    assert b.X.indices.dtype == np.int64
+    for x in (a, b):
+        pp.denoise(x, grid=GRID, progress=False)
+    np.testing.assert_array_equal(a.layers["denoised"], b.layers["denoised"])
 
 
 def test_too_few_cells_for_the_default_grid_is_capped():
