@@ -60,6 +60,9 @@ def as_canonical_csr(X: ArrayLike) -> sparse.csr_matrix:
     if X.ndim != 2:
         msg = f"Expected a 2-D cells × genes matrix, got an array of shape {X.shape}."
         raise ValueError(msg)
+    if X.dtype == np.float16:  # scipy.sparse has no float16
+        msg = "The count matrix is float16, which cannot hold counts above 2048 exactly; cast it to float32 or int32."
+        raise ValueError(msg)
     return sparse.csr_matrix(X)
 
 

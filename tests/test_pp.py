@@ -10,7 +10,7 @@ from scipy import sparse
 import sc_noise2self as n2s
 from sc_noise2self import pp
 
-from ._helpers import ARRAY_TYPES, as_type
+from ._helpers import ARRAY_TYPES, DTYPES, as_type
 
 GRID = [1, 2, 3, 5, 8, 12]
 
@@ -91,7 +91,7 @@ def test_uns_and_layer_survive_h5ad_round_trip(adata, tmp_path):
 def test_same_seed_same_bytes_across_array_types(simulation):
     reference = None
     for array_type in [p.values[0] for p in ARRAY_TYPES]:
-        for dtype in (np.int32, np.float32):
+        for dtype in [p.values[0] for p in DTYPES]:
             a = ad.AnnData(as_type(simulation.counts, array_type, dtype))
             pp.denoise(a, grid=GRID, random_state=4, progress=False)
             result = (a.layers["denoised"].tobytes(), a.uns["denoised"]["loss"].tobytes())
@@ -136,6 +136,11 @@ def test_counts_layer_and_estimator_instance(adata):
         pytest.param(lambda a: None, {"loss": "l1"}, "loss must be", id="loss"),
         pytest.param(lambda a: None, {"method": "magic"}, "method must be", id="method"),
         pytest.param(lambda a: None, {"target_sum": -1.0}, "target_sum", id="target-sum"),
+        pytest.param(lambda a: a.X.data.__setitem__(3, np.inf), {}, "infinite", id="inf"),
+        pytest.param(lambda a: None, {"n_splits": 0}, "n_splits must be a positive integer", id="n-splits"),
+        pytest.param(lambda a: None, {"chunk_size": 0}, "chunk_size must be a positive integer", id="chunk-size"),
+        pytest.param(lambda a: None, {"random_state": -1}, "random_state must be", id="random-state"),
+        pytest.param(lambda a: setattr(a, "X", a.X.toarray().astype(np.float16)), {}, "float16", id="float16"),
     ],
 )
 def test_bad_input_raises_and_leaves_adata_unchanged(adata, mutate, kwargs, match):
