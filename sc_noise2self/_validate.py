@@ -72,9 +72,6 @@ def check_count_values(X: sparse.csr_matrix, *, what: str = "the input") -> None
     if data.dtype.kind not in "iuf":
         msg = f"{what} has dtype {data.dtype}; counts must be integers or floats."
         raise ValueError(msg)
-    if data.dtype == np.float16:
-        msg = f"{what} is float16, which cannot hold counts above 2048 exactly; cast it to float32 or int32 first."
-        raise ValueError(msg)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         n_bad = int(np.count_nonzero(~np.isfinite(data)))
         msg = f"{what} contains {n_bad} NaN or infinite values; counts must be finite."
