@@ -1,7 +1,12 @@
-"""The sweep engine: split, transform, fit once per split, score every grid value, choose.
+"""The sweep engine: split or mask, fit once, score every grid value block by block, choose.
 
 Knows nothing of a method beyond the :class:`~sc_noise2self.denoisers.Denoiser`
-protocol, and nothing of AnnData.
+protocol, and nothing of AnnData. Two strategies:
+
+- ``run_mcv``: molecular cross-validation — fit on a binomial thinning of the counts,
+  score against the held-out molecules after the exact depth conversion;
+- ``run_genes``: Noise2Self J-invariance — partition the genes, predict each group from
+  the others, score against the data itself.
 """
 
 from __future__ import annotations
@@ -16,19 +21,27 @@ from tqdm.auto import tqdm
 from ._loss import check_loss, held_out_target, score_block
 from ._split import binomial_split, seed_sequence
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
-from ._validate import check_fraction, check_grid, check_positive_int
-from .denoisers import PCA, Denoiser
+from ._validate import check_fraction, check_positive_int
+from .denoisers import PCA, BlockSweep, Denoiser, Diffusion
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable
 
     from scipy import sparse
 
-    from ._types import LossName, RandomState, TransformName
+    from ._types import ArrayLike, LossName, RandomState, TransformName
+    from .denoisers._base import GridValue, ValueSweep
 
-__all__ = ["CalibrationResult", "denoise_counts", "package_version", "resolve_method", "run_mcv"]
+__all__ = [
+    "CalibrationResult",
+    "package_version",
+    "predict_all",
+    "resolve_method",
+    "run_genes",
+    "run_mcv",
+]
 
-METHODS = {"pca": PCA}
+METHODS = {"pca": PCA, "diffusion": Diffusion}
 _CHUNK_ELEMENTS = 2**19  # cells per block × genes; a block of predictions is 4 MiB
 
 
@@ -41,16 +54,13 @@ def package_version() -> str:
 
 def resolve_method(method: str | Denoiser, random_state: RandomState) -> tuple[str, Denoiser]:
     """Turn a method name into a fresh estimator seeded from ``random_state``; use an instance as is."""
-    if isinstance(method, str):
-        if method not in METHODS:
-            msg = f"method must be one of {sorted(METHODS)} or a Denoiser instance, got {method!r}."
-            raise ValueError(msg)
+    if isinstance(method, str) and method in METHODS:
         seed = None if random_state is None else int(seed_sequence(random_state, 2).generate_state(1)[0])
         return method, METHODS[method](random_state=seed)
-    if not isinstance(method, Denoiser):
-        msg = f"method must be one of {sorted(METHODS)} or a Denoiser instance, got {method!r}."
-        raise ValueError(msg)
-    return type(method).__name__.lower(), method
+    if not isinstance(method, str) and isinstance(method, Denoiser):
+        return type(method).__name__.lower(), method
+    msg = f"method must be one of {sorted(METHODS)} or a Denoiser instance, got {method!r}."
+    raise ValueError(msg)
 
 
 def _seed_record(random_state: RandomState) -> int | str | None:
@@ -66,6 +76,12 @@ def chunk_rows(n_cells: int, n_genes: int, chunk_size: int | None) -> list[slice
     return [slice(i, min(i + size, n_cells)) for i in range(0, n_cells, size)]
 
 
+def grid_value(grid: np.ndarray, i: int) -> GridValue:
+    """Grid value ``i`` as an int (1-D grid) or a tuple of ints (one per axis)."""
+    value = grid[i]
+    return int(value) if np.ndim(value) == 0 else tuple(int(v) for v in value)
+
+
 @dataclass
 class CalibrationResult:
     """Outcome of a self-supervised sweep (see :func:`sc_noise2self.tl.calibrate`).
@@ -74,45 +90,82 @@ class CalibrationResult:
     ----------
     method
         Name of the denoiser.
-    grid_name
-        What the grid values mean (e.g. ``"n_comps"``).
+    calibration
+        ``"mcv"`` (molecular cross-validation) or ``"genes"`` (Noise2Self gene partition).
+    grid_names
+        What each grid axis means (e.g. ``("n_comps",)`` or ``("t", "n_neighbors")``).
     grid
-        Values swept, ascending.
+        Values swept in sweep order: 1-D, or one row per value and one column per axis.
     loss
-        Held-out loss per element, one row per split, one column per grid value.
+        Self-supervised loss per matrix entry: one row per split (MCV) or per gene group
+        (scaled so that their mean is the loss per entry), one column per grid value.
     params
         The calibration settings, h5ad-safe.
     """
 
     method: str
-    grid_name: str
+    calibration: str
+    grid_names: tuple[str, ...]
     grid: np.ndarray
     loss: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def loss_mean(self) -> np.ndarray:
-        """Loss averaged over splits."""
+        """Loss averaged over splits or gene groups."""
         return self.loss.mean(axis=0)
 
     @property
-    def best(self) -> int:
-        """Grid value with the lowest mean held-out loss (the smallest one on ties)."""
-        return int(self.grid[int(np.argmin(self.loss_mean))])
+    def best(self) -> GridValue:
+        """Grid value with the lowest mean loss (the first in sweep order on ties)."""
+        return grid_value(self.grid, int(np.argmin(self.loss_mean)))
 
     def to_uns(self) -> dict[str, Any]:
         """Plain types and arrays only, so it survives ``write_h5ad``/``read_h5ad``."""
+        best = self.best
         return {
             "method": self.method,
-            "calibration": "mcv",
-            "grid_name": self.grid_name,
+            "calibration": self.calibration,
+            "grid_names": list(self.grid_names),
             "grid": self.grid.copy(),
             "loss": self.loss.copy(),
             "loss_mean": self.loss_mean,
-            "best": self.best,
+            "best": best if isinstance(best, int) else np.array(best),
             "params": dict(self.params),
             "version": package_version(),
         }
+
+
+def _checked_grid(denoiser: Denoiser, grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
+    return denoiser.check_grid(denoiser.default_grid(shape) if grid is None else grid, shape)
+
+
+def _sweep_losses(
+    sweep: BlockSweep | ValueSweep,
+    blocks: list[slice],
+    n_values: int,
+    prepare: Callable[[slice], Any],
+    score: Callable[[slice, Any, np.ndarray], float],
+    bar: tqdm,
+) -> np.ndarray:
+    """Sum the loss per grid value, in whichever loop order the sweep offers."""
+    losses = np.zeros(n_values)
+    if isinstance(sweep, BlockSweep):
+        for rows in blocks:
+            target = prepare(rows)
+            for j, (_, pred) in enumerate(sweep.sweep_blocks(rows)):
+                losses[j] += score(rows, target, pred)
+            bar.update(1 / len(blocks))
+    else:
+        for j, (_, predict) in enumerate(sweep.sweep_values()):
+            for rows in blocks:
+                losses[j] += score(rows, prepare(rows), predict(rows))
+            bar.update(1 / n_values)
+    return losses
+
+
+def _progress(total: int, desc: str, *, progress: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, disable=not progress, bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}]")
 
 
 def run_mcv(
@@ -120,7 +173,7 @@ def run_mcv(
     denoiser: Denoiser,
     *,
     method: str,
-    grid: Sequence[int] | None,
+    grid: ArrayLike | None,
     split_fraction: float,
     n_splits: int,
     transform: TransformName,
@@ -135,12 +188,9 @@ def run_mcv(
     check_transform(transform)
     check_loss(loss)
     n_splits = check_positive_int(n_splits, "n_splits")
-    max_value = denoiser.max_grid_value(counts.shape)
-    if max_value < 1:
-        msg = f"Data of shape {counts.shape} is too small to calibrate; it needs at least 2 cells and 2 genes."
-        raise ValueError(msg)
-    grid = check_grid(denoiser.default_grid(counts.shape) if grid is None else grid, max_value=max_value)
+    grid = _checked_grid(denoiser, grid, counts.shape)
     blocks = chunk_rows(counts.shape[0], counts.shape[1], chunk_size)
+
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     held_out_per_cell = (1.0 - p) * float(np.median(totals))
     if held_out_per_cell < 1.0:
@@ -161,20 +211,23 @@ def run_mcv(
         loss=loss,
     )
 
-    losses = np.zeros((n_splits, grid.size))
-    n_elements = counts.shape[0] * counts.shape[1]
-    with tqdm(total=n_splits * len(blocks), desc=f"MCV {method}", unit="block", disable=not progress) as bar:
+    losses = np.zeros((n_splits, len(grid)))
+    with _progress(n_splits, f"MCV {method}", progress=progress) as bar:
         for i in range(n_splits):
             train, test = binomial_split(counts, p, np.random.default_rng(seed_sequence(random_state, 0, i)))
-            denoiser.fit(transform_counts(train, transform, train_scales), grid)
-            for rows in blocks:
-                target = held_out_target(test[rows], test_scales[rows], transform=transform, loss=loss)
-                for j, (_, pred) in enumerate(denoiser.sweep(rows)):
-                    per_cell = score_block(
-                        pred, target, conversion=conversion, train_scales=train_scales[rows], loss=loss
-                    )
-                    losses[i, j] += per_cell.sum()
-                bar.update()
+            sweep = denoiser.fit(transform_counts(train, transform, train_scales), grid)
+            losses[i] = _sweep_losses(
+                sweep,
+                blocks,
+                len(grid),
+                prepare=lambda rows, test=test: held_out_target(
+                    test[rows], test_scales[rows], transform=transform, loss=loss
+                ),
+                score=lambda rows, target, pred: score_block(
+                    pred, target, conversion=conversion, train_scales=train_scales[rows], loss=loss
+                ).sum(),
+                bar=bar,
+            )
     params = {
         "split_fraction": p,
         "n_splits": n_splits,
@@ -184,28 +237,86 @@ def run_mcv(
         "random_state": _seed_record(random_state),
     }
     return CalibrationResult(
-        method=method, grid_name=denoiser.grid_name, grid=grid, loss=losses / n_elements, params=params
+        method=method,
+        calibration="mcv",
+        grid_names=denoiser.grid_names(grid),
+        grid=grid,
+        loss=losses / (counts.shape[0] * counts.shape[1]),
+        params=params,
     )
 
 
-def denoise_counts(
-    counts: sparse.csr_matrix,
-    denoiser: Denoiser,
-    value: int,
-    *,
-    transform: TransformName,
-    target_sum: float | None,
-    chunk_size: int | None,
-    dtype: np.dtype = np.float32,
-) -> np.ndarray:
-    """Refit ``denoiser`` on all counts at one grid value and return the denoised matrix.
+N_CELL_GROUPS = 5
 
-    Values are on the transformed scale of the full data, ``T(s · x)`` with
-    ``s = target_sum / total`` (or 1 without ``target_sum``).
+
+def random_groups(n_items: int, n_groups: int, random_state: RandomState, key: int) -> np.ndarray:
+    """Random, balanced assignment of items to ``n_groups`` groups (a group index per item)."""
+    rng = np.random.default_rng(seed_sequence(random_state, key))
+    return rng.permutation(n_items) % n_groups
+
+
+def run_genes(
+    values: sparse.csr_matrix,
+    denoiser: Denoiser,
+    *,
+    method: str,
+    grid: ArrayLike | None,
+    n_groups: int,
+    random_state: RandomState,
+    chunk_size: int | None,
+    progress: bool,
+    params: dict[str, Any],
+) -> CalibrationResult:
+    """Noise2Self calibration: each gene group predicted from the others, MSE against the data.
+
+    ``values`` are the (transformed) data the denoiser works on. For a J-invariant
+    prediction the error against the data differs from the error against the truth by
+    a constant (the noise variance), so both have the same minimiser over the grid.
+    Cells are also split into ``N_CELL_GROUPS`` random groups, so that a method may learn
+    the held-out genes from the other cell groups (cross-fitting).
     """
-    scales = cell_scales(np.asarray(counts.sum(axis=1)).ravel(), target_sum, 1.0)
-    denoiser.fit(transform_counts(counts, transform, scales), np.array([value]))
-    out = np.empty(counts.shape, dtype=dtype)
-    for rows in chunk_rows(counts.shape[0], counts.shape[1], chunk_size):
+    n_cells, n_genes = values.shape
+    n_groups = check_positive_int(n_groups, "n_groups")
+    if not 2 <= n_groups <= n_genes:
+        msg = f"n_groups must lie in 2..{n_genes} (the number of genes), got {n_groups}."
+        raise ValueError(msg)
+    grid = _checked_grid(denoiser, grid, values.shape)
+    blocks = chunk_rows(n_cells, n_genes, chunk_size)
+    groups = random_groups(n_genes, n_groups, random_state, 3)
+    cell_groups = random_groups(n_cells, min(N_CELL_GROUPS, n_cells), random_state, 4)
+
+    losses = np.zeros((n_groups, len(grid)))
+    with _progress(n_groups, f"Noise2Self {method}", progress=progress) as bar:
+        for g in range(n_groups):
+            held_out = groups == g
+            sweep = denoiser.held_out_genes(values, held_out, cell_groups, grid)
+            columns = values[:, held_out]
+            losses[g] = _sweep_losses(
+                sweep,
+                blocks,
+                len(grid),
+                prepare=lambda rows, columns=columns: columns[rows].toarray(),
+                score=lambda _rows, target, pred: float(np.sum((pred - target) ** 2)),
+                bar=bar,
+            )
+    params = {**params, "n_groups": n_groups, "random_state": _seed_record(random_state)}
+    return CalibrationResult(
+        method=method,
+        calibration="genes",
+        grid_names=denoiser.grid_names(grid),
+        grid=grid,
+        loss=losses / (n_cells * n_genes / n_groups),
+        params=params,
+    )
+
+
+def predict_all(
+    values: sparse.csr_matrix, denoiser: Denoiser, value: GridValue, *, chunk_size: int | None
+) -> np.ndarray:
+    """Refit ``denoiser`` on all the (transformed) data at one grid value; the dense float32 result."""
+    grid = np.array([value])
+    denoiser.fit(values, denoiser.check_grid(grid if grid.ndim == 1 else grid.reshape(1, -1), values.shape))
+    out = np.empty(values.shape, dtype=np.float32)
+    for rows in chunk_rows(values.shape[0], values.shape[1], chunk_size):
         out[rows] = denoiser.predict(rows, value)
     return out

@@ -32,6 +32,7 @@ __all__ = [
     "cell_scales",
     "expected_transform",
     "transform_counts",
+    "transformed",
 ]
 
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -72,6 +73,14 @@ def transform_counts(X: sparse.csr_matrix, transform: TransformName, scales: np.
     """``T(s_c · x)`` for CSR counts, as float64 CSR with the same sparsity (T(0) = 0)."""
     data = X.data.astype(np.float64) * np.repeat(scales, np.diff(X.indptr))
     return sparse.csr_matrix((TRANSFORMS[transform](data), X.indices, X.indptr), shape=X.shape)
+
+
+def transformed(
+    X: sparse.csr_matrix, transform: TransformName, target_sum: float | None, fraction: float = 1.0
+) -> sparse.csr_matrix:
+    """``T(s · x)`` of counts (or values) with the per-cell scale for ``target_sum`` at ``fraction``."""
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    return transform_counts(X, transform, cell_scales(totals, target_sum, fraction))
 
 
 def expected_transform(mu: np.ndarray, scales: np.ndarray, transform: TransformName) -> np.ndarray:

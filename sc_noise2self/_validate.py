@@ -8,8 +8,6 @@ import numpy as np
 from scipy import sparse
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from anndata import AnnData
 
     from ._types import ArrayLike
@@ -19,7 +17,7 @@ __all__ = [
     "as_canonical_csr",
     "check_count_values",
     "check_fraction",
-    "check_grid",
+    "check_int_grid",
     "check_positive_int",
     "get_counts",
     "prepare_counts",
@@ -66,37 +64,50 @@ def as_canonical_csr(X: ArrayLike) -> sparse.csr_matrix:
     return sparse.csr_matrix(X)
 
 
-def check_count_values(X: sparse.csr_matrix, *, what: str = "the input") -> None:
-    """Raise ``ValueError`` unless ``X`` holds raw counts (finite, non-negative integers)."""
+_HOW_TO_PASS_COUNTS = (
+    "pass the layer that holds raw counts, e.g. `layer='counts'` (keep one with "
+    "`adata.layers['counts'] = adata.X.copy()` before normalising)"
+)
+
+
+def _not_counts(data: np.ndarray) -> str | None:
+    """Why finite values are not raw counts, or None when they are."""
+    if data.size and data.min() < 0:
+        return f"contains negative values ({int(np.count_nonzero(data < 0))} entries), so it is not raw counts"
+    if data.dtype.kind == "f" and data.size and not np.array_equal(data, np.floor(data)):
+        return "contains non-integer values, so it is not raw counts (log-normalised data?)"
+    return None
+
+
+def check_count_values(X: sparse.csr_matrix, *, what: str = "the input", counts: bool = True) -> bool:
+    """Raise ``ValueError`` unless ``X`` is a non-empty finite numeric matrix.
+
+    With ``counts=True`` it must also hold raw counts (non-negative integers); otherwise
+    return whether it does.
+    """
     data = X.data
     if data.dtype.kind not in "iuf":
-        msg = f"{what} has dtype {data.dtype}; counts must be integers or floats."
+        msg = f"{what} has dtype {data.dtype}; expected integers or floats."
         raise ValueError(msg)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         n_bad = int(np.count_nonzero(~np.isfinite(data)))
-        msg = f"{what} contains {n_bad} NaN or infinite values; counts must be finite."
-        raise ValueError(msg)
-    if data.size and data.min() < 0:
-        msg = (
-            f"{what} contains negative values ({int(np.count_nonzero(data < 0))} entries), so it is not raw counts "
-            "(scaled or centred data?). Molecular cross-validation splits molecules and needs raw UMI counts: "
-            "pass the layer that holds them, e.g. `layer='counts'`."
-        )
-        raise ValueError(msg)
-    if data.dtype.kind == "f" and data.size and not np.array_equal(data, np.floor(data)):
-        msg = (
-            f"{what} contains non-integer values, so it is not raw counts (log-normalised data?). "
-            "Molecular cross-validation splits molecules and needs raw UMI counts: pass the layer that holds "
-            "them, e.g. `layer='counts'` (keep one with `adata.layers['counts'] = adata.X.copy()` before normalising)."
-        )
+        msg = f"{what} contains {n_bad} NaN or infinite values; values must be finite."
         raise ValueError(msg)
     if X.shape[0] == 0 or X.shape[1] == 0:
         msg = f"{what} has shape {X.shape}; it needs at least one cell and one gene."
         raise ValueError(msg)
+    problem = _not_counts(data)
+    if counts and problem:
+        msg = (
+            f"{what} {problem}. Molecular cross-validation splits molecules and needs raw UMI counts: "
+            f"{_HOW_TO_PASS_COUNTS}; or calibrate on these values with `calibration='genes', transform='none'`."
+        )
+        raise ValueError(msg)
+    return problem is None
 
 
 class Counts(NamedTuple):
-    """Validated counts for calibration, with the cells and genes they were taken from."""
+    """Validated data for calibration, with the cells and genes they were taken from."""
 
     matrix: sparse.csr_matrix
     """Canonical CSR counts without empty cells or genes."""
@@ -104,22 +115,29 @@ class Counts(NamedTuple):
     """Boolean mask of the input's cells kept, or None when all were."""
     genes: np.ndarray | None
     """Boolean mask of the input's genes kept, or None when all were."""
+    is_counts: bool
+    """Whether the values are raw counts (non-negative integers)."""
 
 
-def prepare_counts(X: ArrayLike, *, what: str, empty: Literal["error", "drop"] = "error") -> Counts:
-    """Canonical CSR raw counts without cells or genes that have no counts.
+def prepare_counts(
+    X: ArrayLike, *, what: str, empty: Literal["error", "drop"] = "error", counts: bool = True
+) -> Counts:
+    """Canonical CSR data without cells or genes that have no counts (all zeros).
 
     Empty cells and genes carry no information for a molecular split and break per-cell
     normalisation: with ``empty="error"`` they raise a ``ValueError`` that gives their
-    number, with ``empty="drop"`` they are left out (and reported in the masks).
+    number, with ``empty="drop"`` they are left out (and reported in the masks). With
+    ``counts=False`` the values need not be counts (see :func:`check_count_values`).
     """
     if empty not in ("error", "drop"):
         msg = f"empty must be 'error' or 'drop', got {empty!r}."
         raise ValueError(msg)
-    counts = as_canonical_csr(X)
-    check_count_values(counts, what=what)
-    keep_cells = np.asarray(counts.sum(axis=1)).ravel() > 0
-    keep_genes = np.bincount(counts.indices, weights=counts.data, minlength=counts.shape[1]) > 0
+    matrix = as_canonical_csr(X)
+    is_counts = check_count_values(matrix, what=what, counts=counts)
+    nonzero = matrix.data != 0  # explicit zeros do not count
+    seen = np.concatenate([[0], np.cumsum(nonzero)])
+    keep_cells = seen[matrix.indptr[1:]] > seen[matrix.indptr[:-1]]
+    keep_genes = np.bincount(matrix.indices[nonzero], minlength=matrix.shape[1]) > 0
     n_cells, n_genes = int((~keep_cells).sum()), int((~keep_genes).sum())
     if empty == "error" and n_cells:
         msg = (
@@ -137,8 +155,8 @@ def prepare_counts(X: ArrayLike, *, what: str, empty: Literal["error", "drop"] =
         msg = f"{what} has no counts at all."
         raise ValueError(msg)
     if n_cells or n_genes:
-        counts = as_canonical_csr(counts[keep_cells][:, keep_genes])
-    return Counts(counts, keep_cells if n_cells else None, keep_genes if n_genes else None)
+        matrix = as_canonical_csr(matrix[keep_cells][:, keep_genes])
+    return Counts(matrix, keep_cells if n_cells else None, keep_genes if n_genes else None, is_counts)
 
 
 def _plural(n: int, noun: str) -> str:
@@ -162,23 +180,23 @@ def check_positive_int(value: object, name: str) -> int:
     return int(value)
 
 
-def check_grid(grid: Sequence[int], *, max_value: int, name: str = "grid") -> np.ndarray:
-    """Sorted, unique, positive integers below ``max_value`` (inclusive)."""
+def check_int_grid(grid: ArrayLike, *, low: int, high: int, name: str) -> np.ndarray:
+    """Sorted unique integers of a 1-D grid, each in ``low..high``."""
     values = np.asarray(grid)
     if values.ndim != 1 or values.size == 0:
-        msg = f"{name} must be a non-empty 1-D sequence of integers, got {grid!r}."
+        msg = f"The grid of {name} must be a non-empty 1-D sequence of integers, got {grid!r}."
         raise ValueError(msg)
-    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
-        msg = f"{name} must hold integers, got {grid!r}."
-        raise ValueError(msg)
-    if values.dtype.kind not in "iuf":
-        msg = f"{name} must hold integers, got {grid!r}."
+    if values.dtype.kind not in "iuf" or (values.dtype.kind == "f" and not np.array_equal(values, np.round(values))):
+        msg = f"The grid of {name} must hold integers, got {grid!r}."
         raise ValueError(msg)
     values = np.unique(values.astype(np.int64))
-    if values[0] < 1 or values[-1] > max_value:
+    if high < low:
+        msg = f"This data is too small for any {name}: it needs at least {low} and allows at most {high}."
+        raise ValueError(msg)
+    if values[0] < low or values[-1] > high:
         msg = (
-            f"{name} values must lie in 1..{max_value} for this data (at most min(n_cells, n_genes) - 1), "
-            f"got {values[0]}..{values[-1]}; pass a smaller grid or use more cells."
+            f"{name} values must lie in {low}..{high} for this data, got {values[0]}..{values[-1]}; "
+            "pass a smaller grid or use more cells or genes."
         )
         raise ValueError(msg)
     return values

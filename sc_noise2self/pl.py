@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 __all__ = ["calibration"]
 
-_GRID_LABELS = {"n_comps": "number of principal components"}
+_GRID_LABELS = {"n_comps": "number of principal components", "t": "diffusion time t"}
 
 
 def calibration(
@@ -52,36 +52,43 @@ def calibration(
     grid = np.asarray(info["grid"])
     loss = np.atleast_2d(np.asarray(info["loss"]))
     mean = loss.mean(axis=0)
-    best = int(info["best"])
+    best = np.atleast_1d(np.asarray(info["best"]))
+    names = [str(n) for n in info.get("grid_names", ["grid value"])]
     params = info.get("params", {})
+    calibration = info.get("calibration", "mcv")
 
     own_figure = ax is None
     if own_figure:
         _, ax = plt.subplots(figsize=(5, 3.5))
-    if loss.shape[0] > 1:
-        for i, row in enumerate(loss):
-            ax.plot(grid, row, color="0.7", lw=0.8, label="single split" if i == 0 else None)
-    ax.plot(
-        grid,
-        mean,
-        marker="o",
-        ms=3,
-        color="C0",
-        lw=1.5,
-        label="mean over splits" if loss.shape[0] > 1 else "held-out loss",
-    )
-    ibest = int(np.flatnonzero(grid == best)[0])
-    ax.axvline(best, color="C3", ls="--", lw=1)
-    ax.plot([best], [mean[ibest]], marker="*", ms=12, color="C3", ls="none", label=f"chosen: {best}")
-    if grid.max() / max(grid.min(), 1) >= 20:
+    x = grid if grid.ndim == 1 else grid[:, 0]
+    if grid.ndim == 1:
+        if loss.shape[0] > 1:
+            part = "single split" if calibration == "mcv" else "single gene group"
+            for i, row in enumerate(loss):
+                ax.plot(x, row, color="0.7", lw=0.8, label=part if i == 0 else None)
+        label = (
+            ("mean over splits" if calibration == "mcv" else "mean over gene groups") if loss.shape[0] > 1 else "loss"
+        )
+        ax.plot(x, mean, marker="o", ms=3, color="C0", lw=1.5, label=label)
+    else:  # one curve per value of the second axis
+        for i, second in enumerate(np.unique(grid[:, 1])):
+            on = grid[:, 1] == second
+            ax.plot(x[on], mean[on], marker="o", ms=3, lw=1.5, color=f"C{i % 10}", label=f"{names[1]} = {second}")
+    ibest = int(np.flatnonzero((grid.reshape(len(mean), -1) == best).all(axis=1))[0])
+    ax.axvline(x[ibest], color="C3", ls="--", lw=1)
+    chosen = ", ".join(str(int(v)) for v in best)
+    ax.plot([x[ibest]], [mean[ibest]], marker="*", ms=12, color="C3", ls="none", label=f"chosen: {chosen}")
+    if x.min() > 0 and x.max() / x.min() >= 20:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set_xlabel(_GRID_LABELS.get(str(info.get("grid_name")), str(info.get("grid_name", "grid value"))))
+    ax.set_xlabel(_GRID_LABELS.get(names[0], names[0]))
     transform = params.get("transform", "")
     loss_name = params.get("loss", "mse")
     scale = f"{transform} scale" if loss_name == "mse" else "count scale"
-    ax.set_ylabel(f"held-out {loss_name} ({scale})")
-    ax.set_title(f"Molecular cross-validation: {info.get('method', '')}")
+    what = "held-out" if calibration == "mcv" else "Noise2Self"
+    ax.set_ylabel(f"{what} {loss_name} ({scale})")
+    kind = "Molecular cross-validation" if calibration == "mcv" else "Noise2Self gene partition"
+    ax.set_title(f"{kind}: {info.get('method', '')}")
     ax.legend(frameon=False)
     if save is not None:
         ax.figure.savefig(save, dpi=150, bbox_inches="tight")

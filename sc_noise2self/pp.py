@@ -7,14 +7,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from . import _logging as logg
-from ._calibrate import denoise_counts, resolve_method, run_mcv
+from ._calibrate import predict_all
 from ._split import split_array
+from ._transform import transformed
 from ._validate import get_counts
-from .tl import _counts_from
+from .tl import _run
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from anndata import AnnData
 
     from ._split import CountSplit
@@ -30,9 +29,11 @@ def denoise(
     method: str | Denoiser = "pca",
     layer: str | None = None,
     key_added: str = "denoised",
-    grid: Sequence[int] | None = None,
+    calibration: Literal["mcv", "genes"] = "mcv",
+    grid: ArrayLike | None = None,
     split_fraction: float = 0.9,
     n_splits: int = 1,
+    n_groups: int = 10,
     transform: TransformName = "sqrt",
     target_sum: float | None = None,
     loss: LossName = "mse",
@@ -42,31 +43,40 @@ def denoise(
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
-    """Denoise raw counts with a setting chosen by molecular cross-validation.
+    """Denoise expression with a setting chosen by self-supervision.
 
-    Splits every cell's molecules into a training and a held-out part, sweeps the
-    denoiser's setting (for PCA the number of components) on the training part, scores
-    each value against the held-out part (after the exact depth conversion for the
-    non-linear transform), keeps the minimum, and refits on all counts at that value.
+    By default (``calibration="mcv"``, molecular cross-validation) every cell's molecules
+    are split into a training and a held-out part; the denoiser's setting (PCA: the
+    number of components; diffusion: the time ``t``) is swept on the training part and
+    each value is scored against the held-out part, after the exact depth conversion for
+    the non-linear transform. With ``calibration="genes"`` (Noise2Self) each random group
+    of genes is predicted without being seen and scored against the data itself, which
+    also works for values that are not counts. The best value is refitted on all data.
 
     Parameters
     ----------
     adata
         Annotated data matrix with raw UMI counts (cells × genes), sparse or dense.
     method
-        ``"pca"`` or a :class:`~sc_noise2self.denoisers.Denoiser` instance, e.g.
-        ``sc_noise2self.denoisers.PCA(n_iter=10)``.
+        ``"pca"``, ``"diffusion"`` or a :class:`~sc_noise2self.denoisers.Denoiser`
+        instance, e.g. ``sc_noise2self.denoisers.PCA(n_iter=10)``.
     layer
         Layer holding raw counts; ``adata.X`` when None.
     key_added
         Name of the output layer and of the ``uns`` entry.
+    calibration
+        ``"mcv"`` (molecular cross-validation, needs counts) or ``"genes"``
+        (Noise2Self gene partition, any values).
     grid
-        Values to sweep; default 1..20, then steps up to 100 components (capped by
-        ``min(n_cells, n_genes) - 1``).
+        Values to sweep. PCA: numbers of components, default 1..20, then steps up to
+        100 (capped by ``min(n_cells, n_genes) - 1``). Diffusion: times ``t``, default
+        0..20, or ``(t, n_neighbors)`` pairs from :func:`sc_noise2self.tl.grid`.
     split_fraction
-        Expected share of each cell's molecules used for fitting; the rest is held out.
+        MCV: expected share of each cell's molecules used for fitting.
     n_splits
-        Independent random splits; the choice minimises the mean loss over splits.
+        MCV: independent random splits; the choice minimises the mean loss over splits.
+    n_groups
+        Noise2Self: number of random gene groups.
     transform
         ``"sqrt"``, ``"log1p"`` or ``"none"``, applied to (optionally depth-normalised)
         counts before denoising.
@@ -74,10 +84,10 @@ def denoise(
         If given, scale each cell to this many counts before the transform (as
         ``sc.pp.normalize_total``); None denoises raw-depth counts.
     loss
-        ``"mse"`` on the transformed scale, or ``"poisson"`` negative log-likelihood on
-        the count scale.
+        ``"mse"`` on the transformed scale, or (MCV only) ``"poisson"`` negative
+        log-likelihood on the count scale.
     random_state
-        Seed of the splits and of the randomised SVD; same seed, same bytes.
+        Seed of the splits or gene groups and of the denoiser; same seed, same bytes.
     empty
         Cells or genes without any counts: ``"error"`` (the default; the message says
         how many) or ``"drop"``: calibrate and denoise the others, and write zeros for
@@ -98,40 +108,40 @@ def denoise(
         raw counts ``x``, or ``T(x · target_sum / total)`` with ``target_sum``
         (e.g. ``sqrt`` of counts by default). Dense, cells × genes.
     ``adata.uns[key_added]`` : :class:`dict`
-        ``method``, ``grid_name``, ``grid``, ``loss`` (splits × grid, per element),
-        ``loss_mean``, ``best`` (the chosen value), ``params`` (every setting, including
-        ``layer``) and the package ``version``.
+        ``method``, ``calibration``, ``grid_names``, ``grid``, ``loss`` (splits or gene
+        groups × grid, per matrix entry), ``loss_mean``, ``best`` (the chosen value),
+        ``params`` (every setting, including ``layer``) and the package ``version``.
     """
     start = logg.info(f"denoising with {method if isinstance(method, str) else type(method).__name__}")
-    counts = _counts_from(adata, layer, empty)
-    name, denoiser = resolve_method(method, random_state)
-    result = run_mcv(
-        counts.matrix,
-        denoiser,
-        method=name,
+    data, denoiser, result = _run(
+        adata,
+        method=method,
+        layer=layer,
+        calibration=calibration,
         grid=grid,
         split_fraction=split_fraction,
         n_splits=n_splits,
+        n_groups=n_groups,
         transform=transform,
         target_sum=target_sum,
         loss=loss,
         random_state=random_state,
+        empty=empty,
         chunk_size=chunk_size,
         progress=progress,
     )
-    denoised = denoise_counts(
-        counts.matrix, denoiser, result.best, transform=transform, target_sum=target_sum, chunk_size=chunk_size
+    denoised = predict_all(
+        transformed(data.matrix, transform, target_sum), denoiser, result.best, chunk_size=chunk_size
     )
-    if counts.cells is not None or counts.genes is not None:
-        denoised = _embed(denoised, counts.cells, counts.genes)
+    if data.cells is not None or data.genes is not None:
+        denoised = _embed(denoised, data.cells, data.genes)
     uns = result.to_uns()
-    uns["n_dropped_cells"] = 0 if counts.cells is None else int((~counts.cells).sum())
-    uns["n_dropped_genes"] = 0 if counts.genes is None else int((~counts.genes).sum())
     uns["params"]["layer"] = layer
     uns["params"]["method_repr"] = repr(denoiser)
-    logg.info(
-        f"    chose {result.grid_name}={result.best} (held-out {result.params['loss']} {result.loss_mean.min():.6g})"
-    )
+    uns["n_dropped_cells"] = 0 if data.cells is None else int((~data.cells).sum())
+    uns["n_dropped_genes"] = 0 if data.genes is None else int((~data.genes).sum())
+    chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
+    logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
 
     adata = adata.copy() if copy else adata
     if adata.is_view:  # as scanpy does: turn the view into an actual AnnData before writing

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Literal
 
-from ._calibrate import CalibrationResult, resolve_method, run_mcv
+import numpy as np
+
+from ._calibrate import CalibrationResult, resolve_method, run_genes, run_mcv
+from ._transform import check_transform, transformed
 from ._validate import get_counts, prepare_counts
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable
 
     from anndata import AnnData
 
@@ -16,7 +20,9 @@ if TYPE_CHECKING:
     from ._validate import Counts
     from .denoisers import Denoiser
 
-__all__ = ["CalibrationResult", "calibrate"]
+__all__ = ["CalibrationResult", "calibrate", "grid"]
+
+Calibration = Literal["mcv", "genes"]
 
 
 def calibrate(
@@ -24,9 +30,11 @@ def calibrate(
     *,
     method: str | Denoiser = "pca",
     layer: str | None = None,
-    grid: Sequence[int] | None = None,
+    calibration: Calibration = "mcv",
+    grid: ArrayLike | None = None,
     split_fraction: float = 0.9,
     n_splits: int = 1,
+    n_groups: int = 10,
     transform: TransformName = "sqrt",
     target_sum: float | None = None,
     loss: LossName = "mse",
@@ -35,38 +43,48 @@ def calibrate(
     chunk_size: int | None = None,
     progress: bool = True,
 ) -> CalibrationResult:
-    """Sweep a denoiser's setting by molecular cross-validation, without writing anything.
+    """Sweep a denoiser's setting by self-supervision, without writing anything.
 
-    Each cell's molecules are split at random into a training part (``split_fraction``
-    of them in expectation) and a held-out part. The denoiser is fitted once on the
-    normalised training part, every grid value is scored against the held-out part after
-    the exact depth conversion, and the loss curve is returned.
+    With ``calibration="mcv"`` (molecular cross-validation) each cell's molecules are
+    split at random into a training part (``split_fraction`` of them in expectation) and
+    a held-out part; the denoiser is fitted once on the normalised training part, every
+    grid value is scored against the held-out part after the exact depth conversion, and
+    the loss curve is returned. With ``calibration="genes"`` (Noise2Self) the genes are
+    partitioned at random into ``n_groups`` groups, each group is predicted by a denoiser
+    that does not see it, and the error against the data itself is minimised; this also
+    works on values that are not counts (with ``transform="none"``).
 
     Parameters
     ----------
     data
-        Raw counts: an AnnData (cells × genes) or a matrix (dense, CSR or CSC). Sparse
-        input is never densified.
+        Raw counts (or, for ``calibration="genes"``, any values): an AnnData (cells ×
+        genes) or a matrix (dense, CSR or CSC). Sparse input is never densified.
     method
-        ``"pca"`` or a :class:`~sc_noise2self.denoisers.Denoiser` instance.
+        ``"pca"``, ``"diffusion"`` or a :class:`~sc_noise2self.denoisers.Denoiser`
+        instance, e.g. ``sc_noise2self.denoisers.Diffusion(kernel="adaptive")``.
     layer
-        Layer holding raw counts; ``adata.X`` when None.
+        Layer holding the data; ``adata.X`` when None.
+    calibration
+        ``"mcv"`` or ``"genes"``.
     grid
-        Values to sweep (for PCA: numbers of components). Default: the method's grid,
-        for PCA 1..20, then steps to 100, capped by the data size.
+        Values to sweep. PCA: numbers of components (default 1..20, then steps to 100,
+        capped by the data size). Diffusion: times ``t`` (default 0..20), or
+        ``(t, n_neighbors)`` pairs from :func:`grid`.
     split_fraction
-        Expected share of each cell's molecules used for fitting.
+        MCV: expected share of each cell's molecules used for fitting.
     n_splits
-        Independent random splits; the choice minimises their mean loss.
+        MCV: independent random splits; the choice minimises their mean loss.
+    n_groups
+        Noise2Self: number of gene groups.
     transform
         Applied to (optionally depth-normalised) counts before denoising.
     target_sum
         If given, scale each cell to this many counts before the transform.
     loss
-        ``"mse"`` on the transformed scale or ``"poisson"`` negative log-likelihood on
-        the count scale.
+        MCV: ``"mse"`` on the transformed scale or ``"poisson"`` negative
+        log-likelihood on the count scale. Noise2Self: ``"mse"``.
     random_state
-        Seed of the splits and of the denoiser; same seed, same result.
+        Seed of the splits or gene groups and of the denoiser; same seed, same result.
     empty
         Cells or genes without any counts: ``"error"`` (say how many) or ``"drop"``
         (calibrate on the others).
@@ -77,34 +95,117 @@ def calibrate(
 
     Returns
     -------
-    The loss per split and grid value, and the chosen value as ``result.best``.
+    The loss per split (or gene group) and grid value, and the chosen value as ``result.best``.
     """
-    counts = _counts_from(data, layer, empty)
-    name, denoiser = resolve_method(method, random_state)
-    return run_mcv(
-        counts.matrix,
-        denoiser,
-        method=name,
+    return _run(
+        data,
+        method=method,
+        layer=layer,
+        calibration=calibration,
         grid=grid,
         split_fraction=split_fraction,
         n_splits=n_splits,
+        n_groups=n_groups,
         transform=transform,
         target_sum=target_sum,
         loss=loss,
         random_state=random_state,
+        empty=empty,
         chunk_size=chunk_size,
         progress=progress,
+    )[2]
+
+
+def grid(**axes: Iterable[int]) -> np.ndarray:
+    """All combinations of several settings, as a 2-D grid with one column per setting.
+
+    Parameters
+    ----------
+    **axes
+        Setting name to values, in the denoiser's axis order, e.g.
+        ``grid(t=range(21), n_neighbors=[5, 15, 30])`` for :class:`~sc_noise2self.denoisers.Diffusion`.
+
+    Returns
+    -------
+    Array of shape (number of combinations, number of settings).
+    """
+    return np.array(list(itertools.product(*(list(v) for v in axes.values()))), dtype=np.int64)
+
+
+def _run(
+    data: AnnData | ArrayLike,
+    *,
+    method: str | Denoiser,
+    layer: str | None,
+    calibration: Calibration,
+    grid: ArrayLike | None,
+    split_fraction: float,
+    n_splits: int,
+    n_groups: int,
+    transform: TransformName,
+    target_sum: float | None,
+    loss: LossName,
+    random_state: RandomState,
+    empty: Literal["error", "drop"],
+    chunk_size: int | None,
+    progress: bool,
+) -> tuple[Counts, Denoiser, CalibrationResult]:
+    """Validate, calibrate; return the prepared data, the denoiser and the result."""
+    if calibration not in ("mcv", "genes"):
+        msg = f"calibration must be 'mcv' or 'genes', got {calibration!r}."
+        raise ValueError(msg)
+    check_transform(transform)
+    data_counts = _counts_from(data, layer, empty, counts=calibration == "mcv")
+    name, denoiser = resolve_method(method, random_state)
+    if calibration == "mcv":
+        result = run_mcv(
+            data_counts.matrix,
+            denoiser,
+            method=name,
+            grid=grid,
+            split_fraction=split_fraction,
+            n_splits=n_splits,
+            transform=transform,
+            target_sum=target_sum,
+            loss=loss,
+            random_state=random_state,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+        return data_counts, denoiser, result
+    if loss != "mse":
+        msg = "calibration='genes' scores predictions against the data itself with loss='mse'."
+        raise ValueError(msg)
+    if not data_counts.is_counts and (transform != "none" or target_sum is not None):
+        msg = (
+            "These values are not raw counts (negative or non-integer), so they are denoised as they are: "
+            "pass transform='none' and no target_sum, or pass raw counts."
+        )
+        raise ValueError(msg)
+    result = run_genes(
+        transformed(data_counts.matrix, transform, target_sum),
+        denoiser,
+        method=name,
+        grid=grid,
+        n_groups=n_groups,
+        random_state=random_state,
+        chunk_size=chunk_size,
+        progress=progress,
+        params={"transform": transform, "target_sum": None if target_sum is None else float(target_sum), "loss": loss},
     )
+    return data_counts, denoiser, result
 
 
-def _counts_from(data: AnnData | ArrayLike, layer: str | None, empty: Literal["error", "drop"]) -> Counts:
-    """Return validated canonical-CSR counts from an AnnData (X or layer) or a matrix."""
+def _counts_from(
+    data: AnnData | ArrayLike, layer: str | None, empty: Literal["error", "drop"], *, counts: bool
+) -> Counts:
+    """Return validated canonical-CSR data from an AnnData (X or layer) or a matrix."""
     from anndata import AnnData
 
     if isinstance(data, AnnData):
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        return prepare_counts(get_counts(data, layer), what=where, empty=empty)
+        return prepare_counts(get_counts(data, layer), what=where, empty=empty, counts=counts)
     if layer is not None:
         msg = "layer is only meaningful for AnnData input."
         raise ValueError(msg)
-    return prepare_counts(data, what="The count matrix", empty=empty)
+    return prepare_counts(data, what="The count matrix", empty=empty, counts=counts)

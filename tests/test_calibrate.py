@@ -20,7 +20,7 @@ def _truth_errors(sim, grid, transform, target_sum):
     scales = cell_scales(np.asarray(sim.counts.sum(axis=1)).ravel(), target_sum)
     truth = np.stack([expected_transform(rates, [s], transform)[0] for rates, s in zip(sim.rates, scales, strict=True)])
     pca = PCA(random_state=0).fit(transform_counts(sim.counts, transform, scales), grid)
-    return np.array([np.mean((pred - truth) ** 2) for _, pred in pca.sweep(slice(None))])
+    return np.array([np.mean((pred - truth) ** 2) for _, pred in pca.sweep_blocks(slice(None))])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

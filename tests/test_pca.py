@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from sc_noise2self.denoisers import PCA, Denoiser
+from sc_noise2self.denoisers import PCA, BlockSweep, Denoiser
 from sc_noise2self.denoisers.pca import centered_truncated_svd
 
 
@@ -26,10 +26,10 @@ def test_sweep_equals_direct_prediction(simulation):
     X = sparse.csr_matrix(np.sqrt(simulation.counts.astype(float)))
     grid = np.array([1, 2, 5, 9])
     pca = PCA(random_state=0).fit(X, grid)
-    assert isinstance(pca, Denoiser)
+    assert isinstance(pca, Denoiser) and isinstance(pca, BlockSweep)
     rows = slice(10, 50)
     seen = []
-    for k, pred in pca.sweep(rows):
+    for k, pred in pca.sweep_blocks(rows):
         np.testing.assert_allclose(pred, pca.predict(rows, k), atol=1e-12)
         seen.append(k)
     assert seen == grid.tolist()

@@ -51,7 +51,7 @@ def test_denoise_writes_layer_and_uns_only(adata):
     np.testing.assert_array_equal(adata.X.toarray(), before["X"])
     assert (adata.layers["counts"] != counts_layer).nnz == 0
     uns = adata.uns["denoised"]
-    assert uns["method"] == "pca" and uns["grid_name"] == "n_comps" and uns["calibration"] == "mcv"
+    assert uns["method"] == "pca" and uns["grid_names"] == ["n_comps"] and uns["calibration"] == "mcv"
     np.testing.assert_array_equal(uns["grid"], GRID)
     assert uns["loss"].shape == (1, len(GRID))
     assert uns["best"] == GRID[int(np.argmin(uns["loss_mean"]))]

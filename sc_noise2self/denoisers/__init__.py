@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._base import Denoiser
+from ._base import BlockSweep, Denoiser, ValueSweep
+from .diffusion import Diffusion
 from .pca import PCA
 
-__all__ = ["PCA", "Denoiser"]
+__all__ = ["PCA", "BlockSweep", "Denoiser", "Diffusion", "ValueSweep"]

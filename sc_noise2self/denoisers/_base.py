@@ -2,12 +2,22 @@
 
 The calibration engine knows nothing of a method, and a method knows nothing of AnnData.
 
-A denoiser is fitted once on the normalised training half (cells × genes, CSR or dense)
-with the whole grid it will be asked about, so it can prepare the work for all values
-at once (one SVD at the largest rank, one graph for all diffusion times, …).
-``sweep(rows)`` then yields the predictions for a block of cells at every grid value
-in order, each step reusing the previous one, so the whole grid costs about one fit
-at its largest value and never more than a block × genes array at a time.
+A denoiser is fitted once with the whole grid it will be asked about, so it can prepare
+the work for all values at once (one SVD at the largest rank, one graph for all diffusion
+times, …). The fitted object is a *sweep*: it produces predictions at every grid value in
+grid order, each step reusing the previous one, so the whole grid costs about one fit at
+its largest value, and never more than a block of cells × genes is dense at a time.
+
+A sweep offers one of two loop orders, whichever is cheaper for the method:
+
+- ``sweep_blocks(rows)``: for one block of cells, yield ``(value, prediction)`` for every
+  grid value (PCA adds components to the same block in place);
+- ``sweep_values()``: yield ``(value, predict)`` for every grid value, where
+  ``predict(rows)`` returns the block's prediction at that value (diffusion multiplies the
+  operator once more between values, for all cells).
+
+Grid values are ints, or tuples of ints for a grid over several settings; a grid is a 1-D
+int array, or a 2-D array with one column per setting (``grid_names``).
 """
 
 from __future__ import annotations
@@ -15,14 +25,36 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Self
 
     import numpy as np
 
     from .._types import ArrayLike
 
-__all__ = ["Denoiser"]
+__all__ = ["BlockSweep", "Denoiser", "ValueSweep"]
+
+GridValue = int | tuple[int, ...]
+
+
+@runtime_checkable
+class BlockSweep(Protocol):
+    """A fitted sweep that loops over grid values inside a block of cells."""
+
+    def sweep_blocks(self, rows: slice) -> Iterator[tuple[GridValue, np.ndarray]]:
+        """Yield ``(value, prediction)`` for cells ``rows`` at each grid value, in order.
+
+        The prediction array may be updated in place by the next step: read it before
+        advancing the iterator.
+        """
+
+
+@runtime_checkable
+class ValueSweep(Protocol):
+    """A fitted sweep that loops over blocks of cells inside a grid value."""
+
+    def sweep_values(self) -> Iterator[tuple[GridValue, Callable[[slice], np.ndarray]]]:
+        """Yield ``(value, predict)`` at each grid value in order; ``predict(rows)`` gives a block."""
 
 
 @runtime_checkable
@@ -31,26 +63,34 @@ class Denoiser(Protocol):
 
     Follow scikit-learn's estimator rules: no logic in ``__init__``, fitted attributes
     end in ``_``, ``fit`` returns ``self``, ``random_state`` is stored as given.
+    ``fit`` returns a :class:`BlockSweep` or :class:`ValueSweep` (usually ``self``).
     """
 
-    grid_name: str
-    """What the grid values mean, e.g. ``"n_comps"``; used in plots and ``uns``."""
+    def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
+        """Name of each grid axis, e.g. ``("n_comps",)``; used in plots and ``uns``."""
 
     def default_grid(self, shape: tuple[int, int]) -> np.ndarray:
         """Return the grid used when the caller gives none, for data of this shape."""
 
-    def max_grid_value(self, shape: tuple[int, int]) -> int:
-        """Largest admissible grid value for data of this shape."""
+    def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
+        """Validate a grid for data of this shape and return it in sweep order.
 
-    def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
-        """Fit on the normalised training data, preparing every value of ``grid``."""
-
-    def sweep(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(value, prediction)`` for cells ``rows`` at each grid value, in order.
-
-        The prediction array may be updated in place by the next step: read it before
-        advancing the iterator.
+        Raises ``ValueError`` with what to do when a value is out of range.
         """
 
-    def predict(self, rows: slice, value: int) -> np.ndarray:
-        """Denoised values for cells ``rows`` at one grid value."""
+    def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
+        """Fit on the normalised data, preparing every value of ``grid``."""
+
+    def predict(self, rows: slice, value: GridValue) -> np.ndarray:
+        """Denoised values for cells ``rows`` at one grid value (after :meth:`fit`)."""
+
+    def held_out_genes(
+        self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
+    ) -> BlockSweep | ValueSweep:
+        """Sweep predicting genes ``genes`` (boolean mask) without looking at them (Noise2Self).
+
+        The prediction for a cell's masked genes must not depend on the values of those
+        genes in that cell, so that the loss against the data itself has the same
+        minimiser as the loss against the truth. ``cell_groups`` (a group index per
+        cell) lets a method learn from the other groups' values of the masked genes.
+        """

@@ -1,0 +1,242 @@
+"""Diffusion on a cell-cell kNN graph (MAGIC-like), calibrated over the diffusion time ``t``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from scipy import sparse
+
+from .._validate import check_int_grid
+from .pca import _as_float, centered_truncated_svd
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Self
+
+    from .._types import ArrayLike
+
+__all__ = ["Diffusion", "transition_matrix"]
+
+Kernel = Literal["knn", "adaptive"]
+_MAX_T = 1000
+
+
+def knn_graph(embedding: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices of each cell's ``n_neighbors`` nearest other cells (exact, scikit-learn)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=n_neighbors).fit(embedding)
+    return nn.kneighbors()  # without X: a cell is not its own neighbour
+
+
+def transition_matrix(
+    distances: np.ndarray, indices: np.ndarray, *, kernel: Kernel = "knn", decay: float = 40.0
+) -> sparse.csr_matrix:
+    """Row-stochastic, sparse transition matrix of a lazy random walk on a kNN graph.
+
+    ``"knn"`` weighs every neighbour 1; ``"adaptive"`` uses MAGIC's alpha-decaying kernel
+    ``exp(-(d / σ_i) ** decay)`` with ``σ_i`` the distance to cell ``i``'s farthest listed
+    neighbour. The affinities are symmetrised (average of both directions), every cell
+    keeps itself with weight 1 (a lazy walk), and rows are normalised to sum to 1.
+    """
+    n, k = indices.shape
+    if kernel == "knn":
+        weights = np.ones(n * k)
+    elif kernel == "adaptive":
+        sigma = np.maximum(distances[:, -1:], np.finfo(float).tiny)
+        weights = np.exp(-((distances / sigma) ** decay)).ravel()
+    else:
+        msg = f"kernel must be 'knn' or 'adaptive', got {kernel!r}."
+        raise ValueError(msg)
+    affinity = sparse.csr_matrix((weights, (np.repeat(np.arange(n), k), indices.ravel())), shape=(n, n))
+    affinity = (affinity + affinity.T) * 0.5 + sparse.identity(n, format="csr")
+    return sparse.csr_matrix(sparse.diags(1.0 / np.asarray(affinity.sum(axis=1)).ravel()) @ affinity)
+
+
+def _without_columns(P: sparse.csr_matrix, drop: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """``P`` with the columns of cells ``drop`` removed and rows renormalised; rows left empty are flagged."""
+    kept = P @ sparse.diags((~drop).astype(np.float64))
+    sums = np.asarray(kept.sum(axis=1)).ravel()
+    empty = sums == 0
+    return sparse.csr_matrix(sparse.diags(np.where(empty, 0.0, 1.0 / np.where(empty, 1.0, sums))) @ kept), empty
+
+
+class _ValueSweep:
+    def __init__(self, steps: Callable[[], Iterator[tuple[object, Callable[[slice], np.ndarray]]]]):
+        self._steps = steps
+
+    def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
+        return self._steps()
+
+
+class Diffusion:
+    """Denoise by diffusing each cell's expression over a kNN graph of cells for ``t`` steps.
+
+    The graph is built on the first ``n_pcs`` principal components of the (transformed)
+    data; the data are diffused as their first ``n_comps`` principal components and
+    mapped back to genes block by block, so memory stays ``O(nnz + n_cells · n_comps)`` and
+    no cells × cells matrix is ever dense. ``t = 0`` is the rank-``n_comps`` PCA
+    reconstruction; each step multiplies by the transition matrix once more, so a sweep
+    over ``t = 0..T`` costs one graph and ``T`` sparse products.
+
+    The grid is over ``t`` (1-D), or over pairs ``(t, n_neighbors)`` (2-D, see
+    :func:`sc_noise2self.tl.grid`): one neighbour search at the largest ``n_neighbors``
+    serves every smaller one.
+
+    Parameters
+    ----------
+    n_neighbors
+        Neighbours per cell when the grid is over ``t`` only.
+    n_pcs
+        Principal components of the embedding the neighbours are found in.
+    n_comps
+        Principal components the data are diffused in.
+    kernel
+        ``"knn"`` (plain neighbour average) or ``"adaptive"`` (MAGIC's alpha-decay kernel).
+    decay
+        Exponent of the adaptive kernel.
+    random_state
+        Seed of the randomised SVD and of the cell groups.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 15,
+        n_pcs: int = 30,
+        n_comps: int = 100,
+        kernel: Kernel = "knn",
+        decay: float = 40.0,
+        random_state: object = 0,
+    ) -> None:
+        self.n_neighbors = n_neighbors
+        self.n_pcs = n_pcs
+        self.n_comps = n_comps
+        self.kernel = kernel
+        self.decay = decay
+        self.random_state = random_state
+
+    def __repr__(self) -> str:
+        return (
+            f"Diffusion(n_neighbors={self.n_neighbors}, n_pcs={self.n_pcs}, n_comps={self.n_comps}, "
+            f"kernel={self.kernel!r}, decay={self.decay}, "
+            f"random_state={self.random_state!r})"
+        )
+
+    # -- grid ---------------------------------------------------------------------------
+    def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
+        return ("t",) if np.ndim(grid) == 1 else ("t", "n_neighbors")
+
+    def default_grid(self, shape: tuple[int, int]) -> np.ndarray:
+        """Diffusion times 0..20."""
+        return np.arange(21)
+
+    def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
+        """``t`` values (1-D) or ``(t, n_neighbors)`` pairs (2-D), sorted by ``n_neighbors`` then ``t``."""
+        values = np.asarray(grid)
+        max_k = shape[0] - 1
+        if values.ndim == 1:
+            if self.n_neighbors > max_k:
+                msg = f"n_neighbors={self.n_neighbors} needs more than {shape[0]} cells; lower n_neighbors."
+                raise ValueError(msg)
+            return check_int_grid(values, low=0, high=_MAX_T, name="t")
+        if values.ndim != 2 or values.shape[1] != 2 or values.shape[0] == 0:
+            msg = f"A 2-D diffusion grid holds (t, n_neighbors) pairs, got shape {values.shape}."
+            raise ValueError(msg)
+        t = check_int_grid(values[:, 0], low=0, high=_MAX_T, name="t")
+        k = check_int_grid(values[:, 1], low=1, high=max_k, name="n_neighbors")
+        del t, k  # range checks only; keep every pair, once
+        values = np.unique(values.astype(np.int64), axis=0)
+        return values[np.lexsort((values[:, 0], values[:, 1]))]
+
+    def _neighbour_counts(self, grid: np.ndarray) -> np.ndarray:
+        return np.array([self.n_neighbors]) if grid.ndim == 1 else np.unique(grid[:, 1])
+
+    def _times(self, grid: np.ndarray, k: int) -> np.ndarray:
+        return grid if grid.ndim == 1 else grid[grid[:, 1] == k, 0]
+
+    def _value(self, grid: np.ndarray, t: int, k: int) -> int | tuple[int, int]:
+        return int(t) if grid.ndim == 1 else (int(t), int(k))
+
+    def _operators(self, embedding: np.ndarray, grid: np.ndarray) -> dict[int, sparse.csr_matrix]:
+        ks = self._neighbour_counts(grid)
+        distances, indices = knn_graph(embedding, int(ks.max()))
+        return {
+            int(k): transition_matrix(distances[:, :k], indices[:, :k], kernel=self.kernel, decay=self.decay)
+            for k in ks
+        }
+
+    def _embed(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(self.random_state)
+        mean, u, s, vt = centered_truncated_svd(X, n_comps, rng=rng)
+        return mean, u * s, vt
+
+    # -- MCV ------------------------------------------------------------------------------
+    def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
+        """Build the graph(s) on the top ``n_pcs`` components of ``X`` and keep its top ``n_comps``."""
+        X = _as_float(X)
+        n_comps = min(self.n_comps, min(X.shape) - 1)
+        self.grid_ = np.asarray(grid)
+        self.mean_, self.scores_, self.components_ = self._embed(X, n_comps)
+        self.operators_ = self._operators(self.scores_[:, : min(self.n_pcs, n_comps)], self.grid_)
+        self._diffused: dict[object, np.ndarray] = {}
+        return self
+
+    def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
+        """For each ``n_neighbors``, diffuse the components one step at a time through the ``t`` grid."""
+        for k, P in self.operators_.items():
+            z, done = self.scores_, 0
+            for t in self._times(self.grid_, k):
+                for _ in range(int(t) - done):
+                    z = P @ z
+                done = int(t)
+                yield self._value(self.grid_, t, k), lambda rows, z=z: self.mean_ + z[rows] @ self.components_
+
+    def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
+        """Denoised values of cells ``rows`` after ``t`` steps."""
+        key = value if isinstance(value, int) else tuple(value)
+        if key not in self._diffused:
+            t, k = (key, self.n_neighbors) if isinstance(key, int) else key
+            z = self.scores_
+            for _ in range(int(t)):
+                z = self.operators_[int(k)] @ z
+            self._diffused = {key: z}  # keep one value: the one being written out
+        return self.mean_ + self._diffused[key][rows] @ self.components_
+
+    # -- Noise2Self -----------------------------------------------------------------------
+    def held_out_genes(self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray) -> _ValueSweep:
+        """Smooth genes ``genes`` over a graph built from the other genes, never reading a cell's own values.
+
+        The graph comes from the other genes only. A cell group's prediction diffuses the
+        held-out genes over the walk that never enters the group (its columns removed,
+        rows renormalised), so it reads only other groups' held-out values. ``t = 0``
+        predicts the other groups' mean. Memory: one dense cells × held-out-genes array
+        per cell group.
+        """
+        X = _as_float(X)
+        grid = np.asarray(grid)
+        rest = X[:, ~genes]
+        n_pcs = min(self.n_pcs, min(rest.shape) - 1)
+        _, embedding, _ = self._embed(rest, n_pcs)
+        operators = self._operators(embedding, grid)
+        target = X[:, genes]
+        target = target.toarray() if sparse.issparse(target) else np.asarray(target)
+        groups = [cell_groups == c for c in range(int(cell_groups.max()) + 1)]
+
+        def steps() -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
+            for k, P in operators.items():
+                walks = [_without_columns(P, g) for g in groups]
+                states, done = [target] * len(groups), 0
+                for t in self._times(grid, k):
+                    for _ in range(int(t) - done):
+                        states = [W @ y for (W, _), y in zip(walks, states, strict=True)]
+                    done = int(t)
+                    pred = np.empty_like(target)
+                    for g, (_, empty), y in zip(groups, walks, states, strict=True):
+                        fallback = target[~g].mean(axis=0)
+                        pred[g] = fallback if t == 0 else y[g]
+                        pred[g & empty] = fallback
+                    yield self._value(grid, t, k), lambda rows, pred=pred: pred[rows]
+
+        return _ValueSweep(steps)

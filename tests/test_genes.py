@@ -1,0 +1,100 @@
+"""Noise2Self gene-partition calibration: J-invariance, choice against the truth, non-count data."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+import sc_noise2self as n2s
+from sc_noise2self._calibrate import random_groups
+from sc_noise2self._transform import expected_transform, transformed
+from sc_noise2self.denoisers import PCA, BlockSweep, Diffusion
+
+from .conftest import simulate_low_rank_poisson
+
+
+def _predictions(sweep, n_cells):
+    rows = slice(0, n_cells)
+    if isinstance(sweep, BlockSweep):
+        return {v: pred.copy() for v, pred in sweep.sweep_blocks(rows)}
+    return {v: predict(rows) for v, predict in sweep.sweep_values()}
+
+
+@pytest.mark.parametrize(
+    ("denoiser", "grid"),
+    [
+        pytest.param(Diffusion(n_comps=20), n2s.tl.grid(t=[0, 1, 2, 4], n_neighbors=[5, 15]), id="diffusion"),
+        pytest.param(PCA(), np.array([1, 3, 8]), id="pca"),
+    ],
+)
+def test_changing_a_cells_held_out_genes_leaves_its_prediction_unchanged(simulation, denoiser, grid):
+    X = transformed(simulation.counts, "sqrt", None).toarray()
+    n_cells, n_genes = X.shape
+    genes = random_groups(n_genes, 10, 0, 3) == 0
+    cells = random_groups(n_cells, 5, 0, 4)
+    grid = denoiser.check_grid(grid, X.shape)
+    before = _predictions(denoiser.held_out_genes(sparse.csr_matrix(X), genes, cells, grid), n_cells)
+    changed = X.copy()
+    changed[17, genes] = changed[17, genes] * 3 + 5  # one cell's held-out values
+    after = _predictions(denoiser.held_out_genes(sparse.csr_matrix(changed), genes, cells, grid), n_cells)
+    for value in before:
+        np.testing.assert_array_equal(after[value][17], before[value][17])  # exactly J-invariant
+    # while other cells of the data did see the change (the check has teeth)
+    assert any(not np.array_equal(after[v], before[v]) for v in before)
+
+
+def _pca_truth_errors(sim, grid):
+    truth = expected_transform(sim.rates.ravel(), [1.0], "sqrt")[0].reshape(sim.rates.shape)
+    pca = PCA(random_state=0).fit(transformed(sim.counts, "sqrt", None), grid)
+    return np.array([np.mean((pred - truth) ** 2) for _, pred in pca.sweep_blocks(slice(None))])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pca_gene_partition_choice_is_near_the_oracle(seed):
+    sim = simulate_low_rank_poisson(seed=seed)
+    grid = np.arange(1, 31)
+    errors = _pca_truth_errors(sim, grid)
+    result = n2s.tl.calibrate(sim.counts, calibration="genes", grid=grid, random_state=seed, progress=False)
+    assert result.loss.shape == (10, 30)
+    assert errors[result.best - 1] <= 1.10 * errors.min(), (result.best, errors.argmin() + 1)
+
+
+def test_diffusion_gene_partition_choice_is_near_the_oracle(simulation):
+    grid = n2s.tl.grid(t=range(11), n_neighbors=[5, 15, 30])
+    truth = expected_transform(simulation.rates.ravel(), [1.0], "sqrt")[0].reshape(simulation.rates.shape)
+    model = Diffusion(random_state=0).fit(
+        transformed(simulation.counts, "sqrt", None), Diffusion().check_grid(grid, simulation.counts.shape)
+    )
+    errors = {v: np.mean((p(slice(None)) - truth) ** 2) for v, p in model.sweep_values()}
+    result = n2s.tl.calibrate(simulation.counts, method="diffusion", calibration="genes", grid=grid, progress=False)
+    assert errors[result.best] <= 1.10 * min(errors.values())
+
+
+def test_gene_partition_works_on_values_that_are_not_counts(simulation):
+    lognorm = np.log1p(simulation.counts.toarray() / simulation.counts.sum(axis=1).A * 1e4)
+    adata = ad.AnnData(sparse.csr_matrix(lognorm))
+    with pytest.raises(ValueError, match="transform='none'"):
+        n2s.pp.denoise(adata, calibration="genes", progress=False)
+    with pytest.raises(ValueError, match="calibration='genes', transform='none'"):
+        n2s.pp.denoise(adata, progress=False)  # MCV needs counts; the message points to the other strategy
+    n2s.pp.denoise(adata, calibration="genes", transform="none", grid=range(1, 31), progress=False)
+    info = adata.uns["denoised"]
+    assert info["calibration"] == "genes" and 3 <= info["best"] <= 20
+    scaled = ad.AnnData((lognorm - lognorm.mean(axis=0)) / lognorm.std(axis=0))  # negative values too
+    n2s.pp.denoise(scaled, calibration="genes", transform="none", grid=range(1, 31), progress=False)
+    assert 3 <= scaled.uns["denoised"]["best"] <= 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"loss": "poisson"}, "loss='mse'"),
+        ({"n_groups": 1}, "n_groups must lie in 2.."),
+        ({"calibration": "cells"}, "calibration must be"),
+    ],
+)
+def test_gene_partition_bad_arguments(simulation, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        n2s.tl.calibrate(simulation.counts, **{"calibration": "genes", **kwargs}, progress=False)
