@@ -1,0 +1,74 @@
+"""Cost of the diffusion-time sweep relative to one graph build plus one product, and peak memory.
+
+Run: ``.venv/bin/python benchmarks/diffusion_sweep.py [--cells 20000 --genes 2000]``
+
+Same seeded low-rank Poisson data as ``pca_sweep.py``. Measured in one run:
+
+- ``graph``: ``Diffusion.fit`` at one value — randomised SVD of the transformed counts
+  (100 components), exact kNN on the first 30 (scikit-learn), the transition matrix;
+- ``product``: one step, transition matrix × components;
+- ``sweep``: fit plus t = 1..20, each value mapped back to genes for every block of cells
+  (what the calibration scores);
+- ``calibrate``: ``tl.calibrate(method="diffusion", grid=1..20)`` end to end (split,
+  transform, sweep, exact depth conversion and scoring of every entry at every t);
+- peak resident memory of the process, next to the input's size and to cells².
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+from pca_sweep import best_of, simulate
+
+from sc_noise2self import tl
+from sc_noise2self._calibrate import chunk_rows
+from sc_noise2self._transform import transformed
+from sc_noise2self.denoisers import Diffusion
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cells", type=int, default=20_000)
+    parser.add_argument("--genes", type=int, default=2_000)
+    parser.add_argument("--depth", type=float, default=1_500.0)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+
+    counts = simulate(args.cells, args.genes, args.depth)
+    n, g = counts.shape
+    print(f"data: {n} x {g} CSR, {counts.nnz:,} nonzeros ({counts.nnz / n / g:.1%})")
+    X = transformed(counts, "sqrt", None)
+    model = Diffusion(random_state=0)
+    times = np.arange(1, 21)
+
+    t_graph = best_of(args.repeats, lambda: model.fit(X, np.array([0])))
+    P, z = model.operators_[model.n_neighbors], model.scores_
+    t_product = best_of(max(args.repeats, 5), lambda: P @ z)
+    print(f"graph build (SVD 100 comps + kNN k={model.n_neighbors} + operator): {t_graph:.2f} s")
+    print(f"one product (operator, {P.nnz:,} nonzeros, x {z.shape[1]} components): {t_product * 1e3:.1f} ms")
+
+    blocks = chunk_rows(n, g, None)
+
+    def sweep() -> None:
+        for _, predict in model.fit(X, times).sweep_values():
+            for rows in blocks:
+                predict(rows)
+
+    t_sweep = best_of(args.repeats, sweep)
+    print(f"sweep t=1..20, every block predicted: {t_sweep:.2f} s")
+    print(f"ratio sweep / (graph + one product): {t_sweep / (t_graph + t_product):.2f}  (goal <= 2)")
+    t_cal = best_of(args.repeats, lambda: tl.calibrate(counts, method="diffusion", grid=times, progress=False))
+    print(f"calibrate t=1..20 end to end (split, sweep, scoring): {t_cal:.2f} s, ratio {t_cal / (t_graph + t_product):.2f}")
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        f"peak RSS {peak / 2**30:.2f} GiB; input CSR {(counts.data.nbytes + counts.indices.nbytes) / 2**30:.2f} GiB; "
+        f"a cells x cells float64 array would be {n * n * 8 / 2**30:.1f} GiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
