@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import time
 
 import numpy as np
 from pca_sweep import best_of, simulate
@@ -61,7 +60,8 @@ def main() -> None:
     print(f"sweep t=1..20, every block predicted: {t_sweep:.2f} s")
     print(f"ratio sweep / (graph + one product): {t_sweep / (t_graph + t_product):.2f}  (goal <= 2)")
     t_cal = best_of(args.repeats, lambda: tl.calibrate(counts, method="diffusion", grid=times, progress=False))
-    print(f"calibrate t=1..20 end to end (split, sweep, scoring): {t_cal:.2f} s, ratio {t_cal / (t_graph + t_product):.2f}")
+    ratio = t_cal / (t_graph + t_product)
+    print(f"calibrate t=1..20 end to end (split, sweep, scoring): {t_cal:.2f} s, ratio {ratio:.2f}")
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(

@@ -22,7 +22,7 @@ from ._loss import check_loss, held_out_target, score_block
 from ._split import binomial_split, seed_sequence
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
 from ._validate import check_fraction, check_positive_int
-from .denoisers import PCA, BlockSweep, Denoiser, Diffusion
+from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,7 +41,14 @@ __all__ = [
     "run_mcv",
 ]
 
-METHODS = {"pca": PCA, "diffusion": Diffusion}
+
+def _autoencoder(**kwargs: Any) -> Denoiser:
+    from .denoisers.autoencoder import Autoencoder  # torch is imported only for this method
+
+    return Autoencoder(**kwargs)
+
+
+METHODS = {"pca": PCA, "diffusion": Diffusion, "autoencoder": _autoencoder}
 _CHUNK_ELEMENTS = 2**19  # cells per block × genes; a block of predictions is 4 MiB
 
 
@@ -279,6 +286,9 @@ def run_genes(
     n_groups = check_positive_int(n_groups, "n_groups")
     if not 2 <= n_groups <= n_genes:
         msg = f"n_groups must lie in 2..{n_genes} (the number of genes), got {n_groups}."
+        raise ValueError(msg)
+    if not isinstance(denoiser, GenePartition):
+        msg = f"method {method!r} has no J-invariant form; calibrate it with calibration='mcv'."
         raise ValueError(msg)
     grid = _checked_grid(denoiser, grid, values.shape)
     blocks = chunk_rows(n_cells, n_genes, chunk_size)

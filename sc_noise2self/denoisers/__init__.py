@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from ._base import BlockSweep, Denoiser, ValueSweep
+from ._base import BlockSweep, Denoiser, GenePartition, ValueSweep
 from .diffusion import Diffusion
 from .pca import PCA
 
-__all__ = ["PCA", "BlockSweep", "Denoiser", "Diffusion", "ValueSweep"]
+
+def __getattr__(name: str) -> object:
+    if name == "Autoencoder":  # imports torch, so only when asked for
+        from .autoencoder import Autoencoder
+
+        return Autoencoder
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+__all__ = ["PCA", "Autoencoder", "BlockSweep", "Denoiser", "Diffusion", "GenePartition", "ValueSweep"]

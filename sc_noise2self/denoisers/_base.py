@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from .._types import ArrayLike
 
-__all__ = ["BlockSweep", "Denoiser", "ValueSweep"]
+__all__ = ["BlockSweep", "Denoiser", "GenePartition", "ValueSweep"]
 
 GridValue = int | tuple[int, ...]
 
@@ -83,6 +83,11 @@ class Denoiser(Protocol):
 
     def predict(self, rows: slice, value: GridValue) -> np.ndarray:
         """Denoised values for cells ``rows`` at one grid value (after :meth:`fit`)."""
+
+
+@runtime_checkable
+class GenePartition(Protocol):
+    """A denoiser that also offers the J-invariant sweep for Noise2Self (``calibration="genes"``)."""
 
     def held_out_genes(
         self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray

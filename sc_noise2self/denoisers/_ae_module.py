@@ -1,0 +1,71 @@
+"""The autoencoder network: a plain ``torch.nn.Module`` that never sees AnnData or sparse data."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["AutoencoderModule"]
+
+
+class SeededDropout(nn.Module):
+    """Dropout drawing from its own ``torch.Generator``, so training never touches torch's global RNG."""
+
+    def __init__(self, p: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.p, self.generator = p, generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty(x.shape, device="cpu").bernoulli_(1 - self.p, generator=self.generator).to(x.device)
+        return x * keep / (1 - self.p)
+
+
+class AutoencoderModule(nn.Module):
+    """MLP autoencoder: genes → hidden layers → bottleneck → hidden layers (mirrored) → genes.
+
+    Hidden layers use ReLU and dropout; the bottleneck and the output are linear, so the
+    output lives on the same (transformed) scale as the input.
+
+    Parameters
+    ----------
+    n_genes
+        Input and output width.
+    bottleneck
+        Width of the code layer: the knob that is calibrated.
+    hidden
+        Widths of the hidden layers of the encoder (the decoder mirrors them).
+    dropout
+        Dropout probability after every hidden layer.
+    generator
+        Source of the initial weights and of dropout masks (CPU generator).
+    """
+
+    def __init__(
+        self, n_genes: int, bottleneck: int, hidden: tuple[int, ...], dropout: float, generator: torch.Generator
+    ) -> None:
+        super().__init__()
+        widths = [n_genes, *hidden]
+
+        def stack(sizes: list[int]) -> list[nn.Module]:
+            layers: list[nn.Module] = []
+            for a, b in itertools.pairwise(sizes):
+                layers += [nn.Linear(a, b), nn.ReLU(), SeededDropout(dropout, generator)]
+            return layers
+
+        self.encoder = nn.Sequential(*stack(widths), nn.Linear(widths[-1], bottleneck))
+        self.decoder = nn.Sequential(
+            *stack([bottleneck, *reversed(hidden)]), nn.Linear(widths[-1] if hidden else bottleneck, n_genes)
+        )
+        for layer in self.modules():
+            if isinstance(layer, nn.Linear):  # PyTorch's default initialisation, from our generator
+                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+                bound = 1 / math.sqrt(layer.in_features)
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))

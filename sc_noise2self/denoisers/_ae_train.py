@@ -1,0 +1,85 @@
+"""Training and inference loops of the autoencoder: minibatches sliced from CSR, densified per batch."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from scipy import sparse
+
+    from ._ae_module import AutoencoderModule
+
+__all__ = ["infer", "resolve_device", "to_device", "train_epoch"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        msg = f"device must be 'auto', 'cpu' or 'cuda', got {device!r}."
+        raise ValueError(msg)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        msg = "device='cuda' was asked for, but torch sees no CUDA device; use device='auto' or 'cpu'."
+        raise ValueError(msg)
+    return torch.device(device)
+
+
+def to_device(X: sparse.csr_matrix, rows: np.ndarray | slice, device: torch.device) -> torch.Tensor:
+    """Dense float32 batch of ``rows`` on ``device``; pinned, asynchronous copy on CUDA."""
+    batch = torch.from_numpy(np.asarray(X[rows].toarray(), dtype=np.float32))
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch
+
+
+def _autocast(device: torch.device) -> torch.autocast | nullcontext:
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_epoch(
+    module: AutoencoderModule,
+    X: sparse.csr_matrix,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> float:
+    """One pass over the cells in a random order; returns the mean training MSE."""
+    module.train()
+    order = rng.permutation(X.shape[0])
+    total, seen = 0.0, 0
+    for start in range(0, order.size, batch_size):
+        rows = np.sort(order[start : start + batch_size])  # sorted rows slice CSR faster
+        batch = to_device(X, rows, device)
+        with _autocast(device):
+            out = module(batch)
+        loss = torch.mean((out.float() - batch) ** 2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * rows.size
+        seen += rows.size
+    return total / seen
+
+
+@torch.no_grad()
+def infer(
+    module: AutoencoderModule, X: sparse.csr_matrix, rows: slice, *, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """Reconstruction of cells ``rows`` (float32), computed batch by batch."""
+    module.eval()
+    start, stop, _ = rows.indices(X.shape[0])
+    out = np.empty((stop - start, X.shape[1]), dtype=np.float32)
+    for i in range(start, stop, batch_size):
+        j = min(i + batch_size, stop)
+        with _autocast(device):
+            out[i - start : j - start] = module(to_device(X, slice(i, j), device)).float().cpu().numpy()
+    return out

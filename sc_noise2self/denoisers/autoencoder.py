@@ -1,0 +1,174 @@
+"""Autoencoder denoising with torch, calibrated over bottleneck width and training epochs.
+
+The AnnData-facing code never sees torch: this estimator adapts the network
+(:mod:`._ae_module`) and its training loop (:mod:`._ae_train`) to the Denoiser protocol.
+``torch`` is imported only when this module is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import sparse
+
+from .._validate import check_int_grid
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Self
+
+    from .._types import ArrayLike
+
+__all__ = ["Autoencoder"]
+
+_MAX_EPOCHS = 10_000
+
+
+class Autoencoder:
+    """Denoise with an MLP autoencoder: the reconstruction through a narrow bottleneck.
+
+    Calibrated over ``(bottleneck, epochs)``: for each bottleneck width one network is
+    trained epoch by epoch and scored after every epoch in the grid, so the held-out loss
+    per width per epoch comes from one training run per width, and the chosen epoch is a
+    self-supervised early stop. Minibatches are sliced from the sparse matrix and made
+    dense one batch at a time; inference streams blocks of cells.
+
+    Parameters
+    ----------
+    bottleneck
+        Width of the code layer when the grid is over epochs only.
+    hidden
+        Widths of the encoder's hidden layers (the decoder mirrors them).
+    dropout
+        Dropout after every hidden layer.
+    batch_size
+        Cells per minibatch.
+    learning_rate
+        Adam's learning rate.
+    weight_decay
+        Adam's L2 penalty.
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. On CUDA the forward pass
+        runs in bfloat16 autocast and batches are copied from pinned memory asynchronously.
+    random_state
+        Seed of the weights, dropout and batch order; training on CPU is deterministic.
+    """
+
+    def __init__(
+        self,
+        *,
+        bottleneck: int = 32,
+        hidden: tuple[int, ...] = (256,),
+        dropout: float = 0.1,
+        batch_size: int = 128,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        device: str = "auto",
+        random_state: object = 0,
+    ) -> None:
+        self.bottleneck = bottleneck
+        self.hidden = hidden
+        self.dropout = dropout
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.device = device
+        self.random_state = random_state
+
+    def __repr__(self) -> str:
+        return (
+            f"Autoencoder(bottleneck={self.bottleneck}, hidden={self.hidden}, dropout={self.dropout}, "
+            f"batch_size={self.batch_size}, learning_rate={self.learning_rate}, weight_decay={self.weight_decay}, "
+            f"device={self.device!r}, random_state={self.random_state!r})"
+        )
+
+    # -- grid ---------------------------------------------------------------------------
+    def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
+        return ("epochs",) if np.ndim(grid) == 1 else ("bottleneck", "epochs")
+
+    def default_grid(self, shape: tuple[int, int]) -> np.ndarray:
+        """Bottlenecks 4..128 (doubling, below the number of genes) × epochs 1..20."""
+        widths = [w for w in (4, 8, 16, 32, 64, 128) if w < shape[1]] or [max(1, shape[1] - 1)]
+        return np.array([(w, e) for w in widths for e in range(1, 21)], dtype=np.int64)
+
+    def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
+        """Epochs (1-D) or ``(bottleneck, epochs)`` pairs (2-D), sorted by bottleneck then epochs."""
+        values = np.asarray(grid)
+        if values.ndim == 1:
+            return check_int_grid(values, low=1, high=_MAX_EPOCHS, name="epochs")
+        if values.ndim != 2 or values.shape[1] != 2 or values.shape[0] == 0:
+            msg = f"A 2-D autoencoder grid holds (bottleneck, epochs) pairs, got shape {values.shape}."
+            raise ValueError(msg)
+        check_int_grid(values[:, 0], low=1, high=shape[1], name="bottleneck")
+        check_int_grid(values[:, 1], low=1, high=_MAX_EPOCHS, name="epochs")
+        values = np.unique(values.astype(np.int64), axis=0)
+        return values[np.lexsort((values[:, 1], values[:, 0]))]
+
+    def _plan(self, grid: np.ndarray) -> dict[int, np.ndarray]:
+        """Epochs to report, per bottleneck width."""
+        if grid.ndim == 1:
+            return {int(self.bottleneck): grid}
+        return {int(w): grid[grid[:, 0] == w, 1] for w in np.unique(grid[:, 0])}
+
+    # -- fitting ------------------------------------------------------------------------
+    def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
+        """Keep the (normalised) data and the grid; training happens during the sweep."""
+        from ._ae_train import resolve_device
+
+        self.device_ = resolve_device(self.device)
+        self.X_ = sparse.csr_matrix(X, dtype=np.float32)
+        self.grid_ = np.asarray(grid)
+        self.train_loss_: dict[tuple[int, int], float] = {}
+        self._trained: tuple[object, object] | None = None
+        return self
+
+    def _seed(self, width: int) -> int:
+        entropy = self.random_state
+        if isinstance(entropy, np.random.Generator):
+            entropy = int(entropy.integers(2**63))
+        return int(np.random.SeedSequence(entropy, spawn_key=(width,)).generate_state(1)[0])
+
+    def _training(self, width: int, epochs: np.ndarray) -> Iterator[tuple[int, object]]:
+        """Train one network of this width; yield it after every epoch listed."""
+        import torch
+
+        from ._ae_module import AutoencoderModule
+        from ._ae_train import train_epoch
+
+        seed = self._seed(width)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # nn.Linear draws a first init from the global RNG
+            module = AutoencoderModule(self.X_.shape[1], width, tuple(self.hidden), self.dropout, generator)
+        module.to(self.device_)
+        optimizer = torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        rng = np.random.default_rng(seed)
+        wanted = set(int(e) for e in epochs)
+        for epoch in range(1, int(epochs.max()) + 1):
+            loss = train_epoch(module, self.X_, optimizer, batch_size=self.batch_size, rng=rng, device=self.device_)
+            self.train_loss_[(width, epoch)] = loss
+            if epoch in wanted:
+                yield epoch, module
+
+    def _infer(self, module: object, rows: slice) -> np.ndarray:
+        from ._ae_train import infer
+
+        return infer(module, self.X_, rows, batch_size=max(self.batch_size, 1024), device=self.device_)
+
+    def _value(self, width: int, epoch: int) -> int | tuple[int, int]:
+        return int(epoch) if self.grid_.ndim == 1 else (int(width), int(epoch))
+
+    def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
+        """Per width, train once and yield a predictor after every epoch of the grid."""
+        for width, epochs in self._plan(self.grid_).items():
+            for epoch, module in self._training(width, epochs):
+                yield self._value(width, epoch), lambda rows, module=module: self._infer(module, rows)
+
+    def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
+        """Reconstruction of cells ``rows`` by the network trained to ``value`` (trained on first use)."""
+        width, epoch = (self.bottleneck, value) if np.ndim(value) == 0 else tuple(value)
+        key = (int(width), int(epoch))
+        if self._trained is None or self._trained[0] != key:
+            for _, module in self._training(key[0], np.array([key[1]])):
+                self._trained = (key, module)
+        return self._infer(self._trained[1], rows)
