@@ -154,8 +154,13 @@ def _sweep_losses(
     prepare: Callable[[slice], Any],
     score: Callable[[slice, Any, np.ndarray], float],
     bar: tqdm,
+    n_entries: int,
 ) -> np.ndarray:
-    """Sum the loss per grid value, in whichever loop order the sweep offers."""
+    """Sum the loss per grid value, in whichever loop order the sweep offers.
+
+    In value order the bar shows each value's loss per entry as it is scored, and the
+    training loss when the predictor carries one (``predict.train_loss``).
+    """
     losses = np.zeros(n_values)
     if isinstance(sweep, BlockSweep):
         for rows in blocks:
@@ -164,15 +169,20 @@ def _sweep_losses(
                 losses[j] += score(rows, target, pred)
             bar.update(1 / len(blocks))
     else:
-        for j, (_, predict) in enumerate(sweep.sweep_values()):
+        for j, (value, predict) in enumerate(sweep.sweep_values()):
             for rows in blocks:
                 losses[j] += score(rows, prepare(rows), predict(rows))
+            train = getattr(predict, "train_loss", None)
+            shown = f"{value}: loss {losses[j] / n_entries:.5g}" + ("" if train is None else f", train {train:.5g}")
+            bar.set_postfix_str(shown, refresh=False)
             bar.update(1 / n_values)
     return losses
 
 
 def _progress(total: int, desc: str, *, progress: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, disable=not progress, bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}]")
+    return tqdm(
+        total=total, desc=desc, disable=not progress, bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}{postfix}]"
+    )
 
 
 def run_mcv(
@@ -234,6 +244,7 @@ def run_mcv(
                     pred, target, conversion=conversion, train_scales=train_scales[rows], loss=loss
                 ).sum(),
                 bar=bar,
+                n_entries=counts.shape[0] * counts.shape[1],
             )
     params = {
         "split_fraction": p,
@@ -308,6 +319,7 @@ def run_genes(
                 prepare=lambda rows, columns=columns: columns[rows].toarray(),
                 score=lambda _rows, target, pred: float(np.sum((pred - target) ** 2)),
                 bar=bar,
+                n_entries=n_cells * int(held_out.sum()),
             )
     params = {**params, "n_groups": n_groups, "random_state": _seed_record(random_state)}
     return CalibrationResult(

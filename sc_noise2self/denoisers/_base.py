@@ -54,7 +54,10 @@ class ValueSweep(Protocol):
     """A fitted sweep that loops over blocks of cells inside a grid value."""
 
     def sweep_values(self) -> Iterator[tuple[GridValue, Callable[[slice], np.ndarray]]]:
-        """Yield ``(value, predict)`` at each grid value in order; ``predict(rows)`` gives a block."""
+        """Yield ``(value, predict)`` at each grid value in order; ``predict(rows)`` gives a block.
+
+        A predictor may carry a ``train_loss`` attribute, shown in the progress bar.
+        """
 
 
 @runtime_checkable

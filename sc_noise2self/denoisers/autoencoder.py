@@ -25,6 +25,14 @@ __all__ = ["Autoencoder"]
 _MAX_EPOCHS = 10_000
 
 
+class _Predictor:
+    def __init__(self, owner: Autoencoder, module: object, train_loss: float) -> None:
+        self.owner, self.module, self.train_loss = owner, module, train_loss
+
+    def __call__(self, rows: slice) -> np.ndarray:
+        return self.owner._infer(self.module, rows)
+
+
 class Autoencoder:
     """Denoise with an MLP autoencoder: the reconstruction through a narrow bottleneck.
 
@@ -159,10 +167,14 @@ class Autoencoder:
         return int(epoch) if self.grid_.ndim == 1 else (int(width), int(epoch))
 
     def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
-        """Per width, train once and yield a predictor after every epoch of the grid."""
+        """Per width, train once and yield a predictor after every epoch of the grid.
+
+        Each predictor carries the epoch's training loss (``predict.train_loss``), which
+        the calibration's progress bar shows next to the held-out loss.
+        """
         for width, epochs in self._plan(self.grid_).items():
             for epoch, module in self._training(width, epochs):
-                yield self._value(width, epoch), lambda rows, module=module: self._infer(module, rows)
+                yield self._value(width, epoch), _Predictor(self, module, self.train_loss_[(width, epoch)])
 
     def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
         """Reconstruction of cells ``rows`` by the network trained to ``value`` (trained on first use)."""
