@@ -17,10 +17,10 @@ demo: $(STAMP)
 	$(PY) -m sc_noise2self._demo --out demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --nbmake tests notebooks
 
 test-all: $(STAMP)
-	$(PY) -m pytest -m ""
+	$(PY) -m pytest -m "" --nbmake tests notebooks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sc_noise2self tests benchmarks
