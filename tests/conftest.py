@@ -74,11 +74,16 @@ def small_counts() -> sparse.csr_matrix:
     return simulate_low_rank_poisson(60, 40, 3, mean_depth=200.0, seed=1).counts
 
 
-@pytest.fixture(scope="session")
-def pbmc8k():
+def read_shared(filename: str):
+    """An AnnData from ../shared/data, or skip the test when the shared data is absent."""
     import anndata as ad
 
-    path = SHARED_DATA / "pbmc8k.h5ad"
+    path = SHARED_DATA / filename
     if not path.exists():
         pytest.skip(f"{path} not found (shared data sits beside the checkout)")
     return ad.read_h5ad(path)
+
+
+@pytest.fixture(scope="session")
+def pbmc8k():
+    return read_shared("pbmc8k.h5ad")

@@ -7,17 +7,12 @@ import pytest
 
 import sc_noise2self as n2s
 
-from .conftest import SHARED_DATA
+from .conftest import read_shared
 
 
 @pytest.fixture(scope="module")
 def mouse10k():
-    import anndata as ad
-
-    path = SHARED_DATA / "mouse10k_first1000genes.h5ad"
-    if not path.exists():
-        pytest.skip(f"{path} not found (shared data sits beside the checkout)")
-    return ad.read_h5ad(path)
+    return read_shared("mouse10k_first1000genes.h5ad")
 
 
 def test_mouse10k_needs_filtering_then_finds_a_low_rank(mouse10k):
