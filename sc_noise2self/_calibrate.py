@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CalibrationResult",
     "package_version",
-    "predict_all",
+    "predict_dense",
+    "refit",
     "resolve_method",
     "run_genes",
     "run_mcv",
@@ -332,13 +333,18 @@ def run_genes(
     )
 
 
-def predict_all(
-    values: sparse.csr_matrix, denoiser: Denoiser, value: GridValue, *, chunk_size: int | None
-) -> np.ndarray:
-    """Refit ``denoiser`` on all the (transformed) data at one grid value; the dense float32 result."""
+def refit(values: sparse.csr_matrix, denoiser: Denoiser, value: GridValue) -> Denoiser:
+    """Fit ``denoiser`` on all the (transformed) data at one grid value."""
     grid = np.array([value])
     denoiser.fit(values, denoiser.check_grid(grid if grid.ndim == 1 else grid.reshape(1, -1), values.shape))
-    out = np.empty(values.shape, dtype=np.float32)
-    for rows in chunk_rows(values.shape[0], values.shape[1], chunk_size):
+    return denoiser
+
+
+def predict_dense(
+    denoiser: Denoiser, value: GridValue, shape: tuple[int, int], *, chunk_size: int | None
+) -> np.ndarray:
+    """Return the refitted denoiser's output as a dense float32 matrix, block by block."""
+    out = np.empty(shape, dtype=np.float32)
+    for rows in chunk_rows(shape[0], shape[1], chunk_size):
         out[rows] = denoiser.predict(rows, value)
     return out

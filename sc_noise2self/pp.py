@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from . import _logging as logg
-from ._calibrate import predict_all
+from ._calibrate import predict_dense, refit, resolve_method
+from ._output import default_max_dense_bytes, write_factored
 from ._split import split_array
 from ._transform import transformed
-from ._validate import get_counts
+from ._validate import check_positive_int, get_counts
+from .denoisers import LowRank
 from .tl import _run
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ def denoise(
     loss: LossName = "mse",
     random_state: RandomState = 0,
     empty: Literal["error", "drop"] = "error",
+    max_dense_bytes: int | None = None,
     chunk_size: int | None = None,
     progress: bool = True,
     copy: bool = False,
@@ -92,6 +95,10 @@ def denoise(
         Cells or genes without any counts: ``"error"`` (the default; the message says
         how many) or ``"drop"``: calibrate and denoise the others, and write zeros for
         them (their transformed counts).
+    max_dense_bytes
+        Largest dense output to write (float32 cells × genes); default a quarter of the
+        machine's memory. Above it, PCA and diffusion output is stored as low-rank factors
+        with a lazy dask layer; other methods raise a ``ValueError``.
     chunk_size
         Cells per block when scoring and writing; default keeps a block under 4 MiB.
     progress
@@ -103,19 +110,27 @@ def denoise(
     -------
     Returns None if ``copy=False``, else a new AnnData. Sets the following fields:
 
-    ``adata.layers[key_added]`` : :class:`numpy.ndarray` (dtype ``float32``)
+    ``adata.layers[key_added]`` : :class:`numpy.ndarray` (dtype ``float32``) or dask array
         Denoised expression on the transformed scale of the full data: ``T(x)`` for
         raw counts ``x``, or ``T(x · target_sum / total)`` with ``target_sum``
-        (e.g. ``sqrt`` of counts by default). Dense, cells × genes.
+        (e.g. ``sqrt`` of counts by default), cells × genes. Dense; or, when that would
+        exceed ``max_dense_bytes``, a lazy dask array computed from the factors below
+        block by block (also when written to h5ad/zarr).
+    ``adata.obsm[f"{key_added}_scores"]``, ``adata.varm[f"{key_added}_loadings"]``, ``adata.var[f"{key_added}_offset"]``
+        Only for factored output: layer = offset + scores @ loadings.T (and
+        ``adata.obs[f"{key_added}_kept"]`` when empty cells were dropped).
     ``adata.uns[key_added]`` : :class:`dict`
         ``method``, ``calibration``, ``grid_names``, ``grid``, ``loss`` (splits or gene
         groups × grid, per matrix entry), ``loss_mean``, ``best`` (the chosen value),
-        ``params`` (every setting, including ``layer``) and the package ``version``.
+        ``params`` (every setting, including ``layer``), ``output`` (``"dense"`` or
+        ``"factored"``) and the package ``version``.
     """
     start = logg.info(f"denoising with {method if isinstance(method, str) else type(method).__name__}")
+    _, denoiser = resolve_method(method, random_state)
+    factored = not _dense_fits(adata, denoiser, max_dense_bytes)
     data, denoiser, result = _run(
         adata,
-        method=method,
+        method=denoiser,
         layer=layer,
         calibration=calibration,
         grid=grid,
@@ -130,33 +145,60 @@ def denoise(
         chunk_size=chunk_size,
         progress=progress,
     )
-    denoised = predict_all(
-        transformed(data.matrix, transform, target_sum), denoiser, result.best, chunk_size=chunk_size
-    )
-    if data.cells is not None or data.genes is not None:
-        denoised = _embed(denoised, data.cells, data.genes)
+    values = transformed(data.matrix, transform, target_sum)
+    fitted = refit(values, denoiser, result.best)
     uns = result.to_uns()
     uns["params"]["layer"] = layer
     uns["params"]["method_repr"] = repr(denoiser)
     uns["n_dropped_cells"] = 0 if data.cells is None else int((~data.cells).sum())
     uns["n_dropped_genes"] = 0 if data.genes is None else int((~data.genes).sum())
+    uns["output"] = "factored" if factored else "dense"
+    if not factored:
+        denoised = predict_dense(fitted, result.best, values.shape, chunk_size=chunk_size)
+        if data.cells is not None or data.genes is not None:
+            denoised = _embed(denoised, data.cells, data.genes)
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
 
     adata = adata.copy() if copy else adata
     if adata.is_view:  # as scanpy does: turn the view into an actual AnnData before writing
         adata._init_as_actual(adata.copy())
-    adata.layers[key_added] = denoised
+    if factored:
+        write_factored(adata, key_added, fitted.factors(result.best), data.cells, data.genes)
+    else:
+        adata.layers[key_added] = denoised
     adata.uns[key_added] = uns
+    added = (
+        f"    {key_added!r}, lazy denoised expression (adata.layers)\n"
+        f"    {key_added + '_scores'!r}, {key_added + '_loadings'!r}, {key_added + '_offset'!r}, "
+        "its factors (adata.obsm, .varm, .var)\n"
+        if factored
+        else f"    {key_added!r}, denoised expression (adata.layers)\n"
+    )
     logg.info(
         "    finished",
         time=start,
-        deep=(
-            f"added\n    {key_added!r}, denoised expression (adata.layers)\n"
-            f"    {key_added!r}, calibration curve and choice (adata.uns)"
-        ),
+        deep=f"added\n{added}    {key_added!r}, calibration curve and choice (adata.uns)",
     )
     return adata if copy else None
+
+
+def _dense_fits(adata: AnnData, denoiser: Denoiser, max_dense_bytes: int | None) -> bool:
+    """Whether the dense output fits the budget; raises if it does not and cannot be factored."""
+    budget = (
+        default_max_dense_bytes() if max_dense_bytes is None else check_positive_int(max_dense_bytes, "max_dense_bytes")
+    )
+    size = adata.n_obs * adata.n_vars * 4
+    if size <= budget:
+        return True
+    if not isinstance(denoiser, LowRank):
+        msg = (
+            f"The dense denoised layer would take {size / 2**30:.1f} GiB, over max_dense_bytes "
+            f"({budget / 2**30:.1f} GiB), and {type(denoiser).__name__} output has no low-rank form to store "
+            "instead; raise max_dense_bytes, denoise a subset, or use method='pca' or 'diffusion'."
+        )
+        raise ValueError(msg)
+    return False
 
 
 def _embed(values: np.ndarray, cells: np.ndarray | None, genes: np.ndarray | None) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from ._calibrate import CalibrationResult, resolve_method, run_genes, run_mcv
+from ._output import denoised_genes
 from ._score import score_denoising
 from ._transform import check_transform, transformed
 from ._validate import get_counts, prepare_counts
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from ._validate import Counts
     from .denoisers import Denoiser
 
-__all__ = ["CalibrationResult", "calibrate", "grid", "score_denoising"]
+__all__ = ["CalibrationResult", "calibrate", "denoised_genes", "grid", "score_denoising"]
 
 Calibration = Literal["mcv", "genes"]
 

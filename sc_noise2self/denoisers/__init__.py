@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._base import BlockSweep, Denoiser, GenePartition, ValueSweep
+from ._base import BlockSweep, Denoiser, GenePartition, LowRank, ValueSweep
 from .diffusion import Diffusion
 from .pca import PCA
 
@@ -16,4 +16,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(msg)
 
 
-__all__ = ["PCA", "Autoencoder", "BlockSweep", "Denoiser", "Diffusion", "GenePartition", "ValueSweep"]
+__all__ = ["PCA", "Autoencoder", "BlockSweep", "Denoiser", "Diffusion", "GenePartition", "LowRank", "ValueSweep"]

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from .._types import ArrayLike
 
-__all__ = ["BlockSweep", "Denoiser", "GenePartition", "ValueSweep"]
+__all__ = ["BlockSweep", "Denoiser", "GenePartition", "LowRank", "ValueSweep"]
 
 GridValue = int | tuple[int, ...]
 
@@ -86,6 +86,14 @@ class Denoiser(Protocol):
 
     def predict(self, rows: slice, value: GridValue) -> np.ndarray:
         """Denoised values for cells ``rows`` at one grid value (after :meth:`fit`)."""
+
+
+@runtime_checkable
+class LowRank(Protocol):
+    """A fitted denoiser whose output is ``offset + scores @ loadings`` (so it can be stored factored)."""
+
+    def factors(self, value: GridValue) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(offset (genes,), scores (cells × k), loadings (k × genes))`` at one grid value, after ``fit``."""
 
 
 @runtime_checkable

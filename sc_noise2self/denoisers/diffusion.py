@@ -193,8 +193,8 @@ class Diffusion:
                 done = int(t)
                 yield self._value(self.grid_, t, k), lambda rows, z=z: self.mean_ + z[rows] @ self.components_
 
-    def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
-        """Denoised values of cells ``rows`` after ``t`` steps."""
+    def factors(self, value: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, diffused scores and components: the output after ``t`` steps, factored."""
         key = value if isinstance(value, int) else tuple(value)
         if key not in self._diffused:
             t, k = (key, self.n_neighbors) if isinstance(key, int) else key
@@ -202,7 +202,12 @@ class Diffusion:
             for _ in range(int(t)):
                 z = self.operators_[int(k)] @ z
             self._diffused = {key: z}  # keep one value: the one being written out
-        return self.mean_ + self._diffused[key][rows] @ self.components_
+        return self.mean_, self._diffused[key], self.components_
+
+    def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
+        """Denoised values of cells ``rows`` after ``t`` steps."""
+        mean, scores, components = self.factors(value)
+        return mean + scores[rows] @ components
 
     # -- Noise2Self -----------------------------------------------------------------------
     def held_out_genes(self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray) -> _ValueSweep:

@@ -158,6 +158,10 @@ class PCA:
         """``mean + scores[:, :k] @ components[:k]`` for cells ``rows``."""
         return self.mean_ + self.scores_[rows, :value] @ self.components_[:value]
 
+    def factors(self, value: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, the first ``k`` scores and components: the rank-``k`` output, factored."""
+        return self.mean_, self.scores_[:, :value], self.components_[:value]
+
     def held_out_genes(
         self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
     ) -> _GroupedRankSweep:
