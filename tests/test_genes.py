@@ -98,3 +98,15 @@ def test_gene_partition_works_on_values_that_are_not_counts(simulation):
 def test_gene_partition_bad_arguments(simulation, kwargs, match):
     with pytest.raises(ValueError, match=match):
         n2s.tl.calibrate(simulation.counts, **{"calibration": "genes", **kwargs}, progress=False)
+
+
+@pytest.mark.parametrize("method", ["pca", "diffusion"])
+@pytest.mark.parametrize("calibration", ["mcv", "genes"])
+def test_same_seed_same_bytes(simulation, method, calibration):
+    grid = [1, 2, 4] if method == "diffusion" else [2, 5, 8]
+    runs = []
+    for _ in range(2):
+        a = ad.AnnData(simulation.counts.copy())
+        n2s.pp.denoise(a, method=method, calibration=calibration, grid=grid, random_state=7, progress=False)
+        runs.append((a.layers["denoised"].tobytes(), a.uns["denoised"]["loss"].tobytes()))
+    assert runs[0] == runs[1]
