@@ -56,7 +56,9 @@ class ValueSweep(Protocol):
     def sweep_values(self) -> Iterator[tuple[GridValue, Callable[[slice], np.ndarray]]]:
         """Yield ``(value, predict)`` at each grid value in order; ``predict(rows)`` gives a block.
 
-        A predictor may carry a ``train_loss`` attribute, shown in the progress bar.
+        A predictor need only work until the iterator advances (the autoencoder keeps
+        training the same network). It may carry a ``train_loss`` attribute, shown in the
+        progress bar.
         """
 
 
