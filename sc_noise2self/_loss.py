@@ -123,7 +123,7 @@ def score_block(
     ----------
     pred
         Training-depth predictions for a block of cells, cells × genes, on the
-        transformed scale of the training half.
+        transformed scale of the training half (float32 or float64).
     target
         The same cells' held-out values from :func:`held_out_target`.
     conversion
@@ -133,7 +133,7 @@ def score_block(
     loss
         ``"mse"`` or ``"poisson"``.
     """
-    pred = np.ascontiguousarray(pred, dtype=np.float64)
+    pred = np.ascontiguousarray(pred)
     rows, weights = conversion.rows_for(train_scales)
     table = np.ascontiguousarray(conversion.table)
     out = np.empty(pred.shape[0])

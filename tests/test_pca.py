@@ -30,7 +30,7 @@ def test_sweep_equals_direct_prediction(simulation):
     rows = slice(10, 50)
     seen = []
     for k, pred in pca.sweep_blocks(rows):
-        np.testing.assert_allclose(pred, pca.predict(rows, k), atol=1e-12)
+        np.testing.assert_allclose(pred, pca.predict(rows, k), rtol=1e-5, atol=1e-5)  # the sweep runs in float32
         seen.append(k)
     assert seen == grid.tolist()
 
