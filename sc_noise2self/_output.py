@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from ._types import ArrayLike
 
-__all__ = ["default_max_dense_bytes", "denoised_genes", "embed_rows", "lazy_low_rank", "write_factored"]
+__all__ = ["default_max_dense_bytes", "denoised_genes", "embed", "lazy_low_rank", "write_factored"]
 
 _BLOCK_BYTES = 64 * 2**20
 
@@ -31,12 +31,15 @@ def default_max_dense_bytes() -> int:
         return 4 * 2**30
 
 
-def embed_rows(values: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
-    """Rows of kept cells placed into zeros of the full height (dropped cells stay 0)."""
-    if kept is None:
+def embed(values: np.ndarray, rows: np.ndarray | None, columns: np.ndarray | None = None) -> np.ndarray:
+    """Place 2-D values computed for kept rows/columns (boolean masks; None: all) into zeros of full size."""
+    if rows is None and columns is None:
         return values
-    out = np.zeros((kept.size, *values.shape[1:]), dtype=values.dtype)
-    out[kept] = values
+    row_index = np.arange(values.shape[0]) if rows is None else np.flatnonzero(rows)
+    column_index = np.arange(values.shape[1]) if columns is None else np.flatnonzero(columns)
+    shape = (values.shape[0] if rows is None else rows.size, values.shape[1] if columns is None else columns.size)
+    out = np.zeros(shape, dtype=values.dtype)
+    out[np.ix_(row_index, column_index)] = values
     return out
 
 
@@ -107,14 +110,10 @@ def write_factored(
 ) -> None:
     """Store low-rank output as factors plus a lazy dask layer, placing kept cells and genes."""
     offset, scores, loadings = factors
-    n_cells, n_genes = adata.shape
-    gene_index = slice(None) if genes is None else np.flatnonzero(genes)
-    full_offset = np.zeros(n_genes, dtype=np.float32)
-    full_offset[gene_index] = offset
-    full_loadings = np.zeros((n_genes, loadings.shape[0]), dtype=np.float32)
-    full_loadings[gene_index] = loadings.T
-    full_scores = embed_rows(scores.astype(np.float32), cells)
-    kept = np.ones(n_cells, dtype=bool) if cells is None else cells
+    full_offset = embed(offset.astype(np.float32)[:, None], genes)[:, 0]
+    full_loadings = embed(np.ascontiguousarray(loadings.T, dtype=np.float32), genes)
+    full_scores = embed(scores.astype(np.float32), cells)
+    kept = np.ones(adata.n_obs, dtype=bool) if cells is None else cells
     adata.obsm[f"{key}_scores"] = full_scores
     adata.varm[f"{key}_loadings"] = full_loadings
     adata.var[f"{key}_offset"] = full_offset

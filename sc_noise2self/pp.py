@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _logging as logg
 from ._calibrate import predict_dense, refit, resolve_method
-from ._output import default_max_dense_bytes, write_factored
+from ._output import default_max_dense_bytes, embed, write_factored
 from ._split import split_array
 from ._transform import transformed
 from ._validate import check_positive_int, get_counts
@@ -156,7 +156,7 @@ def denoise(
     if not factored:
         denoised = predict_dense(fitted, result.best, values.shape, chunk_size=chunk_size)
         if data.cells is not None or data.genes is not None:
-            denoised = _embed(denoised, data.cells, data.genes)
+            denoised = embed(denoised, data.cells, data.genes)
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
 
@@ -199,17 +199,6 @@ def _dense_fits(adata: AnnData, denoiser: Denoiser, max_dense_bytes: int | None)
         )
         raise ValueError(msg)
     return False
-
-
-def _embed(values: np.ndarray, cells: np.ndarray | None, genes: np.ndarray | None) -> np.ndarray:
-    """Place the denoised kept cells × genes into a zero matrix of the input's shape."""
-    rows = np.arange(values.shape[0]) if cells is None else np.flatnonzero(cells)
-    cols = np.arange(values.shape[1]) if genes is None else np.flatnonzero(genes)
-    out = np.zeros(
-        (rows.size if cells is None else cells.size, cols.size if genes is None else genes.size), values.dtype
-    )
-    out[np.ix_(rows, cols)] = values
-    return out
 
 
 def split_counts(
