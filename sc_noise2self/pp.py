@@ -154,9 +154,9 @@ def denoise(
     uns["n_dropped_genes"] = 0 if data.genes is None else int((~data.genes).sum())
     uns["output"] = "factored" if factored else "dense"
     if not factored:
-        denoised = predict_dense(fitted, result.best, values.shape, chunk_size=chunk_size)
-        if data.cells is not None or data.genes is not None:
-            denoised = embed(denoised, data.cells, data.genes)
+        denoised = embed(
+            predict_dense(fitted, result.best, values.shape, chunk_size=chunk_size), data.cells, data.genes
+        )
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
 
