@@ -182,6 +182,9 @@ def check_positive_int(value: object, name: str) -> int:
 
 def check_int_grid(grid: ArrayLike, *, low: int, high: int, name: str) -> np.ndarray:
     """Sorted unique integers of a 1-D grid, each in ``low..high``."""
+    if high < low:
+        msg = f"This data is too small for any {name}: it needs at least {low} and allows at most {high}."
+        raise ValueError(msg)
     values = np.asarray(grid)
     if values.ndim != 1 or values.size == 0:
         msg = f"The grid of {name} must be a non-empty 1-D sequence of integers, got {grid!r}."
@@ -190,9 +193,6 @@ def check_int_grid(grid: ArrayLike, *, low: int, high: int, name: str) -> np.nda
         msg = f"The grid of {name} must hold integers, got {grid!r}."
         raise ValueError(msg)
     values = np.unique(values.astype(np.int64))
-    if high < low:
-        msg = f"This data is too small for any {name}: it needs at least {low} and allows at most {high}."
-        raise ValueError(msg)
     if values[0] < low or values[-1] > high:
         msg = (
             f"{name} values must lie in {low}..{high} for this data, got {values[0]}..{values[-1]}; "

@@ -205,3 +205,8 @@ def test_progress_bar_can_be_turned_off(adata, capsys):
     assert "MCV" not in capsys.readouterr().err
     pp.denoise(adata, grid=GRID, progress=True)
     assert "MCV" in capsys.readouterr().err
+
+
+def test_one_cell_is_too_small_to_calibrate():
+    with pytest.raises(ValueError, match="too small for any n_comps"):
+        pp.denoise(ad.AnnData(sparse.csr_matrix(np.array([[3, 4, 5]]))), progress=False)
