@@ -131,6 +131,7 @@ def test_counts_layer_and_estimator_instance(adata):
         pytest.param(lambda a: None, {"layer": "raw"}, "Layer 'raw' not found", id="missing-layer"),
         pytest.param(lambda a: None, {"grid": [1, 2, 10_000]}, "must lie in 1..", id="grid-too-large"),
         pytest.param(lambda a: None, {"grid": [0, 2]}, "must lie in 1..", id="grid-zero"),
+        pytest.param(lambda a: None, {"grid": [2.5]}, "must hold integers", id="grid-non-integer"),
         pytest.param(lambda a: None, {"split_fraction": 0.0}, "strictly between", id="fraction"),
         pytest.param(lambda a: None, {"transform": "log"}, "transform must be", id="transform"),
         pytest.param(lambda a: None, {"loss": "l1"}, "loss must be", id="loss"),
