@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
+from .._split import seed_sequence
 from .._validate import check_int_grid
 
 if TYPE_CHECKING:
@@ -132,10 +133,7 @@ class Autoencoder:
         return self
 
     def _seed(self, width: int) -> int:
-        entropy = self.random_state
-        if isinstance(entropy, np.random.Generator):
-            entropy = int(entropy.integers(2**63))
-        return int(np.random.SeedSequence(entropy, spawn_key=(width,)).generate_state(1)[0])
+        return int(seed_sequence(self.random_state, width).generate_state(1)[0])
 
     def _training(self, width: int, epochs: np.ndarray) -> Iterator[tuple[int, object]]:
         """Train one network of this width; yield it after every epoch listed."""
