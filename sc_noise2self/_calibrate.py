@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._loss import check_loss, held_out_target, score_block
-from ._split import binomial_split, seed_sequence
+from ._split import binomial_split, seed_sequence, split_seed
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
 from ._validate import check_fraction, check_positive_int
 from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition
@@ -232,7 +232,7 @@ def run_mcv(
     losses = np.zeros((n_splits, len(grid)))
     with _progress(n_splits, f"MCV {method}", progress=progress) as bar:
         for i in range(n_splits):
-            train, test = binomial_split(counts, p, np.random.default_rng(seed_sequence(random_state, 0, i)))
+            train, test = binomial_split(counts, p, split_seed(random_state, 0, i))
             sweep = denoiser.fit(transform_counts(train, transform, train_scales), grid)
             losses[i] = _sweep_losses(
                 sweep,

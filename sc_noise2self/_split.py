@@ -4,14 +4,20 @@ Under Poisson sampling, thinning ``x' ~ Bin(x, p)``, ``x'' = x - x'`` gives two
 independent Poisson samples of the same cell with rates ``p λ`` and ``(1 - p) λ``.
 The multinomial variant deals every molecule into one of ``k`` folds.
 
-Draws meet the nonzeros in row-major order of a canonical CSR matrix, so one seed
-gives the same bytes whatever the array type (CSR, CSC, dense) or dtype of the input.
+The draws are counter-based: the fate of the molecules at ``(cell, gene)`` depends only
+on the seed and on that position, through a hash (SplitMix64's finaliser) of
+``(seed, cell × n_genes + gene, draw)``. So one seed gives the same bytes whatever the
+array type (CSR, CSC, dense), dtype or chunking of the input: a block of cells split on
+its own (``row_offset``) equals the same rows of the whole matrix split at once, which
+is what lets dask split blockwise. Each entry is one exact binomial draw by inversion
+of its CDF (one uniform per 512 molecules).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+import numba
 import numpy as np
 from scipy import sparse
 
@@ -20,7 +26,7 @@ from ._validate import as_canonical_csr, check_count_values, check_fraction, che
 if TYPE_CHECKING:
     from ._types import ArrayLike, RandomState, SplitScheme
 
-__all__ = ["CountSplit", "binomial_split", "multinomial_folds", "seed_sequence", "split_array"]
+__all__ = ["CountSplit", "binomial_split", "multinomial_folds", "seed_sequence", "split_array", "split_seed"]
 
 
 class CountSplit(NamedTuple):
@@ -47,6 +53,75 @@ def seed_sequence(random_state: RandomState, *key: int) -> np.random.SeedSequenc
     return np.random.SeedSequence(entropy, spawn_key=key)
 
 
+def split_seed(random_state: RandomState, *key: int) -> int:
+    """A 64-bit key for the counter-based draws of one random step (see :func:`seed_sequence`)."""
+    return int(seed_sequence(random_state, *key).generate_state(1, np.uint64)[0])
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_CHUNK = 512  # molecules per uniform; (1 - q) ** 512 stays far from underflow for q <= 1/2
+
+
+@numba.njit(inline="always")
+def _mix(z: np.uint64) -> np.uint64:  # pragma: no cover - compiled
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(parallel=True, cache=True)
+def _binomial_kernel(  # pragma: no cover - compiled
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    n: np.ndarray,
+    q: float,
+    seed: np.uint64,
+    row_offset: int,
+    n_genes: int,
+    out: np.ndarray,
+) -> None:
+    """``out[i] ~ Bin(n[i], q)`` for each stored entry, keyed by its (global row, column).
+
+    Inversion of the CDF from 0, in chunks of at most ``_CHUNK`` molecules (a sum of
+    binomials with the same ``q`` is binomial), one uniform per chunk.
+    """
+    ratio = q / (1.0 - q)
+    first = np.empty(_CHUNK + 1)  # P(K = 0) for m molecules
+    for m in range(_CHUNK + 1):
+        first[m] = (1.0 - q) ** m
+    for r in numba.prange(indptr.size - 1):
+        base = np.uint64(row_offset + r) * np.uint64(n_genes)
+        for i in range(indptr[r], indptr[r + 1]):
+            key = _mix(seed ^ _mix(base + np.uint64(indices[i])))
+            left, k, draw = n[i], 0, 0
+            while left > 0:
+                m = min(left, _CHUNK)
+                draw += 1
+                u = np.float64(_mix(key + np.uint64(draw) * _GOLDEN) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+                pmf = first[m]
+                cdf, j = pmf, 0
+                while u > cdf and j < m:
+                    pmf *= (m - j) / (j + 1.0) * ratio
+                    j += 1
+                    cdf += pmf
+                k += j
+                left -= m
+            out[i] = k
+
+
+def _binomial(X: sparse.csr_matrix, n: np.ndarray, p: float, seed: int, row_offset: int) -> np.ndarray:
+    """``Bin(n, p)`` for the stored entries of canonical-CSR ``X`` (``n`` aligned with ``X.data``)."""
+    q = min(p, 1.0 - p)
+    out = np.empty(n.size, dtype=np.int64)
+    if q == 0.0:
+        out[:] = 0
+    else:
+        _binomial_kernel(X.indptr, X.indices, n, q, np.uint64(seed), row_offset, X.shape[1], out)
+    return n - out if p > 0.5 else out
+
+
 def _with_data(X: sparse.csr_matrix, data: np.ndarray) -> sparse.csr_matrix:
     out = sparse.csr_matrix((data, X.indices.copy(), X.indptr.copy()), shape=X.shape)
     out.eliminate_zeros()
@@ -54,25 +129,32 @@ def _with_data(X: sparse.csr_matrix, data: np.ndarray) -> sparse.csr_matrix:
 
 
 def binomial_split(
-    X: sparse.csr_matrix, fraction: float, rng: np.random.Generator
+    X: sparse.csr_matrix, fraction: float, seed: int, *, row_offset: int = 0
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
     """Thin canonical-CSR counts: ``train ~ Bin(X, fraction)``, ``test = X - train``.
 
-    Works on the stored nonzeros only; the halves keep the input dtype.
+    Works on the stored nonzeros only; the halves keep the input dtype. ``X`` may be a
+    block of rows starting at row ``row_offset`` of a larger matrix: the draws are those
+    of the same entries in the whole matrix.
     """
     n = X.data.astype(np.int64, copy=False)
-    train = rng.binomial(n, fraction)
+    train = _binomial(X, n, fraction, seed, row_offset)
     test = n - train
     return _with_data(X, train.astype(X.dtype, copy=False)), _with_data(X, test.astype(X.dtype, copy=False))
 
 
-def multinomial_folds(X: sparse.csr_matrix, n_folds: int, rng: np.random.Generator) -> list[sparse.csr_matrix]:
-    """Deal every molecule of canonical-CSR counts into one of ``n_folds`` equal-probability folds."""
-    n = X.data.astype(np.int64, copy=False)
+def multinomial_folds(
+    X: sparse.csr_matrix, n_folds: int, seeds: list[int], *, row_offset: int = 0
+) -> list[sparse.csr_matrix]:
+    """Deal every molecule of canonical-CSR counts into one of ``n_folds`` equal-probability folds.
+
+    ``seeds`` holds one key per fold but the last (see :func:`split_seed`).
+    """
+    left = X.data.astype(np.int64)
     # Sequential binomials are the multinomial draw, without a (nnz × k) temporary.
-    folds, left = [], n.copy()
+    folds = []
     for j in range(n_folds - 1):
-        take = rng.binomial(left, 1.0 / (n_folds - j))
+        take = _binomial(X, left, 1.0 / (n_folds - j), seeds[j], row_offset)
         left -= take
         folds.append(_with_data(X, take.astype(X.dtype, copy=False)))
     folds.append(_with_data(X, left.astype(X.dtype, copy=False)))
@@ -105,8 +187,7 @@ def split_array(
         fraction = check_fraction(0.9 if split_fraction is None else split_fraction)
         splits = []
         for i in range(n_splits):
-            rng = np.random.default_rng(seed_sequence(random_state, 0, i))
-            train, test = binomial_split(counts, fraction, rng)
+            train, test = binomial_split(counts, fraction, split_seed(random_state, 0, i))
             splits.append(CountSplit(_like(X, train), _like(X, test), fraction))
         return splits
     if scheme == "multinomial":
@@ -119,8 +200,7 @@ def split_array(
         if n_splits < 2:
             msg = "scheme='multinomial' needs n_splits >= 2 folds."
             raise ValueError(msg)
-        rng = np.random.default_rng(seed_sequence(random_state, 1))
-        folds = multinomial_folds(counts, n_splits, rng)
+        folds = multinomial_folds(counts, n_splits, [split_seed(random_state, 1, j) for j in range(n_splits - 1)])
         splits = []
         for fold in folds:
             train = counts - fold

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import sparse
+from scipy import sparse, stats
 
 from sc_noise2self import pp
-from sc_noise2self._split import binomial_split
+from sc_noise2self._split import binomial_split, multinomial_folds, split_seed
 
 from ._helpers import ARRAY_TYPES, DTYPES, as_type, dense
 
@@ -143,7 +143,41 @@ def test_property_split_is_exact_and_within_pattern(n_cells, n_genes, p, seed, d
     X = sparse.random(
         n_cells, n_genes, density=density, format="csr", random_state=rng, data_rvs=lambda k: rng.integers(1, 50, k)
     )
-    train, test = binomial_split(X, p, np.random.default_rng(seed))
+    train, test = binomial_split(X, p, seed)
     np.testing.assert_array_equal((train + test).toarray(), X.toarray())
     assert set(zip(*train.nonzero(), strict=True)) <= set(zip(*X.nonzero(), strict=True))
     assert train.has_sorted_indices and test.has_sorted_indices
+
+
+@pytest.mark.parametrize("n", [1, 4, 30, 700, 5000])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_each_entry_is_one_exact_binomial_draw(n, p):
+    """Every entry's training count follows Bin(n, p): its pmf (small n), mean and variance."""
+    X = sparse.csr_matrix(np.full((4000, 25), n))
+    train, _ = binomial_split(X, p, split_seed(7, 0, 0))
+    draws = train.toarray().ravel().astype(np.int64)
+    se = np.sqrt(n * p * (1 - p) / draws.size)
+    assert abs(draws.mean() - n * p) < 4 * se
+    assert draws.var() / (n * p * (1 - p)) == pytest.approx(1.0, abs=0.03)
+    if n <= 30:
+        observed = np.bincount(draws, minlength=n + 1)
+        expected = stats.binom.pmf(np.arange(n + 1), n, p) * draws.size
+        keep = expected > 5
+        chi2 = (((observed - expected) ** 2)[keep] / expected[keep]).sum()
+        assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-3
+
+
+def test_blocks_of_rows_split_alone_equal_the_whole_split(small_counts):
+    """Counter-based draws: splitting rows a..b with row_offset=a gives those rows of the whole split."""
+    X = sparse.csr_matrix(small_counts)
+    seed = split_seed(3, 0, 0)
+    whole_train, whole_test = binomial_split(X, 0.8, seed)
+    for size in (1, 7, X.shape[0]):
+        parts = [binomial_split(X[a : a + size], 0.8, seed, row_offset=a) for a in range(0, X.shape[0], size)]
+        assert (sparse.vstack([t for t, _ in parts]) != whole_train).nnz == 0
+        assert (sparse.vstack([t for _, t in parts]) != whole_test).nnz == 0
+    seeds = [split_seed(3, 1, j) for j in range(2)]
+    folds = multinomial_folds(X, 3, seeds)
+    halves = [multinomial_folds(X[a : a + 5], 3, seeds, row_offset=a) for a in range(0, X.shape[0], 5)]
+    for j, fold in enumerate(folds):
+        assert (sparse.vstack([h[j] for h in halves]) != fold).nnz == 0
