@@ -54,7 +54,7 @@ def seed_sequence(random_state: RandomState, *key: int) -> np.random.SeedSequenc
 
 
 def split_seed(random_state: RandomState, *key: int) -> int:
-    """A 64-bit key for the counter-based draws of one random step (see :func:`seed_sequence`)."""
+    """Return a 64-bit key for the counter-based draws of one random step (see :func:`seed_sequence`)."""
     return int(seed_sequence(random_state, *key).generate_state(1, np.uint64)[0])
 
 
