@@ -5,7 +5,7 @@ import pytest
 from scipy import sparse
 
 from sc_noise2self.denoisers import PCA, BlockSweep, Denoiser
-from sc_noise2self.denoisers.pca import centered_truncated_svd
+from sc_noise2self.denoisers.pca import centered_truncated_svd, gram_stats, merge_gram_stats
 
 
 @pytest.mark.parametrize("as_sparse", [True, False], ids=["csr", "dense"])
@@ -53,3 +53,51 @@ def test_init_stores_parameters_untouched():
     pca = PCA(n_iter=2, random_state=rng)
     assert pca.random_state is rng and pca.n_iter == 2
     assert not hasattr(pca, "components_")
+
+
+@pytest.mark.parametrize("as_sparse", [True, False], ids=["csr", "dense"])
+def test_covariance_route_is_the_exact_svd(simulation, as_sparse):
+    """Gram matrix accumulated over blocks of cells (pairwise merges), then a genes × genes eigenproblem."""
+    X = np.sqrt(simulation.counts.toarray().astype(float))
+    pca = PCA(solver="covariance").fit(sparse.csr_matrix(X) if as_sparse else X, np.array([10]))
+    _, s_ref, vt_ref = np.linalg.svd(X - X.mean(axis=0), full_matrices=False)
+    np.testing.assert_allclose(pca.mean_, X.mean(axis=0))
+    np.testing.assert_allclose(pca.singular_values_, s_ref[:10], rtol=1e-8)
+    np.testing.assert_allclose(np.abs(np.sum(pca.components_ * vt_ref[:10], axis=1)), 1.0, atol=1e-8)
+    np.testing.assert_allclose(pca.scores_, (X - X.mean(axis=0)) @ pca.components_.T, atol=1e-8)
+
+
+def test_gram_statistics_merge_in_any_grouping(simulation):
+    X = np.sqrt(simulation.counts.toarray().astype(float))
+    whole = gram_stats(X)
+    parts = [gram_stats(X[a : a + 37]) for a in range(0, X.shape[0], 37)]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = merge_gram_stats(merged, part)
+    assert merged.n == X.shape[0]
+    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(merged.m2, whole.m2, rtol=1e-9, atol=1e-9)
+
+
+def test_blockwise_fit_equals_in_memory_fit(simulation):
+    """block_stats / fit_stats / sweep_rows (the dask route) give the in-memory covariance fit."""
+    X = sparse.csr_matrix(np.sqrt(simulation.counts.astype(float)))
+    grid = np.array([1, 3, 6])
+    memory = PCA(solver="covariance").fit(X, grid)
+    stats = [PCA().block_stats(X[a : a + 50]) for a in range(0, X.shape[0], 50)]
+    merged = stats[0]
+    for part in stats[1:]:
+        merged = merge_gram_stats(merged, part)
+    blockwise = PCA().fit_stats(merged, grid)
+    rows = slice(50, 100)
+    for (k, expected), (k2, got) in zip(memory.sweep_blocks(rows), blockwise.sweep_rows(X[rows]), strict=True):
+        assert k == k2
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(blockwise.row_scores(X[rows], 3), memory.scores_[rows, :3], atol=1e-8)
+
+
+def test_solver_is_checked_and_auto_switches_on_gene_count():
+    assert PCA().uses_covariance(2000) and not PCA().uses_covariance(20000)
+    assert PCA(solver="covariance").uses_covariance(20000)
+    with pytest.raises(ValueError, match="solver must be"):
+        PCA(solver="arpack").uses_covariance(10)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numba
 import numpy as np
@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
     from .._types import ArrayLike
 
-__all__ = ["PCA", "centered_truncated_svd"]
+__all__ = ["PCA", "GramStats", "centered_truncated_svd", "covariance_svd", "gram_stats", "merge_gram_stats"]
+
+_GRAM_ELEMENTS = 2**22  # cells per dense block × genes when accumulating the Gram matrix (32 MiB)
+AUTO_MAX_GENES = 4096  # solver="auto" uses the covariance route up to this many genes
 
 
 def centered_truncated_svd(
@@ -57,9 +60,65 @@ def centered_truncated_svd(
     u_small, s, vt = linalg.svd(times_t(q).T, full_matrices=False)
     u = q @ u_small[:, :n_comps]
     s, vt = s[:n_comps], vt[:n_comps]
+    signs = _fix_signs(vt)
+    return mean, u * signs, s, vt * signs[:, None]
+
+
+def _fix_signs(vt: np.ndarray) -> np.ndarray:
+    """Sign of each component so that its largest loading is positive (reproducible output)."""
     signs = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
     signs[signs == 0] = 1.0
-    return mean, u * signs, s, vt * signs[:, None]
+    return signs
+
+
+class GramStats(NamedTuple):
+    """Cell count, gene means and centred Gram matrix (genes × genes) of a block of cells."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+
+def gram_stats(X: ArrayLike) -> GramStats:
+    """Centred second moments of the rows of ``X`` (sparse or dense), a dense block at a time."""
+    n_cells, n_genes = X.shape
+    step = max(1, _GRAM_ELEMENTS // n_genes)
+    total = GramStats(0, np.zeros(n_genes), np.zeros((n_genes, n_genes)))
+    for start in range(0, n_cells, step):
+        block = X[start : start + step]
+        block = block.toarray() if sparse.issparse(block) else np.array(block, dtype=np.float64)
+        mean = block.mean(axis=0)
+        block -= mean
+        total = merge_gram_stats(total, GramStats(block.shape[0], mean, block.T @ block))
+    return total
+
+
+def merge_gram_stats(a: GramStats, b: GramStats) -> GramStats:
+    """Statistics of two blocks of cells together (Chan, Golub & LeVeque's pairwise update)."""
+    if a.n == 0 or b.n == 0:
+        return b if a.n == 0 else a
+    n = a.n + b.n
+    delta = b.mean - a.mean
+    return GramStats(n, a.mean + delta * (b.n / n), a.m2 + b.m2 + np.outer(delta, delta) * (a.n * b.n / n))
+
+
+def covariance_svd(stats: GramStats, n_comps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``n_comps`` singular values and components of the centred data from its Gram matrix.
+
+    The eigenvectors of ``(X - mean)^T (X - mean)`` are the right singular vectors and its
+    eigenvalues the squared singular values: one pass over the cells, then a genes × genes
+    eigenproblem, so it suits many cells and up to a few thousand genes (dask input).
+    """
+    n_genes = stats.m2.shape[0]
+    values, vectors = linalg.eigh(stats.m2, subset_by_index=[n_genes - n_comps, n_genes - 1])
+    s = np.sqrt(np.clip(values[::-1], 0.0, None))
+    vt = vectors[:, ::-1].T
+    return s, vt * _fix_signs(vt)[:, None]
+
+
+def centred_scores(X: ArrayLike, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """``(X - mean) @ components.T`` without centring a sparse ``X``."""
+    return np.asarray(X @ components.T) - mean @ components.T
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
@@ -108,28 +167,44 @@ class _RankSweep:
 class PCA:
     """Denoise by keeping the top ``n_comps`` principal components of the transformed data.
 
-    One randomised truncated SVD at the largest grid value serves the whole grid: the
-    prediction at rank ``k`` is the one at the previous grid value plus the next
-    components, added block by block over cells.
+    One truncated SVD at the largest grid value serves the whole grid: the prediction at
+    rank ``k`` is the one at the previous grid value plus the next components, added
+    block by block over cells.
 
     Parameters
     ----------
+    solver
+        ``"covariance"``: eigenvectors of the genes × genes centred Gram matrix,
+        accumulated over blocks of cells (exact, one pass; the route for dask input).
+        ``"randomized"``: randomised subspace iteration with implicit centring (for many
+        genes). ``"auto"``: covariance up to 4,096 genes, randomised above.
     n_oversamples
         Extra random directions of the randomised SVD.
     n_iter
         Power iterations of the randomised SVD; more is more accurate for the trailing
         components.
     random_state
-        Seed of the random test matrix (anything :func:`numpy.random.default_rng` takes).
+        Seed of the randomised SVD's test matrix (anything :func:`numpy.random.default_rng` takes).
     """
 
-    def __init__(self, *, n_oversamples: int = 20, n_iter: int = 7, random_state: object = 0) -> None:
+    def __init__(
+        self,
+        *,
+        solver: Literal["auto", "covariance", "randomized"] = "auto",
+        n_oversamples: int = 20,
+        n_iter: int = 7,
+        random_state: object = 0,
+    ) -> None:
+        self.solver = solver
         self.n_oversamples = n_oversamples
         self.n_iter = n_iter
         self.random_state = random_state
 
     def __repr__(self) -> str:
-        return f"PCA(n_oversamples={self.n_oversamples}, n_iter={self.n_iter}, random_state={self.random_state!r})"
+        return (
+            f"PCA(solver={self.solver!r}, n_oversamples={self.n_oversamples}, n_iter={self.n_iter}, "
+            f"random_state={self.random_state!r})"
+        )
 
     def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
         return ("n_comps",)
@@ -143,16 +218,29 @@ class PCA:
         """Sorted unique ranks in ``1 .. min(n_cells, n_genes) - 1``."""
         return check_int_grid(grid, low=1, high=min(shape) - 1, name="n_comps")
 
+    def uses_covariance(self, n_genes: int) -> bool:
+        """Whether data with ``n_genes`` genes go through the covariance route."""
+        if self.solver not in {"auto", "covariance", "randomized"}:
+            msg = f"solver must be 'auto', 'covariance' or 'randomized', got {self.solver!r}."
+            raise ValueError(msg)
+        return self.solver == "covariance" or (self.solver == "auto" and n_genes <= AUTO_MAX_GENES)
+
     def _svd(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, scores (``U S``), singular values and components of the centred ``X``."""
+        if self.uses_covariance(X.shape[1]):
+            stats = gram_stats(X)
+            s, vt = covariance_svd(stats, n_comps)
+            return stats.mean, centred_scores(X, stats.mean, vt), s, vt
         rng = np.random.default_rng(self.random_state)
-        return centered_truncated_svd(X, n_comps, n_oversamples=self.n_oversamples, n_iter=self.n_iter, rng=rng)
+        mean, u, s, vt = centered_truncated_svd(
+            X, n_comps, n_oversamples=self.n_oversamples, n_iter=self.n_iter, rng=rng
+        )
+        return mean, u * s, s, vt
 
     def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
         """Fit one truncated SVD at ``max(grid)`` on (normalised) data ``X``."""
         self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
-        self.mean_, u, s, self.components_ = self._svd(_as_float(X), int(self.grid_[-1]))
-        self.singular_values_ = s
-        self.scores_ = u * s
+        self.mean_, self.scores_, self.singular_values_, self.components_ = self._svd(_as_float(X), int(self.grid_[-1]))
         return self
 
     def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
@@ -167,6 +255,29 @@ class PCA:
         """Mean, the first ``k`` scores and components: the rank-``k`` output, factored."""
         return self.mean_, self.scores_[:, :value], self.components_[:value]
 
+    # Blockwise fitting (dask or backed input): statistics per block of cells, merged, then
+    # each block predicted from its own rows. Equal to ``fit`` with solver="covariance".
+
+    def block_stats(self, X: ArrayLike) -> GramStats:
+        """Statistics of one block of cells of the (normalised) data, to be merged."""
+        return gram_stats(_as_float(X))
+
+    def fit_stats(self, stats: GramStats, grid: np.ndarray) -> Self:
+        """Fit from the merged statistics of every block (no scores are kept)."""
+        self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
+        self.singular_values_, self.components_ = covariance_svd(stats, int(self.grid_[-1]))
+        self.mean_ = stats.mean
+        return self
+
+    def sweep_rows(self, X: ArrayLike) -> Iterator[tuple[int, np.ndarray]]:
+        """Like :meth:`sweep_blocks`, for a block of cells given by its own (normalised) rows."""
+        scores = centred_scores(_as_float(X), self.mean_, self.components_)
+        return _RankSweep(self.grid_, self.mean_, lambda r: scores[r], self.components_).sweep_blocks(slice(None))
+
+    def row_scores(self, X: ArrayLike, value: int) -> np.ndarray:
+        """Scores of a block of cells on the first ``value`` components, from its own rows."""
+        return centred_scores(_as_float(X), self.mean_, self.components_[:value])
+
     def held_out_genes(
         self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
     ) -> _GroupedRankSweep:
@@ -180,8 +291,7 @@ class PCA:
         """
         X = _as_float(X)
         grid = np.sort(np.asarray(grid, dtype=np.int64))
-        _, u, s, _ = self._svd(X[:, ~genes], int(grid[-1]))
-        scores = u * s
+        _, scores, _, _ = self._svd(X[:, ~genes], int(grid[-1]))
         target = X[:, genes]
         target = target.toarray() if sparse.issparse(target) else np.asarray(target)
         coefs = np.empty_like(scores)
