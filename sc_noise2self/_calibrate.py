@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,11 +29,15 @@ if TYPE_CHECKING:
 
     from scipy import sparse
 
+    from ._transform import DepthConversion
     from ._types import ArrayLike, LossName, RandomState, TransformName
     from .denoisers._base import GridValue, ValueSweep
 
 __all__ = [
     "CalibrationResult",
+    "McvSetup",
+    "mcv_result",
+    "mcv_setup",
     "package_version",
     "predict_dense",
     "refit",
@@ -186,6 +190,80 @@ def _progress(total: int, desc: str, *, progress: bool) -> tqdm:
     )
 
 
+class McvSetup(NamedTuple):
+    """What every split of one MCV calibration shares: per-cell scales and the depth conversion."""
+
+    fraction: float
+    train_scales: np.ndarray
+    test_scales: np.ndarray
+    conversion: DepthConversion
+
+
+def mcv_setup(
+    totals: np.ndarray,
+    max_count: float,
+    *,
+    split_fraction: float,
+    transform: TransformName,
+    target_sum: float | None,
+    loss: LossName,
+) -> McvSetup:
+    """Check the MCV settings against per-cell totals and tabulate the exact depth conversion."""
+    p = check_fraction(split_fraction)
+    check_transform(transform)
+    check_loss(loss)
+    held_out_per_cell = (1.0 - p) * float(np.median(totals))
+    if held_out_per_cell < 1.0:
+        msg = (
+            f"Too few molecules for a split: cells have a median of {np.median(totals):g} counts, so the held-out "
+            f"part (split_fraction={p}) would hold {held_out_per_cell:.2g} per cell. Lower split_fraction, or keep "
+            "deeper cells (e.g. `sc.pp.filter_cells(adata, min_counts=...)`)."
+        )
+        raise ValueError(msg)
+    train_scales = cell_scales(totals, target_sum, p)
+    conversion = build_conversion(
+        transform,
+        fraction=p,
+        train_scales=train_scales,
+        normalized=target_sum is not None,
+        max_rate=1.5 * p * float(max_count) + 20.0,  # covers every plausible training rate
+        loss=loss,
+    )
+    return McvSetup(p, train_scales, cell_scales(totals, target_sum, 1.0 - p), conversion)
+
+
+def mcv_result(
+    losses: np.ndarray,
+    denoiser: Denoiser,
+    grid: np.ndarray,
+    shape: tuple[int, int],
+    setup: McvSetup,
+    *,
+    method: str,
+    transform: TransformName,
+    target_sum: float | None,
+    loss: LossName,
+    random_state: RandomState,
+) -> CalibrationResult:
+    """Return the MCV result from the summed losses (splits × grid values), per matrix entry."""
+    params = {
+        "split_fraction": setup.fraction,
+        "n_splits": losses.shape[0],
+        "transform": transform,
+        "target_sum": None if target_sum is None else float(target_sum),
+        "loss": loss,
+        "random_state": _seed_record(random_state),
+    }
+    return CalibrationResult(
+        method=method,
+        calibration="mcv",
+        grid_names=denoiser.grid_names(grid),
+        grid=grid,
+        loss=losses / (shape[0] * shape[1]),
+        params=params,
+    )
+
+
 def run_mcv(
     counts: sparse.csr_matrix,
     denoiser: Denoiser,
@@ -202,37 +280,24 @@ def run_mcv(
     progress: bool,
 ) -> CalibrationResult:
     """Molecular cross-validation of ``denoiser`` over ``grid`` on validated canonical-CSR ``counts``."""
-    p = check_fraction(split_fraction)
-    check_transform(transform)
-    check_loss(loss)
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    setup = mcv_setup(
+        totals,
+        counts.data.max(),
+        split_fraction=split_fraction,
+        transform=transform,
+        target_sum=target_sum,
+        loss=loss,
+    )
     n_splits = check_positive_int(n_splits, "n_splits")
     grid = _checked_grid(denoiser, grid, counts.shape)
     blocks = chunk_rows(counts.shape[0], counts.shape[1], chunk_size)
-
-    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    held_out_per_cell = (1.0 - p) * float(np.median(totals))
-    if held_out_per_cell < 1.0:
-        msg = (
-            f"Too few molecules for a split: cells have a median of {np.median(totals):g} counts, so the held-out "
-            f"part (split_fraction={p}) would hold {held_out_per_cell:.2g} per cell. Lower split_fraction, or keep "
-            "deeper cells (e.g. `sc.pp.filter_cells(adata, min_counts=...)`)."
-        )
-        raise ValueError(msg)
-    train_scales = cell_scales(totals, target_sum, p)
-    test_scales = cell_scales(totals, target_sum, 1.0 - p)
-    conversion = build_conversion(
-        transform,
-        fraction=p,
-        train_scales=train_scales,
-        normalized=target_sum is not None,
-        max_rate=1.5 * p * float(counts.data.max()) + 20.0,  # covers every plausible training rate
-        loss=loss,
-    )
+    train_scales, test_scales = setup.train_scales, setup.test_scales
 
     losses = np.zeros((n_splits, len(grid)))
     with _progress(n_splits, f"MCV {method}", progress=progress) as bar:
         for i in range(n_splits):
-            train, test = binomial_split(counts, p, split_seed(random_state, 0, i))
+            train, test = binomial_split(counts, setup.fraction, split_seed(random_state, 0, i))
             sweep = denoiser.fit(transform_counts(train, transform, train_scales), grid)
             losses[i] = _sweep_losses(
                 sweep,
@@ -242,26 +307,22 @@ def run_mcv(
                     test[rows], test_scales[rows], transform=transform, loss=loss
                 ),
                 score=lambda rows, target, pred: score_block(
-                    pred, target, conversion=conversion, train_scales=train_scales[rows], loss=loss
+                    pred, target, conversion=setup.conversion, train_scales=train_scales[rows], loss=loss
                 ).sum(),
                 bar=bar,
                 n_entries=counts.shape[0] * counts.shape[1],
             )
-    params = {
-        "split_fraction": p,
-        "n_splits": n_splits,
-        "transform": transform,
-        "target_sum": None if target_sum is None else float(target_sum),
-        "loss": loss,
-        "random_state": _seed_record(random_state),
-    }
-    return CalibrationResult(
+    return mcv_result(
+        losses,
+        denoiser,
+        grid,
+        counts.shape,
+        setup,
         method=method,
-        calibration="mcv",
-        grid_names=denoiser.grid_names(grid),
-        grid=grid,
-        loss=losses / (counts.shape[0] * counts.shape[1]),
-        params=params,
+        transform=transform,
+        target_sum=target_sum,
+        loss=loss,
+        random_state=random_state,
     )
 
 
