@@ -15,7 +15,7 @@ of its CDF (one uniform per 512 molecules).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numba
 import numpy as np
@@ -24,6 +24,8 @@ from scipy import sparse
 from ._validate import as_canonical_csr, check_count_values, check_fraction, check_positive_int
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._types import ArrayLike, RandomState, SplitScheme
 
 __all__ = ["CountSplit", "binomial_split", "multinomial_folds", "seed_sequence", "split_array", "split_seed"]
@@ -171,6 +173,23 @@ def _like(template: ArrayLike, X: sparse.csr_matrix) -> ArrayLike:
     return out
 
 
+def _split_dask(X: Any, parts: Callable[[sparse.csr_matrix, int], list[sparse.csr_matrix]], n: int) -> list[Any]:
+    """Lazy parts of a dask array of counts, block by block; ``parts(counts, row_offset)`` splits one block.
+
+    The draws are keyed by (cell, gene), so the parts do not depend on the chunking.
+    """
+    if len(X.chunks[1]) > 1:
+        X = X.rechunk({1: -1})
+
+    def part(block: ArrayLike, which: int, block_info: dict | None = None) -> ArrayLike:
+        start = block_info[0]["array-location"][0][0]
+        counts = as_canonical_csr(block)
+        check_count_values(counts, what=f"The count matrix (cells {start}..{start + counts.shape[0] - 1})")
+        return _like(block, parts(counts, start)[which])
+
+    return [X.map_blocks(part, which, dtype=X.dtype, meta=X._meta) for which in range(n)]
+
+
 def split_array(
     X: ArrayLike,
     *,
@@ -181,14 +200,22 @@ def split_array(
 ) -> list[CountSplit]:
     """Split raw counts into training and test molecules; see :func:`sc_noise2self.pp.split_counts`."""
     n_splits = check_positive_int(n_splits, "n_splits")
-    counts = as_canonical_csr(X)
-    check_count_values(counts, what="The count matrix")
+    lazy = type(X).__module__.split(".")[0] == "dask"
+    counts = None if lazy else as_canonical_csr(X)
+    if not lazy:
+        check_count_values(counts, what="The count matrix")
     if scheme == "binomial":
         fraction = check_fraction(0.9 if split_fraction is None else split_fraction)
         splits = []
         for i in range(n_splits):
-            train, test = binomial_split(counts, fraction, split_seed(random_state, 0, i))
-            splits.append(CountSplit(_like(X, train), _like(X, test), fraction))
+            seed = split_seed(random_state, 0, i)
+            if lazy:
+                train, test = _split_dask(
+                    X, lambda c, start, seed=seed: binomial_split(c, fraction, seed, row_offset=start), 2
+                )
+            else:
+                train, test = (_like(X, half) for half in binomial_split(counts, fraction, seed))
+            splits.append(CountSplit(train, test, fraction))
         return splits
     if scheme == "multinomial":
         if split_fraction is not None:
@@ -200,13 +227,20 @@ def split_array(
         if n_splits < 2:
             msg = "scheme='multinomial' needs n_splits >= 2 folds."
             raise ValueError(msg)
-        folds = multinomial_folds(counts, n_splits, [split_seed(random_state, 1, j) for j in range(n_splits - 1)])
-        splits = []
-        for fold in folds:
-            train = counts - fold
-            train.eliminate_zeros()
-            train.sort_indices()
-            splits.append(CountSplit(_like(X, train), _like(X, fold), (n_splits - 1) / n_splits))
-        return splits
+        seeds = [split_seed(random_state, 1, j) for j in range(n_splits - 1)]
+
+        def folds_of(block: sparse.csr_matrix, start: int) -> list[sparse.csr_matrix]:
+            folds = multinomial_folds(block, n_splits, seeds, row_offset=start)
+            trains = []
+            for fold in folds:
+                train = block - fold
+                train.eliminate_zeros()
+                train.sort_indices()
+                trains.append(train)
+            return trains + folds
+
+        parts = _split_dask(X, folds_of, 2 * n_splits) if lazy else [_like(X, p) for p in folds_of(counts, 0)]
+        fraction = (n_splits - 1) / n_splits
+        return [CountSplit(parts[j], parts[n_splits + j], fraction) for j in range(n_splits)]
     msg = f"scheme must be 'binomial' or 'multinomial', got {scheme!r}."
     raise ValueError(msg)

@@ -16,6 +16,7 @@ __all__ = [
     "Counts",
     "as_canonical_csr",
     "check_count_values",
+    "check_empty",
     "check_fraction",
     "check_int_grid",
     "check_positive_int",
@@ -138,6 +139,16 @@ def prepare_counts(
     seen = np.concatenate([[0], np.cumsum(nonzero)])
     keep_cells = seen[matrix.indptr[1:]] > seen[matrix.indptr[:-1]]
     keep_genes = np.bincount(matrix.indices[nonzero], minlength=matrix.shape[1]) > 0
+    cells, genes = check_empty(keep_cells, keep_genes, what=what, empty=empty)
+    if cells is not None or genes is not None:
+        matrix = as_canonical_csr(matrix[keep_cells][:, keep_genes])
+    return Counts(matrix, cells, genes, is_counts)
+
+
+def check_empty(
+    keep_cells: np.ndarray, keep_genes: np.ndarray, *, what: str, empty: Literal["error", "drop"]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Raise for cells or genes without counts (``empty="error"``), or return the masks to keep (None: all)."""
     n_cells, n_genes = int((~keep_cells).sum()), int((~keep_genes).sum())
     if empty == "error" and n_cells:
         msg = (
@@ -154,9 +165,7 @@ def prepare_counts(
     if not keep_cells.any():
         msg = f"{what} has no counts at all."
         raise ValueError(msg)
-    if n_cells or n_genes:
-        matrix = as_canonical_csr(matrix[keep_cells][:, keep_genes])
-    return Counts(matrix, keep_cells if n_cells else None, keep_genes if n_genes else None, is_counts)
+    return (keep_cells if n_cells else None), (keep_genes if n_genes else None)
 
 
 def _plural(n: int, noun: str) -> str:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from . import _logging as logg
+from ._blockwise import is_blockwise, refit_blockwise
 from ._calibrate import predict_dense, refit, resolve_method
 from ._output import default_max_dense_bytes, embed, write_factored
 from ._split import split_array
@@ -127,7 +128,8 @@ def denoise(
     """
     start = logg.info(f"denoising with {method if isinstance(method, str) else type(method).__name__}")
     _, denoiser = resolve_method(method, random_state)
-    factored = not _dense_fits(adata, denoiser, max_dense_bytes)
+    blockwise = is_blockwise(get_counts(adata, layer))
+    factored = blockwise or not _dense_fits(adata, denoiser, max_dense_bytes)
     data, denoiser, result = _run(
         adata,
         method=denoiser,
@@ -145,18 +147,23 @@ def denoise(
         chunk_size=chunk_size,
         progress=progress,
     )
-    values = transformed(data.matrix, transform, target_sum)
-    fitted = refit(values, denoiser, result.best)
+    if blockwise:
+        factors = refit_blockwise(data, denoiser, result.best, transform=transform, target_sum=target_sum)
+    else:
+        values = transformed(data.matrix, transform, target_sum)
+        fitted = refit(values, denoiser, result.best)
+        if factored:
+            factors = fitted.factors(result.best)
+        else:
+            denoised = embed(
+                predict_dense(fitted, result.best, values.shape, chunk_size=chunk_size), data.cells, data.genes
+            )
     uns = result.to_uns()
     uns["params"]["layer"] = layer
     uns["params"]["method_repr"] = repr(denoiser)
     uns["n_dropped_cells"] = 0 if data.cells is None else int((~data.cells).sum())
     uns["n_dropped_genes"] = 0 if data.genes is None else int((~data.genes).sum())
     uns["output"] = "factored" if factored else "dense"
-    if not factored:
-        denoised = embed(
-            predict_dense(fitted, result.best, values.shape, chunk_size=chunk_size), data.cells, data.genes
-        )
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
 
@@ -164,7 +171,7 @@ def denoise(
     if adata.is_view:  # as scanpy does: turn the view into an actual AnnData before writing
         adata._init_as_actual(adata.copy())
     if factored:
-        write_factored(adata, key_added, fitted.factors(result.best), data.cells, data.genes)
+        write_factored(adata, key_added, factors, data.cells, data.genes)
     else:
         adata.layers[key_added] = denoised
     adata.uns[key_added] = uns

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ._blockwise import BlockCounts, is_blockwise, prepare_blocks, run_mcv_blockwise
 from ._calibrate import CalibrationResult, resolve_method, run_genes, run_mcv
 from ._output import denoised_genes
 from ._score import score_denoising
@@ -151,7 +152,7 @@ def _run(
     empty: Literal["error", "drop"],
     chunk_size: int | None,
     progress: bool,
-) -> tuple[Counts, Denoiser, CalibrationResult]:
+) -> tuple[Counts | BlockCounts, Denoiser, CalibrationResult]:
     """Validate, calibrate; return the prepared data, the denoiser and the result."""
     if calibration not in ("mcv", "genes"):
         msg = f"calibration must be 'mcv' or 'genes', got {calibration!r}."
@@ -159,9 +160,16 @@ def _run(
     check_transform(transform)
     data_counts = _counts_from(data, layer, empty, counts=calibration == "mcv")
     name, denoiser = resolve_method(method, random_state)
+    if isinstance(data_counts, BlockCounts) and calibration != "mcv":
+        msg = (
+            "calibration='genes' needs the data in memory; dask or backed input is calibrated with "
+            "calibration='mcv'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
+        )
+        raise ValueError(msg)
     if calibration == "mcv":
-        result = run_mcv(
-            data_counts.matrix,
+        blockwise = isinstance(data_counts, BlockCounts)
+        result = (run_mcv_blockwise if blockwise else run_mcv)(
+            data_counts if blockwise else data_counts.matrix,
             denoiser,
             method=name,
             grid=grid,
@@ -200,14 +208,20 @@ def _run(
 
 def _counts_from(
     data: AnnData | ArrayLike, layer: str | None, empty: Literal["error", "drop"], *, counts: bool
-) -> Counts:
-    """Return validated canonical-CSR data from an AnnData (X or layer) or a matrix."""
+) -> Counts | BlockCounts:
+    """Return validated data from an AnnData (X or layer) or a matrix.
+
+    Canonical CSR in memory; dask arrays and backed matrices stay where they are and are
+    checked block by block.
+    """
     from anndata import AnnData
 
     if isinstance(data, AnnData):
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        return prepare_counts(get_counts(data, layer), what=where, empty=empty, counts=counts)
-    if layer is not None:
+        matrix, what = get_counts(data, layer), "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    elif layer is not None:
         msg = "layer is only meaningful for AnnData input."
         raise ValueError(msg)
-    return prepare_counts(data, what="The count matrix", empty=empty, counts=counts)
+    else:
+        matrix, what = data, "The count matrix"
+    prepare = prepare_blocks if is_blockwise(matrix) else prepare_counts
+    return prepare(matrix, what=what, empty=empty, counts=counts)

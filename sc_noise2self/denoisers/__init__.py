@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._base import BlockSweep, Denoiser, GenePartition, LowRank, ValueSweep
+from ._base import BlockSweep, Blockwise, Denoiser, GenePartition, LowRank, ValueSweep
 from .diffusion import Diffusion
 from .pca import PCA
 
@@ -16,4 +16,14 @@ def __getattr__(name: str) -> object:
     raise AttributeError(msg)
 
 
-__all__ = ["PCA", "Autoencoder", "BlockSweep", "Denoiser", "Diffusion", "GenePartition", "LowRank", "ValueSweep"]
+__all__ = [
+    "PCA",
+    "Autoencoder",
+    "BlockSweep",
+    "Blockwise",
+    "Denoiser",
+    "Diffusion",
+    "GenePartition",
+    "LowRank",
+    "ValueSweep",
+]

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from typing import Self
+    from typing import Any, Self
 
     import numpy as np
 
     from .._types import ArrayLike
 
-__all__ = ["BlockSweep", "Denoiser", "GenePartition", "LowRank", "ValueSweep"]
+__all__ = ["BlockSweep", "Blockwise", "Denoiser", "GenePartition", "LowRank", "ValueSweep"]
 
 GridValue = int | tuple[int, ...]
 
@@ -112,3 +112,30 @@ class GenePartition(Protocol):
         minimiser as the loss against the truth. ``cell_groups`` (a group index per
         cell) lets a method learn from the other groups' values of the masked genes.
         """
+
+
+@runtime_checkable
+class Blockwise(Protocol):
+    """A denoiser fitted from statistics merged over blocks of cells (dask or backed input).
+
+    Each block's prediction must come from its own rows and the fitted statistics, so
+    that no pass needs more than one block of cells in memory.
+    """
+
+    def block_stats(self, X: ArrayLike) -> Any:
+        """Statistics of one block of cells of the normalised data."""
+
+    def merge_stats(self, a: Any, b: Any) -> Any:
+        """Statistics of two blocks together (associative)."""
+
+    def fit_stats(self, stats: Any, grid: np.ndarray) -> Self:
+        """Fit from the statistics of all blocks, preparing every value of ``grid``."""
+
+    def sweep_rows(self, X: ArrayLike) -> Iterator[tuple[GridValue, np.ndarray]]:
+        """Yield ``(value, prediction)`` for the block of cells ``X`` at each grid value, in order."""
+
+    def row_scores(self, X: ArrayLike, value: GridValue) -> np.ndarray:
+        """Low-rank scores of the block of cells ``X`` at one grid value."""
+
+    def loadings(self, value: GridValue) -> tuple[np.ndarray, np.ndarray]:
+        """``(offset (genes,), loadings (k × genes))`` at one grid value: output = offset + scores @ loadings."""

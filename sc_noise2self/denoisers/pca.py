@@ -262,6 +262,10 @@ class PCA:
         """Statistics of one block of cells of the (normalised) data, to be merged."""
         return gram_stats(_as_float(X))
 
+    def merge_stats(self, a: GramStats, b: GramStats) -> GramStats:
+        """Statistics of two blocks of cells together."""
+        return merge_gram_stats(a, b)
+
     def fit_stats(self, stats: GramStats, grid: np.ndarray) -> Self:
         """Fit from the merged statistics of every block (no scores are kept)."""
         self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
@@ -277,6 +281,10 @@ class PCA:
     def row_scores(self, X: ArrayLike, value: int) -> np.ndarray:
         """Scores of a block of cells on the first ``value`` components, from its own rows."""
         return centred_scores(_as_float(X), self.mean_, self.components_[:value])
+
+    def loadings(self, value: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and the first ``value`` components: output = mean + scores @ components."""
+        return self.mean_, self.components_[:value]
 
     def held_out_genes(
         self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray

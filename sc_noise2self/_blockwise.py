@@ -1,0 +1,324 @@
+"""Calibration and output for data that stay in dask or on disk, one block of cells at a time.
+
+Dask arrays (CSR or dense chunks along cells, as ``anndata.experimental.read_elem_lazy``
+gives) and backed AnnData (``anndata.read_h5ad(path, backed="r")``) are never loaded
+whole. Each pass maps a function over blocks of cells and merges the results: with dask
+the blocks run on dask's scheduler (local threads, or the user's ``distributed.Client``);
+a backed matrix is read block after block. Every random draw is keyed by (cell, gene), so
+the results equal the in-memory ones for the same seed whatever the chunking, up to float
+rounding in the sums.
+
+The passes of MCV-calibrated PCA (covariance route): *inspect* (checks, per-cell totals);
+per split, *fit* (Gram statistics of the training part; the split is redrawn block by
+block, never stored) and *score* (each block predicted from its own training rows and
+scored against its held-out part); then *refit* (Gram statistics of all counts) and
+*project* (each cell's scores). No cells × genes array is ever formed; memory is one
+block plus genes × genes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from ._calibrate import _checked_grid, _progress, chunk_rows, mcv_result, mcv_setup
+from ._loss import held_out_target, score_block
+from ._split import binomial_split, split_seed
+from ._transform import transform_counts, transformed
+from ._validate import as_canonical_csr, check_count_values, check_empty, check_positive_int
+from .denoisers import Blockwise
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Literal
+
+    from scipy import sparse
+
+    from ._calibrate import CalibrationResult
+    from ._types import ArrayLike, LossName, RandomState, TransformName
+    from .denoisers import Denoiser
+    from .denoisers._base import GridValue
+
+__all__ = ["BlockCounts", "RowBlocks", "is_blockwise", "prepare_blocks", "refit_blockwise", "run_mcv_blockwise"]
+
+_BACKED_BLOCK_ELEMENTS = 2**24  # cells per block of a backed matrix × genes
+_FAN_IN = 8  # partial results merged at once in dask's reduction tree
+
+
+def _is_dask(X: object) -> bool:
+    return type(X).__module__.split(".")[0] == "dask"
+
+
+def is_blockwise(X: object) -> bool:
+    """Whether ``X`` is a dask array or a backed (on-disk) matrix, calibrated block by block."""
+    if _is_dask(X) or type(X).__module__.split(".")[0] == "h5py":
+        return True
+    from anndata.abc import CSCDataset, CSRDataset
+
+    return isinstance(X, CSRDataset | CSCDataset)
+
+
+class RowBlocks:
+    """A cells × genes matrix read in blocks of cells: dask chunks, or slices of a backed matrix.
+
+    ``map`` and ``reduce`` call ``fn(block, rows)`` with the block as canonical CSR
+    (without dropped cells and genes) and ``rows``, its cells' positions among the kept
+    cells, so that per-cell arrays and the split's counter keys line up with the
+    in-memory computation.
+    """
+
+    def __init__(self, X: Any, what: str) -> None:
+        from anndata.abc import CSCDataset
+
+        if isinstance(X, CSCDataset):
+            msg = (
+                f"{what} is a backed CSC matrix, whose cells cannot be read in blocks; write it as CSR "
+                "(e.g. `adata.X = adata.X.tocsr()` before `write_h5ad`) or load it with `adata.to_memory()`."
+            )
+            raise ValueError(msg)
+        if len(X.shape) != 2:
+            msg = f"Expected a 2-D cells × genes matrix, got an array of shape {X.shape}."
+            raise ValueError(msg)
+        self.shape = (int(X.shape[0]), int(X.shape[1]))
+        if _is_dask(X):
+            if len(X.chunks[1]) > 1:  # whole genes per block: the split keys and statistics need full rows
+                X = X.rechunk({1: -1})
+            bounds = np.cumsum((0, *X.chunks[0]))
+        else:
+            step = max(1, _BACKED_BLOCK_ELEMENTS // max(1, self.shape[1]))
+            bounds = np.r_[np.arange(0, self.shape[0], step), self.shape[0]]
+        self._source = X
+        self._slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+        self.cells: np.ndarray | None = None
+        self.genes: np.ndarray | None = None
+        self._kept_before = np.arange(self.shape[0] + 1)
+
+    def drop(self, cells: np.ndarray | None, genes: np.ndarray | None) -> None:
+        """Leave out cells and genes (boolean masks of those kept; None keeps all)."""
+        self.cells, self.genes = cells, genes
+        if cells is not None:
+            self._kept_before = np.r_[0, np.cumsum(cells)]
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of blocks of cells."""
+        return len(self._slices)
+
+    def _apply(self, fn: Callable[[sparse.csr_matrix, slice], Any], block: Any, rows: slice) -> Any:
+        block = as_canonical_csr(block)
+        if self.cells is not None:
+            block = block[self.cells[rows]]
+        if self.genes is not None:
+            block = block[:, self.genes]
+        start = int(self._kept_before[rows.start])
+        return fn(as_canonical_csr(block), slice(start, start + block.shape[0]))
+
+    def _tasks(self, fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
+        """One dask task per block (dask input)."""
+        import dask
+
+        blocks = self._source.to_delayed().ravel()
+        return [dask.delayed(self._apply)(fn, b, rows) for b, rows in zip(blocks, self._slices, strict=True)]
+
+    def map(self, fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
+        """``fn`` of every block, in block order."""
+        if _is_dask(self._source):
+            import dask
+
+            return list(dask.compute(*self._tasks(fn)))
+        return [self._apply(fn, self._source[rows], rows) for rows in self._slices]
+
+    def reduce(self, fn: Callable[[sparse.csr_matrix, slice], Any], merge: Callable[[Any, Any], Any]) -> Any:
+        """``fn`` of every block, merged pairwise (a tree of merges under dask, so partials are freed early)."""
+        if _is_dask(self._source):
+            import dask
+
+            parts = self._tasks(fn)
+            while len(parts) > 1:
+                parts = [dask.delayed(_merge_all)(merge, parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]
+            return dask.compute(parts[0])[0]
+        total = None
+        for rows in self._slices:
+            part = self._apply(fn, self._source[rows], rows)
+            total = part if total is None else merge(total, part)
+        return total
+
+
+def _merge_all(merge: Callable[[Any, Any], Any], parts: list[Any]) -> Any:
+    total = parts[0]
+    for part in parts[1:]:
+        total = merge(total, part)
+    return total
+
+
+class BlockCounts(NamedTuple):
+    """Validated blockwise data: the blocks, kept cells and genes, and what the checks found."""
+
+    blocks: RowBlocks
+    cells: np.ndarray | None
+    genes: np.ndarray | None
+    is_counts: bool
+    totals: np.ndarray
+    """Counts per kept cell."""
+    max_count: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Kept cells × kept genes."""
+        n_cells = self.blocks.shape[0] if self.cells is None else int(self.cells.sum())
+        n_genes = self.blocks.shape[1] if self.genes is None else int(self.genes.sum())
+        return n_cells, n_genes
+
+
+class _Facts(NamedTuple):
+    is_counts: bool
+    totals: np.ndarray
+    has_counts: np.ndarray
+    gene_nonzeros: np.ndarray
+    max_count: float
+
+
+def prepare_blocks(X: Any, *, what: str, empty: Literal["error", "drop"] = "error", counts: bool = True) -> BlockCounts:
+    """Check a dask or backed matrix in one pass, as :func:`~sc_noise2self._validate.prepare_counts` does."""
+    if empty not in ("error", "drop"):
+        msg = f"empty must be 'error' or 'drop', got {empty!r}."
+        raise ValueError(msg)
+    blocks = RowBlocks(X, what)
+    if 0 in blocks.shape:
+        msg = f"{what} has shape {blocks.shape}; it needs at least one cell and one gene."
+        raise ValueError(msg)
+
+    def inspect(block: sparse.csr_matrix, rows: slice) -> _Facts:
+        is_counts = check_count_values(block, what=f"{what} (cells {rows.start}..{rows.stop - 1})", counts=counts)
+        nonzero = block.data != 0
+        seen = np.r_[0, np.cumsum(nonzero)]
+        return _Facts(
+            is_counts,
+            np.asarray(block.sum(axis=1), dtype=np.float64).ravel(),
+            seen[block.indptr[1:]] > seen[block.indptr[:-1]],
+            np.bincount(block.indices[nonzero], minlength=block.shape[1]),
+            float(block.data.max()) if block.nnz else 0.0,
+        )
+
+    facts = blocks.map(inspect)
+    keep_cells = np.concatenate([f.has_counts for f in facts])
+    keep_genes = np.sum([f.gene_nonzeros for f in facts], axis=0) > 0
+    cells, genes = check_empty(keep_cells, keep_genes, what=what, empty=empty)
+    totals = np.concatenate([f.totals for f in facts])  # dropped genes hold no counts
+    blocks.drop(cells, genes)
+    return BlockCounts(
+        blocks,
+        cells,
+        genes,
+        all(f.is_counts for f in facts),
+        totals if cells is None else totals[cells],
+        max(f.max_count for f in facts),
+    )
+
+
+def _blockwise_denoiser(denoiser: Denoiser, n_genes: int, method: str) -> Blockwise:
+    """Return the denoiser if it can be fitted block by block on this data; raise a clear error otherwise."""
+    uses_covariance = getattr(denoiser, "uses_covariance", None)
+    if isinstance(denoiser, Blockwise) and (uses_covariance is None or uses_covariance(n_genes)):
+        return denoiser
+    if isinstance(denoiser, Blockwise):
+        msg = (
+            f"Dask or backed input is calibrated block by block through the genes × genes covariance, which "
+            f"PCA(solver='auto') uses up to 4,096 genes; this data has {n_genes}. Pass "
+            "`method=sc_noise2self.denoisers.PCA(solver='covariance')` (it holds a genes × genes float64 matrix), "
+            "or select genes first (e.g. `sc.pp.highly_variable_genes`)."
+        )
+        raise ValueError(msg)
+    msg = (
+        f"method {method!r} needs the data in memory; dask or backed input is calibrated block by block with "
+        "method='pca'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
+    )
+    raise ValueError(msg)
+
+
+def run_mcv_blockwise(
+    data: BlockCounts,
+    denoiser: Denoiser,
+    *,
+    method: str,
+    grid: ArrayLike | None,
+    split_fraction: float,
+    n_splits: int,
+    transform: TransformName,
+    target_sum: float | None,
+    loss: LossName,
+    random_state: RandomState,
+    chunk_size: int | None,
+    progress: bool,
+) -> CalibrationResult:
+    """Molecular cross-validation on blockwise data; equals :func:`~sc_noise2self._calibrate.run_mcv`."""
+    shape = data.shape
+    model = _blockwise_denoiser(denoiser, shape[1], method)
+    setup = mcv_setup(
+        data.totals,
+        data.max_count,
+        split_fraction=split_fraction,
+        transform=transform,
+        target_sum=target_sum,
+        loss=loss,
+    )
+    n_splits = check_positive_int(n_splits, "n_splits")
+    grid = _checked_grid(model, grid, shape)
+
+    losses = np.zeros((n_splits, len(grid)))
+    with _progress(2 * n_splits, f"MCV {method} (blockwise)", progress=progress) as bar:
+        for i in range(n_splits):
+            seed = split_seed(random_state, 0, i)
+
+            def halves(block: sparse.csr_matrix, rows: slice, seed: int = seed) -> tuple[Any, Any]:
+                train, test = binomial_split(block, setup.fraction, seed, row_offset=rows.start)
+                return transform_counts(train, transform, setup.train_scales[rows]), test
+
+            model.fit_stats(
+                data.blocks.reduce(lambda b, r: model.block_stats(halves(b, r)[0]), model.merge_stats), grid
+            )
+            bar.update(1)
+
+            def score(block: sparse.csr_matrix, rows: slice) -> np.ndarray:
+                values, test = halves(block, rows)
+                out = np.zeros(len(grid))
+                for part in chunk_rows(block.shape[0], block.shape[1], chunk_size):
+                    cells = slice(rows.start + part.start, rows.start + part.stop)
+                    target = held_out_target(test[part], setup.test_scales[cells], transform=transform, loss=loss)
+                    for j, (_, pred) in enumerate(model.sweep_rows(values[part])):
+                        out[j] += score_block(
+                            pred, target, conversion=setup.conversion, train_scales=setup.train_scales[cells], loss=loss
+                        ).sum()
+                return out
+
+            losses[i] = np.sum(data.blocks.map(score), axis=0)
+            bar.update(1)
+    return mcv_result(
+        losses,
+        model,
+        grid,
+        shape,
+        setup,
+        method=method,
+        transform=transform,
+        target_sum=target_sum,
+        loss=loss,
+        random_state=random_state,
+    )
+
+
+def refit_blockwise(
+    data: BlockCounts, denoiser: Denoiser, value: GridValue, *, transform: TransformName, target_sum: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit on all counts at ``value``; return the factors ``(offset, scores, loadings)`` of the output."""
+    model = _blockwise_denoiser(denoiser, data.shape[1], type(denoiser).__name__.lower())
+
+    def values(block: sparse.csr_matrix) -> sparse.csr_matrix:
+        return transformed(block, transform, target_sum)
+
+    model.fit_stats(data.blocks.reduce(lambda b, _: model.block_stats(values(b)), model.merge_stats), np.array([value]))
+    scores = data.blocks.map(lambda b, _: model.row_scores(values(b), value).astype(np.float32))
+    offset, loadings = model.loadings(value)
+    return offset, np.concatenate(scores), loadings

@@ -1,0 +1,139 @@
+"""Dask and backed input: blockwise calibration equals the in-memory one, whatever the chunking."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+import sc_noise2self as n2s
+
+from .conftest import simulate_low_rank_poisson
+
+da = pytest.importorskip("dask.array")
+
+CHUNKINGS = [
+    pytest.param((37, -1), id="rows-37"),
+    pytest.param((400, -1), id="one-block"),
+    pytest.param((64, 25), id="rows-64-genes-25"),
+]
+
+
+@pytest.fixture(scope="module")
+def counts() -> sparse.csr_matrix:
+    return simulate_low_rank_poisson(400, 90, 4, mean_depth=300.0, seed=2).counts
+
+
+def _dask(X: sparse.csr_matrix, chunks: tuple[int, int], *, dense: bool = False):
+    return da.from_array(X.toarray() if dense else X, chunks=chunks)
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+@pytest.mark.parametrize("dense", [False, True], ids=["csr-chunks", "dense-chunks"])
+def test_dask_calibration_equals_in_memory(counts, chunks, dense):
+    kwargs = {"n_splits": 2, "progress": False, "random_state": 4}
+    expected = n2s.tl.calibrate(counts, **kwargs)
+    got = n2s.tl.calibrate(_dask(counts, chunks, dense=dense), **kwargs)
+    assert got.best == expected.best
+    np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-9)
+    assert got.params == expected.params
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"transform": "log1p", "target_sum": 1e4}, {"loss": "poisson"}, {"split_fraction": 0.7, "grid": [2, 5, 9]}],
+    ids=["log1p-1e4", "poisson", "fraction-grid"],
+)
+def test_dask_equals_in_memory_for_other_settings(counts, settings):
+    expected = n2s.tl.calibrate(counts, progress=False, **settings)
+    got = n2s.tl.calibrate(_dask(counts, (50, -1)), progress=False, **settings)
+    assert got.best == expected.best
+    np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-9)
+
+
+def test_denoise_dask_anndata_gives_the_in_memory_output_lazily(counts, tmp_path):
+    memory = ad.AnnData(counts.astype(np.float32))
+    n2s.pp.denoise(memory, progress=False)
+    lazy = ad.AnnData(_dask(counts, (90, -1)))
+    n2s.pp.denoise(lazy, progress=False)
+    assert isinstance(lazy.layers["denoised"], da.Array)
+    assert lazy.uns["denoised"]["output"] == "factored"
+    assert lazy.uns["denoised"]["best"] == memory.uns["denoised"]["best"]
+    np.testing.assert_allclose(lazy.layers["denoised"].compute(), memory.layers["denoised"], atol=1e-4)
+    lazy.X = lazy.X.compute()  # anndata writes lazy layers block by block, not a lazy X
+    lazy.write_h5ad(tmp_path / "out.h5ad")
+    back = ad.read_h5ad(tmp_path / "out.h5ad")
+    np.testing.assert_allclose(back.layers["denoised"], memory.layers["denoised"], atol=1e-4)
+    np.testing.assert_array_equal(back.uns["denoised"]["loss"], lazy.uns["denoised"]["loss"])
+
+
+def test_backed_anndata_is_read_in_blocks(counts, tmp_path):
+    path = tmp_path / "counts.h5ad"
+    ad.AnnData(counts.astype(np.float32)).write_h5ad(path)
+    memory = ad.read_h5ad(path)
+    n2s.pp.denoise(memory, progress=False, max_dense_bytes=1)  # factored, to compare factors
+    backed = ad.read_h5ad(path, backed="r")
+    n2s.pp.denoise(backed, progress=False)
+    assert backed.isbacked
+    np.testing.assert_allclose(backed.obsm["denoised_scores"], memory.obsm["denoised_scores"], atol=1e-4)
+    np.testing.assert_allclose(backed.uns["denoised"]["loss"], memory.uns["denoised"]["loss"], rtol=1e-9)
+    backed.file.close()
+
+
+def test_empty_cells_and_genes_dropped_blockwise_as_in_memory(counts):
+    X = counts.tolil()
+    X[5] = 0
+    X[:, 7] = 0
+    X = X.tocsr()
+    memory = ad.AnnData(X.astype(np.float32))
+    n2s.pp.denoise(memory, empty="drop", progress=False, max_dense_bytes=1)
+    lazy = ad.AnnData(_dask(X, (33, -1)))
+    n2s.pp.denoise(lazy, empty="drop", progress=False)
+    np.testing.assert_allclose(lazy.uns["denoised"]["loss"], memory.uns["denoised"]["loss"], rtol=1e-9)
+    np.testing.assert_allclose(lazy.layers["denoised"].compute(), memory.layers["denoised"].compute(), atol=1e-4)
+    assert not lazy.obs["denoised_kept"].iloc[5]
+    with pytest.raises(ValueError, match="1 cell without any counts"):
+        n2s.tl.calibrate(_dask(X, (33, -1)), progress=False)
+
+
+def test_lazy_split_equals_in_memory_split_for_any_chunking(counts):
+    for scheme, n_splits in (("binomial", 2), ("multinomial", 3)):
+        expected = n2s.pp.split_counts(counts, scheme=scheme, n_splits=n_splits, random_state=9)
+        for chunks in ((41, -1), (400, 30)):
+            got = n2s.pp.split_counts(_dask(counts, chunks), scheme=scheme, n_splits=n_splits, random_state=9)
+            for a, b in zip(expected, got, strict=True):
+                assert isinstance(b.train, da.Array)
+                np.testing.assert_array_equal(b.train.compute().toarray(), a.train.toarray())
+                np.testing.assert_array_equal(b.test.compute().toarray(), a.test.toarray())
+
+
+def test_blockwise_errors_say_what_to_do_and_leave_adata_untouched(counts):
+    bad = counts.astype(np.float32).tolil()
+    bad[300, 3] = -1
+    lazy = ad.AnnData(_dask(bad.tocsr(), (100, -1)))
+    with pytest.raises(ValueError, match=r"cells 300\.\.399\) contains negative values"):
+        n2s.pp.denoise(lazy, progress=False)
+    good = ad.AnnData(_dask(counts, (100, -1)))
+    for kwargs, message in (
+        ({"calibration": "genes"}, "needs the data in memory"),
+        ({"method": "diffusion"}, "needs the data in memory"),
+        ({"method": n2s.denoisers.PCA(solver="randomized")}, "covariance"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            n2s.pp.denoise(good, progress=False, **kwargs)
+    assert not good.layers and not good.uns and not good.obsm
+    X = good.X
+    split = n2s.pp.split_counts(ad.AnnData(_dask(bad.tocsr(), (100, -1))), copy=True)
+    with pytest.raises(ValueError, match="negative"):
+        split.layers["split_train"].compute()
+    assert good.X is X
+
+
+def test_backed_csc_is_refused_with_advice(counts, tmp_path):
+    path = tmp_path / "csc.h5ad"
+    ad.AnnData(sparse.csc_matrix(counts.astype(np.float32))).write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(ValueError, match="backed CSC"):
+        n2s.tl.calibrate(backed, progress=False)
+    backed.file.close()
