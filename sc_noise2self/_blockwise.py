@@ -27,7 +27,7 @@ from ._calibrate import _checked_grid, _progress, chunk_rows, mcv_result, mcv_se
 from ._loss import held_out_target, score_block
 from ._split import binomial_split, split_seed
 from ._transform import transform_counts, transformed
-from ._validate import as_canonical_csr, check_count_values, check_empty, check_positive_int
+from ._validate import as_canonical_csr, check_count_values, check_empty, check_positive_int, nonzero_counts
 from .denoisers import Blockwise
 
 if TYPE_CHECKING:
@@ -100,11 +100,6 @@ class RowBlocks:
         self.cells, self.genes = cells, genes
         if cells is not None:
             self._kept_before = np.r_[0, np.cumsum(cells)]
-
-    @property
-    def n_blocks(self) -> int:
-        """Number of blocks of cells."""
-        return len(self._slices)
 
     def _apply(self, fn: Callable[[sparse.csr_matrix, slice], Any], block: Any, rows: slice) -> Any:
         block = as_canonical_csr(block)
@@ -192,13 +187,12 @@ def prepare_blocks(X: Any, *, what: str, empty: Literal["error", "drop"] = "erro
 
     def inspect(block: sparse.csr_matrix, rows: slice) -> _Facts:
         is_counts = check_count_values(block, what=f"{what} (cells {rows.start}..{rows.stop - 1})", counts=counts)
-        nonzero = block.data != 0
-        seen = np.r_[0, np.cumsum(nonzero)]
+        has_counts, gene_nonzeros = nonzero_counts(block)
         return _Facts(
             is_counts,
             np.asarray(block.sum(axis=1), dtype=np.float64).ravel(),
-            seen[block.indptr[1:]] > seen[block.indptr[:-1]],
-            np.bincount(block.indices[nonzero], minlength=block.shape[1]),
+            has_counts,
+            gene_nonzeros,
             float(block.data.max()) if block.nnz else 0.0,
         )
 

@@ -115,12 +115,8 @@ def _binomial_kernel(  # pragma: no cover - compiled
 
 def _binomial(X: sparse.csr_matrix, n: np.ndarray, p: float, seed: int, row_offset: int) -> np.ndarray:
     """``Bin(n, p)`` for the stored entries of canonical-CSR ``X`` (``n`` aligned with ``X.data``)."""
-    q = min(p, 1.0 - p)
     out = np.empty(n.size, dtype=np.int64)
-    if q == 0.0:
-        out[:] = 0
-    else:
-        _binomial_kernel(X.indptr, X.indices, n, q, np.uint64(seed), row_offset, X.shape[1], out)
+    _binomial_kernel(X.indptr, X.indices, n, min(p, 1.0 - p), np.uint64(seed), row_offset, X.shape[1], out)
     return n - out if p > 0.5 else out
 
 

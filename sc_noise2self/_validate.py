@@ -21,6 +21,7 @@ __all__ = [
     "check_int_grid",
     "check_positive_int",
     "get_counts",
+    "nonzero_counts",
     "prepare_counts",
 ]
 
@@ -135,14 +136,23 @@ def prepare_counts(
         raise ValueError(msg)
     matrix = as_canonical_csr(X)
     is_counts = check_count_values(matrix, what=what, counts=counts)
-    nonzero = matrix.data != 0  # explicit zeros do not count
-    seen = np.concatenate([[0], np.cumsum(nonzero)])
-    keep_cells = seen[matrix.indptr[1:]] > seen[matrix.indptr[:-1]]
-    keep_genes = np.bincount(matrix.indices[nonzero], minlength=matrix.shape[1]) > 0
+    keep_cells, gene_nonzeros = nonzero_counts(matrix)
+    keep_genes = gene_nonzeros > 0
     cells, genes = check_empty(keep_cells, keep_genes, what=what, empty=empty)
     if cells is not None or genes is not None:
         matrix = as_canonical_csr(matrix[keep_cells][:, keep_genes])
     return Counts(matrix, cells, genes, is_counts)
+
+
+def nonzero_counts(matrix: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each cell has any count, and how many cells have a count of each gene.
+
+    Explicitly stored zeros do not count.
+    """
+    nonzero = matrix.data != 0
+    seen = np.concatenate([[0], np.cumsum(nonzero)])
+    has_counts = seen[matrix.indptr[1:]] > seen[matrix.indptr[:-1]]
+    return has_counts, np.bincount(matrix.indices[nonzero], minlength=matrix.shape[1])
 
 
 def check_empty(
