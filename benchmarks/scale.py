@@ -118,7 +118,8 @@ def main() -> None:
         if not path.exists():
             start = time.perf_counter()
             generate(path, n_cells, args.genes, args.depth)
-            print(f"generated {path.name} in {time.perf_counter() - start:.0f} s ({path.stat().st_size / 2**30:.2f} GiB)")
+            size = path.stat().st_size / 2**30
+            print(f"generated {path.name} in {time.perf_counter() - start:.0f} s ({size:.2f} GiB)")
         modes = ["memory", "disk"] if n_cells <= args.memory_max else ["disk"]
         for mode in modes:
             out = subprocess.run(

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._calibrate import _checked_grid, _progress, chunk_rows, mcv_result, mcv_setup
 from ._loss import held_out_target, score_block
-from ._split import binomial_split, split_seed
+from ._split import Stream, binomial_split, split_seed
 from ._transform import transform_counts, transformed
 from ._validate import as_canonical_csr, check_count_values, check_empty, check_positive_int, nonzero_counts
 from .denoisers import Blockwise
@@ -264,7 +264,7 @@ def run_mcv_blockwise(
     losses = np.zeros((n_splits, len(grid)))
     with _progress(2 * n_splits, f"MCV {method} (blockwise)", progress=progress) as bar:
         for i in range(n_splits):
-            seed = split_seed(random_state, 0, i)
+            seed = split_seed(random_state, Stream.MCV, i)
 
             def halves(block: sparse.csr_matrix, rows: slice, seed: int = seed) -> tuple[Any, Any]:
                 train, test = binomial_split(block, setup.fraction, seed, row_offset=rows.start)

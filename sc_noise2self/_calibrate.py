@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._loss import check_loss, held_out_target, score_block
-from ._split import binomial_split, seed_sequence, split_seed
+from ._split import Stream, binomial_split, seed_sequence, split_seed
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
 from ._validate import check_fraction, check_positive_int
 from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition
@@ -67,7 +67,7 @@ def package_version() -> str:
 def resolve_method(method: str | Denoiser, random_state: RandomState) -> tuple[str, Denoiser]:
     """Turn a method name into a fresh estimator seeded from ``random_state``; use an instance as is."""
     if isinstance(method, str) and method in METHODS:
-        seed = None if random_state is None else int(seed_sequence(random_state, 2).generate_state(1)[0])
+        seed = None if random_state is None else int(seed_sequence(random_state, Stream.METHOD).generate_state(1)[0])
         return method, METHODS[method](random_state=seed)
     if not isinstance(method, str) and isinstance(method, Denoiser):
         return type(method).__name__.lower(), method
@@ -297,7 +297,7 @@ def run_mcv(
     losses = np.zeros((n_splits, len(grid)))
     with _progress(n_splits, f"MCV {method}", progress=progress) as bar:
         for i in range(n_splits):
-            train, test = binomial_split(counts, setup.fraction, split_seed(random_state, 0, i))
+            train, test = binomial_split(counts, setup.fraction, split_seed(random_state, Stream.MCV, i))
             sweep = denoiser.fit(transform_counts(train, transform, train_scales), grid)
             losses[i] = _sweep_losses(
                 sweep,
@@ -365,8 +365,8 @@ def run_genes(
         raise ValueError(msg)
     grid = _checked_grid(denoiser, grid, values.shape)
     blocks = chunk_rows(n_cells, n_genes, chunk_size)
-    groups = random_groups(n_genes, n_groups, random_state, 3)
-    cell_groups = random_groups(n_cells, min(N_CELL_GROUPS, n_cells), random_state, 4)
+    groups = random_groups(n_genes, n_groups, random_state, Stream.GENE_GROUPS)
+    cell_groups = random_groups(n_cells, min(N_CELL_GROUPS, n_cells), random_state, Stream.CELL_GROUPS)
 
     losses = np.zeros((n_groups, len(grid)))
     with _progress(n_groups, f"Noise2Self {method}", progress=progress) as bar:

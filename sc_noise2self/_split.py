@@ -11,10 +11,17 @@ array type (CSR, CSC, dense), dtype or chunking of the input: a block of cells s
 its own (``row_offset``) equals the same rows of the whole matrix split at once, which
 is what lets dask split blockwise. Each entry is one exact binomial draw by inversion
 of its CDF (one uniform per 512 molecules).
+
+Every random step draws from its own :class:`Stream`. Splitting a part again with the
+same uniforms would be degenerate: a molecule kept by the first split is kept again far
+more often than ``p`` of the time, so the held-out part of the second split is not an
+independent sample. With separate streams, ``pp.denoise(train, random_state=0)`` on the
+training part of ``pp.split_counts(adata, random_state=0)`` draws afresh.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numba
@@ -28,7 +35,32 @@ if TYPE_CHECKING:
 
     from ._types import ArrayLike, RandomState, SplitScheme
 
-__all__ = ["CountSplit", "binomial_split", "multinomial_folds", "seed_sequence", "split_array", "split_seed"]
+__all__ = [
+    "CountSplit",
+    "Stream",
+    "binomial_split",
+    "multinomial_folds",
+    "seed_sequence",
+    "split_array",
+    "split_seed",
+]
+
+
+class Stream(IntEnum):
+    """What a random step is for: the first element of its key, so no two steps share draws."""
+
+    MCV = 0
+    """The calibration's binomial splits."""
+    FOLDS = 1
+    """:func:`sc_noise2self.pp.split_counts`, multinomial folds."""
+    METHOD = 2
+    """The seed handed to a denoiser made from its name."""
+    GENE_GROUPS = 3
+    """Noise2Self gene partition."""
+    CELL_GROUPS = 4
+    """Noise2Self cell groups."""
+    SPLIT = 5
+    """:func:`sc_noise2self.pp.split_counts`, binomial splits."""
 
 
 class CountSplit(NamedTuple):
@@ -52,7 +84,7 @@ def seed_sequence(random_state: RandomState, *key: int) -> np.random.SeedSequenc
         msg = f"random_state must be a non-negative int, a numpy Generator or None, got {random_state!r}."
         raise ValueError(msg)
     entropy = None if random_state is None else int(random_state)
-    return np.random.SeedSequence(entropy, spawn_key=key)
+    return np.random.SeedSequence(entropy, spawn_key=tuple(int(k) for k in key))
 
 
 def split_seed(random_state: RandomState, *key: int) -> int:
@@ -204,7 +236,7 @@ def split_array(
         fraction = check_fraction(0.9 if split_fraction is None else split_fraction)
         splits = []
         for i in range(n_splits):
-            seed = split_seed(random_state, 0, i)
+            seed = split_seed(random_state, Stream.SPLIT, i)
             if lazy:
                 train, test = _split_dask(
                     X, lambda c, start, seed=seed: binomial_split(c, fraction, seed, row_offset=start), 2
@@ -223,7 +255,7 @@ def split_array(
         if n_splits < 2:
             msg = "scheme='multinomial' needs n_splits >= 2 folds."
             raise ValueError(msg)
-        seeds = [split_seed(random_state, 1, j) for j in range(n_splits - 1)]
+        seeds = [split_seed(random_state, Stream.FOLDS, j) for j in range(n_splits - 1)]
 
         def folds_of(block: sparse.csr_matrix, start: int) -> list[sparse.csr_matrix]:
             folds = multinomial_folds(block, n_splits, seeds, row_offset=start)

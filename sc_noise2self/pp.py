@@ -245,7 +245,9 @@ def split_counts(
     scheme
         ``"binomial"`` or ``"multinomial"``.
     random_state
-        Seed; split ``i`` does not depend on ``n_splits``.
+        Seed; split ``i`` does not depend on ``n_splits``. The draws are independent of
+        those :func:`denoise` makes with the same seed, so a training part can be
+        calibrated with any seed; to split a part again here, pass a different seed.
     key_added
         For AnnData, prefix of the layers written.
     copy
