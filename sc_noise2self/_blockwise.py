@@ -212,6 +212,22 @@ def prepare_blocks(X: Any, *, what: str, empty: Literal["error", "drop"] = "erro
     )
 
 
+def check_blockwise_request(denoiser: Denoiser, method: str, calibration: str) -> None:
+    """Refuse what cannot run block by block before any pass over the data."""
+    if calibration != "mcv":
+        msg = (
+            "calibration='genes' needs the data in memory; dask or backed input is calibrated with "
+            "calibration='mcv'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
+        )
+        raise ValueError(msg)
+    if not isinstance(denoiser, Blockwise):
+        msg = (
+            f"method {method!r} needs the data in memory; dask or backed input is calibrated block by block with "
+            "method='pca'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
+        )
+        raise ValueError(msg)
+
+
 def _blockwise_denoiser(denoiser: Denoiser, n_genes: int, method: str) -> Blockwise:
     """Return the denoiser if it can be fitted block by block on this data; raise a clear error otherwise."""
     uses_covariance = getattr(denoiser, "uses_covariance", None)
@@ -225,11 +241,8 @@ def _blockwise_denoiser(denoiser: Denoiser, n_genes: int, method: str) -> Blockw
             "or select genes first (e.g. `sc.pp.highly_variable_genes`)."
         )
         raise ValueError(msg)
-    msg = (
-        f"method {method!r} needs the data in memory; dask or backed input is calibrated block by block with "
-        "method='pca'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
-    )
-    raise ValueError(msg)
+    check_blockwise_request(denoiser, method, "mcv")
+    return denoiser
 
 
 def run_mcv_blockwise(

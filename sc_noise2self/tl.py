@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from ._blockwise import BlockCounts, is_blockwise, prepare_blocks, run_mcv_blockwise
+from ._blockwise import BlockCounts, check_blockwise_request, is_blockwise, prepare_blocks, run_mcv_blockwise
 from ._calibrate import CalibrationResult, resolve_method, run_genes, run_mcv
 from ._output import denoised_genes
 from ._score import score_denoising
@@ -159,14 +159,13 @@ def _run(
         msg = f"calibration must be 'mcv' or 'genes', got {calibration!r}."
         raise ValueError(msg)
     check_transform(transform)
-    data_counts = _counts_from(data, layer, empty, counts=calibration == "mcv")
+    matrix, what = _source(data, layer)
     name, denoiser = resolve_method(method, random_state)
-    if isinstance(data_counts, BlockCounts) and calibration != "mcv":
-        msg = (
-            "calibration='genes' needs the data in memory; dask or backed input is calibrated with "
-            "calibration='mcv'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
-        )
-        raise ValueError(msg)
+    if is_blockwise(matrix):
+        check_blockwise_request(denoiser, name, calibration)
+        data_counts = prepare_blocks(matrix, what=what, empty=empty, counts=calibration == "mcv")
+    else:
+        data_counts = prepare_counts(matrix, what=what, empty=empty, counts=calibration == "mcv")
     if calibration == "mcv":
         blockwise = isinstance(data_counts, BlockCounts)
         result = (run_mcv_blockwise if blockwise else run_mcv)(
@@ -207,22 +206,13 @@ def _run(
     return data_counts, denoiser, result
 
 
-def _counts_from(
-    data: AnnData | ArrayLike, layer: str | None, empty: Literal["error", "drop"], *, counts: bool
-) -> Counts | BlockCounts:
-    """Return validated data from an AnnData (X or layer) or a matrix.
-
-    Canonical CSR in memory; dask arrays and backed matrices stay where they are and are
-    checked block by block.
-    """
+def _source(data: AnnData | ArrayLike, layer: str | None) -> tuple[ArrayLike, str]:
+    """Return the matrix to calibrate (X or a layer of an AnnData, or the matrix itself) and its name."""
     from anndata import AnnData
 
     if isinstance(data, AnnData):
-        matrix, what = get_counts(data, layer), "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    elif layer is not None:
+        return get_counts(data, layer), "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    if layer is not None:
         msg = "layer is only meaningful for AnnData input."
         raise ValueError(msg)
-    else:
-        matrix, what = data, "The count matrix"
-    prepare = prepare_blocks if is_blockwise(matrix) else prepare_counts
-    return prepare(matrix, what=what, empty=empty, counts=counts)
+    return data, "The count matrix"

@@ -121,6 +121,10 @@ def test_blockwise_errors_say_what_to_do_and_leave_adata_untouched(counts):
     ):
         with pytest.raises(ValueError, match=message):
             n2s.pp.denoise(good, progress=False, **kwargs)
+    # what cannot run blockwise is refused before the data are read: here, before the bad block
+    for kwargs in ({"calibration": "genes"}, {"method": "diffusion"}):
+        with pytest.raises(ValueError, match="needs the data in memory"):
+            n2s.pp.denoise(lazy, progress=False, **kwargs)
     assert not good.layers and not good.uns and not good.obsm
     X = good.X
     split = n2s.pp.split_counts(ad.AnnData(_dask(bad.tocsr(), (100, -1))), copy=True)
