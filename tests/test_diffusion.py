@@ -54,6 +54,18 @@ def test_sweep_equals_explicit_matrix_powers(simulation):
     assert seen == [0, 1, 3]
 
 
+def test_embedding_is_the_exact_pca(simulation):
+    """Up to 4,096 genes the graph's embedding is exact: it does not depend on the seed."""
+    X = transformed(simulation.counts, "sqrt", None)
+    dense = X.toarray()
+    centred = dense - dense.mean(axis=0)
+    _, s, _ = np.linalg.svd(centred, full_matrices=False)
+    model = Diffusion(n_comps=12, random_state=0).fit(X, np.array([2]))
+    np.testing.assert_allclose(np.linalg.norm(model.scores_, axis=0), s[:12], rtol=1e-8)
+    other = Diffusion(n_comps=12, random_state=123).fit(X, np.array([2]))
+    np.testing.assert_allclose(other.predict(slice(None), 2), model.predict(slice(None), 2), atol=1e-10)
+
+
 def test_grid_checks():
     d = Diffusion(n_neighbors=15)
     np.testing.assert_array_equal(d.check_grid([3, 0, 3, 1], (100, 50)), [0, 1, 3])

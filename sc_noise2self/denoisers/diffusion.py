@@ -8,7 +8,7 @@ import numpy as np
 from scipy import sparse
 
 from .._validate import check_int_grid
-from .pca import _as_float, centered_truncated_svd
+from .pca import PCA, _as_float
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -74,9 +74,10 @@ class Diffusion:
     """Denoise by diffusing each cell's expression over a kNN graph of cells for ``t`` steps.
 
     The graph is built on the first ``n_pcs`` principal components of the (transformed)
-    data; the data are diffused as their first ``n_comps`` principal components and
-    mapped back to genes block by block, so memory stays ``O(nnz + n_cells · n_comps)`` and
-    no cells × cells matrix is ever dense. ``t = 0`` is the rank-``n_comps`` PCA
+    data, computed as :class:`~sc_noise2self.denoisers.PCA` does (exact up to 4,096
+    genes); the data are diffused as their first ``n_comps`` principal components and
+    mapped back to genes block by block, so memory stays ``O(nnz + n_cells · n_comps)``
+    and no cells × cells matrix is ever dense. ``t = 0`` is the rank-``n_comps`` PCA
     reconstruction; each step multiplies by the transition matrix once more, so a sweep
     over ``t = 0..T`` costs one graph and ``T`` sparse products.
 
@@ -97,7 +98,8 @@ class Diffusion:
     decay
         Exponent of the adaptive kernel.
     random_state
-        Seed of the randomised SVD and of the cell groups.
+        Seed of the randomised SVD (used above 4,096 genes; below, the PCA is exact, see
+        :class:`~sc_noise2self.denoisers.PCA`).
     """
 
     def __init__(
@@ -168,9 +170,7 @@ class Diffusion:
         }
 
     def _embed(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rng = np.random.default_rng(self.random_state)
-        mean, u, s, vt = centered_truncated_svd(X, n_comps, rng=rng)
-        return mean, u * s, vt
+        return PCA(random_state=self.random_state).embed(X, n_comps)
 
     # -- MCV ------------------------------------------------------------------------------
     def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:

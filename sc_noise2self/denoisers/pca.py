@@ -237,6 +237,11 @@ class PCA:
         )
         return mean, u * s, s, vt
 
+    def embed(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gene means, scores (``U S``, cells × ``n_comps``) and components of the centred ``X``."""
+        mean, scores, _, vt = self._svd(_as_float(X), n_comps)
+        return mean, scores, vt
+
     def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
         """Fit one truncated SVD at ``max(grid)`` on (normalised) data ``X``."""
         self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
