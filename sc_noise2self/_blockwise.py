@@ -293,7 +293,9 @@ def run_mcv_blockwise(
                 out = np.zeros(len(grid))
                 for part in chunk_rows(block.shape[0], block.shape[1], chunk_size):
                     cells = slice(rows.start + part.start, rows.start + part.stop)
-                    target = held_out_target(test[part], setup.test_scales[cells], transform=transform, loss=loss)
+                    target = held_out_target(
+                        test[part], setup.test_scales[cells], transform=transform, loss=loss, reused=True
+                    )
                     for j, (_, pred) in enumerate(model.sweep_rows(values[part])):
                         out[j] += score_block(
                             pred, target, conversion=setup.conversion, train_scales=setup.train_scales[cells], loss=loss

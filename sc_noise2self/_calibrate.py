@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ._loss import check_loss, held_out_target, score_block
@@ -156,27 +157,33 @@ def _sweep_losses(
     sweep: BlockSweep | ValueSweep,
     blocks: list[slice],
     n_values: int,
-    prepare: Callable[[slice], Any],
+    prepare: Callable[[slice, bool], Any],
     score: Callable[[slice, Any, np.ndarray], float],
     bar: tqdm,
     n_entries: int,
 ) -> np.ndarray:
     """Sum the loss per grid value, in whichever loop order the sweep offers.
 
-    In value order the bar shows each value's loss per entry as it is scored, and the
-    training loss when the predictor carries one (``predict.train_loss``).
+    ``prepare(rows, reused)`` returns the block's target; ``reused`` says whether it is
+    scored at every grid value in a row (block order) or once (value order). In value
+    order the bar shows each value's loss per entry as it is scored, and the training
+    loss when the predictor carries one (``predict.train_loss``). BLAS runs on
+    one thread here: its products (e.g. diffusion mapping scores back to genes) alternate
+    with the compiled scoring kernel's threads, and multi-threaded BLAS left spinning
+    between calls made both several times slower (``benchmarks/diffusion_sweep.py``).
     """
     losses = np.zeros(n_values)
-    if isinstance(sweep, BlockSweep):
-        for rows in blocks:
-            target = prepare(rows)
-            for j, (_, pred) in enumerate(sweep.sweep_blocks(rows)):
-                losses[j] += score(rows, target, pred)
-            bar.update(1 / len(blocks))
-    else:
+    with threadpool_limits(limits=1, user_api="blas"):
+        if isinstance(sweep, BlockSweep):
+            for rows in blocks:
+                target = prepare(rows, True)
+                for j, (_, pred) in enumerate(sweep.sweep_blocks(rows)):
+                    losses[j] += score(rows, target, pred)
+                bar.update(1 / len(blocks))
+            return losses
         for j, (value, predict) in enumerate(sweep.sweep_values()):
             for rows in blocks:
-                losses[j] += score(rows, prepare(rows), predict(rows))
+                losses[j] += score(rows, prepare(rows, False), predict(rows))
             train = getattr(predict, "train_loss", None)
             shown = f"{value}: loss {losses[j] / n_entries:.5g}" + ("" if train is None else f", train {train:.5g}")
             bar.set_postfix_str(shown, refresh=False)
@@ -303,8 +310,8 @@ def run_mcv(
                 sweep,
                 blocks,
                 len(grid),
-                prepare=lambda rows, test=test: held_out_target(
-                    test[rows], test_scales[rows], transform=transform, loss=loss
+                prepare=lambda rows, reused, test=test: held_out_target(
+                    test[rows], test_scales[rows], transform=transform, loss=loss, reused=reused
                 ),
                 score=lambda rows, target, pred: score_block(
                     pred, target, conversion=setup.conversion, train_scales=train_scales[rows], loss=loss
@@ -378,7 +385,7 @@ def run_genes(
                 sweep,
                 blocks,
                 len(grid),
-                prepare=lambda rows, columns=columns: columns[rows].toarray(),
+                prepare=lambda rows, _, columns=columns: columns[rows].toarray(),
                 score=lambda _rows, target, pred: float(np.sum((pred - target) ** 2)),
                 bar=bar,
                 n_entries=n_cells * int(held_out.sum()),

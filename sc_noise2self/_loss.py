@@ -7,7 +7,7 @@ the exact depth conversion (:mod:`sc_noise2self._transform`):
 - ``"poisson"``: Poisson negative log-likelihood on the count scale, prediction first:
   ``ρ - x'' log ρ`` with ``ρ = max(rate(ŷ), 1e-6)`` the predicted held-out rate.
 
-Losses are summed per cell by a compiled kernel (held-out counts stay sparse), and the
+Losses are summed per cell by a compiled kernel (held-out values stay sparse), and the
 caller adds the per-cell sums in a fixed order, so results do not depend on threading.
 """
 
@@ -57,9 +57,9 @@ def _convert(table, n, row, weight, value, inv_step):
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _mse_rows(pred, target, rows, weights, table, inv_step, out):
-    # Dense, branch-free pass: the held-out block is densified once per block of cells
-    # and reused for every grid value.
+def _mse_dense_rows(pred, target, rows, weights, table, inv_step, out):
+    # Dense, branch-free pass, for sweeps that score one block at every grid value (the
+    # held-out block is densified once and reused).
     n_cells, n_genes = pred.shape
     n = table.shape[1]
     flat = table.ravel()
@@ -75,6 +75,32 @@ def _mse_rows(pred, target, rows, weights, table, inv_step, out):
             for g in range(n_genes):
                 d = _lookup(flat, base, n - 1, pred[c, g], inv_step) - target[c, g]
                 acc += d * d
+        out[c] = acc
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _mse_sparse_rows(pred, indptr, indices, data, rows, weights, table, inv_step, out):
+    # Sum of c^2 over every gene (the target is T(0) = 0 off the held-out nonzeros), then
+    # the correction at the nonzeros, for sweeps that visit each block once per value.
+    n_cells, n_genes = pred.shape
+    n = table.shape[1]
+    flat = table.ravel()
+    for c in numba.prange(n_cells):
+        row, weight = rows[c], weights[c]
+        acc = 0.0
+        if weight > 0.0:
+            for g in range(n_genes):
+                d = _convert(flat, n, row, weight, pred[c, g], inv_step)
+                acc += d * d
+        else:  # one scale row: the common case, kept free of the second lookup
+            base = row * n
+            for g in range(n_genes):
+                d = _lookup(flat, base, n - 1, pred[c, g], inv_step)
+                acc += d * d
+        # at the held-out nonzeros, (c - t)^2 = c^2 - t (2 c - t)
+        for q in range(indptr[c], indptr[c + 1]):
+            t = data[q]
+            acc -= t * (2.0 * _convert(flat, n, row, weight, pred[c, indices[q]], inv_step) - t)
         out[c] = acc
 
 
@@ -96,17 +122,24 @@ def _poisson_rows(pred, indptr, indices, data, rows, weights, table, inv_step, f
 
 
 def held_out_target(
-    test: sparse.csr_matrix, test_scales: np.ndarray, *, transform: TransformName, loss: LossName
+    test: sparse.csr_matrix,
+    test_scales: np.ndarray,
+    *,
+    transform: TransformName,
+    loss: LossName,
+    reused: bool = False,
 ) -> np.ndarray | sparse.csr_matrix:
     """Held-out values of a block of cells on the scale its loss compares at.
 
-    MSE: ``T(s'' x'')`` as a dense block (cells of one block × genes, like the
-    predictions). Poisson: the counts, kept sparse. Computed once per block and reused
-    for every grid value.
+    MSE: ``T(s'' x'')``; Poisson: the counts. Float64 CSR with the held-out part's
+    sparsity (``T(0) = 0``), O(nonzeros) per block. With ``reused`` (the block is scored
+    at many grid values in a row) the MSE target is a dense block instead, which the
+    dense kernel reads faster than it would pay for the sparse correction each time.
     """
     if loss == "poisson":
         return sparse.csr_matrix((test.data.astype(np.float64), test.indices, test.indptr), shape=test.shape)
-    return transform_counts(test, transform, test_scales).toarray()
+    target = transform_counts(test, transform, test_scales)
+    return target.toarray() if reused else target
 
 
 def score_block(
@@ -150,6 +183,10 @@ def score_block(
             POISSON_FLOOR,
             out,
         )
+    elif isinstance(target, np.ndarray):
+        _mse_dense_rows(pred, np.ascontiguousarray(target), rows, weights, table, conversion.inv_step, out)
     else:
-        _mse_rows(pred, np.ascontiguousarray(target), rows, weights, table, conversion.inv_step, out)
+        _mse_sparse_rows(
+            pred, target.indptr, target.indices, target.data, rows, weights, table, conversion.inv_step, out
+        )
     return out

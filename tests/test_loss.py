@@ -11,7 +11,8 @@ from sc_noise2self._transform import TRANSFORMS, build_conversion, cell_scales
 @pytest.mark.parametrize("transform", ["sqrt", "log1p", "none"])
 @pytest.mark.parametrize("loss", ["mse", "poisson"])
 @pytest.mark.parametrize("target_sum", [None, 100.0], ids=["raw", "normalised"])
-def test_kernel_matches_numpy_reference(transform, loss, target_sum):
+@pytest.mark.parametrize("reused", [False, True], ids=["sparse-target", "dense-target"])
+def test_kernel_matches_numpy_reference(transform, loss, target_sum, reused):
     rng = np.random.default_rng(0)
     counts = sparse.csr_matrix(rng.poisson(rng.gamma(0.5, 2.0, size=(30, 25))))
     counts = counts[np.asarray(counts.sum(axis=1)).ravel() > 0]
@@ -22,7 +23,13 @@ def test_kernel_matches_numpy_reference(transform, loss, target_sum):
         transform, fraction=p, train_scales=train_s, normalized=target_sum is not None, max_rate=50.0, loss=loss
     )
     pred = rng.normal(1.0, 1.0, size=counts.shape)  # includes negative predictions
-    target = held_out_target(counts, test_s, transform=transform, loss=loss)
+    shuffled = counts.copy()  # the same matrix with each row's entries out of order
+    for c in range(shuffled.shape[0]):
+        span = slice(shuffled.indptr[c], shuffled.indptr[c + 1])
+        order = rng.permutation(span.stop - span.start)
+        shuffled.indices[span], shuffled.data[span] = shuffled.indices[span][order], shuffled.data[span][order]
+    shuffled.has_sorted_indices = False
+    target = held_out_target(shuffled, test_s, transform=transform, loss=loss, reused=reused)
     got = score_block(pred, target, conversion=conv, train_scales=train_s, loss=loss)
     value = conv(pred, train_s)
     y = counts.toarray().astype(float)
