@@ -28,7 +28,7 @@ from ._loss import held_out_target, score_block
 from ._split import Stream, binomial_split, split_seed
 from ._transform import transform_counts, transformed
 from ._validate import as_canonical_csr, check_count_values, check_empty, check_positive_int, nonzero_counts
-from .denoisers import Blockwise
+from .denoisers import Blockwise, CellGraph, RowProjection
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -220,29 +220,39 @@ def check_blockwise_request(denoiser: Denoiser, method: str, calibration: str) -
             "calibration='mcv'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
         )
         raise ValueError(msg)
-    if not isinstance(denoiser, Blockwise):
+    if not (isinstance(denoiser, Blockwise) and isinstance(denoiser, CellGraph | RowProjection)):
         msg = (
             f"method {method!r} needs the data in memory; dask or backed input is calibrated block by block with "
-            "method='pca'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
+            "method='pca' or 'diffusion'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the "
+            "dask array)."
         )
         raise ValueError(msg)
 
 
 def _blockwise_denoiser(denoiser: Denoiser, n_genes: int, method: str) -> Blockwise:
     """Return the denoiser if it can be fitted block by block on this data; raise a clear error otherwise."""
-    uses_covariance = getattr(denoiser, "uses_covariance", None)
-    if isinstance(denoiser, Blockwise) and (uses_covariance is None or uses_covariance(n_genes)):
-        return denoiser
-    if isinstance(denoiser, Blockwise):
-        msg = (
-            f"Dask or backed input is calibrated block by block through the genes × genes covariance, which "
-            f"PCA(solver='auto') uses up to 4,096 genes; this data has {n_genes}. Pass "
-            "`method=sc_noise2self.denoisers.PCA(solver='covariance')` (it holds a genes × genes float64 matrix), "
-            "or select genes first (e.g. `sc.pp.highly_variable_genes`)."
-        )
-        raise ValueError(msg)
     check_blockwise_request(denoiser, method, "mcv")
-    return denoiser
+    uses_covariance = getattr(denoiser, "uses_covariance", None)
+    if uses_covariance is None or uses_covariance(n_genes):
+        return denoiser
+    advice = (
+        "Pass `method=sc_noise2self.denoisers.PCA(solver='covariance')` (it holds a genes × genes float64 matrix), "
+        "or select genes first (e.g. `sc.pp.highly_variable_genes`)."
+        if isinstance(denoiser, RowProjection)
+        else "Select genes first (e.g. `sc.pp.highly_variable_genes`)."
+    )
+    msg = (
+        f"Dask or backed input is calibrated block by block through the genes × genes covariance, which is "
+        f"used up to 4,096 genes; this data has {n_genes}. {advice}"
+    )
+    raise ValueError(msg)
+
+
+def _fit_blockwise(model: Blockwise, blocks: RowBlocks, values: Callable[..., Any], grid: np.ndarray) -> None:
+    """Fit from merged block statistics and, for a :class:`CellGraph`, from every cell's embedding."""
+    model.fit_stats(blocks.reduce(lambda b, r: model.block_stats(values(b, r)), model.merge_stats), grid)
+    if isinstance(model, CellGraph):
+        model.fit_embedding(np.concatenate(blocks.map(lambda b, r: model.block_embedding(values(b, r)))))
 
 
 def run_mcv_blockwise(
@@ -283,9 +293,7 @@ def run_mcv_blockwise(
                 train, test = binomial_split(block, setup.fraction, seed, row_offset=rows.start)
                 return transform_counts(train, transform, setup.train_scales[rows]), test
 
-            model.fit_stats(
-                data.blocks.reduce(lambda b, r: model.block_stats(halves(b, r)[0]), model.merge_stats), grid
-            )
+            _fit_blockwise(model, data.blocks, lambda b, r, halves=halves: halves(b, r)[0], grid)
             bar.update(1)
 
             def score(block: sparse.csr_matrix, rows: slice) -> np.ndarray:
@@ -296,7 +304,7 @@ def run_mcv_blockwise(
                     target = held_out_target(
                         test[part], setup.test_scales[cells], transform=transform, loss=loss, reused=True
                     )
-                    for j, (_, pred) in enumerate(model.sweep_rows(values[part])):
+                    for j, (_, pred) in enumerate(model.sweep_rows(values[part], cells)):
                         out[j] += score_block(
                             pred, target, conversion=setup.conversion, train_scales=setup.train_scales[cells], loss=loss
                         ).sum()
@@ -324,10 +332,13 @@ def refit_blockwise(
     """Fit on all counts at ``value``; return the factors ``(offset, scores, loadings)`` of the output."""
     model = _blockwise_denoiser(denoiser, data.shape[1], type(denoiser).__name__.lower())
 
-    def values(block: sparse.csr_matrix) -> sparse.csr_matrix:
+    def values(block: sparse.csr_matrix, _: slice | None = None) -> sparse.csr_matrix:
         return transformed(block, transform, target_sum)
 
-    model.fit_stats(data.blocks.reduce(lambda b, _: model.block_stats(values(b)), model.merge_stats), np.array([value]))
+    _fit_blockwise(model, data.blocks, values, np.array([value]))
+    if isinstance(model, CellGraph):
+        offset, scores, loadings = model.factors(value)
+        return offset, scores.astype(np.float32), loadings
     scores = data.blocks.map(lambda b, _: model.row_scores(values(b), value).astype(np.float32))
     offset, loadings = model.loadings(value)
     return offset, np.concatenate(scores), loadings

@@ -52,6 +52,42 @@ def test_dask_equals_in_memory_for_other_settings(counts, settings):
     np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-9)
 
 
+DIFFUSION_GRID = n2s.tl.grid(t=range(5), n_neighbors=[5, 15])
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+def test_dask_diffusion_equals_in_memory(counts, chunks):
+    """Embedding from merged Gram statistics, graph in memory, blocks scored from the diffused scores."""
+    kwargs = {"method": "diffusion", "grid": DIFFUSION_GRID, "n_splits": 2, "progress": False, "random_state": 4}
+    expected = n2s.tl.calibrate(counts, **kwargs)
+    got = n2s.tl.calibrate(_dask(counts, chunks), **kwargs)
+    assert got.best == expected.best
+    np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-9)
+
+
+def test_denoise_dask_with_diffusion_gives_the_in_memory_output(counts, tmp_path):
+    kwargs = {"method": "diffusion", "grid": DIFFUSION_GRID, "transform": "log1p", "target_sum": 1e4}
+    memory = ad.AnnData(counts.astype(np.float32))
+    n2s.pp.denoise(memory, progress=False, **kwargs)
+    backed_path = tmp_path / "counts.h5ad"
+    ad.AnnData(counts.astype(np.float32)).write_h5ad(backed_path)
+    for lazy in (ad.AnnData(_dask(counts, (64, -1))), ad.read_h5ad(backed_path, backed="r")):
+        n2s.pp.denoise(lazy, progress=False, **kwargs)
+        assert lazy.uns["denoised"]["output"] == "factored"
+        np.testing.assert_array_equal(lazy.uns["denoised"]["best"], memory.uns["denoised"]["best"])
+        np.testing.assert_allclose(np.asarray(lazy.layers["denoised"][:]), memory.layers["denoised"], atol=1e-4)
+
+
+def test_blockwise_diffusion_refuses_too_many_genes_and_too_large_a_grid(counts, monkeypatch):
+    genes = np.arange(4_100)
+    wide = sparse.csr_matrix((np.ones(genes.size), (genes % 60, genes)), shape=(60, genes.size))  # every gene seen
+    with pytest.raises(ValueError, match=r"4,096 genes; this data has 4100\. Select genes first"):
+        n2s.tl.calibrate(_dask(wide, (30, -1)), method="diffusion", grid=[1, 2], progress=False)
+    monkeypatch.setattr("sc_noise2self.denoisers.diffusion.default_max_dense_bytes", lambda: 1024)
+    with pytest.raises(ValueError, match="Pass fewer grid values or a smaller n_comps"):
+        n2s.tl.calibrate(_dask(counts, (100, -1)), method="diffusion", grid=DIFFUSION_GRID, progress=False)
+
+
 def test_denoise_dask_anndata_gives_the_in_memory_output_lazily(counts, tmp_path):
     memory = ad.AnnData(counts.astype(np.float32))
     n2s.pp.denoise(memory, progress=False)
@@ -116,13 +152,13 @@ def test_blockwise_errors_say_what_to_do_and_leave_adata_untouched(counts):
     good = ad.AnnData(_dask(counts, (100, -1)))
     for kwargs, message in (
         ({"calibration": "genes"}, "needs the data in memory"),
-        ({"method": "diffusion"}, "needs the data in memory"),
+        ({"method": n2s.denoisers.Autoencoder()}, "needs the data in memory"),
         ({"method": n2s.denoisers.PCA(solver="randomized")}, "covariance"),
     ):
         with pytest.raises(ValueError, match=message):
             n2s.pp.denoise(good, progress=False, **kwargs)
     # what cannot run blockwise is refused before the data are read: here, before the bad block
-    for kwargs in ({"calibration": "genes"}, {"method": "diffusion"}):
+    for kwargs in ({"calibration": "genes"}, {"method": n2s.denoisers.Autoencoder()}):
         with pytest.raises(ValueError, match="needs the data in memory"):
             n2s.pp.denoise(lazy, progress=False, **kwargs)
     assert not good.layers and not good.uns and not good.obsm

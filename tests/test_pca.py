@@ -90,7 +90,7 @@ def test_blockwise_fit_equals_in_memory_fit(simulation):
         merged = merge_gram_stats(merged, part)
     blockwise = PCA().fit_stats(merged, grid)
     rows = slice(50, 100)
-    for (k, expected), (k2, got) in zip(memory.sweep_blocks(rows), blockwise.sweep_rows(X[rows]), strict=True):
+    for (k, expected), (k2, got) in zip(memory.sweep_blocks(rows), blockwise.sweep_rows(X[rows], rows), strict=True):
         assert k == k2
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(blockwise.row_scores(X[rows], 3), memory.scores_[rows, :3], atol=1e-8)

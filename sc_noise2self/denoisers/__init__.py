@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._base import BlockSweep, Blockwise, Denoiser, GenePartition, LowRank, ValueSweep
+from ._base import BlockSweep, Blockwise, CellGraph, Denoiser, GenePartition, LowRank, RowProjection, ValueSweep
 from .diffusion import Diffusion
 from .pca import PCA
 
@@ -21,9 +21,11 @@ __all__ = [
     "Autoencoder",
     "BlockSweep",
     "Blockwise",
+    "CellGraph",
     "Denoiser",
     "Diffusion",
     "GenePartition",
     "LowRank",
+    "RowProjection",
     "ValueSweep",
 ]

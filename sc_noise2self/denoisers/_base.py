@@ -118,8 +118,10 @@ class GenePartition(Protocol):
 class Blockwise(Protocol):
     """A denoiser fitted from statistics merged over blocks of cells (dask or backed input).
 
-    Each block's prediction must come from its own rows and the fitted statistics, so
-    that no pass needs more than one block of cells in memory.
+    Each block's prediction must come from its own rows and the fitted statistics (or,
+    for a :class:`CellGraph`, from per-cell state kept in memory), so that no pass needs
+    more than one block of cells × genes in memory. The output's scores come from each
+    block (:class:`RowProjection`) or from the cross-cell state (:class:`CellGraph`).
     """
 
     def block_stats(self, X: ArrayLike) -> Any:
@@ -131,11 +133,37 @@ class Blockwise(Protocol):
     def fit_stats(self, stats: Any, grid: np.ndarray) -> Self:
         """Fit from the statistics of all blocks, preparing every value of ``grid``."""
 
-    def sweep_rows(self, X: ArrayLike) -> Iterator[tuple[GridValue, np.ndarray]]:
-        """Yield ``(value, prediction)`` for the block of cells ``X`` at each grid value, in order."""
+    def sweep_rows(self, X: ArrayLike, rows: slice) -> Iterator[tuple[GridValue, np.ndarray]]:
+        """Yield ``(value, prediction)`` for the block of cells ``X`` at each grid value, in order.
+
+        ``rows`` are the block's cells in the whole matrix (used by :class:`CellGraph` denoisers).
+        """
+
+
+@runtime_checkable
+class RowProjection(Protocol):
+    """A :class:`Blockwise` denoiser whose output scores for a block come from its own rows."""
 
     def row_scores(self, X: ArrayLike, value: GridValue) -> np.ndarray:
         """Low-rank scores of the block of cells ``X`` at one grid value."""
 
     def loadings(self, value: GridValue) -> tuple[np.ndarray, np.ndarray]:
         """``(offset (genes,), loadings (k × genes))`` at one grid value: output = offset + scores @ loadings."""
+
+
+@runtime_checkable
+class CellGraph(Protocol):
+    """A :class:`Blockwise` denoiser whose prediction for a cell also reads other cells.
+
+    After :meth:`Blockwise.fit_stats`, one more pass embeds every block
+    (:meth:`block_embedding`, cells × a few components) and the embeddings of all cells
+    are fitted together in memory (:meth:`fit_embedding`, e.g. a kNN graph); then
+    :meth:`Blockwise.sweep_rows` predicts a block from that state and its ``rows``.
+    The output is factored: ``factors(value)`` as for :class:`LowRank`, after refitting.
+    """
+
+    def block_embedding(self, X: ArrayLike) -> np.ndarray:
+        """Embedding of one block of cells of the normalised data (cells × components)."""
+
+    def fit_embedding(self, embedding: np.ndarray) -> Self:
+        """Fit the cross-cell state from the embedding of every cell, in cell order."""

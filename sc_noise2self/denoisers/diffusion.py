@@ -7,8 +7,18 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import sparse
 
+from .._output import default_max_dense_bytes
 from .._validate import check_int_grid
-from .pca import PCA, _as_float
+from .pca import (
+    AUTO_MAX_GENES,
+    PCA,
+    GramStats,
+    _as_float,
+    centred_scores,
+    covariance_svd,
+    gram_stats,
+    merge_gram_stats,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -176,34 +186,40 @@ class Diffusion:
     def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
         """Build the graph(s) on the top ``n_pcs`` components of ``X`` and keep its top ``n_comps``."""
         X = _as_float(X)
-        n_comps = min(self.n_comps, min(X.shape) - 1)
         self.grid_ = np.asarray(grid)
-        self.mean_, self.scores_, self.components_ = self._embed(X, n_comps)
-        self.operators_ = self._operators(self.scores_[:, : min(self.n_pcs, n_comps)], self.grid_)
-        self._diffused: dict[object, np.ndarray] = {}
-        return self
+        self.mean_, scores, self.components_ = self._embed(X, min(self.n_comps, min(X.shape) - 1))
+        return self.fit_embedding(scores)
 
-    def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
-        """For each ``n_neighbors``, diffuse the components one step at a time through the ``t`` grid.
-
-        Blocks are mapped back to genes in float32, as PCA's sweep does: that product
-        dominates the sweep, and its rounding (~1e-7 relative) is far below the loss
-        differences between settings. :meth:`predict` stays float64.
-        """
-        mean, components = self.mean_.astype(np.float32), self.components_.astype(np.float32)
-
-        def block(rows: slice, z: np.ndarray) -> np.ndarray:
-            pred = z[rows].astype(np.float32) @ components
-            pred += mean
-            return pred
-
+    def _diffused_scores(self) -> Iterator[tuple[object, np.ndarray]]:
+        """For each ``n_neighbors``, the scores diffused one step at a time through the ``t`` grid."""
         for k, P in self.operators_.items():
             z, done = self.scores_, 0
             for t in self._times(self.grid_, k):
                 for _ in range(int(t) - done):
                     z = P @ z
                 done = int(t)
-                yield self._value(self.grid_, t, k), lambda rows, z=z: block(rows, z)
+                yield self._value(self.grid_, t, k), z
+
+    def _block_mapper(self) -> Callable[[np.ndarray], np.ndarray]:
+        """Scores of a block of cells → its genes, in float32 as PCA's sweep does.
+
+        That product dominates the sweep, and its rounding (~1e-7 relative) is far below
+        the loss differences between settings; :meth:`predict` stays float64.
+        """
+        mean, components = self.mean_.astype(np.float32), self.components_.astype(np.float32)
+
+        def block(z: np.ndarray) -> np.ndarray:
+            pred = z.astype(np.float32) @ components
+            pred += mean
+            return pred
+
+        return block
+
+    def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
+        """For each grid value in order, a predictor of blocks of cells (see :meth:`_block_mapper`)."""
+        block = self._block_mapper()
+        for value, z in self._diffused_scores():
+            yield value, lambda rows, z=z: block(z[rows])
 
     def factors(self, value: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mean, diffused scores and components: the output after ``t`` steps, factored."""
@@ -220,6 +236,59 @@ class Diffusion:
         """Denoised values of cells ``rows`` after ``t`` steps."""
         mean, scores, components = self.factors(value)
         return mean + scores[rows] @ components
+
+    # -- Blockwise (dask or backed input): the embedding from merged Gram statistics (the
+    # exact route ``fit`` takes up to 4,096 genes), the graph from every cell's embedding
+    # in memory, then each block predicted from its rows of the diffused scores.
+    def uses_covariance(self, n_genes: int) -> bool:
+        """Whether data with ``n_genes`` genes are embedded through the genes × genes covariance."""
+        return n_genes <= AUTO_MAX_GENES
+
+    def block_stats(self, X: ArrayLike) -> GramStats:
+        """Gram statistics of one block of cells of the (normalised) data, to be merged."""
+        return gram_stats(_as_float(X))
+
+    def merge_stats(self, a: GramStats, b: GramStats) -> GramStats:
+        """Statistics of two blocks of cells together."""
+        return merge_gram_stats(a, b)
+
+    def fit_stats(self, stats: GramStats, grid: np.ndarray) -> Self:
+        """Fit the embedding's mean and components from the merged statistics of every block."""
+        self.grid_ = np.asarray(grid)
+        _, self.components_ = covariance_svd(stats, min(self.n_comps, min(stats.n, stats.mean.size) - 1))
+        self.mean_ = stats.mean
+        return self
+
+    def block_embedding(self, X: ArrayLike) -> np.ndarray:
+        """Scores of one block of cells on the fitted components."""
+        return centred_scores(_as_float(X), self.mean_, self.components_)
+
+    def fit_embedding(self, embedding: np.ndarray) -> Self:
+        """Build the graph(s) on every cell's scores (cells × ``n_comps``, in cell order)."""
+        self.scores_ = embedding
+        self.operators_ = self._operators(embedding[:, : min(self.n_pcs, embedding.shape[1])], self.grid_)
+        self._diffused: dict[object, np.ndarray] = {}
+        self._chain: list[tuple[object, np.ndarray]] | None = None
+        return self
+
+    def sweep_rows(self, X: ArrayLike, rows: slice) -> Iterator[tuple[object, np.ndarray]]:
+        """Predictions for cells ``rows`` at every grid value, from the diffused scores kept in memory.
+
+        The first call diffuses the scores through the whole grid and keeps them (float32,
+        grid values × cells × ``n_comps``), so each block is read once per split.
+        """
+        if self._chain is None:
+            needed = len(self.grid_) * self.scores_.shape[0] * self.scores_.shape[1] * 4
+            if needed > default_max_dense_bytes():
+                msg = (
+                    f"Blockwise diffusion keeps the diffused scores for every grid value ({needed / 2**30:.1f} GiB "
+                    f"here), over a quarter of this machine's memory. Pass fewer grid values or a smaller n_comps."
+                )
+                raise ValueError(msg)
+            self._chain = [(value, z.astype(np.float32)) for value, z in self._diffused_scores()]
+        block = self._block_mapper()
+        for value, z in self._chain:
+            yield value, block(z[rows])
 
     # -- Noise2Self -----------------------------------------------------------------------
     def held_out_genes(self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray) -> _ValueSweep:

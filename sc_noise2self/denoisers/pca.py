@@ -278,7 +278,7 @@ class PCA:
         self.mean_ = stats.mean
         return self
 
-    def sweep_rows(self, X: ArrayLike) -> Iterator[tuple[int, np.ndarray]]:
+    def sweep_rows(self, X: ArrayLike, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
         """Like :meth:`sweep_blocks`, for a block of cells given by its own (normalised) rows."""
         scores = centred_scores(_as_float(X), self.mean_, self.components_)
         return _RankSweep(self.grid_, self.mean_, lambda r: scores[r], self.components_).sweep_blocks(slice(None))
