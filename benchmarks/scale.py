@@ -1,8 +1,8 @@
-"""How calibrated PCA denoising scales with cells: 100k in memory, 100k and 1M from disk via dask.
+"""How calibrated denoising scales with cells: 100k in memory, 100k and 1M from disk via dask.
 
 Run: ``.venv/bin/python benchmarks/scale.py`` (not CI; writes ~4.5 GB of h5ad under
 ``benchmarks/.data/`` the first time, which takes a few minutes). Options:
-``--cells 100000 1000000``, ``--genes 2000``, ``--depth 1500``.
+``--cells 100000 1000000``, ``--genes 2000``, ``--depth 1500``, ``--method pca|diffusion``.
 
 Data: seeded sparse Poisson counts from 10 gene programs with log-normal gene abundances
 (the generator of ``pca_sweep.py``), ~1,500 UMIs per cell, generated and appended to an
@@ -15,7 +15,8 @@ Each run is its own process, so its peak RSS (``ru_maxrss``) is its own:
   20,000 cells; ``pp.denoise(adata)`` calibrates block by block (dask's threads) and writes
   factors with a lazy layer.
 
-Same call otherwise: method ``"pca"``, default grid (1..100), one split, seed 0.
+Same call otherwise: the method's default grid (PCA: ranks 1..100; diffusion: t = 0..20),
+one split, seed 0.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def generate(path: Path, n_cells: int, n_genes: int, depth: float, seed: int = 0
     tmp.rename(path)
 
 
-def run(mode: str, path: Path) -> dict:
+def run(mode: str, path: Path, method: str) -> dict:
     """One measured run, in this process (called as a child)."""
     import anndata as ad
     import h5py
@@ -79,16 +80,17 @@ def run(mode: str, path: Path) -> dict:
     if mode == "memory":
         adata = ad.read_h5ad(path)
         loaded = time.perf_counter() - start
-        n2s.pp.denoise(adata, empty="drop", progress=False)
+        n2s.pp.denoise(adata, method=method, empty="drop", progress=False)
     else:
         f = h5py.File(path, "r")
         x = ad.experimental.read_elem_lazy(f["X"], chunks=(BLOCK, f["X"].attrs["shape"][1]))
         adata = ad.AnnData(x)
         loaded = time.perf_counter() - start
-        n2s.pp.denoise(adata, empty="drop", progress=False)
+        n2s.pp.denoise(adata, method=method, empty="drop", progress=False)
     wall = time.perf_counter() - start
     return {
         "mode": mode,
+        "method": method,
         "cells": adata.n_obs,
         "genes": adata.n_vars,
         "best": int(adata.uns["denoised"]["best"]),
@@ -105,10 +107,11 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--depth", type=float, default=1500.0)
     parser.add_argument("--memory-max", type=int, default=100_000, help="largest size also run in memory")
+    parser.add_argument("--method", choices=["pca", "diffusion"], default="pca")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run(args.child[0], Path(args.child[1]))))
+        print(json.dumps(run(args.child[0], Path(args.child[1]), args.method)))
         return
 
     DATA.mkdir(exist_ok=True)
@@ -123,13 +126,16 @@ def main() -> None:
         modes = ["memory", "disk"] if n_cells <= args.memory_max else ["disk"]
         for mode in modes:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", mode, str(path)], capture_output=True, text=True, check=True
+                [sys.executable, __file__, "--child", mode, str(path), "--method", args.method],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             results.append(result)
             print(json.dumps(result), flush=True)
 
-    print("\n| cells | input | chosen rank | output | wall time (s) | µs per cell | peak RSS (GiB) |")
+    print(f"\n| cells | input | {args.method} setting | output | wall time (s) | µs per cell | peak RSS (GiB) |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         per_cell = 1e6 * r["wall_s"] / r["cells"]

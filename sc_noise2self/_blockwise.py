@@ -13,7 +13,9 @@ per split, *fit* (Gram statistics of the training part; the split is redrawn blo
 block, never stored) and *score* (each block predicted from its own training rows and
 scored against its held-out part); then *refit* (Gram statistics of all counts) and
 *project* (each cell's scores). No cells × genes array is ever formed; memory is one
-block plus genes × genes.
+block plus genes × genes. Diffusion (a :class:`~sc_noise2self.denoisers.CellGraph`) adds
+an *embed* pass after each fit: every block's scores on the fitted components, from
+which the kNN graph and the diffused scores are computed in memory (cells × components).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def denoise(
     adata
         Annotated data matrix with raw UMI counts (cells × genes), sparse or dense. A
         dask array (chunks along cells) or a backed AnnData is calibrated block by block
-        without loading it (PCA, ``calibration="mcv"``); the output is then factored.
+        without loading it (PCA or diffusion, ``calibration="mcv"``); the output is then factored.
     method
         ``"pca"``, ``"diffusion"`` or a :class:`~sc_noise2self.denoisers.Denoiser`
         instance, e.g. ``sc_noise2self.denoisers.PCA(n_iter=10)``.

@@ -62,7 +62,7 @@ def calibrate(
     data
         Raw counts (or, for ``calibration="genes"``, any values): an AnnData (cells ×
         genes) or a matrix (dense, CSR or CSC). Sparse input is never densified. Dask
-        arrays and backed AnnData are read block by block (PCA with ``calibration="mcv"``).
+        arrays and backed AnnData are read block by block (PCA or diffusion, ``calibration="mcv"``).
     method
         ``"pca"``, ``"diffusion"`` or a :class:`~sc_noise2self.denoisers.Denoiser`
         instance, e.g. ``sc_noise2self.denoisers.Diffusion(kernel="adaptive")``.
