@@ -188,7 +188,13 @@ class Diffusion:
         X = _as_float(X)
         self.grid_ = np.asarray(grid)
         self.mean_, scores, self.components_ = self._embed(X, min(self.n_comps, min(X.shape) - 1))
-        return self.fit_embedding(scores)
+        return self._fit_graph(scores)
+
+    def _fit_graph(self, scores: np.ndarray) -> Self:
+        self.scores_ = scores
+        self.operators_ = self._operators(scores[:, : min(self.n_pcs, scores.shape[1])], self.grid_)
+        self._diffused: dict[object, np.ndarray] = {}
+        return self
 
     def _diffused_scores(self) -> Iterator[tuple[object, np.ndarray]]:
         """For each ``n_neighbors``, the scores diffused one step at a time through the ``t`` grid."""
@@ -264,28 +270,25 @@ class Diffusion:
         return centred_scores(_as_float(X), self.mean_, self.components_)
 
     def fit_embedding(self, embedding: np.ndarray) -> Self:
-        """Build the graph(s) on every cell's scores (cells × ``n_comps``, in cell order)."""
-        self.scores_ = embedding
-        self.operators_ = self._operators(embedding[:, : min(self.n_pcs, embedding.shape[1])], self.grid_)
-        self._diffused: dict[object, np.ndarray] = {}
-        self._chain: list[tuple[object, np.ndarray]] | None = None
+        """Build the graph(s) on every cell's scores (cells × ``n_comps``, in cell order) and diffuse them.
+
+        The diffused scores of every grid value are kept (float32, grid values × cells ×
+        ``n_comps``), so that each block is then read once per split; a need over a
+        quarter of this machine's memory is refused.
+        """
+        needed = len(self.grid_) * embedding.shape[0] * embedding.shape[1] * 4
+        if needed > default_max_dense_bytes():
+            msg = (
+                f"Blockwise diffusion keeps the diffused scores for every grid value ({needed / 2**30:.1f} GiB "
+                f"here), over a quarter of this machine's memory. Pass fewer grid values or a smaller n_comps."
+            )
+            raise ValueError(msg)
+        self._fit_graph(embedding)
+        self._chain = [(value, z.astype(np.float32)) for value, z in self._diffused_scores()]
         return self
 
     def sweep_rows(self, X: ArrayLike, rows: slice) -> Iterator[tuple[object, np.ndarray]]:
-        """Predictions for cells ``rows`` at every grid value, from the diffused scores kept in memory.
-
-        The first call diffuses the scores through the whole grid and keeps them (float32,
-        grid values × cells × ``n_comps``), so each block is read once per split.
-        """
-        if self._chain is None:
-            needed = len(self.grid_) * self.scores_.shape[0] * self.scores_.shape[1] * 4
-            if needed > default_max_dense_bytes():
-                msg = (
-                    f"Blockwise diffusion keeps the diffused scores for every grid value ({needed / 2**30:.1f} GiB "
-                    f"here), over a quarter of this machine's memory. Pass fewer grid values or a smaller n_comps."
-                )
-                raise ValueError(msg)
-            self._chain = [(value, z.astype(np.float32)) for value, z in self._diffused_scores()]
+        """Predictions for cells ``rows`` at every grid value, from the scores kept by :meth:`fit_embedding`."""
         block = self._block_mapper()
         for value, z in self._chain:
             yield value, block(z[rows])
