@@ -6,6 +6,9 @@ Same seeded low-rank Poisson data as ``pca_sweep.py``. Measured in one run:
 
 - ``embedding``: the PCA the graph is built on (100 components), by the exact covariance
   route (``Diffusion``'s default up to 4,096 genes) and by the randomised SVD it used before;
+- ``neighbours``: the kNN search on the first 30 components, exact (scikit-learn) and
+  approximate (pynndescent, after a warm-up call that compiles it), and the share of exact
+  neighbours the approximate search finds;
 - ``graph``: ``Diffusion.fit`` at one value — the embedding, exact kNN on the first 30
   components (scikit-learn), the transition matrix;
 - ``product``: one step, transition matrix × components;
@@ -28,6 +31,7 @@ from sc_noise2self import tl
 from sc_noise2self._calibrate import chunk_rows
 from sc_noise2self._transform import transformed
 from sc_noise2self.denoisers import PCA, Diffusion
+from sc_noise2self.denoisers.diffusion import knn_graph
 
 
 def main() -> None:
@@ -50,6 +54,20 @@ def main() -> None:
     print(
         f"embedding, {model.n_comps} components: exact covariance route {t_exact:.2f} s, "
         f"randomised SVD {t_random:.2f} s, ratio {t_random / t_exact:.2f}"
+    )
+    embedding = PCA(solver="covariance").embed(X, model.n_pcs)[1]
+    t_exact_nn = best_of(args.repeats, lambda: knn_graph(embedding, model.n_neighbors))
+    knn_graph(embedding[:2000], model.n_neighbors, method="approximate")  # compile pynndescent
+    t_approx_nn = best_of(args.repeats, lambda: knn_graph(embedding, model.n_neighbors, method="approximate"))
+    exact_nn, approx_nn = (
+        knn_graph(embedding, model.n_neighbors)[1],
+        knn_graph(embedding, model.n_neighbors, method="approximate")[1],
+    )
+    found = np.mean([len(set(a) & set(b)) for a, b in zip(exact_nn, approx_nn, strict=True)]) / model.n_neighbors
+    print(
+        f"neighbours (k={model.n_neighbors}, {model.n_pcs} components): exact {t_exact_nn:.2f} s, "
+        f"approximate {t_approx_nn:.2f} s, ratio {t_exact_nn / t_approx_nn:.1f}; approximate finds {found:.1%} "
+        "of the exact neighbours"
     )
     t_graph = best_of(args.repeats, lambda: model.fit(X, np.array([0])))
     P, z = model.operators_[model.n_neighbors], model.scores_

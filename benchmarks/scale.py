@@ -15,8 +15,8 @@ Each run is its own process, so its peak RSS (``ru_maxrss``) is its own:
   20,000 cells; ``pp.denoise(adata)`` calibrates block by block (dask's threads) and writes
   factors with a lazy layer.
 
-Same call otherwise: the method's default grid (PCA: ranks 1..100; diffusion: t = 0..20),
-one split, seed 0.
+Same call otherwise: the method's default grid (PCA: ranks 1..100; diffusion: t = 0..20)
+unless ``--grid`` is given, one split, seed 0.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def generate(path: Path, n_cells: int, n_genes: int, depth: float, seed: int = 0
     tmp.rename(path)
 
 
-def run(mode: str, path: Path, method: str) -> dict:
+def run(mode: str, path: Path, method: str, grid: list[int] | None) -> dict:
     """One measured run, in this process (called as a child)."""
     import anndata as ad
     import h5py
@@ -80,13 +80,13 @@ def run(mode: str, path: Path, method: str) -> dict:
     if mode == "memory":
         adata = ad.read_h5ad(path)
         loaded = time.perf_counter() - start
-        n2s.pp.denoise(adata, method=method, empty="drop", progress=False)
+        n2s.pp.denoise(adata, method=method, grid=grid, empty="drop", progress=False)
     else:
         f = h5py.File(path, "r")
         x = ad.experimental.read_elem_lazy(f["X"], chunks=(BLOCK, f["X"].attrs["shape"][1]))
         adata = ad.AnnData(x)
         loaded = time.perf_counter() - start
-        n2s.pp.denoise(adata, method=method, empty="drop", progress=False)
+        n2s.pp.denoise(adata, method=method, grid=grid, empty="drop", progress=False)
     wall = time.perf_counter() - start
     return {
         "mode": mode,
@@ -108,10 +108,11 @@ def main() -> None:
     parser.add_argument("--depth", type=float, default=1500.0)
     parser.add_argument("--memory-max", type=int, default=100_000, help="largest size also run in memory")
     parser.add_argument("--method", choices=["pca", "diffusion"], default="pca")
+    parser.add_argument("--grid", type=int, nargs="+", help="values to sweep (default: the method's grid)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run(args.child[0], Path(args.child[1]), args.method)))
+        print(json.dumps(run(args.child[0], Path(args.child[1]), args.method, args.grid)))
         return
 
     DATA.mkdir(exist_ok=True)
@@ -126,7 +127,8 @@ def main() -> None:
         modes = ["memory", "disk"] if n_cells <= args.memory_max else ["disk"]
         for mode in modes:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", mode, str(path), "--method", args.method],
+                [sys.executable, __file__, "--child", mode, str(path), "--method", args.method]
+                + ([] if args.grid is None else ["--grid", *map(str, args.grid)]),
                 capture_output=True,
                 text=True,
                 check=True,

@@ -66,6 +66,27 @@ def test_embedding_is_the_exact_pca(simulation):
     np.testing.assert_allclose(other.predict(slice(None), 2), model.predict(slice(None), 2), atol=1e-10)
 
 
+def test_approximate_neighbours_are_seeded_and_close_to_exact(simulation):
+    """pynndescent's graph: same seed, same bytes; never the cell itself; most exact neighbours found."""
+    embedding = np.random.default_rng(0).normal(size=(2_000, 10))
+    distances, indices = knn_graph(embedding, 10, method="approximate", seed=1)
+    again = knn_graph(embedding, 10, method="approximate", seed=1)
+    assert indices.tobytes() == again[1].tobytes() and distances.tobytes() == again[0].tobytes()
+    assert not (indices == np.arange(2_000)[:, None]).any()
+    assert (np.diff(distances, axis=1) >= 0).all()
+    _, exact = knn_graph(embedding, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(indices, exact, strict=True)])
+    assert recall > 0.9
+    X = transformed(simulation.counts, "sqrt", None)
+    grid = np.arange(6)
+    approximate = Diffusion(neighbours="approximate").fit(X, grid)
+    exact_fit = Diffusion(neighbours="exact").fit(X, grid)
+    for (_, a), (_, b) in zip(approximate.sweep_values(), exact_fit.sweep_values(), strict=True):
+        assert np.abs(a(slice(None)) - b(slice(None))).mean() < 0.05 * np.abs(b(slice(None))).mean()
+    with pytest.raises(ValueError, match="neighbours must be"):
+        Diffusion(neighbours="fast").fit(X, grid)
+
+
 def test_grid_checks():
     d = Diffusion(n_neighbors=15)
     np.testing.assert_array_equal(d.check_grid([3, 0, 3, 1], (100, 50)), [0, 1, 3])

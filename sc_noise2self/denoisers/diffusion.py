@@ -29,15 +29,35 @@ if TYPE_CHECKING:
 __all__ = ["Diffusion", "transition_matrix"]
 
 Kernel = Literal["knn", "adaptive"]
+Neighbours = Literal["auto", "exact", "approximate"]
 _MAX_T = 1000
+EXACT_MAX_CELLS = 100_000  # neighbours="auto" searches exactly up to this many cells
 
 
-def knn_graph(embedding: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distances and indices of each cell's ``n_neighbors`` nearest other cells (exact, scikit-learn)."""
-    from sklearn.neighbors import NearestNeighbors
+def knn_graph(
+    embedding: np.ndarray, n_neighbors: int, *, method: Literal["exact", "approximate"] = "exact", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices of each cell's ``n_neighbors`` nearest other cells.
 
-    nn = NearestNeighbors(n_neighbors=n_neighbors).fit(embedding)
-    return nn.kneighbors()  # without X: a cell is not its own neighbour
+    ``"exact"``: scikit-learn's search (its cost grows with cells squared in 30
+    dimensions). ``"approximate"``: pynndescent's NN-descent, seeded (the same seed
+    gives the same graph); its speed and the share of exact neighbours it finds are
+    measured in ``benchmarks/diffusion_sweep.py``.
+    """
+    if method == "exact":
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=n_neighbors).fit(embedding)
+        return nn.kneighbors()  # without X: a cell is not its own neighbour
+    from pynndescent import NNDescent
+
+    index = NNDescent(embedding, n_neighbors=n_neighbors + 1, random_state=seed, n_jobs=-1)
+    indices, distances = index.neighbor_graph
+    cells = np.arange(len(embedding))[:, None]
+    indices = np.where(indices < 0, cells, indices)  # a neighbour not found: the cell itself (its self-loop)
+    # drop each cell from its own list (wherever ties put it), keeping the nearest n_neighbors others
+    order = np.argsort(indices == cells, axis=1, kind="stable")[:, :n_neighbors]
+    return np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1)
 
 
 def transition_matrix(
@@ -105,11 +125,14 @@ class Diffusion:
         Principal components the data are diffused in.
     kernel
         ``"knn"`` (plain neighbour average) or ``"adaptive"`` (MAGIC's alpha-decay kernel).
+    neighbours
+        Neighbour search: ``"exact"`` (scikit-learn), ``"approximate"`` (pynndescent,
+        seeded) or ``"auto"``: exact up to 100,000 cells, approximate above.
     decay
         Exponent of the adaptive kernel.
     random_state
         Seed of the randomised SVD (used above 4,096 genes; below, the PCA is exact, see
-        :class:`~sc_noise2self.denoisers.PCA`).
+        :class:`~sc_noise2self.denoisers.PCA`) and of the approximate neighbour search.
     """
 
     def __init__(
@@ -120,6 +143,7 @@ class Diffusion:
         n_comps: int = 100,
         kernel: Kernel = "knn",
         decay: float = 40.0,
+        neighbours: Neighbours = "auto",
         random_state: object = 0,
     ) -> None:
         self.n_neighbors = n_neighbors
@@ -127,12 +151,13 @@ class Diffusion:
         self.n_comps = n_comps
         self.kernel = kernel
         self.decay = decay
+        self.neighbours = neighbours
         self.random_state = random_state
 
     def __repr__(self) -> str:
         return (
             f"Diffusion(n_neighbors={self.n_neighbors}, n_pcs={self.n_pcs}, n_comps={self.n_comps}, "
-            f"kernel={self.kernel!r}, decay={self.decay}, "
+            f"kernel={self.kernel!r}, decay={self.decay}, neighbours={self.neighbours!r}, "
             f"random_state={self.random_state!r})"
         )
 
@@ -173,7 +198,14 @@ class Diffusion:
 
     def _operators(self, embedding: np.ndarray, grid: np.ndarray) -> dict[int, sparse.csr_matrix]:
         ks = self._neighbour_counts(grid)
-        distances, indices = knn_graph(embedding, int(ks.max()))
+        method = self.neighbours
+        if method not in ("auto", "exact", "approximate"):
+            msg = f"neighbours must be 'auto', 'exact' or 'approximate', got {method!r}."
+            raise ValueError(msg)
+        if method == "auto":
+            method = "exact" if len(embedding) <= EXACT_MAX_CELLS else "approximate"
+        seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))
+        distances, indices = knn_graph(embedding, int(ks.max()), method=method, seed=seed)
         return {
             int(k): transition_matrix(distances[:, :k], indices[:, :k], kernel=self.kernel, decay=self.decay)
             for k in ks
