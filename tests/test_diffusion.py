@@ -79,12 +79,12 @@ def test_approximate_neighbours_are_seeded_and_close_to_exact(simulation):
     assert recall > 0.9
     X = transformed(simulation.counts, "sqrt", None)
     grid = np.arange(6)
-    approximate = Diffusion(neighbours="approximate").fit(X, grid)
-    exact_fit = Diffusion(neighbours="exact").fit(X, grid)
+    approximate = Diffusion(neighbor_search="approximate").fit(X, grid)
+    exact_fit = Diffusion(neighbor_search="exact").fit(X, grid)
     for (_, a), (_, b) in zip(approximate.sweep_values(), exact_fit.sweep_values(), strict=True):
         assert np.abs(a(slice(None)) - b(slice(None))).mean() < 0.05 * np.abs(b(slice(None))).mean()
-    with pytest.raises(ValueError, match="neighbours must be"):
-        Diffusion(neighbours="fast").fit(X, grid)
+    with pytest.raises(ValueError, match="neighbor_search must be"):
+        Diffusion(neighbor_search="fast").fit(X, grid)
 
 
 def test_grid_checks():

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["Diffusion", "transition_matrix"]
 
 Kernel = Literal["knn", "adaptive"]
-Neighbours = Literal["auto", "exact", "approximate"]
+NeighborSearch = Literal["auto", "exact", "approximate"]
 _MAX_T = 1000
-EXACT_MAX_CELLS = 100_000  # neighbours="auto" searches exactly up to this many cells
+EXACT_MAX_CELLS = 100_000  # neighbor_search="auto" searches exactly up to this many cells
 
 
 def knn_graph(
@@ -125,11 +125,11 @@ class Diffusion:
         Principal components the data are diffused in.
     kernel
         ``"knn"`` (plain neighbour average) or ``"adaptive"`` (MAGIC's alpha-decay kernel).
-    neighbours
-        Neighbour search: ``"exact"`` (scikit-learn), ``"approximate"`` (pynndescent,
-        seeded) or ``"auto"``: exact up to 100,000 cells, approximate above.
     decay
         Exponent of the adaptive kernel.
+    neighbor_search
+        ``"exact"`` (scikit-learn), ``"approximate"`` (pynndescent, seeded) or
+        ``"auto"``: exact up to 100,000 cells, approximate above.
     random_state
         Seed of the randomised SVD (used above 4,096 genes; below, the PCA is exact, see
         :class:`~sc_noise2self.denoisers.PCA`) and of the approximate neighbour search.
@@ -143,7 +143,7 @@ class Diffusion:
         n_comps: int = 100,
         kernel: Kernel = "knn",
         decay: float = 40.0,
-        neighbours: Neighbours = "auto",
+        neighbor_search: NeighborSearch = "auto",
         random_state: object = 0,
     ) -> None:
         self.n_neighbors = n_neighbors
@@ -151,13 +151,13 @@ class Diffusion:
         self.n_comps = n_comps
         self.kernel = kernel
         self.decay = decay
-        self.neighbours = neighbours
+        self.neighbor_search = neighbor_search
         self.random_state = random_state
 
     def __repr__(self) -> str:
         return (
             f"Diffusion(n_neighbors={self.n_neighbors}, n_pcs={self.n_pcs}, n_comps={self.n_comps}, "
-            f"kernel={self.kernel!r}, decay={self.decay}, neighbours={self.neighbours!r}, "
+            f"kernel={self.kernel!r}, decay={self.decay}, neighbor_search={self.neighbor_search!r}, "
             f"random_state={self.random_state!r})"
         )
 
@@ -198,9 +198,9 @@ class Diffusion:
 
     def _operators(self, embedding: np.ndarray, grid: np.ndarray) -> dict[int, sparse.csr_matrix]:
         ks = self._neighbour_counts(grid)
-        method = self.neighbours
+        method = self.neighbor_search
         if method not in ("auto", "exact", "approximate"):
-            msg = f"neighbours must be 'auto', 'exact' or 'approximate', got {method!r}."
+            msg = f"neighbor_search must be 'auto', 'exact' or 'approximate', got {method!r}."
             raise ValueError(msg)
         if method == "auto":
             method = "exact" if len(embedding) <= EXACT_MAX_CELLS else "approximate"
