@@ -56,48 +56,46 @@ def _convert(table, n, row, weight, value, inv_step):
     return out
 
 
+@numba.njit(cache=True, inline="always", fastmath=True)
+def _squares(flat, n, row, weight, pred, target, c, inv_step, dense):
+    # Sum over genes of (c(ŷ) - t)², with t = target[c] when ``dense`` and 0 otherwise.
+    # Branch-free per gene: ``dense`` is fixed per call and the scale row per cell.
+    acc = 0.0
+    if weight > 0.0:
+        for g in range(pred.shape[1]):
+            d = _convert(flat, n, row, weight, pred[c, g], inv_step)
+            if dense:
+                d -= target[c, g]
+            acc += d * d
+    else:  # one scale row: the common case, kept free of the second lookup
+        base = row * n
+        for g in range(pred.shape[1]):
+            d = _lookup(flat, base, n - 1, pred[c, g], inv_step)
+            if dense:
+                d -= target[c, g]
+            acc += d * d
+    return acc
+
+
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _mse_dense_rows(pred, target, rows, weights, table, inv_step, out):
-    # Dense, branch-free pass, for sweeps that score one block at every grid value (the
-    # held-out block is densified once and reused).
-    n_cells, n_genes = pred.shape
+    # For sweeps that score one block at every grid value: the held-out block is
+    # densified once and reused.
     n = table.shape[1]
     flat = table.ravel()
-    for c in numba.prange(n_cells):
-        row, weight = rows[c], weights[c]
-        acc = 0.0
-        if weight > 0.0:
-            for g in range(n_genes):
-                d = _convert(flat, n, row, weight, pred[c, g], inv_step) - target[c, g]
-                acc += d * d
-        else:  # one scale row: the common case, kept free of the second lookup
-            base = row * n
-            for g in range(n_genes):
-                d = _lookup(flat, base, n - 1, pred[c, g], inv_step) - target[c, g]
-                acc += d * d
-        out[c] = acc
+    for c in numba.prange(pred.shape[0]):
+        out[c] = _squares(flat, n, rows[c], weights[c], pred, target, c, inv_step, True)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _mse_sparse_rows(pred, indptr, indices, data, rows, weights, table, inv_step, out):
-    # Sum of c^2 over every gene (the target is T(0) = 0 off the held-out nonzeros), then
-    # the correction at the nonzeros, for sweeps that visit each block once per value.
-    n_cells, n_genes = pred.shape
+    # For sweeps that visit each block once per value: c(ŷ)² over every gene (the target
+    # is T(0) = 0 off the held-out nonzeros), then (c - t)² = c² - t (2c - t) at them.
     n = table.shape[1]
     flat = table.ravel()
-    for c in numba.prange(n_cells):
+    for c in numba.prange(pred.shape[0]):
         row, weight = rows[c], weights[c]
-        acc = 0.0
-        if weight > 0.0:
-            for g in range(n_genes):
-                d = _convert(flat, n, row, weight, pred[c, g], inv_step)
-                acc += d * d
-        else:  # one scale row: the common case, kept free of the second lookup
-            base = row * n
-            for g in range(n_genes):
-                d = _lookup(flat, base, n - 1, pred[c, g], inv_step)
-                acc += d * d
-        # at the held-out nonzeros, (c - t)^2 = c^2 - t (2 c - t)
+        acc = _squares(flat, n, row, weight, pred, pred, c, inv_step, False)
         for q in range(indptr[c], indptr[c + 1]):
             t = data[q]
             acc -= t * (2.0 * _convert(flat, n, row, weight, pred[c, indices[q]], inv_step) - t)
