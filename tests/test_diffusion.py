@@ -87,6 +87,22 @@ def test_approximate_neighbours_are_seeded_and_close_to_exact(simulation):
         Diffusion(neighbor_search="fast").fit(X, grid)
 
 
+def test_approximate_neighbours_not_found_become_self_loops(monkeypatch):
+    """A neighbour pynndescent did not find (-1) becomes the cell itself, at the row's farthest distance."""
+
+    class Index:
+        def __init__(self, embedding, n_neighbors, **_):
+            self.neighbor_graph = (
+                np.array([[0, 1, 2], [1, 0, -1], [2, 1, 0]]),
+                np.array([[0.0, 1.0, 2.0], [0.0, 1.0, np.inf], [0.0, 0.5, 2.0]]),
+            )
+
+    monkeypatch.setattr("pynndescent.NNDescent", Index)
+    distances, indices = knn_graph(np.zeros((3, 2)), 2, method="approximate")
+    np.testing.assert_array_equal(indices, [[1, 2], [0, 1], [1, 0]])
+    np.testing.assert_array_equal(distances, [[1.0, 2.0], [1.0, 1.0], [0.5, 2.0]])
+
+
 def test_grid_checks():
     d = Diffusion(n_neighbors=15)
     np.testing.assert_array_equal(d.check_grid([3, 0, 3, 1], (100, 50)), [0, 1, 3])

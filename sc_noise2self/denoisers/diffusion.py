@@ -54,9 +54,15 @@ def knn_graph(
     index = NNDescent(embedding, n_neighbors=n_neighbors + 1, random_state=seed, n_jobs=-1)
     indices, distances = index.neighbor_graph
     cells = np.arange(len(embedding))[:, None]
-    indices = np.where(indices < 0, cells, indices)  # a neighbour not found: the cell itself (its self-loop)
-    # drop each cell from its own list (wherever ties put it), keeping the nearest n_neighbors others
-    order = np.argsort(indices == cells, axis=1, kind="stable")[:, :n_neighbors]
+    # A neighbour it did not find (index -1) becomes the cell itself: an extra weight on its
+    # self-loop. Each cell is then dropped from its own list (wherever ties put it), and
+    # self entries still needed to fill the list go last, at the row's farthest distance,
+    # so distances stay sorted and the adaptive kernel's scale holds.
+    indices = np.where(indices < 0, cells, indices)
+    is_self = indices == cells
+    farthest = np.max(np.where(is_self, 0.0, distances), axis=1, keepdims=True)
+    distances = np.where(is_self, farthest, distances)
+    order = np.argsort(is_self, axis=1, kind="stable")[:, :n_neighbors]
     return np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1)
 
 
