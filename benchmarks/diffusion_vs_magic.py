@@ -27,7 +27,6 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import scanpy as sc
 from scipy import sparse
 
 import sc_noise2self as n2s
@@ -35,7 +34,7 @@ from sc_noise2self._transform import expected_transform
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from tests.conftest import SHARED_DATA, simulate_low_rank_poisson  # noqa: E402
+from tests.conftest import simulate_low_rank_poisson  # noqa: E402
 
 MAGIC_PYTHON = HERE / "venvs" / "magic" / "bin" / "python"
 GRID = n2s.tl.grid(t=range(13), n_neighbors=[5, 15, 30])
@@ -109,15 +108,11 @@ def real(name: str, adata: ad.AnnData) -> None:
 def main() -> None:
     if not MAGIC_PYTHON.exists():
         sys.exit(f"MAGIC's venv is missing: see benchmarks/README.md ({MAGIC_PYTHON})")
+    from _real_data import mouse10k, pbmc8k
+
     simulator()
-    mouse = ad.read_h5ad(SHARED_DATA / "mouse10k_first1000genes.h5ad")
-    sc.pp.filter_genes(mouse, min_cells=20)
-    sc.pp.filter_cells(mouse, min_counts=1)
-    real("mouse 10k (genes in >= 20 cells)", mouse)
-    pbmc = ad.read_h5ad(SHARED_DATA / "pbmc8k.h5ad")
-    detected = np.asarray((pbmc.X > 0).sum(axis=0)).ravel()
-    pbmc = pbmc[:, np.sort(np.argsort(-detected, kind="stable")[:2000])].copy()
-    real("PBMC 8k (2,000 most detected genes)", pbmc)
+    real("mouse 10k (genes in >= 20 cells)", mouse10k())
+    real("PBMC 8k (2,000 most detected genes)", pbmc8k())
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import scanpy as sc
-from diffusion_vs_magic import HERE, SHARED_DATA, run_magic
+from _real_data import mouse10k, pbmc8k
+from diffusion_vs_magic import HERE, run_magic
 from scipy import sparse
 
 import sc_noise2self as n2s
@@ -99,13 +99,8 @@ def evaluate(name: str, counts: sparse.csr_matrix) -> None:
 
 
 def main() -> None:
-    mouse = ad.read_h5ad(SHARED_DATA / "mouse10k_first1000genes.h5ad")
-    sc.pp.filter_genes(mouse, min_cells=20)
-    sc.pp.filter_cells(mouse, min_counts=1)
-    evaluate("mouse 10k (475 genes in >= 20 cells)", sparse.csr_matrix(mouse.X))
-    pbmc = ad.read_h5ad(SHARED_DATA / "pbmc8k.h5ad")
-    detected = np.asarray((pbmc.X > 0).sum(axis=0)).ravel()
-    evaluate("PBMC 8k (2,000 most detected genes)", sparse.csr_matrix(pbmc.X[:, np.sort(np.argsort(-detected)[:2000])]))
+    evaluate("mouse 10k (475 genes in >= 20 cells)", sparse.csr_matrix(mouse10k().X))
+    evaluate("PBMC 8k (2,000 most detected genes)", sparse.csr_matrix(pbmc8k().X))
 
 
 if __name__ == "__main__":

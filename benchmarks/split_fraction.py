@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
-import scanpy as sc
-from diffusion_vs_magic import SHARED_DATA
+from _real_data import mouse10k, pbmc8k
 from scipy import sparse
 
 import sc_noise2self as n2s
@@ -26,15 +25,11 @@ SCALE = {"transform": "log1p", "target_sum": 1e4, "empty": "drop", "progress": F
 
 
 def datasets() -> dict[str, sparse.csr_matrix]:
-    data = {"PBMC 2k": sparse.csr_matrix(n2s.datasets.pbmc2k().X)}
-    mouse = ad.read_h5ad(SHARED_DATA / "mouse10k_first1000genes.h5ad")
-    sc.pp.filter_genes(mouse, min_cells=20)
-    sc.pp.filter_cells(mouse, min_counts=1)
-    data["mouse 10k"] = sparse.csr_matrix(mouse.X)
-    pbmc = ad.read_h5ad(SHARED_DATA / "pbmc8k.h5ad")
-    detected = np.asarray((pbmc.X > 0).sum(axis=0)).ravel()
-    data["PBMC 8k"] = sparse.csr_matrix(pbmc.X[:, np.sort(np.argsort(-detected)[:2000])])
-    return data
+    return {
+        "PBMC 2k": sparse.csr_matrix(n2s.datasets.pbmc2k().X),
+        "mouse 10k": sparse.csr_matrix(mouse10k().X),
+        "PBMC 8k": sparse.csr_matrix(pbmc8k().X),
+    }
 
 
 def main() -> None:
