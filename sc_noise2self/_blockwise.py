@@ -27,6 +27,7 @@ import numpy as np
 
 from ._calibrate import _checked_grid, _progress, chunk_rows, mcv_result, mcv_setup
 from ._loss import held_out_target, score_block
+from ._rows import CellSum, PartialSum, partial_sum
 from ._split import Stream, binomial_split, split_seed
 from ._transform import transform_counts, transformed
 from ._validate import as_canonical_csr, check_count_values, check_empty, check_positive_int, nonzero_counts
@@ -298,21 +299,27 @@ def run_mcv_blockwise(
             _fit_blockwise(model, data.blocks, lambda b, r, halves=halves: halves(b, r)[0], grid)
             bar.update(1)
 
-            def score(block: sparse.csr_matrix, rows: slice) -> np.ndarray:
+            def score(block: sparse.csr_matrix, rows: slice) -> list[PartialSum]:
                 values, test = halves(block, rows)
-                out = np.zeros(len(grid))
+                parts = []
                 for part in chunk_rows(block.shape[0], block.shape[1], chunk_size):
                     cells = slice(rows.start + part.start, rows.start + part.stop)
                     target = held_out_target(
                         test[part], setup.test_scales[cells], transform=transform, loss=loss, reused=True
                     )
-                    for j, (_, pred) in enumerate(model.sweep_rows(values[part], cells)):
-                        out[j] += score_block(
+                    per_cell = [
+                        score_block(
                             pred, target, conversion=setup.conversion, train_scales=setup.train_scales[cells], loss=loss
-                        ).sum()
-                return out
+                        )
+                        for _, pred in model.sweep_rows(values[part], cells)
+                    ]
+                    parts.append(partial_sum(cells.start, np.stack(per_cell, axis=1)))
+                return parts
 
-            losses[i] = np.sum(data.blocks.map(score), axis=0)
+            total = CellSum(len(grid))
+            for part in itertools.chain.from_iterable(data.blocks.map(score)):
+                total.add_partial(part)
+            losses[i] = total.total()
             bar.update(1)
     return mcv_result(
         losses,

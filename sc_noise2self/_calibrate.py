@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ._loss import check_loss, held_out_target, score_block
+from ._rows import CellSum
 from ._split import Stream, binomial_split, seed_sequence, split_seed
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
 from ._validate import check_fraction, check_positive_int
@@ -158,32 +159,36 @@ def _sweep_losses(
     blocks: list[slice],
     n_values: int,
     prepare: Callable[[slice, bool], Any],
-    score: Callable[[slice, Any, np.ndarray], float],
+    score: Callable[[slice, Any, np.ndarray], np.ndarray],
     bar: tqdm,
     n_entries: int,
 ) -> np.ndarray:
     """Sum the loss per grid value, in whichever loop order the sweep offers.
 
     ``prepare(rows, reused)`` returns the block's target; ``reused`` says whether it is
-    scored at every grid value in a row (block order) or once (value order). In value
-    order the bar shows each value's loss per entry as it is scored, and the training
-    loss when the predictor carries one (``predict.train_loss``). BLAS runs on
-    one thread here: its products (e.g. diffusion mapping scores back to genes) alternate
-    with the compiled scoring kernel's threads, and multi-threaded BLAS left spinning
-    between calls made both several times slower (``benchmarks/diffusion_sweep.py``).
+    scored at every grid value in a row (block order) or once (value order).
+    ``score(rows, target, pred)`` returns the loss of each cell; they are summed in an
+    order that does not depend on the blocks (:class:`~sc_noise2self._rows.CellSum`). In
+    value order the bar shows each value's loss per entry as it is scored, and the
+    training loss when the predictor carries one (``predict.train_loss``). BLAS runs on
+    one thread here: its products alternate with the compiled scoring kernel's threads,
+    and multi-threaded BLAS left spinning between calls made both several times slower
+    (``benchmarks/diffusion_sweep.py``).
     """
-    losses = np.zeros(n_values)
     with threadpool_limits(limits=1, user_api="blas"):
         if isinstance(sweep, BlockSweep):
+            total = CellSum(n_values)
             for rows in blocks:
                 target = prepare(rows, True)
-                for j, (_, pred) in enumerate(sweep.sweep_blocks(rows)):
-                    losses[j] += score(rows, target, pred)
+                total.add(rows.start, np.stack([score(rows, target, pred) for _, pred in sweep.sweep_blocks(rows)], 1))
                 bar.update(1 / len(blocks))
-            return losses
+            return total.total()
+        losses = np.zeros(n_values)
         for j, (value, predict) in enumerate(sweep.sweep_values()):
+            total = CellSum(1)
             for rows in blocks:
-                losses[j] += score(rows, prepare(rows, False), predict(rows))
+                total.add(rows.start, score(rows, prepare(rows, False), predict(rows)))
+            losses[j] = total.total()[0]
             train = getattr(predict, "train_loss", None)
             shown = f"{value}: loss {losses[j] / n_entries:.5g}" + ("" if train is None else f", train {train:.5g}")
             bar.set_postfix_str(shown, refresh=False)
@@ -315,7 +320,7 @@ def run_mcv(
                 ),
                 score=lambda rows, target, pred: score_block(
                     pred, target, conversion=setup.conversion, train_scales=train_scales[rows], loss=loss
-                ).sum(),
+                ),
                 bar=bar,
                 n_entries=counts.shape[0] * counts.shape[1],
             )
@@ -386,7 +391,7 @@ def run_genes(
                 blocks,
                 len(grid),
                 prepare=lambda rows, _, columns=columns: columns[rows].toarray(),
-                score=lambda _rows, target, pred: float(np.sum((pred - target) ** 2)),
+                score=lambda _rows, target, pred: np.sum((pred - target) ** 2, axis=1),
                 bar=bar,
                 n_entries=n_cells * int(held_out.sum()),
             )

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._rows import low_rank_rows
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -58,7 +60,7 @@ def lazy_low_rank(offset: np.ndarray, scores: np.ndarray, loadings: np.ndarray, 
     block_cells = da.from_array(cells[:, None].astype(np.float32), chunks=(rows, 1))
 
     def block(s: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return ((offset + s @ loadings) * c).astype(np.float32)
+        return np.where(c > 0, low_rank_rows(offset, s, loadings), np.float32(0))
 
     return da.map_blocks(
         block, block_scores, block_cells, chunks=(block_scores.chunks[0], (n_genes,)), dtype=np.float32
@@ -98,7 +100,7 @@ def denoised_genes(adata: AnnData, *, genes: ArrayLike, key: str = "denoised") -
     loadings = adata.varm[f"{key}_loadings"][columns]
     offset = adata.var[f"{key}_offset"].to_numpy()[columns]
     kept = adata.obs[f"{key}_kept"].to_numpy() if f"{key}_kept" in adata.obs else np.ones(adata.n_obs, dtype=bool)
-    return (kept[:, None] * (offset + scores @ loadings.T)).astype(np.float32)
+    return np.where(kept[:, None], low_rank_rows(offset, scores, loadings.T), np.float32(0))
 
 
 def write_factored(

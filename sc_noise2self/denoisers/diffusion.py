@@ -8,6 +8,7 @@ import numpy as np
 from scipy import sparse
 
 from .._output import default_max_dense_bytes
+from .._rows import low_rank_rows
 from .._validate import check_int_grid
 from .pca import (
     AUTO_MAX_GENES,
@@ -245,19 +246,14 @@ class Diffusion:
                 yield self._value(self.grid_, t, k), z
 
     def _block_mapper(self) -> Callable[[np.ndarray], np.ndarray]:
-        """Scores of a block of cells → its genes, in float32 as PCA's sweep does.
+        """Scores of a block of cells → its genes, each row on its own (see :func:`~sc_noise2self._rows.low_rank_rows`).
 
-        That product dominates the sweep, and its rounding (~1e-7 relative) is far below
-        the loss differences between settings; :meth:`predict` stays float64.
+        That product dominates the sweep; the factors are float32 (rounding ~1e-7
+        relative, far below the loss differences between settings) and every row is
+        accumulated alone in float64, so the prediction does not depend on the blocking.
         """
         mean, components = self.mean_.astype(np.float32), self.components_.astype(np.float32)
-
-        def block(z: np.ndarray) -> np.ndarray:
-            pred = z.astype(np.float32) @ components
-            pred += mean
-            return pred
-
-        return block
+        return lambda z: low_rank_rows(mean, z, components)
 
     def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
         """For each grid value in order, a predictor of blocks of cells (see :meth:`_block_mapper`)."""
@@ -279,7 +275,7 @@ class Diffusion:
     def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
         """Denoised values of cells ``rows`` after ``t`` steps."""
         mean, scores, components = self.factors(value)
-        return mean + scores[rows] @ components
+        return low_rank_rows(mean, scores[rows], components)
 
     # -- Blockwise (dask or backed input): the embedding from merged Gram statistics (the
     # exact route ``fit`` takes up to 4,096 genes), the graph from every cell's embedding

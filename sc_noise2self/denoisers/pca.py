@@ -8,6 +8,7 @@ import numba
 import numpy as np
 from scipy import linalg, sparse
 
+from .._rows import low_rank_rows
 from .._validate import check_int_grid
 
 if TYPE_CHECKING:
@@ -253,8 +254,8 @@ class PCA:
         return _RankSweep(self.grid_, self.mean_, lambda r: self.scores_[r], self.components_).sweep_blocks(rows)
 
     def predict(self, rows: slice, value: int) -> np.ndarray:
-        """``mean + scores[:, :k] @ components[:k]`` for cells ``rows``."""
-        return self.mean_ + self.scores_[rows, :value] @ self.components_[:value]
+        """``mean + scores[:, :k] @ components[:k]`` for cells ``rows`` (float32, from float32 factors)."""
+        return low_rank_rows(self.mean_, self.scores_[rows, :value], self.components_[:value])
 
     def factors(self, value: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mean, the first ``k`` scores and components: the rank-``k`` output, factored."""

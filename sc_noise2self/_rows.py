@@ -1,0 +1,163 @@
+"""Arithmetic whose result does not depend on how cells are blocked or on thread counts.
+
+Two things used to change in the last bits with the chunking (``chunk_size``, dask
+chunks) or the BLAS threads, and so could move a near-tie in the loss curve:
+
+- products mapping low-rank scores back to genes (OpenBLAS ``sgemm`` rounds a row
+  differently depending on how many rows are in the call and how many threads share
+  it). :func:`low_rank_rows` computes every row on its own, in a fixed order, in float64;
+- sums of per-cell losses over blocks of cells. :class:`CellSum` adds cells in groups
+  of :data:`GROUP` at fixed positions, then the groups in order, whatever the blocks.
+
+Both hold for any chunking and any number of numba or BLAS threads (tested in
+``tests/test_determinism.py``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+__all__ = ["GROUP", "CellSum", "PartialSum", "low_rank_rows", "partial_sum"]
+
+GROUP = 256
+"""Cells per fixed group of the per-cell loss sums."""
+
+
+@numba.njit(parallel=True, cache=True)
+def _low_rank_kernel(offset, scores, loadings, out):  # pragma: no cover - compiled
+    # No fastmath: each element is a fixed sequence of float64 multiply-adds, the same in
+    # the vectorised body and the remainder of the gene loop, for every row and thread.
+    n_genes = loadings.shape[1]
+    for c in numba.prange(scores.shape[0]):
+        acc = offset.astype(np.float64)
+        for j in range(scores.shape[1]):
+            coef = np.float64(scores[c, j])
+            for g in range(n_genes):
+                acc[g] += coef * loadings[j, g]
+        for g in range(n_genes):
+            out[c, g] = acc[g]
+
+
+def low_rank_rows(offset: np.ndarray, scores: np.ndarray, loadings: np.ndarray) -> np.ndarray:
+    """``offset + scores @ loadings`` as float32, each row computed alone (float64 accumulation).
+
+    The factors are first rounded to float32, as factored output stores them, so the dense
+    layer and the lazy layer computed from stored factors are the same bytes.
+
+    Parameters
+    ----------
+    offset
+        Per-gene offset (genes,).
+    scores
+        Cells × k.
+    loadings
+        k × genes.
+    """
+    scores = np.ascontiguousarray(scores, dtype=np.float32)
+    out = np.empty((scores.shape[0], loadings.shape[1]), dtype=np.float32)
+    _low_rank_kernel(
+        np.ascontiguousarray(offset, dtype=np.float32),
+        scores,
+        np.ascontiguousarray(loadings, dtype=np.float32),
+        out,
+    )
+    return out
+
+
+@numba.njit(cache=True)
+def _sum_rows(values):  # pragma: no cover - compiled
+    # Rows added one after the other: the result depends only on the rows, in order.
+    out = np.zeros(values.shape[1])
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            out[j] += values[i, j]
+    return out
+
+
+def _group_sums(values: np.ndarray) -> np.ndarray:
+    """Sum of each consecutive run of :data:`GROUP` rows (``len(values)`` a multiple of it)."""
+    return np.array([_sum_rows(values[i : i + GROUP]) for i in range(0, len(values), GROUP)]).reshape(
+        -1, values.shape[1]
+    )
+
+
+class PartialSum(NamedTuple):
+    """Per-cell values of a block of cells, reduced to what :class:`CellSum` needs to add them.
+
+    Small enough to return from a dask task: whole fixed groups are already summed.
+    """
+
+    start: int
+    """Position of the block's first cell."""
+    head: np.ndarray
+    """Values of the cells before the block's first group boundary."""
+    groups: np.ndarray
+    """Sums of the whole groups inside the block."""
+    tail: np.ndarray
+    """Values of the cells after the block's last group boundary."""
+
+
+def partial_sum(start: int, values: np.ndarray) -> PartialSum:
+    """Reduce per-cell values (cells × values) of the cells ``start, start + 1, …``."""
+    values = np.ascontiguousarray(np.asarray(values, dtype=np.float64).reshape(len(values), -1))
+    stop = start + len(values)
+    first = min(-(-start // GROUP) * GROUP, stop)
+    last = max(first, stop // GROUP * GROUP)
+    return PartialSum(
+        start,
+        values[: first - start],
+        _group_sums(values[first - start : last - start]),
+        values[last - start :],
+    )
+
+
+class CellSum:
+    """Sum of per-cell values over all cells, added block by block in cell order.
+
+    Cells are summed in groups of :data:`GROUP` at fixed positions and the groups in
+    order, so the total is the same bytes for any blocking of the cells.
+
+    Parameters
+    ----------
+    n_values
+        Values per cell (e.g. one loss per grid value).
+    """
+
+    def __init__(self, n_values: int) -> None:
+        self._n_values = n_values
+        self._next = 0
+        self._pending: list[np.ndarray] = []
+        self._groups: list[np.ndarray] = []
+
+    def add(self, start: int, values: np.ndarray) -> None:
+        """Add per-cell values (cells × values, or one value per cell) of the cells from ``start``."""
+        self.add_partial(partial_sum(start, values))
+
+    def add_partial(self, part: PartialSum) -> None:
+        """Add a block reduced by :func:`partial_sum` (blocks must come in cell order)."""
+        if part.start != self._next:
+            msg = f"blocks must be added in cell order: expected cell {self._next}, got {part.start}"
+            raise RuntimeError(msg)
+        self._pending.append(part.head)
+        if (part.start + len(part.head)) % GROUP == 0:  # the head completes a group
+            self._close()
+        self._groups.extend(part.groups)
+        self._pending.append(part.tail)
+        self._next = part.start + len(part.head) + len(part.groups) * GROUP + len(part.tail)
+
+    def _close(self) -> None:
+        pending = [v for v in self._pending if len(v)]
+        if pending:
+            self._groups.append(_sum_rows(np.concatenate(pending)))
+        self._pending = []
+
+    def total(self) -> np.ndarray:
+        """Sum over every cell added (one entry per value); call once all blocks are in."""
+        groups = list(self._groups)
+        pending = [v for v in self._pending if len(v)]
+        if pending:
+            groups.append(_sum_rows(np.concatenate(pending)))
+        return _sum_rows(np.array(groups).reshape(-1, self._n_values))
