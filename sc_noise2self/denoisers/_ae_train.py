@@ -72,14 +72,33 @@ def train_epoch(
 
 @torch.no_grad()
 def infer(
-    module: AutoencoderModule, X: sparse.csr_matrix, rows: slice, *, batch_size: int, device: torch.device
+    module: AutoencoderModule,
+    X: sparse.csr_matrix,
+    rows: slice,
+    *,
+    batch_size: int,
+    device: torch.device,
+    cache: dict[int, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Reconstruction of cells ``rows`` (float32), computed batch by batch."""
+    """Reconstruction of cells ``rows`` (float32), computed batch by batch.
+
+    Batches sit at fixed positions (cells ``i * batch_size`` onwards), whatever ``rows``
+    is, so a cell's output does not depend on how the caller blocks the cells. ``cache``
+    keeps the last batch computed, for a caller that asks for consecutive blocks.
+    """
     module.eval()
     start, stop, _ = rows.indices(X.shape[0])
     out = np.empty((stop - start, X.shape[1]), dtype=np.float32)
-    for i in range(start, stop, batch_size):
-        j = min(i + batch_size, stop)
-        with _autocast(device):
-            out[i - start : j - start] = module(to_device(X, slice(i, j), device)).float().cpu().numpy()
+    for b in range(start // batch_size, -(-stop // batch_size)):
+        lo, hi = b * batch_size, min((b + 1) * batch_size, X.shape[0])
+        if cache is not None and b in cache:
+            block = cache[b]
+        else:
+            with _autocast(device):
+                block = module(to_device(X, slice(lo, hi), device)).float().cpu().numpy()
+            if cache is not None:
+                cache.clear()
+                cache[b] = block
+        a, z = max(lo, start), min(hi, stop)
+        out[a - start : z - start] = block[a - lo : z - lo]
     return out

@@ -24,14 +24,16 @@ if TYPE_CHECKING:
 __all__ = ["Autoencoder"]
 
 _MAX_EPOCHS = 10_000
+_INFER_BATCH = 1024  # cells per inference batch, fixed so that outputs do not depend on batch_size
 
 
 class _Predictor:
     def __init__(self, owner: Autoencoder, module: object, train_loss: float) -> None:
         self.owner, self.module, self.train_loss = owner, module, train_loss
+        self._cache: dict[int, np.ndarray] = {}
 
     def __call__(self, rows: slice) -> np.ndarray:
-        return self.owner._infer(self.module, rows)
+        return self.owner._infer(self.module, rows, self._cache)
 
 
 class Autoencoder:
@@ -129,7 +131,7 @@ class Autoencoder:
         self.X_ = sparse.csr_matrix(X, dtype=np.float32)
         self.grid_ = np.asarray(grid)
         self.train_loss_: dict[tuple[int, int], float] = {}
-        self._trained: tuple[object, object] | None = None
+        self._trained: tuple[tuple[int, int], _Predictor] | None = None
         return self
 
     def _seed(self, width: int) -> int:
@@ -156,10 +158,10 @@ class Autoencoder:
             if epoch in wanted:
                 yield epoch, module
 
-    def _infer(self, module: object, rows: slice) -> np.ndarray:
+    def _infer(self, module: object, rows: slice, cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
         from ._ae_train import infer
 
-        return infer(module, self.X_, rows, batch_size=max(self.batch_size, 1024), device=self.device_)
+        return infer(module, self.X_, rows, batch_size=_INFER_BATCH, device=self.device_, cache=cache)
 
     def _value(self, width: int, epoch: int) -> int | tuple[int, int]:
         return int(epoch) if self.grid_.ndim == 1 else (int(width), int(epoch))
@@ -180,5 +182,5 @@ class Autoencoder:
         key = (int(width), int(epoch))
         if self._trained is None or self._trained[0] != key:
             for _, module in self._training(key[0], np.array([key[1]])):
-                self._trained = (key, module)
-        return self._infer(self._trained[1], rows)
+                self._trained = (key, _Predictor(self, module, self.train_loss_[(key[0], key[1])]))
+        return self._trained[1](rows)
