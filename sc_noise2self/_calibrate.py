@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CalibrationResult",
     "McvSetup",
+    "check_finite_loss",
+    "check_finite_output",
     "mcv_result",
     "mcv_setup",
     "package_version",
@@ -78,10 +80,39 @@ def resolve_method(method: str | Denoiser, random_state: RandomState) -> tuple[s
 
 
 def _seed_record(random_state: RandomState) -> int | str | None:
-    """Return what ``uns`` keeps of the seed: the int, None, or a note that a Generator was passed."""
+    """Return what ``uns`` keeps of the seed: the int (as text beyond int64, which h5ad cannot store), None, or a note
+    that a Generator was passed."""
     if random_state is None or isinstance(random_state, np.random.Generator):
         return None if random_state is None else "numpy.random.Generator"
-    return int(random_state)
+    return int(random_state) if int(random_state) < 2**63 else str(int(random_state))
+
+
+def _divergence_advice(denoiser: Denoiser) -> str:
+    learning_rate = getattr(denoiser, "learning_rate", None)
+    first = "" if learning_rate is None else f"lower the autoencoder's learning_rate (now {learning_rate:g}), or "
+    return f"{first}use a smaller target_sum (e.g. 1e4) or transform ('log1p' or 'sqrt') if the values are huge"
+
+
+def check_finite_loss(result: CalibrationResult, denoiser: Denoiser) -> None:
+    """Refuse a loss curve with NaN or infinite values (a diverged or overflowing denoiser)."""
+    bad = np.flatnonzero(~np.isfinite(result.loss).all(axis=0))
+    if bad.size:
+        values = ", ".join(str(grid_value(result.grid, int(i))) for i in bad[:5]) + (", …" if bad.size > 5 else "")
+        msg = (
+            f"The calibration loss is not finite at {'/'.join(result.grid_names)} = {values}: the denoiser's "
+            f"predictions overflowed or diverged there. Nothing was written; {_divergence_advice(denoiser)}."
+        )
+        raise ValueError(msg)
+
+
+def check_finite_output(arrays: tuple[np.ndarray, ...], value: GridValue, denoiser: Denoiser) -> None:
+    """Refuse output (or its factors) with NaN or infinite values."""
+    if not all(np.isfinite(a).all() for a in arrays):
+        msg = (
+            f"The denoised output at the chosen value {value} is not finite (the refit on all counts overflowed or "
+            f"diverged). Nothing was written; {_divergence_advice(denoiser)}."
+        )
+        raise ValueError(msg)
 
 
 def chunk_rows(n_cells: int, n_genes: int, chunk_size: int | None) -> list[slice]:

@@ -16,11 +16,23 @@ import numpy as np
 from ._rows import low_rank_rows
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anndata import AnnData
 
     from ._types import ArrayLike
 
-__all__ = ["default_max_dense_bytes", "denoised_genes", "embed", "lazy_low_rank", "write_factored"]
+__all__ = [
+    "check_key",
+    "check_targets",
+    "commit",
+    "default_max_dense_bytes",
+    "denoised_genes",
+    "embed",
+    "factored_outputs",
+    "lazy_low_rank",
+    "require_dask",
+]
 
 _BLOCK_BYTES = 64 * 2**20
 
@@ -103,22 +115,193 @@ def denoised_genes(adata: AnnData, *, genes: ArrayLike, key: str = "denoised") -
     return np.where(kept[:, None], low_rank_rows(offset, scores, loadings.T), np.float32(0))
 
 
-def write_factored(
-    adata: AnnData,
+def factored_outputs(
     key: str,
     factors: tuple[np.ndarray, np.ndarray, np.ndarray],
     cells: np.ndarray | None,
     genes: np.ndarray | None,
-) -> None:
-    """Store low-rank output as factors plus a lazy dask layer, placing kept cells and genes."""
+    n_cells: int,
+) -> dict[str, dict[str, Any]]:
+    """Low-rank output as factors plus a lazy dask layer, kept cells and genes placed, per AnnData slot."""
     offset, scores, loadings = factors
     full_offset = embed(offset.astype(np.float32)[:, None], genes)[:, 0]
     full_loadings = embed(np.ascontiguousarray(loadings.T, dtype=np.float32), genes)
     full_scores = embed(scores.astype(np.float32), cells)
-    kept = np.ones(adata.n_obs, dtype=bool) if cells is None else cells
-    adata.obsm[f"{key}_scores"] = full_scores
-    adata.varm[f"{key}_loadings"] = full_loadings
-    adata.var[f"{key}_offset"] = full_offset
+    kept = np.ones(n_cells, dtype=bool) if cells is None else cells
+    outputs: dict[str, dict[str, Any]] = {
+        "layers": {key: lazy_low_rank(full_offset, full_scores, full_loadings.T, kept)},
+        "obsm": {f"{key}_scores": full_scores},
+        "varm": {f"{key}_loadings": full_loadings},
+        "var": {f"{key}_offset": full_offset},
+    }
     if cells is not None:
-        adata.obs[f"{key}_kept"] = kept
-    adata.layers[key] = lazy_low_rank(full_offset, full_scores, full_loadings.T, kept)
+        outputs["obs"] = {f"{key}_kept": kept}
+    return outputs
+
+
+def require_dask(why: str) -> None:
+    """Raise a ``ValueError`` that says how to install dask when it is missing."""
+    try:
+        import dask.array  # noqa: F401
+    except ImportError:
+        msg = f"{why} needs dask, which is not installed: `pip install 'sc_noise2self[dask]'`."
+        raise ValueError(msg) from None
+
+
+# -- Writing to a user's AnnData: checked before any work, then all at once or nothing. ---------
+
+SLOTS = ("layers", "obsm", "varm", "obs", "var", "uns")
+
+
+def check_key(key: object, name: str = "key_added") -> str:
+    """A key that anndata can write to h5ad and read back."""
+    if not isinstance(key, str) or key in ("", ".") or "/" in key:
+        msg = (
+            f"{name} must be a non-empty string without '/' (h5ad stores keys as paths), got {key!r}; "
+            "e.g. key_added='denoised'."
+        )
+        raise ValueError(msg)
+    return key
+
+
+def _container(adata: AnnData, slot: str) -> Any:
+    return getattr(adata, slot)
+
+
+def _names(adata: AnnData, slot: str) -> set[str]:
+    container = _container(adata, slot)
+    return set(container.columns if slot in ("obs", "var") else container.keys())
+
+
+def previous_outputs(adata: AnnData, key: str, function: str) -> dict[str, list[str]] | None:
+    """What ``function`` of this package wrote under ``key``, per slot; None when ``uns[key]`` is not its record."""
+    from collections.abc import Mapping
+
+    record = adata.uns.get(key)
+    if not isinstance(record, Mapping) or "version" not in record:
+        return None
+    if "outputs" in record:
+        if record.get("function") != function:
+            return None
+        return {slot: [str(n) for n in names] for slot, names in record["outputs"].items()}
+    if function == "denoise" and {"method", "calibration", "loss", "best"} <= set(record):  # before 0.2: no list
+        if record.get("output") == "factored":
+            return {
+                "layers": [key],
+                "obsm": [f"{key}_scores"],
+                "varm": [f"{key}_loadings"],
+                "var": [f"{key}_offset"],
+                "obs": [f"{key}_kept"],
+            }
+        return {"layers": [key]}
+    return None
+
+
+def check_targets(
+    adata: AnnData,
+    key: str,
+    targets: dict[str, list[str]],
+    *,
+    function: str,
+    read_layer: str | None,
+    overwrite: bool,
+) -> None:
+    """Refuse, before any work, to write over the layer being read or over anything this package did not write.
+
+    ``targets`` lists the names ``function`` may write per slot (``uns[key]`` is always
+    written). With ``overwrite=True`` names written by something else may be replaced, the
+    layer being read never.
+    """
+    if not isinstance(overwrite, bool):
+        msg = f"overwrite must be True or False, got {overwrite!r}."
+        raise ValueError(msg)
+    if read_layer is not None and read_layer in targets.get("layers", []):
+        msg = (
+            f"key_added={key!r} would write over adata.layers[{read_layer!r}], the layer being read; "
+            "pass another key_added, e.g. key_added='denoised'."
+        )
+        raise ValueError(msg)
+    if overwrite:
+        return
+    ours = previous_outputs(adata, key, function)
+    if key in adata.uns and ours is None:
+        msg = (
+            f"adata.uns[{key!r}] exists and was not written by sc_noise2self.pp.{function}; pass another "
+            "key_added, or overwrite=True to replace it."
+        )
+        raise ValueError(msg)
+    ours = ours or {}
+    for slot, names in targets.items():
+        taken = sorted((set(names) & _names(adata, slot)) - set(ours.get(slot, [])))
+        if taken:
+            where = ", ".join(f"adata.{slot}[{n!r}]" for n in taken)
+            msg = (
+                f"{where} exists and was not written by sc_noise2self.pp.{function} under key_added={key!r}; "
+                "pass another key_added, or overwrite=True to replace it."
+            )
+            raise ValueError(msg)
+
+
+def _assign(adata: AnnData, slot: str, name: str, value: Any) -> Callable[[], None]:
+    """Set one entry; return what puts the previous state back."""
+    container = _container(adata, slot)
+    if slot in ("obs", "var"):
+        columns = list(container.columns)
+        old = container[name].copy() if name in columns else None
+        position = columns.index(name) if name in columns else None
+        container[name] = value
+
+        def undo_column() -> None:
+            del container[name]
+            if old is not None:
+                container.insert(position, name, old)
+
+        return undo_column
+    old = container[name] if name in container else None
+    container[name] = value
+
+    def undo() -> None:
+        if old is None:
+            del container[name]
+        else:
+            container[name] = old
+
+    return undo
+
+
+def _remove(adata: AnnData, slot: str, name: str) -> Callable[[], None]:
+    container = _container(adata, slot)
+    if slot in ("obs", "var"):
+        position, old = list(container.columns).index(name), container[name].copy()
+        del container[name]
+        return lambda: container.insert(position, name, old)
+    old = container[name]
+    del container[name]
+    return lambda: container.__setitem__(name, old)
+
+
+def commit(
+    adata: AnnData, key: str, outputs: dict[str, dict[str, Any]], record: dict[str, Any], *, function: str
+) -> None:
+    """Write every output and ``uns[key] = record`` together, or nothing.
+
+    The package's own previous outputs under ``key`` that this call does not write again
+    (e.g. factors of an earlier factored run) are removed. Any exception while writing,
+    an interruption included, puts every entry back as it was.
+    """
+    previous = previous_outputs(adata, key, function) or {}
+    record = {**record, "function": function, "outputs": {s: sorted(n) for s, n in outputs.items() if n}}
+    undo: list[Callable[[], None]] = []
+    try:
+        for slot, names in previous.items():
+            for name in names:
+                if name not in outputs.get(slot, {}) and name in _names(adata, slot):
+                    undo.append(_remove(adata, slot, name))
+        for slot, values in outputs.items():
+            for name, value in values.items():
+                undo.append(_assign(adata, slot, name, value))
+        undo.append(_assign(adata, "uns", key, record))
+    except BaseException:
+        for step in reversed(undo):
+            step()
+        raise

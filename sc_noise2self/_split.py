@@ -80,7 +80,9 @@ def seed_sequence(random_state: RandomState, *key: int) -> np.random.SeedSequenc
     """
     if isinstance(random_state, np.random.Generator):
         random_state = int(random_state.integers(2**63))
-    if random_state is not None and (not isinstance(random_state, int | np.integer) or random_state < 0):
+    if random_state is not None and (
+        isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0
+    ):
         msg = f"random_state must be a non-negative int, a numpy Generator or None, got {random_state!r}."
         raise ValueError(msg)
     entropy = None if random_state is None else int(random_state)

@@ -20,6 +20,8 @@ import numpy as np
 from scipy import sparse
 from scipy.special import gammaln, xlogy
 
+from ._validate import check_target_sum
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -61,12 +63,10 @@ def cell_scales(totals: np.ndarray, target_sum: float | None, fraction: float = 
     ``target_sum`` expected counts at the given sampling ``fraction`` of its molecules.
     """
     totals = np.asarray(totals, dtype=np.float64)
+    target_sum = check_target_sum(target_sum)
     if target_sum is None:
         return np.ones_like(totals)
-    if not target_sum > 0:
-        msg = f"target_sum must be positive or None, got {target_sum!r}."
-        raise ValueError(msg)
-    return float(target_sum) / (fraction * totals)
+    return target_sum / (fraction * totals)
 
 
 def transform_counts(X: sparse.csr_matrix, transform: TransformName, scales: np.ndarray) -> sparse.csr_matrix:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
@@ -17,7 +18,11 @@ __all__ = [
     "as_canonical_csr",
     "check_count_values",
     "check_empty",
+    "check_flag",
+    "check_magnitude",
     "check_fraction",
+    "check_number",
+    "check_target_sum",
     "check_int_grid",
     "check_positive_int",
     "get_counts",
@@ -182,13 +187,68 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def check_fraction(split_fraction: float) -> float:
-    """Check that the training share of molecules lies strictly between 0 and 1."""
-    p = float(split_fraction)
-    if not 0.0 < p < 1.0:
-        msg = f"split_fraction must lie strictly between 0 and 1, got {split_fraction!r}."
+def check_number(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+    example: str = "",
+) -> float:
+    """A finite real number (not a bool or a string) within the bounds, as a float."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and np.isfinite(float(value))
+    if ok:
+        v = float(value)
+        ok = (low is None or (v > low if open_low else v >= low)) and (
+            high is None or (v < high if open_high else v <= high)
+        )
+    if not ok:
+        bounds = (
+            f"{'(' if open_low else '['}{'-inf' if low is None else f'{low:g}'}, "
+            f"{'inf' if high is None else f'{high:g}'}{')' if open_high else ']'}"
+        )
+        msg = f"{name} must be a finite number in {bounds}, got {value!r}{'; e.g. ' + example if example else ''}."
         raise ValueError(msg)
-    return p
+    return float(value)
+
+
+def check_fraction(split_fraction: object) -> float:
+    """Check that the training share of molecules lies strictly between 0 and 1."""
+    return check_number(
+        split_fraction, "split_fraction", low=0.0, high=1.0, open_low=True, open_high=True, example="0.9"
+    )
+
+
+MAX_TARGET_SUM = 1e12
+
+
+def check_target_sum(target_sum: object) -> float | None:
+    """None, or counts per cell to scale to: positive and at most :data:`MAX_TARGET_SUM` (float64 stays exact)."""
+    if target_sum is None:
+        return None
+    return check_number(target_sum, "target_sum", low=0.0, high=MAX_TARGET_SUM, open_low=True, example="1e4 (scanpy)")
+
+
+def check_magnitude(values: sparse.csr_matrix, *, what: str) -> None:
+    """Refuse values so large that their sum of squares overflows float64 (the denoisers' products would)."""
+    limit = np.sqrt(np.finfo(np.float64).max / max(1, values.nnz))
+    largest = float(np.abs(values.data).max()) if values.nnz else 0.0
+    if largest > limit:
+        msg = (
+            f"{what} holds values up to {largest:.3g} after the transform; their squares overflow float64 in the "
+            "denoiser's products. Scale the values down (or use a smaller target_sum)."
+        )
+        raise ValueError(msg)
+
+
+def check_flag(value: object, name: str) -> bool:
+    """``True`` or ``False`` (numpy bools too), nothing else."""
+    if not isinstance(value, bool | np.bool_):
+        msg = f"{name} must be True or False, got {value!r}."
+        raise ValueError(msg)
+    return bool(value)
 
 
 def check_positive_int(value: object, name: str) -> int:

@@ -9,7 +9,16 @@ import numpy as np
 from . import _logging as logg
 from ._blockwise import is_blockwise, refit_blockwise
 from ._calibrate import predict_dense, refit, resolve_method
-from ._output import default_max_dense_bytes, embed, write_factored
+from ._calibrate import check_finite_output
+from ._output import (
+    check_key,
+    check_targets,
+    commit,
+    default_max_dense_bytes,
+    embed,
+    factored_outputs,
+    require_dask,
+)
 from ._split import split_array
 from ._transform import transformed
 from ._validate import check_positive_int, get_counts
@@ -45,6 +54,7 @@ def denoise(
     max_dense_bytes: int | None = None,
     chunk_size: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     copy: bool = False,
 ) -> AnnData | None:
     """Denoise expression with a setting chosen by self-supervision.
@@ -106,12 +116,18 @@ def denoise(
         Cells per block when scoring and writing; default keeps a block under 4 MiB.
     progress
         Show a progress bar.
+    overwrite
+        Replace entries of the names below that this package did not write (by default
+        that is refused before any work). The layer being read is never written over; the
+        package's own earlier output under ``key_added`` is always replaced, all of it.
     copy
         Return a modified copy instead of writing to ``adata``.
 
     Returns
     -------
-    Returns None if ``copy=False``, else a new AnnData. Sets the following fields:
+    Returns None if ``copy=False``, else a new AnnData. Everything is computed and
+    checked (finite, right shape) first, then written at once: an error or an
+    interruption leaves ``adata`` as it was. Sets the following fields:
 
     ``adata.layers[key_added]`` : :class:`numpy.ndarray` (dtype ``float32``) or dask array
         Denoised expression on the transformed scale of the full data: ``T(x)`` for
@@ -126,12 +142,32 @@ def denoise(
         ``method``, ``calibration``, ``grid_names``, ``grid``, ``loss`` (splits or gene
         groups × grid, per matrix entry), ``loss_mean``, ``best`` (the chosen value),
         ``params`` (every setting, including ``layer``), ``output`` (``"dense"`` or
-        ``"factored"``) and the package ``version``.
+        ``"factored"``), ``outputs`` (the names written, per slot) and the package ``version``.
     """
+    key_added = check_key(key_added)
+    if not isinstance(copy, bool):
+        msg = f"copy must be True or False, got {copy!r}."
+        raise ValueError(msg)
+    if copy and adata.isbacked:
+        msg = (
+            "copy=True needs an AnnData in memory, and this one is backed (on disk); denoise it in place "
+            "(copy=False: the output is written to the object, not the file), or load it with `adata.to_memory()`."
+        )
+        raise ValueError(msg)
     start = logg.info(f"denoising with {method if isinstance(method, str) else type(method).__name__}")
     _, denoiser = resolve_method(method, random_state)
     blockwise = is_blockwise(get_counts(adata, layer))
     factored = blockwise or not _dense_fits(adata, denoiser, max_dense_bytes)
+    if factored:
+        require_dask("Blockwise input or factored output (a lazy layer)")
+    check_targets(
+        adata,
+        key_added,
+        _targets(key_added, factored=factored, drop=empty == "drop"),
+        function="denoise",
+        read_layer=layer,
+        overwrite=overwrite,
+    )
     data, denoiser, result = _run(
         adata,
         method=denoiser,
@@ -157,9 +193,13 @@ def denoise(
         if factored:
             factors = fitted.factors(result.best)
         else:
-            denoised = embed(
-                predict_dense(fitted, result.best, values.shape, chunk_size=chunk_size), data.cells, data.genes
-            )
+            denoised = predict_dense(fitted, result.best, values.shape, chunk_size=chunk_size)
+    if factored:
+        check_finite_output(factors, result.best, denoiser)
+        outputs = factored_outputs(key_added, factors, data.cells, data.genes, adata.n_obs)
+    else:
+        check_finite_output((denoised,), result.best, denoiser)
+        outputs = {"layers": {key_added: embed(denoised, data.cells, data.genes)}}
     uns = result.to_uns()
     uns["params"]["layer"] = layer
     uns["params"]["method_repr"] = repr(denoiser)
@@ -172,17 +212,9 @@ def denoise(
     adata = adata.copy() if copy else adata
     if adata.is_view:  # as scanpy does: turn the view into an actual AnnData before writing
         adata._init_as_actual(adata.copy())
-    if factored:
-        write_factored(adata, key_added, factors, data.cells, data.genes)
-    else:
-        adata.layers[key_added] = denoised
-    adata.uns[key_added] = uns
-    added = (
-        f"    {key_added!r}, lazy denoised expression (adata.layers)\n"
-        f"    {key_added + '_scores'!r}, {key_added + '_loadings'!r}, {key_added + '_offset'!r}, "
-        "its factors (adata.obsm, .varm, .var)\n"
-        if factored
-        else f"    {key_added!r}, denoised expression (adata.layers)\n"
+    commit(adata, key_added, outputs, uns, function="denoise")
+    added = "".join(
+        f"    {name!r}, {_DESCRIPTIONS[slot]} (adata.{slot})\n" for slot, names in outputs.items() for name in names
     )
     logg.info(
         "    finished",
@@ -190,6 +222,25 @@ def denoise(
         deep=f"added\n{added}    {key_added!r}, calibration curve and choice (adata.uns)",
     )
     return adata if copy else None
+
+
+_DESCRIPTIONS = {
+    "layers": "denoised expression",
+    "obsm": "scores of the factored output",
+    "varm": "loadings of the factored output",
+    "var": "offset of the factored output",
+    "obs": "cells kept by the calibration",
+}
+
+
+def _targets(key: str, *, factored: bool, drop: bool) -> dict[str, list[str]]:
+    """Names ``denoise`` may write, per slot."""
+    if not factored:
+        return {"layers": [key]}
+    targets = {"layers": [key], "obsm": [f"{key}_scores"], "varm": [f"{key}_loadings"], "var": [f"{key}_offset"]}
+    if drop:
+        targets["obs"] = [f"{key}_kept"]
+    return targets
 
 
 def _dense_fits(adata: AnnData, denoiser: Denoiser, max_dense_bytes: int | None) -> bool:

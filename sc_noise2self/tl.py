@@ -8,11 +8,20 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from ._blockwise import BlockCounts, check_blockwise_request, is_blockwise, prepare_blocks, run_mcv_blockwise
-from ._calibrate import CalibrationResult, resolve_method, run_genes, run_mcv
+from ._calibrate import CalibrationResult, check_finite_loss, resolve_method, run_genes, run_mcv
+from ._loss import check_loss
 from ._output import denoised_genes
 from ._score import score_denoising
 from ._transform import check_transform, transformed
-from ._validate import get_counts, prepare_counts
+from ._validate import (
+    check_flag,
+    check_fraction,
+    check_magnitude,
+    check_positive_int,
+    check_target_sum,
+    get_counts,
+    prepare_counts,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -158,7 +167,19 @@ def _run(
     if calibration not in ("mcv", "genes"):
         msg = f"calibration must be 'mcv' or 'genes', got {calibration!r}."
         raise ValueError(msg)
+    # Every setting is checked before the data are read.
     check_transform(transform)
+    check_loss(loss)
+    check_fraction(split_fraction)
+    check_target_sum(target_sum)
+    check_positive_int(n_splits, "n_splits")
+    check_positive_int(n_groups, "n_groups")
+    if chunk_size is not None:
+        check_positive_int(chunk_size, "chunk_size")
+    check_flag(progress, "progress")
+    if empty not in ("error", "drop"):
+        msg = f"empty must be 'error' or 'drop', got {empty!r}."
+        raise ValueError(msg)
     matrix, what = _source(data, layer)
     name, denoiser = resolve_method(method, random_state)
     if is_blockwise(matrix):
@@ -182,6 +203,7 @@ def _run(
             chunk_size=chunk_size,
             progress=progress,
         )
+        check_finite_loss(result, denoiser)
         return data_counts, denoiser, result
     if loss != "mse":
         msg = "calibration='genes' scores predictions against the data itself with loss='mse'."
@@ -192,8 +214,10 @@ def _run(
             "pass transform='none' and no target_sum, or pass raw counts."
         )
         raise ValueError(msg)
+    values = transformed(data_counts.matrix, transform, target_sum)
+    check_magnitude(values, what=what)
     result = run_genes(
-        transformed(data_counts.matrix, transform, target_sum),
+        values,
         denoiser,
         method=name,
         grid=grid,
@@ -203,6 +227,7 @@ def _run(
         progress=progress,
         params={"transform": transform, "target_sum": None if target_sum is None else float(target_sum), "loss": loss},
     )
+    check_finite_loss(result, denoiser)
     return data_counts, denoiser, result
 
 

@@ -117,7 +117,7 @@ def test_float16_is_refused(small_counts):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"split_fraction": 1.0}, "strictly between 0 and 1"),
+        ({"split_fraction": 1.0}, r"split_fraction must be a finite number in \(0, 1\)"),
         ({"n_splits": 0}, "positive integer"),
         ({"scheme": "multinomial", "n_splits": 3, "split_fraction": 0.5}, "leave split_fraction unset"),
         ({"scheme": "multinomial", "n_splits": 1}, "n_splits >= 2"),
