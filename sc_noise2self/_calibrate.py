@@ -48,6 +48,7 @@ __all__ = [
     "resolve_method",
     "run_genes",
     "run_mcv",
+    "seed_record",
 ]
 
 
@@ -79,7 +80,7 @@ def resolve_method(method: str | Denoiser, random_state: RandomState) -> tuple[s
     raise ValueError(msg)
 
 
-def _seed_record(random_state: RandomState) -> int | str | None:
+def seed_record(random_state: RandomState) -> int | str | None:
     """Return what ``uns`` keeps of the seed: the int (as text beyond int64, which h5ad cannot store), None, or a note
     that a Generator was passed."""
     if random_state is None or isinstance(random_state, np.random.Generator):
@@ -255,14 +256,15 @@ def mcv_setup(
     p = check_fraction(split_fraction)
     check_transform(transform)
     check_loss(loss)
-    held_out_per_cell = (1.0 - p) * float(np.median(totals))
-    if held_out_per_cell < 1.0:
-        msg = (
-            f"Too few molecules for a split: cells have a median of {np.median(totals):g} counts, so the held-out "
-            f"part (split_fraction={p}) would hold {held_out_per_cell:.2g} per cell. Lower split_fraction, or keep "
-            "deeper cells (e.g. `sc.pp.filter_cells(adata, min_counts=...)`)."
-        )
-        raise ValueError(msg)
+    median = float(np.median(totals))
+    for part, share, advice in (("held-out", 1.0 - p, "Lower"), ("training", p, "Raise")):
+        if share * median < 1.0:
+            msg = (
+                f"Too few molecules for a split: cells have a median of {median:g} counts, so the {part} part "
+                f"(split_fraction={p}) would hold {share * median:.2g} per cell. {advice} split_fraction, or keep "
+                "deeper cells (e.g. `sc.pp.filter_cells(adata, min_counts=...)`)."
+            )
+            raise ValueError(msg)
     train_scales = cell_scales(totals, target_sum, p)
     conversion = build_conversion(
         transform,
@@ -295,7 +297,7 @@ def mcv_result(
         "transform": transform,
         "target_sum": None if target_sum is None else float(target_sum),
         "loss": loss,
-        "random_state": _seed_record(random_state),
+        "random_state": seed_record(random_state),
     }
     return CalibrationResult(
         method=method,
@@ -426,7 +428,7 @@ def run_genes(
                 bar=bar,
                 n_entries=n_cells * int(held_out.sum()),
             )
-    params = {**params, "n_groups": n_groups, "random_state": _seed_record(random_state)}
+    params = {**params, "n_groups": n_groups, "random_state": seed_record(random_state)}
     return CalibrationResult(
         method=method,
         calibration="genes",

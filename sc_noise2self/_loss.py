@@ -38,17 +38,23 @@ def check_loss(loss: str) -> str:
     return loss
 
 
-@numba.njit(cache=True, inline="always", fastmath=True)
+# fastmath without "nnan"/"ninf": the index clamp below must hold for any value, so that no
+# input can read outside the table (predictions are also checked finite before scoring).
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@numba.njit(cache=True, inline="always", fastmath=_FAST)
 def _lookup(table, base, last, value, inv_step):
     # Linear interpolation in one row (starting at flat index ``base``) of a regular table;
-    # clamped below at 0 and extrapolated linearly past the end. Branch-free.
+    # clamped below at 0 and extrapolated linearly past the end. The index is clamped
+    # before the conversion to int, so it stays in the row even for huge values.
     pos = max(value * inv_step, 0.0)
-    j = min(int(pos), last - 1)
+    j = int(min(pos, last - 1.0))
     lo = table[base + j]
     return lo + (pos - j) * (table[base + j + 1] - lo)
 
 
-@numba.njit(cache=True, inline="always", fastmath=True)
+@numba.njit(cache=True, inline="always", fastmath=_FAST)
 def _convert(table, n, row, weight, value, inv_step):
     out = _lookup(table, row * n, n - 1, value, inv_step)
     if weight > 0.0:
@@ -56,7 +62,7 @@ def _convert(table, n, row, weight, value, inv_step):
     return out
 
 
-@numba.njit(cache=True, inline="always", fastmath=True)
+@numba.njit(cache=True, inline="always", fastmath=_FAST)
 def _squares(flat, n, row, weight, pred, target, c, inv_step, dense):
     # Sum over genes of (c(ŷ) - t)², with t = target[c] when ``dense`` and 0 otherwise.
     # Branch-free per gene: ``dense`` is fixed per call and the scale row per cell.
@@ -77,7 +83,7 @@ def _squares(flat, n, row, weight, pred, target, c, inv_step, dense):
     return acc
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
 def _mse_dense_rows(pred, target, rows, weights, table, inv_step, out):
     # For sweeps that score one block at every grid value: the held-out block is
     # densified once and reused.
@@ -87,7 +93,7 @@ def _mse_dense_rows(pred, target, rows, weights, table, inv_step, out):
         out[c] = _squares(flat, n, rows[c], weights[c], pred, target, c, inv_step, True)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
 def _mse_sparse_rows(pred, indptr, indices, data, rows, weights, table, inv_step, out):
     # For sweeps that visit each block once per value: c(ŷ)² over every gene (the target
     # is T(0) = 0 off the held-out nonzeros), then (c - t)² = c² - t (2c - t) at them.
@@ -102,7 +108,7 @@ def _mse_sparse_rows(pred, indptr, indices, data, rows, weights, table, inv_step
         out[c] = acc
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
 def _poisson_rows(pred, indptr, indices, data, rows, weights, table, inv_step, floor, out):
     # Sum of rates over all genes, then - y log(rate) at the held-out nonzeros only.
     n_cells, n_genes = pred.shape
@@ -165,6 +171,8 @@ def score_block(
         ``"mse"`` or ``"poisson"``.
     """
     pred = np.ascontiguousarray(pred)
+    if not np.isfinite(pred).all():  # a diverged denoiser: a NaN loss, refused by the caller
+        return np.full(pred.shape[0], np.nan)
     rows, weights = conversion.rows_for(train_scales)
     table = np.ascontiguousarray(conversion.table)
     out = np.empty(pred.shape[0])

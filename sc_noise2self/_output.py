@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._rows import low_rank_rows
+from ._validate import check_flag
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -212,9 +213,7 @@ def check_targets(
     written). With ``overwrite=True`` names written by something else may be replaced, the
     layer being read never.
     """
-    if not isinstance(overwrite, bool):
-        msg = f"overwrite must be True or False, got {overwrite!r}."
-        raise ValueError(msg)
+    overwrite = check_flag(overwrite, "overwrite")
     if read_layer is not None and read_layer in targets.get("layers", []):
         msg = (
             f"key_added={key!r} would write over adata.layers[{read_layer!r}], the layer being read; "

@@ -98,6 +98,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _CHUNK = 512  # molecules per uniform; (1 - q) ** 512 stays far from underflow for q <= 1/2
+_LARGE = 2**20  # molecules in one entry above which the draw is numpy's BTPE, keyed by position
 
 
 @numba.njit(inline="always")
@@ -147,10 +148,31 @@ def _binomial_kernel(  # pragma: no cover - compiled
             out[i] = k
 
 
+@numba.njit(cache=True)
+def _entry_keys(rows: np.ndarray, columns: np.ndarray, seed: np.uint64, n_genes: int) -> np.ndarray:  # pragma: no cover
+    """The key :func:`_binomial_kernel` gives the entry at each global (row, column)."""
+    out = np.empty(rows.size, dtype=np.uint64)
+    for i in range(rows.size):
+        out[i] = _mix(seed ^ _mix(np.uint64(rows[i]) * np.uint64(n_genes) + np.uint64(columns[i])))
+    return out
+
+
 def _binomial(X: sparse.csr_matrix, n: np.ndarray, p: float, seed: int, row_offset: int) -> np.ndarray:
-    """``Bin(n, p)`` for the stored entries of canonical-CSR ``X`` (``n`` aligned with ``X.data``)."""
+    """``Bin(n, p)`` for the stored entries of canonical-CSR ``X`` (``n`` aligned with ``X.data``).
+
+    Entries above :data:`_LARGE` molecules (inversion would take ``n / 512`` uniforms) are
+    drawn by numpy's exact BTPE sampler from a Philox stream keyed by the entry's position,
+    so time does not grow with the largest count and the draw stays counter-based.
+    """
+    q = min(p, 1.0 - p)
+    large = np.flatnonzero(n > _LARGE)
     out = np.empty(n.size, dtype=np.int64)
-    _binomial_kernel(X.indptr, X.indices, n, min(p, 1.0 - p), np.uint64(seed), row_offset, X.shape[1], out)
+    _binomial_kernel(X.indptr, X.indices, np.where(n > _LARGE, 0, n), q, np.uint64(seed), row_offset, X.shape[1], out)
+    if large.size:
+        rows = row_offset + np.searchsorted(X.indptr, large, side="right") - 1
+        keys = _entry_keys(rows.astype(np.int64), X.indices[large].astype(np.int64), np.uint64(seed), X.shape[1])
+        for i, key in zip(large, keys, strict=True):
+            out[i] = np.random.Generator(np.random.Philox(key=int(key))).binomial(int(n[i]), q)
     return n - out if p > 0.5 else out
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "Counts",
     "as_canonical_csr",
     "check_count_values",
+    "check_dtype",
     "check_empty",
     "check_flag",
     "check_magnitude",
@@ -38,9 +39,15 @@ def get_counts(adata: AnnData, layer: str | None) -> ArrayLike:
             msg = "adata.X is empty; pass the layer that holds raw counts, e.g. `layer='counts'`."
             raise ValueError(msg)
         return adata.X
-    if layer not in adata.layers:
+    if not isinstance(layer, str) or layer not in adata.layers:
         available = ", ".join(repr(k) for k in adata.layers) or "none"
         msg = f"Layer {layer!r} not found in adata.layers (available: {available})."
+        if adata.raw is not None:
+            msg += (
+                " adata.raw holds a matrix, which is not a layer: if the raw counts are there, denoise "
+                "`adata.raw.to_adata()`, or copy them into a layer when adata.raw has the same genes "
+                "(`adata.layers['counts'] = adata.raw.X`) and pass layer='counts'."
+            )
         raise ValueError(msg)
     return adata.layers[layer]
 
@@ -51,6 +58,7 @@ def as_canonical_csr(X: ArrayLike) -> sparse.csr_matrix:
     The canonical form fixes the order in which random draws meet the nonzeros
     (row-major), so the same seed gives the same split for CSR, CSC and dense input.
     """
+    check_dtype(X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype)
     if sparse.issparse(X):
         if X.format == "csr":
             out = sparse.csr_matrix(X)  # shares buffers with X
@@ -62,19 +70,44 @@ def as_canonical_csr(X: ArrayLike) -> sparse.csr_matrix:
         out.sum_duplicates()
         return out
     X = np.asarray(X)
+    check_dtype(X.dtype)
     if X.ndim != 2:
         msg = f"Expected a 2-D cells × genes matrix, got an array of shape {X.shape}."
         raise ValueError(msg)
-    if X.dtype == np.float16:  # scipy.sparse has no float16
+    return sparse.csr_matrix(X)
+
+
+def check_dtype(dtype: np.dtype) -> None:
+    """Refuse dtypes that cannot hold counts or values, saying how to cast."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float16:  # scipy.sparse has no float16
         msg = "The count matrix is float16, which cannot hold counts above 2048 exactly; cast it to float32 or int32."
         raise ValueError(msg)
-    return sparse.csr_matrix(X)
+    if dtype.kind == "b":
+        msg = (
+            "The matrix is boolean (detected or not), not counts; if it is what you mean to denoise, cast it "
+            "with `.astype(np.float32)`."
+        )
+        raise ValueError(msg)
+    if dtype.kind == "c":
+        msg = "The matrix is complex; pass its real part as float (`np.real(X).astype(np.float32)`) if it holds counts."
+        raise ValueError(msg)
+    if dtype.kind not in "iuf":
+        msg = (
+            f"The matrix has dtype {dtype}; expected integer counts or floats. Convert it, e.g. "
+            "`X.astype(np.float32)` (strings or objects must be parsed as numbers first)."
+        )
+        raise ValueError(msg)
 
 
 _HOW_TO_PASS_COUNTS = (
     "pass the layer that holds raw counts, e.g. `layer='counts'` (keep one with "
     "`adata.layers['counts'] = adata.X.copy()` before normalising)"
 )
+
+
+MAX_COUNT = 2**53
+"""Largest count accepted: float64 holds every integer up to it exactly."""
 
 
 def _not_counts(data: np.ndarray) -> str | None:
@@ -86,6 +119,24 @@ def _not_counts(data: np.ndarray) -> str | None:
     return None
 
 
+def _too_large(data: np.ndarray) -> str | None:
+    """Why counts cannot be split and computed with exactly, or None."""
+    if not data.size:
+        return None
+    largest = data.max()
+    if data.dtype == np.float32 and largest > 2**24:
+        return (
+            f"is float32 with counts up to {largest:.4g}, beyond 2**24, above which float32 cannot hold every "
+            "count (nor the split halves) exactly; cast it to int32 or float64 first"
+        )
+    if largest > MAX_COUNT:
+        return (
+            f"holds counts up to {largest:.4g}, beyond 2**53, above which float64 (and the splits) cannot hold "
+            "every count exactly; no sequencing count comes near it: check how the matrix was made"
+        )
+    return None
+
+
 def check_count_values(X: sparse.csr_matrix, *, what: str = "the input", counts: bool = True) -> bool:
     """Raise ``ValueError`` unless ``X`` is a non-empty finite numeric matrix.
 
@@ -93,9 +144,7 @@ def check_count_values(X: sparse.csr_matrix, *, what: str = "the input", counts:
     return whether it does.
     """
     data = X.data
-    if data.dtype.kind not in "iuf":
-        msg = f"{what} has dtype {data.dtype}; expected integers or floats."
-        raise ValueError(msg)
+    check_dtype(data.dtype)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         n_bad = int(np.count_nonzero(~np.isfinite(data)))
         msg = f"{what} contains {n_bad} NaN or infinite values; values must be finite."
@@ -104,6 +153,9 @@ def check_count_values(X: sparse.csr_matrix, *, what: str = "the input", counts:
         msg = f"{what} has shape {X.shape}; it needs at least one cell and one gene."
         raise ValueError(msg)
     problem = _not_counts(data)
+    if counts and problem is None and (large := _too_large(data)):
+        msg = f"{what} {large}."
+        raise ValueError(msg)
     if counts and problem:
         msg = (
             f"{what} {problem}. Molecular cross-validation splits molecules and needs raw UMI counts: "
@@ -268,7 +320,9 @@ def check_int_grid(grid: ArrayLike, *, low: int, high: int, name: str) -> np.nda
     if values.ndim != 1 or values.size == 0:
         msg = f"The grid of {name} must be a non-empty 1-D sequence of integers, got {grid!r}."
         raise ValueError(msg)
-    if values.dtype.kind not in "iuf" or (values.dtype.kind == "f" and not np.array_equal(values, np.round(values))):
+    if values.dtype.kind not in "iuf" or (
+        values.dtype.kind == "f" and not (np.isfinite(values).all() and np.array_equal(values, np.round(values)))
+    ):
         msg = f"The grid of {name} must hold integers, got {grid!r}."
         raise ValueError(msg)
     values = np.unique(values.astype(np.int64))

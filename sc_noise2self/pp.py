@@ -8,8 +8,7 @@ import numpy as np
 
 from . import _logging as logg
 from ._blockwise import is_blockwise, refit_blockwise
-from ._calibrate import predict_dense, refit, resolve_method
-from ._calibrate import check_finite_output
+from ._calibrate import seed_record, check_finite_output, package_version, predict_dense, refit, resolve_method
 from ._output import (
     check_key,
     check_targets,
@@ -21,7 +20,7 @@ from ._output import (
 )
 from ._split import split_array
 from ._transform import transformed
-from ._validate import check_positive_int, get_counts
+from ._validate import check_flag, check_positive_int, get_counts
 from .denoisers import LowRank
 from .tl import _run
 
@@ -145,10 +144,7 @@ def denoise(
         ``"factored"``), ``outputs`` (the names written, per slot) and the package ``version``.
     """
     key_added = check_key(key_added)
-    if not isinstance(copy, bool):
-        msg = f"copy must be True or False, got {copy!r}."
-        raise ValueError(msg)
-    if copy and adata.isbacked:
+    if check_flag(copy, "copy") and adata.isbacked:
         msg = (
             "copy=True needs an AnnData in memory, and this one is backed (on disk); denoise it in place "
             "(copy=False: the output is written to the object, not the file), or load it with `adata.to_memory()`."
@@ -270,6 +266,7 @@ def split_counts(
     scheme: SplitScheme = "binomial",
     random_state: RandomState = 0,
     key_added: str = "split",
+    overwrite: bool = False,
     copy: bool = False,
 ) -> AnnData | list[CountSplit] | None:
     """Split raw counts into independent training and held-out molecules.
@@ -300,7 +297,10 @@ def split_counts(
         those :func:`denoise` makes with the same seed, so a training part can be
         calibrated with any seed; to split a part again here, pass a different seed.
     key_added
-        For AnnData, prefix of the layers written.
+        For AnnData, prefix of the layers written, and the ``uns`` entry that records the split.
+    overwrite
+        For AnnData, replace layers or an ``uns`` entry of those names that this package did
+        not write (by default that is refused); never the layer being read.
     copy
         For AnnData, return a modified copy instead of writing to ``data``.
 
@@ -309,29 +309,51 @@ def split_counts(
     For a matrix, a list of :class:`~sc_noise2self.CountSplit` ``(train, test,
     fraction)`` in the input's format. For AnnData, None (or a copy with ``copy=True``)
     and sets ``layers[f"{key_added}_train"]`` and ``layers[f"{key_added}_test"]``
-    (suffixed ``_0``, ``_1``, … when there are several splits).
+    (suffixed ``_0``, ``_1``, … when there are several splits), and ``uns[key_added]``
+    (``scheme``, ``split_fraction``, ``n_splits``, ``random_state``, ``layer``, the layers
+    written); all at once, or nothing when an error occurs.
     """
     from anndata import AnnData
 
     if not isinstance(data, AnnData):
-        if layer is not None or copy:
-            msg = "layer and copy are only meaningful for AnnData input."
+        if layer is not None or copy or overwrite:
+            msg = "layer, overwrite and copy are only meaningful for AnnData input."
             raise ValueError(msg)
         return split_array(
             data, split_fraction=split_fraction, n_splits=n_splits, scheme=scheme, random_state=random_state
         )
-    splits = split_array(
-        get_counts(data, layer),
-        split_fraction=split_fraction,
-        n_splits=n_splits,
-        scheme=scheme,
-        random_state=random_state,
+    key_added = check_key(key_added)
+    check_flag(copy, "copy")
+    counts = get_counts(data, layer)
+    if data.isbacked:
+        msg = (
+            "pp.split_counts writes the halves as layers, which a backed AnnData cannot hold; load it with "
+            "`adata.to_memory()`, or split a dask array of its counts (`anndata.experimental.read_elem_lazy`)."
+        )
+        raise ValueError(msg)
+    n = check_positive_int(n_splits, "n_splits")
+    suffixes = [""] if n == 1 else [f"_{i}" for i in range(n)]
+    names = [f"{key_added}_{part}{suffix}" for suffix in suffixes for part in ("train", "test")]
+    check_targets(
+        data, key_added, {"layers": names}, function="split_counts", read_layer=layer, overwrite=overwrite
     )
+    splits = split_array(
+        counts, split_fraction=split_fraction, n_splits=n_splits, scheme=scheme, random_state=random_state
+    )
+    layers = {}
+    for suffix, split in zip(suffixes, splits, strict=True):
+        layers[f"{key_added}_train{suffix}"] = split.train
+        layers[f"{key_added}_test{suffix}"] = split.test
+    record = {
+        "scheme": scheme,
+        "split_fraction": splits[0].fraction,
+        "n_splits": n,
+        "random_state": seed_record(random_state),
+        "layer": layer,
+        "version": package_version(),
+    }
     adata = data.copy() if copy else data
     if adata.is_view:
         adata._init_as_actual(adata.copy())
-    for i, split in enumerate(splits):
-        suffix = "" if len(splits) == 1 else f"_{i}"
-        adata.layers[f"{key_added}_train{suffix}"] = split.train
-        adata.layers[f"{key_added}_test{suffix}"] = split.test
+    commit(adata, key_added, {"layers": layers}, record, function="split_counts")
     return adata if copy else None
