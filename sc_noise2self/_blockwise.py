@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .denoisers import Denoiser
     from .denoisers._base import GridValue
 
-__all__ = ["BlockCounts", "RowBlocks", "is_blockwise", "prepare_blocks", "refit_blockwise", "run_mcv_blockwise"]
+__all__ = ["BlockCounts", "check_known_chunks", "RowBlocks", "is_blockwise", "prepare_blocks", "refit_blockwise", "run_mcv_blockwise"]
 
 _BACKED_BLOCK_ELEMENTS = 2**24  # cells per block of a backed matrix × genes
 _FAN_IN = 8  # partial results merged at once in dask's reduction tree
@@ -52,6 +52,13 @@ _FAN_IN = 8  # partial results merged at once in dask's reduction tree
 
 def _is_dask(X: object) -> bool:
     return type(X).__module__.split(".")[0] == "dask"
+
+
+def check_known_chunks(X: Any, what: str) -> None:
+    """Refuse a dask array whose chunk sizes are unknown (NaN), as after boolean indexing."""
+    if _is_dask(X) and any(np.isnan(c) for axis in X.chunks for c in axis):
+        msg = f"{what} is a dask array with unknown chunk sizes; call `X.compute_chunk_sizes()` first."
+        raise ValueError(msg)
 
 
 def is_blockwise(X: object) -> bool:
@@ -84,6 +91,7 @@ class RowBlocks:
         if len(X.shape) != 2:
             msg = f"Expected a 2-D cells × genes matrix, got an array of shape {X.shape}."
             raise ValueError(msg)
+        check_known_chunks(X, what)
         self.shape = (int(X.shape[0]), int(X.shape[1]))
         if _is_dask(X):
             if len(X.chunks[1]) > 1:  # whole genes per block: the split keys and statistics need full rows

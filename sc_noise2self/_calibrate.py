@@ -75,6 +75,9 @@ def resolve_method(method: str | Denoiser, random_state: RandomState) -> tuple[s
         seed = None if random_state is None else int(seed_sequence(random_state, Stream.METHOD).generate_state(1)[0])
         return method, METHODS[method](random_state=seed)
     if not isinstance(method, str) and isinstance(method, Denoiser):
+        check = getattr(method, "check_params", None)
+        if check is not None:  # settings out of range are refused before any work
+            check()
         return type(method).__name__.lower(), method
     msg = f"method must be one of {sorted(METHODS)} or a Denoiser instance, got {method!r}."
     raise ValueError(msg)
@@ -408,10 +411,12 @@ def run_genes(
     if not isinstance(denoiser, GenePartition):
         msg = f"method {method!r} has no J-invariant form; calibrate it with calibration='mcv'."
         raise ValueError(msg)
-    grid = _checked_grid(denoiser, grid, values.shape)
     blocks = chunk_rows(n_cells, n_genes, chunk_size)
     groups = random_groups(n_genes, n_groups, random_state, Stream.GENE_GROUPS)
     cell_groups = random_groups(n_cells, min(N_CELL_GROUPS, n_cells), random_state, Stream.CELL_GROUPS)
+    # Each prediction is fitted on the other genes and the other cell groups: the grid must fit those.
+    fitted_on = (n_cells - int(np.bincount(cell_groups).max()), n_genes - int(np.bincount(groups).max()))
+    grid = _checked_grid(denoiser, grid, fitted_on)
 
     losses = np.zeros((n_groups, len(grid)))
     with _progress(n_groups, f"Noise2Self {method}", progress=progress) as bar:

@@ -8,7 +8,14 @@ import numpy as np
 from scipy import sparse
 
 from ._loss import POISSON_FLOOR
-from ._validate import as_canonical_csr, check_count_values
+from ._validate import (
+    MAX_TARGET_SUM,
+    as_canonical_csr,
+    check_count_values,
+    check_dtype,
+    check_number,
+    check_positive_int,
+)
 
 if TYPE_CHECKING:
     from ._types import ArrayLike
@@ -64,9 +71,14 @@ def score_denoising(
     if scale not in _TO_COUNTS:
         msg = f"scale must be one of {sorted(_TO_COUNTS)}, got {scale!r}."
         raise ValueError(msg)
-    if denoised.shape != test.shape:
-        msg = f"denoised {denoised.shape} and test {test.shape} must have the same shape."
+    target_sum = check_number(target_sum, "target_sum", low=0.0, high=MAX_TARGET_SUM, open_low=True, example="1e4")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    denoised = denoised if sparse.issparse(denoised) or hasattr(denoised, "dask") else np.asarray(denoised)
+    test = test if sparse.issparse(test) else np.asarray(test)
+    if len(denoised.shape) != 2 or denoised.shape != test.shape:
+        msg = f"denoised {denoised.shape} and test {test.shape} must be 2-D and of the same shape."
         raise ValueError(msg)
+    check_dtype(denoised.dtype)
     test = as_canonical_csr(test)
     check_count_values(test, what="The held-out counts")
     n_cells, n_genes = test.shape
@@ -75,7 +87,14 @@ def score_denoising(
         rows = slice(start, min(start + chunk_size, n_cells))
         block = denoised[rows]
         block = block.toarray() if sparse.issparse(block) else np.asarray(block, dtype=np.float64)
-        pred = np.maximum(_TO_COUNTS[scale](block.astype(np.float64)), 0.0)
+        if not np.isfinite(block).all():
+            msg = f"denoised holds NaN or infinite values (cells {rows.start}..{rows.stop - 1}); it must be finite."
+            raise ValueError(msg)
+        with np.errstate(over="ignore"):
+            pred = np.maximum(_TO_COUNTS[scale](block.astype(np.float64)), 0.0)
+        if not np.isfinite(pred).all():
+            msg = f"denoised overflows when mapped back to counts (scale={scale!r}); is it on that scale?"
+            raise ValueError(msg)
         y = test[rows].toarray().astype(np.float64)
         pred_total = pred.sum(axis=1, keepdims=True)
         y_total = y.sum(axis=1, keepdims=True)

@@ -253,6 +253,12 @@ def split_array(
     """Split raw counts into training and test molecules; see :func:`sc_noise2self.pp.split_counts`."""
     n_splits = check_positive_int(n_splits, "n_splits")
     lazy = type(X).__module__.split(".")[0] == "dask"
+    if lazy and any(np.isnan(c) for axis in X.chunks for c in axis):
+        msg = "The count matrix is a dask array with unknown chunk sizes; call `X.compute_chunk_sizes()` first."
+        raise ValueError(msg)
+    if lazy and len(X.shape) != 2:
+        msg = f"Expected a 2-D cells × genes matrix, got an array of shape {X.shape}."
+        raise ValueError(msg)
     counts = None if lazy else as_canonical_csr(X)
     if not lazy:
         check_count_values(counts, what="The count matrix")

@@ -21,6 +21,7 @@ __all__ = [
     "check_empty",
     "check_flag",
     "check_magnitude",
+    "check_non_negative_int",
     "check_fraction",
     "check_number",
     "check_target_sum",
@@ -307,6 +308,14 @@ def check_positive_int(value: object, name: str) -> int:
     """Check that ``value`` is a positive integer (``True``/``False`` are refused)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         msg = f"{name} must be a positive integer, got {value!r}."
+        raise ValueError(msg)
+    return int(value)
+
+
+def check_non_negative_int(value: object, name: str) -> int:
+    """Check that ``value`` is an integer ≥ 0 (``True``/``False`` are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        msg = f"{name} must be a non-negative integer, got {value!r}."
         raise ValueError(msg)
     return int(value)
 

@@ -10,6 +10,7 @@ import numpy as np
 from ._blockwise import BlockCounts, check_blockwise_request, is_blockwise, prepare_blocks, run_mcv_blockwise
 from ._calibrate import CalibrationResult, check_finite_loss, resolve_method, run_genes, run_mcv
 from ._loss import check_loss
+from ._split import seed_sequence
 from ._output import denoised_genes
 from ._score import score_denoising
 from ._transform import check_transform, transformed
@@ -177,6 +178,8 @@ def _run(
     if chunk_size is not None:
         check_positive_int(chunk_size, "chunk_size")
     check_flag(progress, "progress")
+    if not isinstance(random_state, np.random.Generator):
+        seed_sequence(random_state)  # its checks only: a Generator would advance
     if empty not in ("error", "drop"):
         msg = f"empty must be 'error' or 'drop', got {empty!r}."
         raise ValueError(msg)

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import sparse
 
 from .._split import seed_sequence
-from .._validate import check_int_grid
+from .._validate import check_int_grid, check_number, check_positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -103,10 +103,36 @@ class Autoencoder:
         widths = [w for w in (4, 8, 16, 32, 64, 128) if w < shape[1]] or [max(1, shape[1] - 1)]
         return np.array([(w, e) for w in widths for e in range(1, 21)], dtype=np.int64)
 
+    def check_params(self) -> None:
+        """Raise a ``ValueError`` for a setting out of range (called before any work)."""
+        check_positive_int(self.bottleneck, "bottleneck")
+        hidden = self.hidden if isinstance(self.hidden, tuple | list) else None
+        if hidden is None or not all(
+            isinstance(w, int | np.integer) and not isinstance(w, bool) and w >= 1 for w in hidden
+        ):
+            msg = f"hidden must be a tuple of positive layer widths, e.g. (256,), got {self.hidden!r}."
+            raise ValueError(msg)
+        check_number(self.dropout, "dropout", low=0.0, high=1.0, open_high=True, example="0.1")
+        check_positive_int(self.batch_size, "batch_size")
+        check_number(self.learning_rate, "learning_rate", low=0.0, open_low=True, example="1e-3")
+        check_number(self.weight_decay, "weight_decay", low=0.0, example="0")
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        ):
+            msg = f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}."
+            raise ValueError(msg)
+
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
         """Epochs (1-D) or ``(bottleneck, epochs)`` pairs (2-D), sorted by bottleneck then epochs."""
+        self.check_params()
         values = np.asarray(grid)
         if values.ndim == 1:
+            if self.bottleneck > shape[1]:
+                msg = (
+                    f"bottleneck={self.bottleneck} is wider than the data's {shape[1]} genes, so the network "
+                    "need not denoise; pass a narrower bottleneck."
+                )
+                raise ValueError(msg)
             return check_int_grid(values, low=1, high=_MAX_EPOCHS, name="epochs")
         if values.ndim != 2 or values.shape[1] != 2 or values.shape[0] == 0:
             msg = f"A 2-D autoencoder grid holds (bottleneck, epochs) pairs, got shape {values.shape}."

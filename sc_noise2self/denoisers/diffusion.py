@@ -9,7 +9,7 @@ from scipy import sparse
 
 from .._output import default_max_dense_bytes
 from .._rows import low_rank_rows
-from .._validate import check_int_grid
+from .._validate import check_int_grid, check_number, check_positive_int
 from .pca import (
     AUTO_MAX_GENES,
     PCA,
@@ -176,8 +176,25 @@ class Diffusion:
         """Diffusion times 0..20."""
         return np.arange(21)
 
+    def check_params(self) -> None:
+        """Raise a ``ValueError`` for a setting out of range (called before any work)."""
+        check_positive_int(self.n_neighbors, "n_neighbors")
+        check_positive_int(self.n_pcs, "n_pcs")
+        check_positive_int(self.n_comps, "n_comps")
+        if self.kernel not in ("knn", "adaptive"):
+            msg = f"kernel must be 'knn' or 'adaptive', got {self.kernel!r}."
+            raise ValueError(msg)
+        check_number(self.decay, "decay", low=0.0, open_low=True, example="40")
+        if self.neighbor_search not in ("auto", "exact", "approximate"):
+            msg = f"neighbor_search must be 'auto', 'exact' or 'approximate', got {self.neighbor_search!r}."
+            raise ValueError(msg)
+
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
         """``t`` values (1-D) or ``(t, n_neighbors)`` pairs (2-D), sorted by ``n_neighbors`` then ``t``."""
+        self.check_params()
+        if min(shape) < 2:
+            msg = f"Diffusion needs at least 2 cells and 2 genes (it diffuses principal components), got {shape}."
+            raise ValueError(msg)
         values = np.asarray(grid)
         max_k = shape[0] - 1
         if values.ndim == 1:

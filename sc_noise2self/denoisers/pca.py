@@ -9,7 +9,7 @@ import numpy as np
 from scipy import linalg, sparse
 
 from .._rows import low_rank_rows
-from .._validate import check_int_grid
+from .._validate import check_int_grid, check_non_negative_int
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -215,8 +215,17 @@ class PCA:
         grid = np.r_[np.arange(1, 21), np.arange(22, 41, 2), np.arange(45, 101, 5)]
         return grid[grid <= min(shape) - 1]
 
+    def check_params(self) -> None:
+        """Raise a ``ValueError`` for a setting out of range (called before any work)."""
+        if self.solver not in {"auto", "covariance", "randomized"}:
+            msg = f"solver must be 'auto', 'covariance' or 'randomized', got {self.solver!r}."
+            raise ValueError(msg)
+        check_non_negative_int(self.n_oversamples, "n_oversamples")
+        check_non_negative_int(self.n_iter, "n_iter")
+
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
         """Sorted unique ranks in ``1 .. min(n_cells, n_genes) - 1``."""
+        self.check_params()
         return check_int_grid(grid, low=1, high=min(shape) - 1, name="n_comps")
 
     def uses_covariance(self, n_genes: int) -> bool:
