@@ -44,7 +44,15 @@ if TYPE_CHECKING:
     from .denoisers import Denoiser
     from .denoisers._base import GridValue
 
-__all__ = ["BlockCounts", "check_known_chunks", "RowBlocks", "is_blockwise", "prepare_blocks", "refit_blockwise", "run_mcv_blockwise"]
+__all__ = [
+    "BlockCounts",
+    "RowBlocks",
+    "check_known_chunks",
+    "is_blockwise",
+    "prepare_blocks",
+    "refit_blockwise",
+    "run_mcv_blockwise",
+]
 
 _BACKED_BLOCK_ELEMENTS = 2**24  # cells per block of a backed matrix × genes
 _FAN_IN = 8  # partial results merged at once in dask's reduction tree

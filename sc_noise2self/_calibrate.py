@@ -84,8 +84,11 @@ def resolve_method(method: str | Denoiser, random_state: RandomState) -> tuple[s
 
 
 def seed_record(random_state: RandomState) -> int | str | None:
-    """Return what ``uns`` keeps of the seed: the int (as text beyond int64, which h5ad cannot store), None, or a note
-    that a Generator was passed."""
+    """Return what ``uns`` keeps of the seed.
+
+    The int (as text beyond int64, which h5ad cannot store), None, or a note that a
+    Generator was passed.
+    """
     if random_state is None or isinstance(random_state, np.random.Generator):
         return None if random_state is None else "numpy.random.Generator"
     return int(random_state) if int(random_state) < 2**63 else str(int(random_state))

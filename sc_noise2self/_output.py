@@ -194,7 +194,7 @@ SLOTS = ("layers", "obsm", "varm", "obs", "var", "uns")
 
 
 def check_key(key: object, name: str = "key_added") -> str:
-    """A key that anndata can write to h5ad and read back."""
+    """Return ``key`` if anndata can write it to h5ad and read it back; raise otherwise."""
     if not isinstance(key, str) or key in ("", ".") or "/" in key:
         msg = (
             f"{name} must be a non-empty string without '/' (h5ad stores keys as paths), got {key!r}; "
@@ -214,7 +214,7 @@ def _names(adata: AnnData, slot: str) -> set[str]:
 
 
 def previous_outputs(adata: AnnData, key: str, function: str) -> dict[str, list[str]] | None:
-    """What ``function`` of this package wrote under ``key``, per slot; None when ``uns[key]`` is not its record."""
+    """Return what ``function`` of this package wrote under ``key``, per slot (None: not its record)."""
     from collections.abc import Mapping
 
     record = adata.uns.get(key)

@@ -150,7 +150,7 @@ def _binomial_kernel(  # pragma: no cover - compiled
 
 @numba.njit(cache=True)
 def _entry_keys(rows: np.ndarray, columns: np.ndarray, seed: np.uint64, n_genes: int) -> np.ndarray:  # pragma: no cover
-    """The key :func:`_binomial_kernel` gives the entry at each global (row, column)."""
+    """Return the key :func:`_binomial_kernel` gives the entry at each global (row, column)."""
     out = np.empty(rows.size, dtype=np.uint64)
     for i in range(rows.size):
         out[i] = _mix(seed ^ _mix(np.uint64(rows[i]) * np.uint64(n_genes) + np.uint64(columns[i])))

@@ -20,13 +20,13 @@ __all__ = [
     "check_dtype",
     "check_empty",
     "check_flag",
+    "check_fraction",
+    "check_int_grid",
     "check_magnitude",
     "check_non_negative_int",
-    "check_fraction",
     "check_number",
-    "check_target_sum",
-    "check_int_grid",
     "check_positive_int",
+    "check_target_sum",
     "get_counts",
     "nonzero_counts",
     "prepare_counts",
@@ -250,7 +250,7 @@ def check_number(
     open_high: bool = False,
     example: str = "",
 ) -> float:
-    """A finite real number (not a bool or a string) within the bounds, as a float."""
+    """Return ``value`` as a float if it is a finite real number (not a bool or a string) within the bounds."""
     ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and np.isfinite(float(value))
     if ok:
         v = float(value)
@@ -297,7 +297,7 @@ def check_magnitude(values: sparse.csr_matrix, *, what: str) -> None:
 
 
 def check_flag(value: object, name: str) -> bool:
-    """``True`` or ``False`` (numpy bools too), nothing else."""
+    """Return ``value`` if it is ``True`` or ``False`` (numpy bools too); raise otherwise."""
     if not isinstance(value, bool | np.bool_):
         msg = f"{name} must be True or False, got {value!r}."
         raise ValueError(msg)
@@ -334,7 +334,7 @@ def check_int_grid(grid: ArrayLike, *, low: int, high: int, name: str) -> np.nda
     ):
         msg = f"The grid of {name} must hold integers, got {grid!r}."
         raise ValueError(msg)
-    values = np.unique(values.astype(np.int64))
+    values = np.unique(np.clip(values, -(2**62), 2**62).astype(np.int64))
     if values[0] < low or values[-1] > high:
         msg = (
             f"{name} values must lie in {low}..{high} for this data, got {values[0]}..{values[-1]}; "

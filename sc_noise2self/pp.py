@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _logging as logg
 from ._blockwise import is_blockwise, refit_blockwise
-from ._calibrate import seed_record, check_finite_output, package_version, predict_dense, refit, resolve_method
+from ._calibrate import check_finite_output, package_version, predict_dense, refit, resolve_method, seed_record
 from ._output import (
     check_key,
     check_targets,
@@ -334,9 +334,7 @@ def split_counts(
     n = check_positive_int(n_splits, "n_splits")
     suffixes = [""] if n == 1 else [f"_{i}" for i in range(n)]
     names = [f"{key_added}_{part}{suffix}" for suffix in suffixes for part in ("train", "test")]
-    check_targets(
-        data, key_added, {"layers": names}, function="split_counts", read_layer=layer, overwrite=overwrite
-    )
+    check_targets(data, key_added, {"layers": names}, function="split_counts", read_layer=layer, overwrite=overwrite)
     splits = split_array(
         counts, split_fraction=split_fraction, n_splits=n_splits, scheme=scheme, random_state=random_state
     )

@@ -10,9 +10,9 @@ import numpy as np
 from ._blockwise import BlockCounts, check_blockwise_request, is_blockwise, prepare_blocks, run_mcv_blockwise
 from ._calibrate import CalibrationResult, check_finite_loss, resolve_method, run_genes, run_mcv
 from ._loss import check_loss
-from ._split import seed_sequence
 from ._output import denoised_genes
 from ._score import score_denoising
+from ._split import seed_sequence
 from ._transform import check_transform, transformed
 from ._validate import (
     check_flag,

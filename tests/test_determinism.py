@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -81,7 +82,7 @@ def test_cell_sums_do_not_depend_on_the_blocks():
     for bounds in ([0, len(values)], [0, 1, GROUP, GROUP + 3, 2 * GROUP + 5, len(values)], range(0, len(values), 13)):
         total = CellSum(2)
         edges = [*bounds, len(values)] if bounds[-1] != len(values) else list(bounds)
-        for a, b in zip(edges[:-1], edges[1:], strict=True):
+        for a, b in itertools.pairwise(edges):
             total.add_partial(partial_sum(a, values[a:b]))
         totals.add(total.total().tobytes())
     assert len(totals) == 1

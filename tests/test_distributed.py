@@ -1,0 +1,56 @@
+"""The distributed engine: blockwise calibration on a LocalCluster of worker processes equals the in-memory one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sc_noise2self as n2s
+
+from .conftest import simulate_low_rank_poisson
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def counts():
+    return simulate_low_rank_poisson(400, 90, 4, mean_depth=300.0, seed=2).counts
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({"method": "pca", "n_splits": 2}, id="pca"),
+        pytest.param({"method": "diffusion", "grid": n2s.tl.grid(t=range(4), n_neighbors=[5, 15])}, id="diffusion"),
+    ],
+)
+def test_local_cluster_equals_in_memory(client, counts, settings):
+    expected = n2s.tl.calibrate(counts, progress=False, random_state=4, **settings)
+    lazy = da.from_array(counts, chunks=(64, -1))
+    got = n2s.tl.calibrate(lazy, progress=False, random_state=4, **settings)
+    assert client.run(lambda: 1)  # the workers are alive and were used by dask.compute
+    assert got.best == expected.best
+    np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-9)
+
+
+def test_denoise_output_on_a_local_cluster(client, counts):
+    import anndata as ad
+
+    memory = ad.AnnData(counts.astype(np.float32))
+    n2s.pp.denoise(memory, progress=False)
+    lazy = ad.AnnData(da.from_array(counts, chunks=(100, -1)))
+    n2s.pp.denoise(lazy, progress=False)
+    assert lazy.uns["denoised"]["best"] == memory.uns["denoised"]["best"]
+    np.testing.assert_allclose(lazy.layers["denoised"].compute(), memory.layers["denoised"], atol=1e-4)
