@@ -26,6 +26,41 @@ def test_expected_transform_matches_direct_sum(transform):
         np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("transform", ["sqrt", "log1p", "none"])
+def test_large_rates_integrate_to_the_direct_sum(transform):
+    """Above rate 400 the sum over counts becomes a trapezoid rule on a window: the two agree to rounding."""
+    mu = np.array([399.0, 401.0, 2_345.6, 1e5, 3e7])
+    scales = np.array([1e-3, 1.0, 37.0])
+    got = expected_transform(mu, scales, transform)
+    for j, m in enumerate(mu):
+        k = np.arange(max(0, int(m - 15 * np.sqrt(m))), int(m + 15 * np.sqrt(m)) + 30)
+        pmf = stats.poisson.pmf(k, m)
+        want = (pmf / pmf.sum()) @ TRANSFORMS[transform](np.outer(k, scales))
+        np.testing.assert_allclose(got[:, j], want, rtol=1e-12)
+
+
+def test_depth_conversion_cost_does_not_grow_with_the_largest_count():
+    import time
+    import tracemalloc
+
+    for max_rate in (1e3, 1e9, 1e15):
+        tracemalloc.start()
+        start = time.perf_counter()
+        conversion = build_conversion(
+            "log1p",
+            fraction=1e-3,
+            train_scales=np.geomspace(1e-2, 1e2, 50),
+            normalized=True,
+            max_rate=max_rate,
+            loss="mse",
+        )
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert np.isfinite(conversion.table).all()
+        assert peak < 1.5 * 2**30 and seconds < 30, (max_rate, peak, seconds)
+
+
 def test_transform_counts_keeps_sparsity_and_scales_rows():
     X = sparse.csr_matrix(np.array([[0, 4], [9, 0]]))
     out = transform_counts(X, "sqrt", np.array([1.0, 4.0]))
