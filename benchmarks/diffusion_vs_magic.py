@@ -58,7 +58,9 @@ def run_magic(values: sparse.csr_matrix, t: str) -> tuple[np.ndarray, float, str
 def run_ours(counts: sparse.csr_matrix, calibration: str) -> tuple[np.ndarray, float, str]:
     adata = ad.AnnData(counts)
     start = time.perf_counter()
-    n2s.pp.denoise(adata, method="diffusion", calibration=calibration, grid=GRID, progress=False)
+    n2s.pp.denoise(
+        adata, method="diffusion", calibration=calibration, grid=GRID, transform="sqrt", target_sum=None, progress=False
+    )
     wall = time.perf_counter() - start
     best = adata.uns["denoised"]["best"]
     return adata.layers["denoised"].astype(np.float64), wall, f"t={best[0]}, k={best[1]}"

@@ -47,7 +47,7 @@ OURS = {
 
 
 # Our default (sqrt of raw counts), and the scale this protocol measures on (log1p of counts per 10,000).
-SCALES = {"sqrt": {"transform": "sqrt"}, "log1p, 1e4": {"transform": "log1p", "target_sum": 1e4}}
+SCALES = {"sqrt": {"transform": "sqrt", "target_sum": None}, "log1p, 1e4": {"transform": "log1p", "target_sum": 1e4}}
 
 
 def run_scvi(counts: sparse.csr_matrix, max_epochs: int) -> tuple[np.ndarray, float]:

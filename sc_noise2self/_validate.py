@@ -160,7 +160,8 @@ def check_count_values(X: sparse.csr_matrix, *, what: str = "the input", counts:
     if counts and problem:
         msg = (
             f"{what} {problem}. Molecular cross-validation splits molecules and needs raw UMI counts: "
-            f"{_HOW_TO_PASS_COUNTS}; or calibrate on these values with `calibration='genes', transform='none'`."
+            f"{_HOW_TO_PASS_COUNTS}; or calibrate on these values with "
+            "`calibration='genes', transform='none', target_sum=None`."
         )
         raise ValueError(msg)
     return problem is None

@@ -45,8 +45,8 @@ def denoise(
     split_fraction: float = 0.9,
     n_splits: int = 1,
     n_groups: int = 10,
-    transform: TransformName = "sqrt",
-    target_sum: float | None = None,
+    transform: TransformName = "log1p",
+    target_sum: float | None = 1e4,
     loss: LossName = "mse",
     random_state: RandomState = 0,
     empty: Literal["error", "drop"] = "error",
@@ -93,11 +93,14 @@ def denoise(
     n_groups
         Noise2Self: number of random gene groups.
     transform
-        ``"sqrt"``, ``"log1p"`` or ``"none"``, applied to (optionally depth-normalised)
-        counts before denoising.
+        ``"log1p"`` (the default, with ``target_sum=1e4``: scanpy's log-normalised
+        scale, as ``sc.pp.normalize_total`` + ``sc.pp.log1p``), ``"sqrt"`` (with
+        ``target_sum=None``: the variance-stabilising scale of raw counts that molecular
+        cross-validation was introduced with) or ``"none"``; applied to the
+        (depth-normalised) counts before denoising.
     target_sum
-        If given, scale each cell to this many counts before the transform (as
-        ``sc.pp.normalize_total``); None denoises raw-depth counts.
+        Scale each cell to this many counts before the transform (as
+        ``sc.pp.normalize_total``); None keeps each cell's own depth.
     loss
         ``"mse"`` on the transformed scale, or (MCV only) ``"poisson"`` negative
         log-likelihood on the count scale.
@@ -129,9 +132,10 @@ def denoise(
     interruption leaves ``adata`` as it was. Sets the following fields:
 
     ``adata.layers[key_added]`` : :class:`numpy.ndarray` (dtype ``float32``) or dask array
-        Denoised expression on the transformed scale of the full data: ``T(x)`` for
-        raw counts ``x``, or ``T(x · target_sum / total)`` with ``target_sum``
-        (e.g. ``sqrt`` of counts by default), cells × genes. Dense; or, when that would
+        Denoised expression on the transformed scale of the full data:
+        ``T(x · target_sum / total)`` (by default ``log1p`` of counts per 10,000, the
+        scale of scanpy's log-normalised ``X``), or ``T(x)`` with ``target_sum=None``,
+        cells × genes. Dense; or, when that would
         exceed ``max_dense_bytes``, a lazy dask array computed from the factors below
         block by block (also when written to h5ad/zarr).
     ``adata.obsm[f"{key_added}_scores"]``, ``adata.varm[f"{key_added}_loadings"]``, ``adata.var[f"{key_added}_offset"]``

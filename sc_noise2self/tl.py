@@ -48,8 +48,8 @@ def calibrate(
     split_fraction: float = 0.9,
     n_splits: int = 1,
     n_groups: int = 10,
-    transform: TransformName = "sqrt",
-    target_sum: float | None = None,
+    transform: TransformName = "log1p",
+    target_sum: float | None = 1e4,
     loss: LossName = "mse",
     random_state: RandomState = 0,
     empty: Literal["error", "drop"] = "error",
@@ -91,9 +91,11 @@ def calibrate(
     n_groups
         Noise2Self: number of gene groups.
     transform
-        Applied to (optionally depth-normalised) counts before denoising.
+        Applied to the (depth-normalised) counts before denoising: ``"log1p"`` (default,
+        scanpy's scale with ``target_sum=1e4``), ``"sqrt"`` or ``"none"``.
     target_sum
-        If given, scale each cell to this many counts before the transform.
+        Scale each cell to this many counts before the transform; None keeps each
+        cell's own depth (e.g. ``transform="sqrt", target_sum=None``: ``sqrt`` of raw counts).
     loss
         MCV: ``"mse"`` on the transformed scale or ``"poisson"`` negative
         log-likelihood on the count scale. Noise2Self: ``"mse"``.
@@ -214,7 +216,7 @@ def _run(
     if not data_counts.is_counts and (transform != "none" or target_sum is not None):
         msg = (
             "These values are not raw counts (negative or non-integer), so they are denoised as they are: "
-            "pass transform='none' and no target_sum, or pass raw counts."
+            "pass transform='none' and target_sum=None, or pass raw counts."
         )
         raise ValueError(msg)
     values = transformed(data_counts.matrix, transform, target_sum)

@@ -40,7 +40,14 @@ def test_mcv_choice_is_near_the_oracle(sim, device):
     grid = n2s.tl.grid(bottleneck=[2, 6, 24], epochs=range(1, 16))
     model = Autoencoder(**SMALL, device=device, random_state=0)
     errors = _truth_errors(sim, model, grid)
-    result = n2s.tl.calibrate(sim.counts, method=Autoencoder(**SMALL, device=device), grid=grid, progress=False)
+    result = n2s.tl.calibrate(
+        sim.counts,
+        method=Autoencoder(**SMALL, device=device),
+        grid=grid,
+        transform="sqrt",
+        target_sum=None,
+        progress=False,
+    )
     assert result.grid_names == ("bottleneck", "epochs")
     best = result.best
     assert errors[best] <= 1.10 * min(errors.values()), (best, min(errors, key=errors.get))

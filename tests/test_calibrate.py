@@ -25,12 +25,16 @@ def _truth_errors(sim, grid, transform, target_sum):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("transform", ["sqrt", "log1p"])
-def test_mcv_choice_is_near_the_oracle(seed, transform):
+@pytest.mark.parametrize(
+    ("transform", "target_sum"), [("sqrt", None), ("log1p", None), ("log1p", 1e4)], ids=["sqrt", "log1p", "log1p-1e4"]
+)
+def test_mcv_choice_is_near_the_oracle(seed, transform, target_sum):
     sim = simulate_low_rank_poisson(seed=seed)
     grid = np.arange(1, 31)
-    result = tl.calibrate(sim.counts, grid=grid, transform=transform, random_state=seed, progress=False)
-    errors = _truth_errors(sim, grid, transform, None)
+    result = tl.calibrate(
+        sim.counts, grid=grid, transform=transform, target_sum=target_sum, random_state=seed, progress=False
+    )
+    errors = _truth_errors(sim, grid, transform, target_sum)
     oracle = grid[np.argmin(errors)]
     assert 2 < oracle < 25, "the simulator should have an interior optimum"
     assert errors[result.best - 1] <= 1.05 * errors.min(), (result.best, oracle)

@@ -20,4 +20,4 @@ def test_bundled_pbmc_end_to_end():
     # a clear interior minimum on real data
     assert 5 <= adata.uns["denoised"]["best"] <= 40
     loss = adata.uns["denoised"]["loss_mean"]
-    assert loss[0] > loss.min() * 1.05
+    assert loss[0] > loss.min() * 1.02 and loss[-1] > loss.min() * 1.001

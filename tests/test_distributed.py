@@ -29,6 +29,7 @@ def counts():
     return simulate_low_rank_poisson(400, 90, 4, mean_depth=300.0, seed=2).counts
 
 
+@pytest.mark.filterwarnings("ignore:Sending large graph:UserWarning")  # the depth-conversion table, ~10 MiB
 @pytest.mark.parametrize(
     "settings",
     [

@@ -55,14 +55,21 @@ def test_denoise_writes_layer_and_uns_only(adata):
     np.testing.assert_array_equal(uns["grid"], GRID)
     assert uns["loss"].shape == (1, len(GRID))
     assert uns["best"] == GRID[int(np.argmin(uns["loss_mean"]))]
-    assert uns["params"]["transform"] == "sqrt" and uns["params"]["split_fraction"] == 0.9
+    assert uns["params"]["transform"] == "log1p" and uns["params"]["target_sum"] == 1e4  # scanpy's scale
+    assert uns["params"]["split_fraction"] == 0.9
     assert uns["version"] == n2s.__version__
 
 
-def test_denoised_layer_is_closer_to_truth_than_the_raw_data(adata, simulation):
-    pp.denoise(adata, grid=GRID, progress=False)
-    truth = np.sqrt(simulation.rates)
-    raw_error = np.mean((np.sqrt(adata.X.toarray()) - truth) ** 2)
+@pytest.mark.parametrize(
+    ("transform", "target_sum"), [("log1p", 1e4), ("sqrt", None)], ids=["default-log1p-1e4", "sqrt-raw"]
+)
+def test_denoised_layer_is_closer_to_truth_than_the_raw_data(adata, simulation, transform, target_sum):
+    from sc_noise2self._transform import TRANSFORMS, cell_scales, expected_transform
+
+    pp.denoise(adata, grid=GRID, transform=transform, target_sum=target_sum, progress=False)
+    scales = cell_scales(np.asarray(adata.X.sum(axis=1)).ravel(), target_sum)
+    truth = np.stack([expected_transform(r, [s], transform)[0] for r, s in zip(simulation.rates, scales, strict=True)])
+    raw_error = np.mean((TRANSFORMS[transform](adata.X.toarray() * scales[:, None]) - truth) ** 2)
     assert np.mean((adata.layers["denoised"] - truth) ** 2) < 0.5 * raw_error
 
 

@@ -38,3 +38,32 @@ def test_pbmc8k_full_denoise(pbmc8k, tmp_path):
     assert 10 <= info["best"] <= 80
     assert adata.layers["denoised"].shape == adata.shape
     adata.write_h5ad(tmp_path / "pbmc8k.h5ad")
+
+
+def _depth_correlations(adata, X) -> np.ndarray:
+    """|r| between each of the first three principal components of ``X`` and log counts per cell."""
+    import scanpy as sc
+
+    pcs = sc.pp.pca(np.asarray(X.toarray() if hasattr(X, "toarray") else X), n_comps=3, random_state=0)
+    depth = np.log(np.asarray(adata.X.sum(axis=1)).ravel())
+    return np.abs([np.corrcoef(pcs[:, i], depth)[0, 1] for i in range(3)])
+
+
+@pytest.mark.parametrize("dataset", ["pbmc2k", "pbmc8k"])
+def test_default_layer_carries_no_more_depth_than_log_normalised_x(dataset, request):
+    """The default scale is scanpy's: PCs of the denoised layer track depth no more than those of log-normalised X."""
+    import scanpy as sc
+
+    if dataset == "pbmc2k":
+        adata = n2s.datasets.pbmc2k()
+    else:  # its 2,000 most detected genes
+        full = request.getfixturevalue("pbmc8k")
+        adata = full[:, np.argsort(-np.asarray((full.X > 0).sum(axis=0)).ravel())[:2000]].copy()
+    n2s.pp.denoise(adata, progress=False)
+    lognorm = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True).X
+    reference = _depth_correlations(adata, lognorm)
+    denoised = _depth_correlations(adata, adata.layers["denoised"])
+    assert (denoised <= reference + 0.1).all(), (denoised, reference)
+    raw_sqrt = adata.copy()
+    n2s.pp.denoise(raw_sqrt, transform="sqrt", target_sum=None, progress=False)  # the old default keeps depth
+    assert _depth_correlations(adata, raw_sqrt.layers["denoised"])[0] > 0.9
