@@ -49,7 +49,7 @@ def denoise(
     target_sum: float | None = 1e4,
     loss: LossName = "mse",
     random_state: RandomState = 0,
-    empty: Literal["error", "drop"] = "error",
+    empty: Literal["drop", "error"] = "drop",
     max_dense_bytes: int | None = None,
     chunk_size: int | None = None,
     progress: bool = True,
@@ -107,9 +107,10 @@ def denoise(
     random_state
         Seed of the splits or gene groups and of the denoiser; same seed, same bytes.
     empty
-        Cells or genes without any counts: ``"error"`` (the default; the message says
-        how many) or ``"drop"``: calibrate and denoise the others, and write zeros for
-        them (their transformed counts).
+        Cells or genes without any counts (common after subsetting, or in the training
+        part of a split): ``"drop"`` (the default) calibrates and denoises the others,
+        writes zeros for them (their transformed counts) and logs how many; ``"error"``
+        refuses them, saying how many.
     max_dense_bytes
         Largest dense output to write (float32 cells × genes); default a quarter of the
         machine's memory. Above it, PCA and diffusion output is stored as low-rank factors

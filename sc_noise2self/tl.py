@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from . import _logging as logg
 from ._blockwise import BlockCounts, check_blockwise_request, is_blockwise, prepare_blocks, run_mcv_blockwise
 from ._calibrate import CalibrationResult, check_finite_loss, resolve_method, run_genes, run_mcv
 from ._loss import check_loss
@@ -52,7 +53,7 @@ def calibrate(
     target_sum: float | None = 1e4,
     loss: LossName = "mse",
     random_state: RandomState = 0,
-    empty: Literal["error", "drop"] = "error",
+    empty: Literal["drop", "error"] = "drop",
     chunk_size: int | None = None,
     progress: bool = True,
 ) -> CalibrationResult:
@@ -102,8 +103,8 @@ def calibrate(
     random_state
         Seed of the splits or gene groups and of the denoiser; same seed, same result.
     empty
-        Cells or genes without any counts: ``"error"`` (say how many) or ``"drop"``
-        (calibrate on the others).
+        Cells or genes without any counts: ``"drop"`` (the default: calibrate on the
+        others, and log how many were left out) or ``"error"`` (refuse, saying how many).
     chunk_size
         Cells per block when scoring; default keeps a block under 4 MiB.
     progress
@@ -162,7 +163,7 @@ def _run(
     target_sum: float | None,
     loss: LossName,
     random_state: RandomState,
-    empty: Literal["error", "drop"],
+    empty: Literal["drop", "error"],
     chunk_size: int | None,
     progress: bool,
 ) -> tuple[Counts | BlockCounts, Denoiser, CalibrationResult]:
@@ -192,6 +193,7 @@ def _run(
         data_counts = prepare_blocks(matrix, what=what, empty=empty, counts=calibration == "mcv")
     else:
         data_counts = prepare_counts(matrix, what=what, empty=empty, counts=calibration == "mcv")
+    _log_dropped(data_counts.cells, data_counts.genes)
     if calibration == "mcv":
         blockwise = isinstance(data_counts, BlockCounts)
         result = (run_mcv_blockwise if blockwise else run_mcv)(
@@ -234,6 +236,17 @@ def _run(
     )
     check_finite_loss(result, denoiser)
     return data_counts, denoiser, result
+
+
+def _log_dropped(cells: np.ndarray | None, genes: np.ndarray | None) -> None:
+    """One info line on the cells and genes left out for having no counts."""
+    parts = [
+        f"{int((~mask).sum())} {noun}{'' if int((~mask).sum()) == 1 else 's'}"
+        for mask, noun in ((cells, "cell"), (genes, "gene"))
+        if mask is not None
+    ]
+    if parts:
+        logg.info(f"    left out {' and '.join(parts)} without any counts (their output is 0)")
 
 
 def _source(data: AnnData | ArrayLike, layer: str | None) -> tuple[ArrayLike, str]:

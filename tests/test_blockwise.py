@@ -129,7 +129,7 @@ def test_empty_cells_and_genes_dropped_blockwise_as_in_memory(counts):
     np.testing.assert_allclose(lazy.layers["denoised"].compute(), memory.layers["denoised"].compute(), atol=1e-4)
     assert not lazy.obs["denoised_kept"].iloc[5]
     with pytest.raises(ValueError, match="1 cell without any counts"):
-        n2s.tl.calibrate(_dask(X, (33, -1)), progress=False)
+        n2s.tl.calibrate(_dask(X, (33, -1)), empty="error", progress=False)
 
 
 def test_lazy_split_equals_in_memory_split_for_any_chunking(counts):

@@ -129,11 +129,16 @@ def test_counts_layer_and_estimator_instance(adata):
         pytest.param(lambda a: a.X.data.__setitem__(0, np.nan), {}, "NaN", id="nan"),
         pytest.param(
             lambda a: a.X.data.__setitem__(slice(a.X.indptr[0], a.X.indptr[1]), 0),
-            {},
+            {"empty": "error"},
             "1 cell without any counts",
             id="empty-cell",
         ),
-        pytest.param(lambda a: setattr(a, "X", _zero_gene(a.X, 3)), {}, "1 gene without any counts", id="empty-gene"),
+        pytest.param(
+            lambda a: setattr(a, "X", _zero_gene(a.X, 3)),
+            {"empty": "error"},
+            "1 gene without any counts",
+            id="empty-gene",
+        ),
         pytest.param(lambda a: None, {"empty": "ignore"}, "empty must be", id="empty-flag"),
         pytest.param(lambda a: None, {"layer": "raw"}, "Layer 'raw' not found", id="missing-layer"),
         pytest.param(lambda a: None, {"grid": [1, 2, 10_000]}, "must lie in 1..", id="grid-too-large"),
@@ -165,14 +170,17 @@ def test_bad_input_raises_and_leaves_adata_unchanged(adata, mutate, kwargs, matc
     _assert_unchanged(adata, before)
 
 
-def test_empty_cells_and_genes_can_be_dropped(adata):
+def test_empty_cells_and_genes_can_be_dropped(adata, monkeypatch):
     X = _zero_gene(_zero_gene(adata.X, 2), 7)
     X.data[X.indptr[5] : X.indptr[6]] = 0
     X.eliminate_zeros()
     adata.X = X
     with pytest.raises(ValueError, match=r"1 cell without any counts.*empty='drop'"):
-        pp.denoise(adata, grid=GRID, progress=False)
-    pp.denoise(adata, grid=GRID, progress=False, empty="drop")
+        pp.denoise(adata, grid=GRID, progress=False, empty="error")
+    said = []
+    monkeypatch.setattr("sc_noise2self.tl.logg.info", lambda msg, **_: said.append(msg))
+    pp.denoise(adata, grid=GRID, progress=False)  # the default drops them, and says so
+    assert "    left out 1 cell and 2 genes without any counts (their output is 0)" in said
     out = adata.layers["denoised"]
     assert out.shape == adata.shape
     assert not out[5].any() and not out[:, [2, 7]].any() and out[6].any()

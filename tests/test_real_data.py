@@ -17,7 +17,7 @@ def mouse10k():
 
 def test_mouse10k_needs_filtering_then_finds_a_low_rank(mouse10k):
     with pytest.raises(ValueError, match="1 cell without any counts"):
-        n2s.tl.calibrate(mouse10k, progress=False)
+        n2s.tl.calibrate(mouse10k, empty="error", progress=False)
     import scanpy as sc
 
     adata = mouse10k.copy()
