@@ -73,14 +73,16 @@ def resolve_method(method: str | Denoiser, random_state: RandomState) -> tuple[s
     """Turn a method name into a fresh estimator seeded from ``random_state``; use an instance as is."""
     if isinstance(method, str) and method in METHODS:
         seed = None if random_state is None else int(seed_sequence(random_state, Stream.METHOD).generate_state(1)[0])
-        return method, METHODS[method](random_state=seed)
-    if not isinstance(method, str) and isinstance(method, Denoiser):
-        check = getattr(method, "check_params", None)
-        if check is not None:  # settings out of range are refused before any work
-            check()
-        return type(method).__name__.lower(), method
-    msg = f"method must be one of {sorted(METHODS)} or a Denoiser instance, got {method!r}."
-    raise ValueError(msg)
+        name, denoiser = method, METHODS[method](random_state=seed)
+    elif not isinstance(method, str) and isinstance(method, Denoiser):
+        name, denoiser = type(method).__name__.lower(), method
+    else:
+        msg = f"method must be one of {sorted(METHODS)} or a Denoiser instance, got {method!r}."
+        raise ValueError(msg)
+    check = getattr(denoiser, "check_params", None)
+    if check is not None:  # settings out of range (or a missing dependency) are refused before any work
+        check()
+    return name, denoiser
 
 
 def seed_record(random_state: RandomState) -> int | str | None:

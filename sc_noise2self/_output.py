@@ -180,12 +180,15 @@ def factored_outputs(
 
 
 def require_dask(why: str) -> None:
-    """Raise a ``ValueError`` that says how to install dask when it is missing."""
+    """Raise an ``ImportError`` that says how to install dask when it is missing."""
     try:
         import dask.array  # noqa: F401
     except ImportError:
-        msg = f"{why} needs dask, which is not installed: `pip install 'sc_noise2self[dask]'`."
-        raise ValueError(msg) from None
+        msg = (
+            f"{why} needs dask, which is not installed: install the package's dask extra "
+            "(`pip install '.[dask]'` from a clone) or dask itself (`pip install 'dask[array]'`)."
+        )
+        raise ImportError(msg) from None
 
 
 # -- Writing to a user's AnnData: checked before any work, then all at once or nothing. ---------

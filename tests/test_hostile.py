@@ -229,18 +229,42 @@ def test_an_interrupted_write_is_undone(adata, monkeypatch, first, fail_at):
 def test_missing_dask_is_found_before_any_work(adata, monkeypatch):
     import builtins
 
+    import scanpy  # noqa: F401  # imported first, as in any session: it looks for dask with find_spec
+
     real_import = builtins.__import__
 
     def no_dask(name, *args, **kwargs):
         if name.startswith("dask"):
-            raise ImportError(name)
+            raise ModuleNotFoundError(name, name=name)
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_dask)
     monkeypatch.setattr("sc_noise2self.tl._run", _failing(AssertionError))  # no calibration may start
     before = adata.copy()
-    with pytest.raises(ValueError, match=r"needs dask, which is not installed"):
+    with pytest.raises(ImportError, match=r"needs dask, which is not installed"):
         pp.denoise(adata, grid=GRID, progress=False, max_dense_bytes=1)
+    assert_same(adata, before)
+
+
+@pytest.mark.parametrize("method", ["autoencoder", "instance"], ids=["by-name", "instance"])
+def test_missing_torch_says_how_to_install_it(adata, monkeypatch, method):
+    import builtins
+
+    import scanpy  # noqa: F401  # imported first, as in any session: it looks for dask with find_spec
+
+    from sc_noise2self.denoisers import Autoencoder
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(name, name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    before = adata.copy()
+    with pytest.raises(ImportError, match=r"needs torch, which is not installed: .*pip install '\.\[autoencoder\]'"):
+        pp.denoise(adata, method=Autoencoder() if method == "instance" else method, progress=False)
     assert_same(adata, before)
 
 

@@ -31,12 +31,20 @@ def test_mouse10k_needs_filtering_then_finds_a_low_rank(mouse10k):
 
 
 @pytest.mark.slow
-def test_pbmc8k_full_denoise(pbmc8k, tmp_path):
+def test_pbmc8k_readme_recipe(pbmc8k, tmp_path):
+    """The README's pipeline on all 18,340 genes: denoise, then scanpy's PCA, neighbours, UMAP, Leiden."""
+    import scanpy as sc
+
     adata = pbmc8k.copy()
     n2s.pp.denoise(adata, progress=False)
     info = adata.uns["denoised"]
     assert 10 <= info["best"] <= 80
     assert adata.layers["denoised"].shape == adata.shape
+    sc.pp.pca(adata, layer="denoised")
+    sc.pp.neighbors(adata)  # > 4,096 cells: pynndescent's graph, read by scanpy
+    sc.tl.umap(adata)
+    sc.tl.leiden(adata, flavor="igraph", n_iterations=2, directed=False)
+    assert adata.obs["leiden"].nunique() >= 5
     adata.write_h5ad(tmp_path / "pbmc8k.h5ad")
 
 

@@ -21,10 +21,23 @@ if TYPE_CHECKING:
 
     from .._types import ArrayLike
 
-__all__ = ["Autoencoder"]
+__all__ = ["Autoencoder", "require_torch"]
 
 _MAX_EPOCHS = 10_000
 _INFER_BATCH = 1024  # cells per inference batch, fixed so that outputs do not depend on batch_size
+
+
+def require_torch() -> None:
+    """Raise an ``ImportError`` that says how to install torch when it is missing."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        msg = (
+            "The autoencoder needs torch, which is not installed: install the package's autoencoder extra "
+            "(`pip install '.[autoencoder]'` from a clone) or torch itself (a CPU-only build: "
+            "`pip install torch --index-url https://download.pytorch.org/whl/cpu`)."
+        )
+        raise ImportError(msg) from None
 
 
 class _Predictor:
@@ -104,7 +117,8 @@ class Autoencoder:
         return np.array([(w, e) for w in widths for e in range(1, 21)], dtype=np.int64)
 
     def check_params(self) -> None:
-        """Raise a ``ValueError`` for a setting out of range (called before any work)."""
+        """Raise a ``ValueError`` for a setting out of range, an ``ImportError`` without torch (before any work)."""
+        require_torch()
         check_positive_int(self.bottleneck, "bottleneck")
         hidden = self.hidden if isinstance(self.hidden, tuple | list) else None
         if hidden is None or not all(
