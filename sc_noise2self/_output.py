@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
+    from ._transform import ToCounts
     from ._types import ArrayLike
 
 __all__ = [
@@ -58,25 +59,34 @@ def embed(values: np.ndarray, rows: np.ndarray | None, columns: np.ndarray | Non
     return out
 
 
-def lazy_low_rank(offset: np.ndarray, scores: np.ndarray, loadings: np.ndarray, cells: np.ndarray) -> Any:
+def lazy_low_rank(
+    offset: np.ndarray,
+    scores: np.ndarray,
+    loadings: np.ndarray,
+    cells: np.ndarray,
+    counts: ToCounts | None = None,
+) -> Any:
     """Dask array ``cells * (offset + scores @ loadings)``, float32, in blocks of cells.
 
     ``cells`` is 1 for kept cells and 0 for dropped ones (their output is 0, as in the
-    dense layer).
+    dense layer). With ``counts``, each block is mapped to expected counts.
     """
     import dask.array as da
 
     n_cells, n_genes = scores.shape[0], loadings.shape[1]
     rows = max(1, min(n_cells, _BLOCK_BYTES // (4 * n_genes)))
-    chunks = (rows, scores.shape[1])
-    block_scores = da.from_array(scores, chunks=chunks)
+    block_scores = da.from_array(scores, chunks=(rows, scores.shape[1]))
     block_cells = da.from_array(cells[:, None].astype(np.float32), chunks=(rows, 1))
+    block_rows = da.arange(n_cells, chunks=rows)[:, None]
 
-    def block(s: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return np.where(c > 0, low_rank_rows(offset, s, loadings), np.float32(0))
+    def block(s: np.ndarray, c: np.ndarray, r: np.ndarray) -> np.ndarray:
+        values = low_rank_rows(offset, s, loadings)
+        if counts is not None:
+            values = counts(values, r[:, 0])
+        return np.where(c > 0, values, np.float32(0))
 
     return da.map_blocks(
-        block, block_scores, block_cells, chunks=(block_scores.chunks[0], (n_genes,)), dtype=np.float32
+        block, block_scores, block_cells, block_rows, chunks=(block_scores.chunks[0], (n_genes,)), dtype=np.float32
     )
 
 
@@ -101,8 +111,9 @@ def denoised_genes(adata: AnnData, *, genes: ArrayLike, key: str = "denoised") -
         msg = f"No denoised output under {key!r}; run sc_noise2self.pp.denoise(adata, key_added={key!r}) first."
         raise ValueError(msg)
     columns = _gene_positions(adata, genes)
-    if adata.uns[key].get("output") != "factored":
-        return np.asarray(adata.layers[key][:, columns], dtype=np.float32)
+    if adata.uns[key].get("output") != "factored" or adata.uns[key].get("scale") == "counts":
+        layer = adata.layers[key][:, columns]  # counts are not low-rank: the lazy layer's columns
+        return np.asarray(layer.compute() if hasattr(layer, "compute") else layer, dtype=np.float32)
     scores = adata.obsm[f"{key}_scores"]
     loadings = adata.varm[f"{key}_loadings"][columns]
     offset = adata.var[f"{key}_offset"].to_numpy()[columns]
@@ -161,15 +172,19 @@ def factored_outputs(
     cells: np.ndarray | None,
     genes: np.ndarray | None,
     n_cells: int,
+    counts: ToCounts | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Low-rank output as factors plus a lazy dask layer, kept cells and genes placed, per AnnData slot."""
+    """Low-rank output as factors plus a lazy dask layer, kept cells and genes placed, per AnnData slot.
+
+    The factors are on the transformed scale; with ``counts`` the layer holds expected counts.
+    """
     offset, scores, loadings = factors
     full_offset = embed(offset.astype(np.float32)[:, None], genes)[:, 0]
     full_loadings = embed(np.ascontiguousarray(loadings.T, dtype=np.float32), genes)
     full_scores = embed(scores.astype(np.float32), cells)
     kept = np.ones(n_cells, dtype=bool) if cells is None else cells
     outputs: dict[str, dict[str, Any]] = {
-        "layers": {key: lazy_low_rank(full_offset, full_scores, full_loadings.T, kept)},
+        "layers": {key: lazy_low_rank(full_offset, full_scores, full_loadings.T, kept, counts)},
         "obsm": {f"{key}_scores": full_scores},
         "varm": {f"{key}_loadings": full_loadings},
         "var": {f"{key}_offset": full_offset},

@@ -30,9 +30,11 @@ if TYPE_CHECKING:
 __all__ = [
     "TRANSFORMS",
     "DepthConversion",
+    "ToCounts",
     "build_conversion",
     "cell_scales",
     "expected_transform",
+    "to_counts",
     "transform_counts",
     "transformed",
 ]
@@ -237,3 +239,41 @@ def build_conversion(
         )
         raise ValueError(msg)
     return DepthConversion(table=table, inv_step=inv_step, row_scales=row_scales)
+
+
+class ToCounts(NamedTuple):
+    """Denoised values on the transformed scale → the expected count of each gene at each cell's depth.
+
+    A prediction ``ŷ ≈ E[T(s X)]``, ``X ~ Poisson(μ)``, is mapped to ``μ`` by inverting the
+    tabulated ``F_s(μ) = E[T(s X)]`` for the cell's own scale ``s`` (exact, unlike ``expm1``
+    or squaring, which are biased by Jensen's inequality); predictions below ``F_s(0) = 0``
+    give 0.
+    """
+
+    inversion: DepthConversion
+    scales: np.ndarray
+    """Per-cell scale of the full data (1 for cells left out; their output is 0)."""
+
+    def __call__(self, values: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
+        """Return the expected counts (float32) for ``values`` of the cells ``rows``."""
+        return np.maximum(self.inversion(values, self.scales[rows]), 0.0).astype(np.float32)
+
+
+def to_counts(
+    transform: TransformName, totals: np.ndarray, target_sum: float | None, max_count: float, cells: np.ndarray | None
+) -> ToCounts:
+    """Return the map to expected counts for cells with these totals (kept cells; ``cells`` places them)."""
+    scales = cell_scales(totals, target_sum)
+    inversion = build_conversion(
+        transform,
+        fraction=1.0,
+        test_fraction=1.0,
+        train_scales=scales,
+        normalized=False,
+        max_rate=1.5 * float(max_count) + 20.0,
+        loss="poisson",  # the table of rates, here at the data's own depth
+    )
+    full = np.ones(cells.size) if cells is not None else scales
+    if cells is not None:
+        full[cells] = scales
+    return ToCounts(inversion, full)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from . import _logging as logg
-from ._blockwise import is_blockwise, refit_blockwise
-from ._calibrate import check_finite_output, package_version, predict_dense, refit, resolve_method, seed_record
+from ._blockwise import BlockCounts, is_blockwise, refit_blockwise
+from ._calibrate import (
+    check_finite_output,
+    chunk_rows,
+    package_version,
+    predict_dense,
+    refit,
+    resolve_method,
+    seed_record,
+)
 from ._output import (
     check_key,
     check_targets,
@@ -19,7 +27,7 @@ from ._output import (
     require_dask,
 )
 from ._split import split_array
-from ._transform import transformed
+from ._transform import to_counts, transformed
 from ._validate import check_flag, check_positive_int, get_counts
 from .denoisers import LowRank
 from .tl import _run
@@ -28,8 +36,11 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
     from ._split import CountSplit
+    from ._transform import ToCounts
     from ._types import ArrayLike, LossName, RandomState, SplitScheme, TransformName
+    from ._validate import Counts
     from .denoisers import Denoiser
+    from .denoisers._base import GridValue
 
 __all__ = ["denoise", "split_counts"]
 
@@ -50,6 +61,7 @@ def denoise(
     loss: LossName = "mse",
     random_state: RandomState = 0,
     empty: Literal["drop", "error"] = "drop",
+    scale: Literal["transformed", "counts"] = "transformed",
     max_dense_bytes: int | None = None,
     chunk_size: int | None = None,
     progress: bool = True,
@@ -111,6 +123,12 @@ def denoise(
         part of a split): ``"drop"`` (the default) calibrates and denoises the others,
         writes zeros for them (their transformed counts) and logs how many; ``"error"``
         refuses them, saying how many.
+    scale
+        What the layer holds: ``"transformed"`` (the denoised values on the scale of
+        ``transform``) or ``"counts"``: the denoised expected count of each gene in each cell
+        at that cell's depth, for count-based tools and benchmarks (e.g. OpenProblems'
+        denoising task), from the exact inversion of ``E[T(s X)]`` — not ``expm1`` or
+        squaring, which are biased. Needs raw counts as input.
     max_dense_bytes
         Largest dense output to write (float32 cells × genes); default a quarter of the
         machine's memory. Above it, PCA and diffusion output is stored as low-rank factors
@@ -133,7 +151,8 @@ def denoise(
     interruption leaves ``adata`` as it was. Sets the following fields:
 
     ``adata.layers[key_added]`` : :class:`numpy.ndarray` (dtype ``float32``) or dask array
-        Denoised expression on the transformed scale of the full data:
+        Expected counts with ``scale="counts"``; otherwise denoised expression on the transformed scale of the full
+        data:
         ``T(x · target_sum / total)`` (by default ``log1p`` of counts per 10,000, the
         scale of scanpy's log-normalised ``X``), or ``T(x)`` with ``target_sum=None``,
         cells × genes. Dense; or, when that would
@@ -146,9 +165,13 @@ def denoise(
         ``method``, ``calibration``, ``grid_names``, ``grid``, ``loss`` (splits or gene
         groups × grid, per matrix entry), ``loss_mean``, ``best`` (the chosen value),
         ``params`` (every setting, including ``layer``), ``output`` (``"dense"`` or
-        ``"factored"``), ``outputs`` (the names written, per slot) and the package ``version``.
+        ``"factored"``), ``scale`` (``"transformed"`` or ``"counts"``), ``outputs`` (the
+        names written, per slot) and the package ``version``.
     """
     key_added = check_key(key_added)
+    if scale not in ("transformed", "counts"):
+        msg = f"scale must be 'transformed' or 'counts', got {scale!r}."
+        raise ValueError(msg)
     if check_flag(copy, "copy") and adata.isbacked:
         msg = (
             "copy=True needs an AnnData in memory, and this one is backed (on disk); denoise it in place "
@@ -186,27 +209,25 @@ def denoise(
         chunk_size=chunk_size,
         progress=progress,
     )
-    if blockwise:
-        factors = refit_blockwise(data, denoiser, result.best, transform=transform, target_sum=target_sum)
-    else:
-        values = transformed(data.matrix, transform, target_sum)
-        fitted = refit(values, denoiser, result.best)
-        if factored:
-            factors = fitted.factors(result.best)
-        else:
-            denoised = predict_dense(fitted, result.best, values.shape, chunk_size=chunk_size)
-    if factored:
-        check_finite_output(factors, result.best, denoiser)
-        outputs = factored_outputs(key_added, factors, data.cells, data.genes, adata.n_obs)
-    else:
-        check_finite_output((denoised,), result.best, denoiser)
-        outputs = {"layers": {key_added: embed(denoised, data.cells, data.genes)}}
+    outputs = _outputs(
+        data,
+        denoiser,
+        result.best,
+        key=key_added,
+        factored=factored,
+        transform=transform,
+        target_sum=target_sum,
+        scale=scale,
+        chunk_size=chunk_size,
+        n_cells=adata.n_obs,
+    )
     uns = result.to_uns()
     uns["params"]["layer"] = layer
     uns["params"]["method_repr"] = repr(denoiser)
     uns["n_dropped_cells"] = 0 if data.cells is None else int((~data.cells).sum())
     uns["n_dropped_genes"] = 0 if data.genes is None else int((~data.genes).sum())
     uns["output"] = "factored" if factored else "dense"
+    uns["scale"] = scale
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
 
@@ -242,6 +263,52 @@ def _targets(key: str, *, factored: bool, drop: bool) -> dict[str, list[str]]:
     if drop:
         targets["obs"] = [f"{key}_kept"]
     return targets
+
+
+def _outputs(
+    data: Counts | BlockCounts,
+    denoiser: Denoiser,
+    best: GridValue,
+    *,
+    key: str,
+    factored: bool,
+    transform: TransformName,
+    target_sum: float | None,
+    scale: str,
+    chunk_size: int | None,
+    n_cells: int,
+) -> dict[str, dict[str, Any]]:
+    """Refit at the chosen value on all counts; return every output, checked finite, per AnnData slot."""
+    counts = _to_counts(data, transform, target_sum) if scale == "counts" else None
+    if isinstance(data, BlockCounts):
+        factors = refit_blockwise(data, denoiser, best, transform=transform, target_sum=target_sum)
+    else:
+        values = transformed(data.matrix, transform, target_sum)
+        fitted = refit(values, denoiser, best)
+        if not factored:
+            denoised = predict_dense(fitted, best, values.shape, chunk_size=chunk_size)
+            check_finite_output((denoised,), best, denoiser)
+            layer = embed(denoised, data.cells, data.genes)
+            if counts is not None:
+                for rows in chunk_rows(*layer.shape, chunk_size):
+                    layer[rows] = counts(layer[rows], rows)
+                check_finite_output((layer,), best, denoiser)
+            return {"layers": {key: layer}}
+        factors = fitted.factors(best)
+    check_finite_output(factors, best, denoiser)
+    return factored_outputs(key, factors, data.cells, data.genes, n_cells, counts)
+
+
+def _to_counts(data: Counts | BlockCounts, transform: TransformName, target_sum: float | None) -> ToCounts:
+    """Return the map from the output's transformed scale to expected counts, for the cells calibrated."""
+    if not data.is_counts:
+        msg = "scale='counts' maps the output back to counts, which needs raw counts as input; use scale='transformed'."
+        raise ValueError(msg)
+    if isinstance(data, BlockCounts):
+        totals, max_count = data.totals, data.max_count
+    else:
+        totals, max_count = np.asarray(data.matrix.sum(axis=1), dtype=np.float64).ravel(), data.matrix.data.max()
+    return to_counts(transform, totals, target_sum, max_count, data.cells)
 
 
 def _dense_fits(adata: AnnData, denoiser: Denoiser, max_dense_bytes: int | None) -> bool:
