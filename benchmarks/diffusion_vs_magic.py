@@ -6,7 +6,7 @@ in ``benchmarks/venvs/magic`` as a subprocess on the very same input matrices.
 
 Every method gets the same input, ``sqrt`` of raw counts, and returns values on that
 scale. Methods: no denoising; MAGIC with t = 3 and t = "auto" (its defaults otherwise:
-knn 5, decay 40, 100 PCs); ours (``Diffusion``, defaults: 15-neighbour lazy walk in 100
+knn 5, decay 1, 100 PCs); ours (``Diffusion``, defaults: 15-neighbour lazy walk in 100
 PCs) over t = 0..12 × n_neighbors ∈ {5, 15, 30}, calibrated by MCV and by the
 Noise2Self gene partition. Wall times are measured in this one run.
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
+from . import _logging as logg
 from ._loss import check_loss, held_out_target, score_block
 from ._rows import CellSum
 from ._split import Stream, binomial_split, seed_sequence, split_seed
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from scipy import sparse
+    from tqdm import tqdm
 
     from ._transform import DepthConversion
     from ._types import ArrayLike, LossName, RandomState, TransformName
@@ -236,8 +237,21 @@ def _sweep_losses(
     return losses
 
 
-def _progress(total: int, desc: str, *, progress: bool) -> tqdm:
-    return tqdm(
+def _progress(total: int, desc: str, *, progress: bool | None) -> tqdm:
+    """Return a progress bar; ``progress=None`` shows it when scanpy's verbosity is at least ``"info"``.
+
+    ``tqdm.auto`` draws a widget in Jupyter, but warns when ipywidgets is missing: then the
+    plain text bar is used.
+    """
+    if progress is None:
+        progress = logg.verbose()
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        from tqdm.std import tqdm as bar_class
+    else:
+        from tqdm.auto import tqdm as bar_class
+    return bar_class(
         total=total, desc=desc, disable=not progress, bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}{postfix}]"
     )
 

@@ -10,3 +10,10 @@ def info(msg: str, **kwargs: Any) -> Any:
     from scanpy import logging as logg
 
     return logg.info(msg, **kwargs)
+
+
+def verbose() -> bool:
+    """Whether scanpy's verbosity (``sc.settings.verbosity``) is at least ``"info"``."""
+    from scanpy import settings
+
+    return settings.verbosity >= 2  # scanpy's Verbosity.info

@@ -208,7 +208,7 @@ def require_dask(why: str) -> None:
 
 # -- Writing to a user's AnnData: checked before any work, then all at once or nothing. ---------
 
-SLOTS = ("layers", "obsm", "varm", "obs", "var", "uns")
+_MISSING = object()
 
 
 def check_key(key: object, name: str = "key_added") -> str:
@@ -242,7 +242,7 @@ def previous_outputs(adata: AnnData, key: str, function: str) -> dict[str, list[
         if record.get("function") != function:
             return None
         return {slot: [str(n) for n in names] for slot, names in record["outputs"].items()}
-    if function == "denoise" and {"method", "calibration", "loss", "best"} <= set(record):  # before 0.2: no list
+    if function == "denoise" and {"method", "calibration", "loss", "best"} <= set(record):  # written before the list
         if record.get("output") == "factored":
             return {
                 "layers": [key],
@@ -313,11 +313,11 @@ def _assign(adata: AnnData, slot: str, name: str, value: Any) -> Callable[[], No
                 container.insert(position, name, old)
 
         return undo_column
-    old = container[name] if name in container else None
+    old = container[name] if name in container else _MISSING  # a stored None is put back as None
     container[name] = value
 
     def undo() -> None:
-        if old is None:
+        if old is _MISSING:
             del container[name]
         else:
             container[name] = old

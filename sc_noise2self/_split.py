@@ -167,7 +167,8 @@ def _binomial(X: sparse.csr_matrix, n: np.ndarray, p: float, seed: int, row_offs
     q = min(p, 1.0 - p)
     large = np.flatnonzero(n > _LARGE)
     out = np.empty(n.size, dtype=np.int64)
-    _binomial_kernel(X.indptr, X.indices, np.where(n > _LARGE, 0, n), q, np.uint64(seed), row_offset, X.shape[1], out)
+    small = np.where(n > _LARGE, 0, n) if large.size else n  # the kernel draws nothing for the large ones
+    _binomial_kernel(X.indptr, X.indices, small, q, np.uint64(seed), row_offset, X.shape[1], out)
     if large.size:
         rows = row_offset + np.searchsorted(X.indptr, large, side="right") - 1
         keys = _entry_keys(rows.astype(np.int64), X.indices[large].astype(np.int64), np.uint64(seed), X.shape[1])

@@ -64,7 +64,7 @@ def denoise(
     scale: Literal["transformed", "counts"] = "transformed",
     max_dense_bytes: int | None = None,
     chunk_size: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     overwrite: bool = False,
     copy: bool = False,
 ) -> AnnData | None:
@@ -136,7 +136,8 @@ def denoise(
     chunk_size
         Cells per block when scoring and writing; default keeps a block under 4 MiB.
     progress
-        Show a progress bar.
+        Show a progress bar; by default when scanpy's verbosity is at least ``"info"``
+        (``sc.settings.verbosity = "info"``).
     overwrite
         Replace entries of the names below that this package did not write (by default
         that is refused before any work). The layer being read is never written over; the

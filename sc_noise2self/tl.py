@@ -55,7 +55,7 @@ def calibrate(
     random_state: RandomState = 0,
     empty: Literal["drop", "error"] = "drop",
     chunk_size: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> CalibrationResult:
     """Sweep a denoiser's setting by self-supervision, without writing anything.
 
@@ -108,7 +108,8 @@ def calibrate(
     chunk_size
         Cells per block when scoring; default keeps a block under 4 MiB.
     progress
-        Show a progress bar.
+        Show a progress bar; by default when scanpy's verbosity is at least ``"info"``
+        (``sc.settings.verbosity = "info"``).
 
     Returns
     -------
@@ -165,7 +166,7 @@ def _run(
     random_state: RandomState,
     empty: Literal["drop", "error"],
     chunk_size: int | None,
-    progress: bool,
+    progress: bool | None,
 ) -> tuple[Counts | BlockCounts, Denoiser, CalibrationResult]:
     """Validate, calibrate; return the prepared data, the denoiser and the result."""
     if calibration not in ("mcv", "genes"):
@@ -180,7 +181,8 @@ def _run(
     check_positive_int(n_groups, "n_groups")
     if chunk_size is not None:
         check_positive_int(chunk_size, "chunk_size")
-    check_flag(progress, "progress")
+    if progress is not None:
+        check_flag(progress, "progress")
     if not isinstance(random_state, np.random.Generator):
         seed_sequence(random_state)  # its checks only: a Generator would advance
     if empty not in ("error", "drop"):

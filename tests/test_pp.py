@@ -221,11 +221,23 @@ def test_anndata_view_input(adata):
     assert not view.is_view and "denoised" in view.layers and "denoised" not in adata.layers
 
 
-def test_progress_bar_can_be_turned_off(adata, capsys):
+def test_progress_bar_follows_scanpy_verbosity_unless_asked(adata, capsys):
+    import scanpy as sc
+
     pp.denoise(adata, grid=GRID, progress=False)
     assert "MCV" not in capsys.readouterr().err
     pp.denoise(adata, grid=GRID, progress=True)
     assert "MCV" in capsys.readouterr().err
+    verbosity = sc.settings.verbosity
+    try:
+        sc.settings.verbosity = "warning"
+        pp.denoise(adata, grid=GRID)  # the default: silent below info
+        assert "MCV" not in capsys.readouterr().err
+        sc.settings.verbosity = "info"
+        pp.denoise(adata, grid=GRID)
+        assert "MCV" in capsys.readouterr().err
+    finally:
+        sc.settings.verbosity = verbosity
 
 
 def test_one_cell_is_too_small_to_calibrate():
