@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 __all__ = ["calibration"]
 
-_GRID_LABELS = {"n_comps": "number of principal components", "t": "diffusion time t"}
+_GRID_LABELS = {"n_comps": "number of principal components", "t": "diffusion time t", "epochs": "training epochs"}
+_SWEPT = ("t", "epochs", "n_comps")  # drawn along x; the other axis of a 2-D grid gets one curve per value
 
 
 def calibration(
@@ -43,7 +44,7 @@ def calibration(
     The Axes, unless ``show`` is True.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     if key not in adata.uns or "loss" not in adata.uns[key]:
         msg = f"adata.uns[{key!r}] has no calibration; run sc_noise2self.pp.denoise(adata, key_added={key!r}) first."
@@ -60,35 +61,24 @@ def calibration(
     own_figure = ax is None
     if own_figure:
         _, ax = plt.subplots(figsize=(5, 3.5))
-    x = grid if grid.ndim == 1 else grid[:, 0]
-    if grid.ndim == 1:
-        if loss.shape[0] > 1:
-            part = "single split" if calibration == "mcv" else "single gene group"
-            for i, row in enumerate(loss):
-                ax.plot(x, row, color="0.7", lw=0.8, label=part if i == 0 else None)
-        label = (
-            ("mean over splits" if calibration == "mcv" else "mean over gene groups") if loss.shape[0] > 1 else "loss"
-        )
-        ax.plot(x, mean, marker="o", ms=3, color="C0", lw=1.5, label=label)
-    else:  # one curve per value of the second axis
-        for i, second in enumerate(np.unique(grid[:, 1])):
-            on = grid[:, 1] == second
-            ax.plot(x[on], mean[on], marker="o", ms=3, lw=1.5, color=f"C{i % 10}", label=f"{names[1]} = {second}")
+    x, along = _draw_curves(ax, grid, loss, names, calibration)
     ibest = int(np.flatnonzero((grid.reshape(len(mean), -1) == best).all(axis=1))[0])
-    ax.axvline(x[ibest], color="C3", ls="--", lw=1)
+    ax.axvline(x[ibest], color="C3", ls="--", lw=1)  # (for a 2-D grid, on the chosen curve)
     chosen = ", ".join(str(int(v)) for v in best)
     ax.plot([x[ibest]], [mean[ibest]], marker="*", ms=12, color="C3", ls="none", label=f"chosen: {chosen}")
     if x.min() > 0 and x.max() / x.min() >= 20:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set_xlabel(_GRID_LABELS.get(names[0], names[0]))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # grid values are whole numbers
+    ax.set_xlabel(_GRID_LABELS.get(names[along], names[along]))
     transform = params.get("transform", "")
     loss_name = params.get("loss", "mse")
     scale = f"{transform} scale" if loss_name == "mse" else "count scale"
     what = "held-out" if calibration == "mcv" else "Noise2Self"
     ax.set_ylabel(f"{what} {loss_name} ({scale})")
     kind = "Molecular cross-validation" if calibration == "mcv" else "Noise2Self gene partition"
-    ax.set_title(f"{kind}: {info.get('method', '')}")
+    ax.set_title(f"{kind}: {info.get('method', '')} (adata.uns[{key!r}])")
     ax.legend(frameon=False)
     if save is not None:
         ax.figure.savefig(save, dpi=150, bbox_inches="tight")
@@ -98,3 +88,27 @@ def calibration(
         plt.show()
         return None
     return ax
+
+
+def _draw_curves(
+    ax: Axes, grid: np.ndarray, loss: np.ndarray, names: list[str], calibration: str
+) -> tuple[np.ndarray, int]:
+    """Draw the loss curves; return the x values and which grid axis they come from."""
+    mean = loss.mean(axis=0)
+    along = next((names.index(n) for n in _SWEPT if n in names), 0) if grid.ndim == 2 else 0
+    across = 1 - along
+    x = grid if grid.ndim == 1 else grid[:, along]
+    if grid.ndim == 1:
+        if loss.shape[0] > 1:
+            part = "single split" if calibration == "mcv" else "single gene group"
+            for i, row in enumerate(loss):
+                ax.plot(x, row, color="0.7", lw=0.8, label=part if i == 0 else None)
+        label = (
+            ("mean over splits" if calibration == "mcv" else "mean over gene groups") if loss.shape[0] > 1 else "loss"
+        )
+        ax.plot(x, mean, marker="o", ms=3, color="C0", lw=1.5, label=label)
+    else:  # one curve per value of the other axis (neighbours, bottleneck width)
+        for i, other in enumerate(np.unique(grid[:, across])):
+            on = grid[:, across] == other
+            ax.plot(x[on], mean[on], marker="o", ms=3, lw=1.5, color=f"C{i % 10}", label=f"{names[across]} = {other}")
+    return x, along

@@ -40,3 +40,18 @@ def test_calibration_into_given_axes(calibrated):
 def test_calibration_without_denoise_says_what_to_do():
     with pytest.raises(ValueError, match=r"run sc_noise2self\.pp\.denoise"):
         n2s.pl.calibration(ad.AnnData(np.ones((3, 3))))
+
+
+def test_autoencoder_grid_draws_epochs_along_x_and_a_curve_per_width(simulation):
+    from sc_noise2self.denoisers import Autoencoder
+
+    pytest.importorskip("torch")
+    a = ad.AnnData(simulation.counts.copy())
+    grid = n2s.tl.grid(bottleneck=[4, 16], epochs=[1, 2, 3])
+    n2s.pp.denoise(a, method=Autoencoder(hidden=(16,), device="cpu"), grid=grid, key_added="ae", progress=False)
+    ax = n2s.pl.calibration(a, key="ae", show=False)
+    assert ax.get_xlabel() == "training epochs" and "adata.uns['ae']" in ax.get_title()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "bottleneck = 4" in labels and "bottleneck = 16" in labels
+    assert sorted(ax.lines[0].get_xdata()) == [1, 2, 3]
+    plt.close("all")
