@@ -344,10 +344,15 @@ def run_mcv(
     loss: LossName,
     random_state: RandomState,
     chunk_size: int | None,
-    progress: bool,
+    progress: bool | None,
+    totals: np.ndarray | None = None,
 ) -> CalibrationResult:
-    """Molecular cross-validation of ``denoiser`` over ``grid`` on validated canonical-CSR ``counts``."""
-    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    """Molecular cross-validation of ``denoiser`` over ``grid`` on validated canonical-CSR ``counts``.
+
+    ``totals``: each cell's total count the depth normalisation divides by, when ``counts``
+    holds only some of the genes (default: the sums of ``counts``).
+    """
+    totals = np.asarray(counts.sum(axis=1) if totals is None else totals, dtype=np.float64).ravel()
     setup = mcv_setup(
         totals,
         counts.data.max(),

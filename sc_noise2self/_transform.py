@@ -78,10 +78,18 @@ def transform_counts(X: sparse.csr_matrix, transform: TransformName, scales: np.
 
 
 def transformed(
-    X: sparse.csr_matrix, transform: TransformName, target_sum: float | None, fraction: float = 1.0
+    X: sparse.csr_matrix,
+    transform: TransformName,
+    target_sum: float | None,
+    fraction: float = 1.0,
+    totals: np.ndarray | None = None,
 ) -> sparse.csr_matrix:
-    """``T(s · x)`` of counts (or values) with the per-cell scale for ``target_sum`` at ``fraction``."""
-    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    """``T(s · x)`` of counts (or values) with the per-cell scale for ``target_sum`` at ``fraction``.
+
+    ``totals`` are the cells' total counts the scale divides by: by default those of ``X``,
+    or, when ``X`` holds some of the genes, those over all genes (as scanpy normalises).
+    """
+    totals = np.asarray(X.sum(axis=1) if totals is None else totals, dtype=np.float64).ravel()
     return transform_counts(X, transform, cell_scales(totals, target_sum, fraction))
 
 

@@ -17,6 +17,8 @@ from ._calibrate import (
     resolve_method,
     seed_record,
 )
+from ._genes import DEFAULT as DEFAULT_MASK
+from ._genes import GeneMask, extend_factors, resolve_mask_var
 from ._output import (
     check_key,
     check_targets,
@@ -26,6 +28,7 @@ from ._output import (
     factored_outputs,
     require_dask,
 )
+from ._rows import low_rank_rows
 from ._split import split_array
 from ._transform import to_counts, transformed
 from ._validate import check_flag, check_positive_int, get_counts
@@ -62,6 +65,7 @@ def denoise(
     random_state: RandomState = 0,
     empty: Literal["drop", "error"] = "drop",
     scale: Literal["transformed", "counts"] = "transformed",
+    mask_var: str | ArrayLike | None = "highly_variable",
     max_dense_bytes: int | None = None,
     chunk_size: int | None = None,
     progress: bool | None = None,
@@ -129,6 +133,13 @@ def denoise(
         at that cell's depth, for count-based tools and benchmarks (e.g. OpenProblems'
         denoising task), from the exact inversion of ``E[T(s X)]`` — not ``expm1`` or
         squaring, which are biased. Needs raw counts as input.
+    mask_var
+        Genes to calibrate and fit on, as ``sc.pp.pca``'s ``mask_var``: a boolean ``var``
+        column, a boolean array, or None for all genes. By default
+        ``var["highly_variable"]`` when that column exists (e.g. after
+        ``sc.pp.highly_variable_genes``), else all genes. Every gene is still written: the
+        others are denoised through the fitted low-rank output (regressed on its scores), so
+        PCA or diffusion only. Depth normalisation uses each cell's total over all genes.
     max_dense_bytes
         Largest dense output to write (float32 cells × genes); default a quarter of the
         machine's memory. Above it, PCA and diffusion output is stored as low-rank factors
@@ -182,6 +193,7 @@ def denoise(
     start = logg.info(f"denoising with {method if isinstance(method, str) else type(method).__name__}")
     _, denoiser = resolve_method(method, random_state)
     blockwise = is_blockwise(get_counts(adata, layer))
+    genes = _gene_mask(adata, mask_var, layer, denoiser, blockwise=blockwise, calibration=calibration)
     factored = blockwise or not _dense_fits(adata, denoiser, max_dense_bytes)
     if factored:
         require_dask("Blockwise input or factored output (a lazy layer)")
@@ -194,9 +206,9 @@ def denoise(
         overwrite=overwrite,
     )
     data, denoiser, result = _run(
-        adata,
+        adata if genes is None else genes.counts[:, genes.mask],
         method=denoiser,
-        layer=layer,
+        layer=layer if genes is None else None,
         calibration=calibration,
         grid=grid,
         split_fraction=split_fraction,
@@ -209,6 +221,7 @@ def denoise(
         empty=empty,
         chunk_size=chunk_size,
         progress=progress,
+        cell_totals=None if genes is None else genes.totals,
     )
     outputs = _outputs(
         data,
@@ -221,6 +234,7 @@ def denoise(
         scale=scale,
         chunk_size=chunk_size,
         n_cells=adata.n_obs,
+        genes=genes,
     )
     uns = result.to_uns()
     uns["params"]["layer"] = layer
@@ -229,6 +243,8 @@ def denoise(
     uns["n_dropped_genes"] = 0 if data.genes is None else int((~data.genes).sum())
     uns["output"] = "factored" if factored else "dense"
     uns["scale"] = scale
+    uns["params"]["mask_var"] = None if genes is None else genes.name
+    uns["n_genes_fitted"] = int(adata.n_vars if genes is None else genes.mask.sum())
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
 
@@ -278,9 +294,27 @@ def _outputs(
     scale: str,
     chunk_size: int | None,
     n_cells: int,
+    genes: GeneMask | None,
 ) -> dict[str, dict[str, Any]]:
     """Refit at the chosen value on all counts; return every output, checked finite, per AnnData slot."""
-    counts = _to_counts(data, transform, target_sum) if scale == "counts" else None
+    counts = _to_counts(data, transform, target_sum, genes) if scale == "counts" else None
+    if genes is not None:  # fit on the masked genes, then every gene through the low-rank output
+        totals = genes.totals if data.cells is None else genes.totals[data.cells]
+        fitted = refit(transformed(data.matrix, transform, target_sum, totals=totals), denoiser, best)
+        factors = extend_factors(
+            fitted.factors(best), genes, data.genes, data.cells, transform=transform, target_sum=target_sum
+        )
+        check_finite_output(factors, best, denoiser)
+        if factored:
+            return factored_outputs(key, factors, data.cells, None, n_cells, counts)
+        offset, scores, loadings = factors
+        layer = np.zeros((n_cells, offset.size), dtype=np.float32)
+        kept = np.arange(n_cells) if data.cells is None else np.flatnonzero(data.cells)
+        for rows in chunk_rows(kept.size, offset.size, chunk_size):
+            values = low_rank_rows(offset, scores[rows], loadings)
+            layer[kept[rows]] = values if counts is None else counts(values, kept[rows])
+        check_finite_output((layer,), best, denoiser)
+        return {"layers": {key: layer}}
     if isinstance(data, BlockCounts):
         factors = refit_blockwise(data, denoiser, best, transform=transform, target_sum=target_sum)
     else:
@@ -300,16 +334,40 @@ def _outputs(
     return factored_outputs(key, factors, data.cells, data.genes, n_cells, counts)
 
 
-def _to_counts(data: Counts | BlockCounts, transform: TransformName, target_sum: float | None) -> ToCounts:
+def _to_counts(
+    data: Counts | BlockCounts, transform: TransformName, target_sum: float | None, genes: GeneMask | None
+) -> ToCounts:
     """Return the map from the output's transformed scale to expected counts, for the cells calibrated."""
     if not data.is_counts:
         msg = "scale='counts' maps the output back to counts, which needs raw counts as input; use scale='transformed'."
         raise ValueError(msg)
+    if genes is not None:
+        totals = genes.totals if data.cells is None else genes.totals[data.cells]
+        return to_counts(transform, totals, target_sum, genes.counts.data.max(), data.cells)
     if isinstance(data, BlockCounts):
         totals, max_count = data.totals, data.max_count
     else:
         totals, max_count = np.asarray(data.matrix.sum(axis=1), dtype=np.float64).ravel(), data.matrix.data.max()
     return to_counts(transform, totals, target_sum, max_count, data.cells)
+
+
+def _gene_mask(
+    adata: AnnData, mask_var: object, layer: str | None, denoiser: Denoiser, *, blockwise: bool, calibration: str
+) -> GeneMask | None:
+    """Return the genes to fit on (None: all), checked against what can denoise the others through them."""
+    if blockwise:  # dask or backed input: a mask given explicitly is refused, the default is not applied
+        if mask_var is not None and not (mask_var == DEFAULT_MASK and DEFAULT_MASK not in adata.var.columns):
+            msg = "mask_var needs the counts in memory; for dask or backed input select the genes first, or pass None."
+            raise ValueError(msg)
+        return None
+    genes = resolve_mask_var(adata, mask_var, layer, counts=calibration == "mcv")
+    if genes is not None and not isinstance(denoiser, LowRank):
+        msg = (
+            f"mask_var={genes.name!r} denoises the other genes through a low-rank output, which "
+            f"{type(denoiser).__name__} has not; pass mask_var=None, or method='pca' or 'diffusion'."
+        )
+        raise ValueError(msg)
+    return genes
 
 
 def _dense_fits(adata: AnnData, denoiser: Denoiser, max_dense_bytes: int | None) -> bool:

@@ -167,8 +167,13 @@ def _run(
     empty: Literal["drop", "error"],
     chunk_size: int | None,
     progress: bool | None,
+    cell_totals: np.ndarray | None = None,
 ) -> tuple[Counts | BlockCounts, Denoiser, CalibrationResult]:
-    """Validate, calibrate; return the prepared data, the denoiser and the result."""
+    """Validate, calibrate; return the prepared data, the denoiser and the result.
+
+    ``cell_totals`` (one per cell of ``data``): the totals the depth normalisation divides
+    by, when ``data`` holds only some of the genes (``mask_var``).
+    """
     if calibration not in ("mcv", "genes"):
         msg = f"calibration must be 'mcv' or 'genes', got {calibration!r}."
         raise ValueError(msg)
@@ -196,6 +201,9 @@ def _run(
     else:
         data_counts = prepare_counts(matrix, what=what, empty=empty, counts=calibration == "mcv")
     _log_dropped(data_counts.cells, data_counts.genes)
+    totals = None
+    if cell_totals is not None:
+        totals = cell_totals if data_counts.cells is None else cell_totals[data_counts.cells]
     if calibration == "mcv":
         blockwise = isinstance(data_counts, BlockCounts)
         result = (run_mcv_blockwise if blockwise else run_mcv)(
@@ -211,6 +219,7 @@ def _run(
             random_state=random_state,
             chunk_size=chunk_size,
             progress=progress,
+            **({} if totals is None else {"totals": totals}),
         )
         check_finite_loss(result, denoiser)
         return data_counts, denoiser, result
@@ -223,7 +232,7 @@ def _run(
             "pass transform='none' and target_sum=None, or pass raw counts."
         )
         raise ValueError(msg)
-    values = transformed(data_counts.matrix, transform, target_sum)
+    values = transformed(data_counts.matrix, transform, target_sum, totals=totals)
     check_magnitude(values, what=what)
     result = run_genes(
         values,
