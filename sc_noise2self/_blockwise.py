@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ._calibrate import _checked_grid, _progress, chunk_rows, mcv_result, mcv_setup
+from ._calibrate import _checked_grid, add_steps, chunk_rows, mcv_result, mcv_setup
 from ._loss import held_out_target, score_block
 from ._rows import CellSum, PartialSum, partial_sum
 from ._split import Stream, binomial_split, split_seed
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from typing import Literal
 
     from scipy import sparse
+    from tqdm import tqdm
 
     from ._calibrate import CalibrationResult
     from ._types import ArrayLike, LossName, RandomState, TransformName
@@ -287,9 +288,12 @@ def run_mcv_blockwise(
     loss: LossName,
     random_state: RandomState,
     chunk_size: int | None,
-    progress: bool,
+    bar: tqdm,
 ) -> CalibrationResult:
-    """Molecular cross-validation on blockwise data; equals :func:`~sc_noise2self._calibrate.run_mcv`."""
+    """Molecular cross-validation on blockwise data; equals :func:`~sc_noise2self._calibrate.run_mcv`.
+
+    The bar counts two passes over the blocks per split (fit, score).
+    """
     shape = data.shape
     model = _blockwise_denoiser(denoiser, shape[1], method)
     setup = mcv_setup(
@@ -304,39 +308,39 @@ def run_mcv_blockwise(
     grid = _checked_grid(model, grid, shape)
 
     losses = np.zeros((n_splits, len(grid)))
-    with _progress(2 * n_splits, f"MCV {method} (blockwise)", progress=progress) as bar:
-        for i in range(n_splits):
-            seed = split_seed(random_state, Stream.MCV, i)
+    add_steps(bar, 2 * n_splits)
+    for i in range(n_splits):
+        seed = split_seed(random_state, Stream.MCV, i)
 
-            def halves(block: sparse.csr_matrix, rows: slice, seed: int = seed) -> tuple[Any, Any]:
-                train, test = binomial_split(block, setup.fraction, seed, row_offset=rows.start)
-                return transform_counts(train, transform, setup.train_scales[rows]), test
+        def halves(block: sparse.csr_matrix, rows: slice, seed: int = seed) -> tuple[Any, Any]:
+            train, test = binomial_split(block, setup.fraction, seed, row_offset=rows.start)
+            return transform_counts(train, transform, setup.train_scales[rows]), test
 
-            _fit_blockwise(model, data.blocks, lambda b, r, halves=halves: halves(b, r)[0], grid)
-            bar.update(1)
+        _fit_blockwise(model, data.blocks, lambda b, r, halves=halves: halves(b, r)[0], grid)
+        bar.update(1)
 
-            def score(block: sparse.csr_matrix, rows: slice) -> list[PartialSum]:
-                values, test = halves(block, rows)
-                parts = []
-                for part in chunk_rows(block.shape[0], block.shape[1], chunk_size):
-                    cells = slice(rows.start + part.start, rows.start + part.stop)
-                    target = held_out_target(
-                        test[part], setup.test_scales[cells], transform=transform, loss=loss, reused=True
+        def score(block: sparse.csr_matrix, rows: slice) -> list[PartialSum]:
+            values, test = halves(block, rows)
+            parts = []
+            for part in chunk_rows(block.shape[0], block.shape[1], chunk_size):
+                cells = slice(rows.start + part.start, rows.start + part.stop)
+                target = held_out_target(
+                    test[part], setup.test_scales[cells], transform=transform, loss=loss, reused=True
+                )
+                per_cell = [
+                    score_block(
+                        pred, target, conversion=setup.conversion, train_scales=setup.train_scales[cells], loss=loss
                     )
-                    per_cell = [
-                        score_block(
-                            pred, target, conversion=setup.conversion, train_scales=setup.train_scales[cells], loss=loss
-                        )
-                        for _, pred in model.sweep_rows(values[part], cells)
-                    ]
-                    parts.append(partial_sum(cells.start, np.stack(per_cell, axis=1)))
-                return parts
+                    for _, pred in model.sweep_rows(values[part], cells)
+                ]
+                parts.append(partial_sum(cells.start, np.stack(per_cell, axis=1)))
+            return parts
 
-            total = CellSum(len(grid))
-            for part in itertools.chain.from_iterable(data.blocks.map(score)):
-                total.add_partial(part)
-            losses[i] = total.total()
-            bar.update(1)
+        total = CellSum(len(grid))
+        for part in itertools.chain.from_iterable(data.blocks.map(score)):
+            total.add_partial(part)
+        losses[i] = total.total()
+        bar.update(1)
     return mcv_result(
         losses,
         model,

@@ -23,7 +23,7 @@ from ._loss import check_loss, held_out_target, score_block
 from ._rows import CellSum
 from ._split import Stream, binomial_split, seed_sequence, split_seed
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
-from ._validate import check_fraction, check_positive_int
+from ._validate import check_flag, check_fraction, check_positive_int
 from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition
 
 if TYPE_CHECKING:
@@ -39,12 +39,15 @@ if TYPE_CHECKING:
 __all__ = [
     "CalibrationResult",
     "McvSetup",
+    "add_steps",
+    "bar_label",
     "check_finite_loss",
     "check_finite_output",
     "mcv_result",
     "mcv_setup",
     "package_version",
     "predict_dense",
+    "progress_bar",
     "refit",
     "resolve_method",
     "run_genes",
@@ -222,7 +225,7 @@ def _sweep_losses(
             for rows in blocks:
                 target = prepare(rows, True)
                 total.add(rows.start, np.stack([score(rows, target, pred) for _, pred in sweep.sweep_blocks(rows)], 1))
-                bar.update(1 / len(blocks))
+                bar.update(1)
             return total.total()
         losses = np.zeros(n_values)
         for j, (value, predict) in enumerate(sweep.sweep_values()):
@@ -233,18 +236,30 @@ def _sweep_losses(
             train = getattr(predict, "train_loss", None)
             shown = f"{value}: loss {losses[j] / n_entries:.5g}" + ("" if train is None else f", train {train:.5g}")
             bar.set_postfix_str(shown, refresh=False)
-            bar.update(1 / n_values)
+            bar.update(1)
     return losses
 
 
-def _progress(total: int, desc: str, *, progress: bool | None) -> tqdm:
-    """Return a progress bar; ``progress=None`` shows it when scanpy's verbosity is at least ``"info"``.
+def _sweep_steps(sweep: BlockSweep | ValueSweep, blocks: list[slice], grid: np.ndarray) -> int:
+    """Progress steps of one sweep: a block of cells (block order) or a grid value (value order) each."""
+    return len(blocks) if isinstance(sweep, BlockSweep) else len(grid)
 
-    ``tqdm.auto`` draws a widget in Jupyter, but warns when ipywidgets is missing: then the
-    plain text bar is used.
+
+def bar_label(method: object, calibration: object) -> str:
+    """Return what the progress bar says it runs, e.g. ``"MCV pca"``."""
+    name = method if isinstance(method, str) else type(method).__name__.lower()
+    return f"{'Noise2Self' if calibration == 'genes' else 'MCV'} {name}"
+
+
+def progress_bar(desc: str, *, progress: bool | None) -> tqdm:
+    """Return the one progress bar of a call (``progress=None``: shown when scanpy's verbosity is info).
+
+    It counts whole steps — each fit (SVD, graph, network), each block or grid value
+    scored, the refit — and each stage adds its steps with :func:`add_steps` once it
+    knows them. ``tqdm.auto`` draws a widget in Jupyter, but warns when ipywidgets is
+    missing: then the plain text bar is used.
     """
-    if progress is None:
-        progress = logg.verbose()
+    progress = logg.verbose() if progress is None else check_flag(progress, "progress")
     try:
         import ipywidgets  # noqa: F401
     except ImportError:
@@ -252,8 +267,14 @@ def _progress(total: int, desc: str, *, progress: bool | None) -> tqdm:
     else:
         from tqdm.auto import tqdm as bar_class
     return bar_class(
-        total=total, desc=desc, disable=not progress, bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}{postfix}]"
+        total=0, desc=desc, disable=not progress, bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}{postfix}]"
     )
+
+
+def add_steps(bar: tqdm, n: int) -> None:
+    """Add ``n`` steps to the bar's total."""
+    bar.total += n
+    bar.refresh()
 
 
 class McvSetup(NamedTuple):
@@ -344,7 +365,7 @@ def run_mcv(
     loss: LossName,
     random_state: RandomState,
     chunk_size: int | None,
-    progress: bool | None,
+    bar: tqdm,
     totals: np.ndarray | None = None,
 ) -> CalibrationResult:
     """Molecular cross-validation of ``denoiser`` over ``grid`` on validated canonical-CSR ``counts``.
@@ -367,23 +388,26 @@ def run_mcv(
     train_scales, test_scales = setup.train_scales, setup.test_scales
 
     losses = np.zeros((n_splits, len(grid)))
-    with _progress(n_splits, f"MCV {method}", progress=progress) as bar:
-        for i in range(n_splits):
-            train, test = binomial_split(counts, setup.fraction, split_seed(random_state, Stream.MCV, i))
-            sweep = denoiser.fit(transform_counts(train, transform, train_scales), grid)
-            losses[i] = _sweep_losses(
-                sweep,
-                blocks,
-                len(grid),
-                prepare=lambda rows, reused, test=test: held_out_target(
-                    test[rows], test_scales[rows], transform=transform, loss=loss, reused=reused
-                ),
-                score=lambda rows, target, pred: score_block(
-                    pred, target, conversion=setup.conversion, train_scales=train_scales[rows], loss=loss
-                ),
-                bar=bar,
-                n_entries=counts.shape[0] * counts.shape[1],
-            )
+    add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known
+    for i in range(n_splits):
+        train, test = binomial_split(counts, setup.fraction, split_seed(random_state, Stream.MCV, i))
+        sweep = denoiser.fit(transform_counts(train, transform, train_scales), grid)
+        if i == 0:
+            add_steps(bar, n_splits * _sweep_steps(sweep, blocks, grid))
+        bar.update(1)
+        losses[i] = _sweep_losses(
+            sweep,
+            blocks,
+            len(grid),
+            prepare=lambda rows, reused, test=test: held_out_target(
+                test[rows], test_scales[rows], transform=transform, loss=loss, reused=reused
+            ),
+            score=lambda rows, target, pred: score_block(
+                pred, target, conversion=setup.conversion, train_scales=train_scales[rows], loss=loss
+            ),
+            bar=bar,
+            n_entries=counts.shape[0] * counts.shape[1],
+        )
     return mcv_result(
         losses,
         denoiser,
@@ -416,7 +440,7 @@ def run_genes(
     n_groups: int,
     random_state: RandomState,
     chunk_size: int | None,
-    progress: bool,
+    bar: tqdm,
     params: dict[str, Any],
 ) -> CalibrationResult:
     """Noise2Self calibration: each gene group predicted from the others, MSE against the data.
@@ -443,20 +467,23 @@ def run_genes(
     grid = _checked_grid(denoiser, grid, fitted_on)
 
     losses = np.zeros((n_groups, len(grid)))
-    with _progress(n_groups, f"Noise2Self {method}", progress=progress) as bar:
-        for g in range(n_groups):
-            held_out = groups == g
-            sweep = denoiser.held_out_genes(values, held_out, cell_groups, grid)
-            columns = values[:, held_out]
-            losses[g] = _sweep_losses(
-                sweep,
-                blocks,
-                len(grid),
-                prepare=lambda rows, _, columns=columns: columns[rows].toarray(),
-                score=lambda _rows, target, pred: np.sum((pred - target) ** 2, axis=1),
-                bar=bar,
-                n_entries=n_cells * int(held_out.sum()),
-            )
+    add_steps(bar, n_groups)
+    for g in range(n_groups):
+        held_out = groups == g
+        sweep = denoiser.held_out_genes(values, held_out, cell_groups, grid)
+        if g == 0:
+            add_steps(bar, n_groups * _sweep_steps(sweep, blocks, grid))
+        bar.update(1)
+        columns = values[:, held_out]
+        losses[g] = _sweep_losses(
+            sweep,
+            blocks,
+            len(grid),
+            prepare=lambda rows, _, columns=columns: columns[rows].toarray(),
+            score=lambda _rows, target, pred: np.sum((pred - target) ** 2, axis=1),
+            bar=bar,
+            n_entries=n_cells * int(held_out.sum()),
+        )
     params = {**params, "n_groups": n_groups, "random_state": seed_record(random_state)}
     return CalibrationResult(
         method=method,

@@ -9,10 +9,13 @@ import numpy as np
 from . import _logging as logg
 from ._blockwise import BlockCounts, is_blockwise, refit_blockwise
 from ._calibrate import (
+    add_steps,
+    bar_label,
     check_finite_output,
     chunk_rows,
     package_version,
     predict_dense,
+    progress_bar,
     refit,
     resolve_method,
     seed_record,
@@ -205,37 +208,40 @@ def denoise(
         read_layer=layer,
         overwrite=overwrite,
     )
-    data, denoiser, result = _run(
-        adata if genes is None else genes.counts[:, genes.mask],
-        method=denoiser,
-        layer=layer if genes is None else None,
-        calibration=calibration,
-        grid=grid,
-        split_fraction=split_fraction,
-        n_splits=n_splits,
-        n_groups=n_groups,
-        transform=transform,
-        target_sum=target_sum,
-        loss=loss,
-        random_state=random_state,
-        empty=empty,
-        chunk_size=chunk_size,
-        progress=progress,
-        cell_totals=None if genes is None else genes.totals,
-    )
-    outputs = _outputs(
-        data,
-        denoiser,
-        result.best,
-        key=key_added,
-        factored=factored,
-        transform=transform,
-        target_sum=target_sum,
-        scale=scale,
-        chunk_size=chunk_size,
-        n_cells=adata.n_obs,
-        genes=genes,
-    )
+    with progress_bar(bar_label(method, calibration), progress=progress) as bar:
+        add_steps(bar, 1)  # the refit on all counts, last
+        data, denoiser, result = _run(
+            adata if genes is None else genes.counts[:, genes.mask],
+            method=denoiser,
+            layer=layer if genes is None else None,
+            calibration=calibration,
+            grid=grid,
+            split_fraction=split_fraction,
+            n_splits=n_splits,
+            n_groups=n_groups,
+            transform=transform,
+            target_sum=target_sum,
+            loss=loss,
+            random_state=random_state,
+            empty=empty,
+            chunk_size=chunk_size,
+            bar=bar,
+            cell_totals=None if genes is None else genes.totals,
+        )
+        outputs = _outputs(
+            data,
+            denoiser,
+            result.best,
+            key=key_added,
+            factored=factored,
+            transform=transform,
+            target_sum=target_sum,
+            scale=scale,
+            chunk_size=chunk_size,
+            n_cells=adata.n_obs,
+            genes=genes,
+        )
+        bar.update(1)
     uns = result.to_uns()
     uns["params"]["layer"] = layer
     uns["params"]["method_repr"] = repr(denoiser)

@@ -9,14 +9,21 @@ import numpy as np
 
 from . import _logging as logg
 from ._blockwise import BlockCounts, check_blockwise_request, is_blockwise, prepare_blocks, run_mcv_blockwise
-from ._calibrate import CalibrationResult, check_finite_loss, resolve_method, run_genes, run_mcv
+from ._calibrate import (
+    CalibrationResult,
+    bar_label,
+    check_finite_loss,
+    progress_bar,
+    resolve_method,
+    run_genes,
+    run_mcv,
+)
 from ._loss import check_loss
 from ._output import denoised_genes
 from ._score import score_denoising
 from ._split import seed_sequence
 from ._transform import check_transform, transformed
 from ._validate import (
-    check_flag,
     check_fraction,
     check_magnitude,
     check_positive_int,
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from anndata import AnnData
+    from tqdm import tqdm
 
     from ._types import ArrayLike, LossName, RandomState, TransformName
     from ._validate import Counts
@@ -115,23 +123,24 @@ def calibrate(
     -------
     The loss per split (or gene group) and grid value, and the chosen value as ``result.best``.
     """
-    return _run(
-        data,
-        method=method,
-        layer=layer,
-        calibration=calibration,
-        grid=grid,
-        split_fraction=split_fraction,
-        n_splits=n_splits,
-        n_groups=n_groups,
-        transform=transform,
-        target_sum=target_sum,
-        loss=loss,
-        random_state=random_state,
-        empty=empty,
-        chunk_size=chunk_size,
-        progress=progress,
-    )[2]
+    with progress_bar(bar_label(method, calibration), progress=progress) as bar:
+        return _run(
+            data,
+            method=method,
+            layer=layer,
+            calibration=calibration,
+            grid=grid,
+            split_fraction=split_fraction,
+            n_splits=n_splits,
+            n_groups=n_groups,
+            transform=transform,
+            target_sum=target_sum,
+            loss=loss,
+            random_state=random_state,
+            empty=empty,
+            chunk_size=chunk_size,
+            bar=bar,
+        )[2]
 
 
 def grid(**axes: Iterable[int]) -> np.ndarray:
@@ -166,7 +175,7 @@ def _run(
     random_state: RandomState,
     empty: Literal["drop", "error"],
     chunk_size: int | None,
-    progress: bool | None,
+    bar: tqdm,
     cell_totals: np.ndarray | None = None,
 ) -> tuple[Counts | BlockCounts, Denoiser, CalibrationResult]:
     """Validate, calibrate; return the prepared data, the denoiser and the result.
@@ -186,8 +195,6 @@ def _run(
     check_positive_int(n_groups, "n_groups")
     if chunk_size is not None:
         check_positive_int(chunk_size, "chunk_size")
-    if progress is not None:
-        check_flag(progress, "progress")
     if not isinstance(random_state, np.random.Generator):
         seed_sequence(random_state)  # its checks only: a Generator would advance
     if empty not in ("error", "drop"):
@@ -218,7 +225,7 @@ def _run(
             loss=loss,
             random_state=random_state,
             chunk_size=chunk_size,
-            progress=progress,
+            bar=bar,
             **({} if totals is None else {"totals": totals}),
         )
         check_finite_loss(result, denoiser)
@@ -242,7 +249,7 @@ def _run(
         n_groups=n_groups,
         random_state=random_state,
         chunk_size=chunk_size,
-        progress=progress,
+        bar=bar,
         params={"transform": transform, "target_sum": None if target_sum is None else float(target_sum), "loss": loss},
     )
     check_finite_loss(result, denoiser)
