@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,16 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m "" --nbmake tests notebooks
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sc_noise2self tests benchmarks
-	$(VENV)/bin/ruff format --check sc_noise2self tests benchmarks
+	$(VENV)/bin/ruff check sc_noise2self tests benchmarks docs
+	$(VENV)/bin/ruff format --check sc_noise2self tests benchmarks docs
+
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 bench: $(STAMP)
 	$(PY) benchmarks/pca_sweep.py
 
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output docs/_build docs/generated

@@ -443,8 +443,8 @@ def split_counts(
 
     Returns
     -------
-    For a matrix, a list of :class:`~sc_noise2self.CountSplit` ``(train, test,
-    fraction)`` in the input's format. For AnnData, None (or a copy with ``copy=True``)
+    For a matrix, a list of :class:`~sc_noise2self.CountSplit`
+    ``(train, test, fraction)`` in the input's format. For AnnData, None (or a copy with ``copy=True``)
     and sets ``layers[f"{key_added}_train"]`` and ``layers[f"{key_added}_test"]``
     (suffixed ``_0``, ``_1``, … when there are several splits), and ``uns[key_added]``
     (``scheme``, ``split_fraction``, ``n_splits``, ``random_state``, ``layer``, the layers

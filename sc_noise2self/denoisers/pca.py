@@ -224,7 +224,7 @@ class PCA:
         check_non_negative_int(self.n_iter, "n_iter")
 
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
-        """Sorted unique ranks in ``1 .. min(n_cells, n_genes) - 1``."""
+        """Sorted unique ranks from 1 to ``min(n_cells, n_genes) - 1``."""
         self.check_params()
         return check_int_grid(grid, low=1, high=min(shape) - 1, name="n_comps")
 
