@@ -307,7 +307,7 @@ def run_mcv_blockwise(
     n_splits = check_positive_int(n_splits, "n_splits")
     grid = _checked_grid(model, grid, shape)
 
-    losses = np.zeros((n_splits, len(grid)))
+    losses, baseline = np.zeros((n_splits, len(grid))), np.zeros(n_splits)
     add_steps(bar, 2 * n_splits)
     for i in range(n_splits):
         seed = split_seed(random_state, Stream.MCV, i)
@@ -327,19 +327,22 @@ def run_mcv_blockwise(
                 target = held_out_target(
                     test[part], setup.test_scales[cells], transform=transform, loss=loss, reused=True
                 )
-                per_cell = [
-                    score_block(
+
+                def scored(pred: np.ndarray, cells: slice = cells, target: Any = target) -> np.ndarray:
+                    return score_block(
                         pred, target, conversion=setup.conversion, train_scales=setup.train_scales[cells], loss=loss
                     )
-                    for _, pred in model.sweep_rows(values[part], cells)
-                ]
+
+                per_cell = [scored(pred) for _, pred in model.sweep_rows(values[part], cells)]
+                per_cell.append(scored(values[part].toarray()))  # no denoising: the training part itself
                 parts.append(partial_sum(cells.start, np.stack(per_cell, axis=1)))
             return parts
 
-        total = CellSum(len(grid))
+        total = CellSum(len(grid) + 1)
         for part in itertools.chain.from_iterable(data.blocks.map(score)):
             total.add_partial(part)
-        losses[i] = total.total()
+        sums = total.total()
+        losses[i], baseline[i] = sums[:-1], sums[-1]
         bar.update(1)
     return mcv_result(
         losses,
@@ -352,6 +355,7 @@ def run_mcv_blockwise(
         target_sum=target_sum,
         loss=loss,
         random_state=random_state,
+        baseline=baseline,
     )
 
 

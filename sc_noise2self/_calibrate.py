@@ -159,6 +159,9 @@ class CalibrationResult:
         (scaled so that their mean is the loss per entry), one column per grid value.
     params
         The calibration settings, h5ad-safe.
+    baseline
+        MCV: the same loss for no denoising (the training part itself, converted to the
+        held-out depth), per split; None for the gene partition, where it is undefined.
     """
 
     method: str
@@ -167,6 +170,7 @@ class CalibrationResult:
     grid: np.ndarray
     loss: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    baseline: np.ndarray | None = None
 
     @property
     def loss_mean(self) -> np.ndarray:
@@ -191,7 +195,7 @@ class CalibrationResult:
             "best": best if isinstance(best, int) else np.array(best),
             "params": dict(self.params),
             "version": package_version(),
-        }
+        } | ({} if self.baseline is None else {"loss_no_denoising": float(np.mean(self.baseline))})
 
 
 def _checked_grid(denoiser: Denoiser, grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
@@ -332,8 +336,9 @@ def mcv_result(
     target_sum: float | None,
     loss: LossName,
     random_state: RandomState,
+    baseline: np.ndarray | None = None,
 ) -> CalibrationResult:
-    """Return the MCV result from the summed losses (splits × grid values), per matrix entry."""
+    """Return the MCV result from the summed losses (splits × grid values, and of no denoising), per matrix entry."""
     params = {
         "split_fraction": setup.fraction,
         "n_splits": losses.shape[0],
@@ -349,6 +354,7 @@ def mcv_result(
         grid=grid,
         loss=losses / (shape[0] * shape[1]),
         params=params,
+        baseline=None if baseline is None else baseline / (shape[0] * shape[1]),
     )
 
 
@@ -388,10 +394,12 @@ def run_mcv(
     train_scales, test_scales = setup.train_scales, setup.test_scales
 
     losses = np.zeros((n_splits, len(grid)))
+    baseline = np.zeros(n_splits)
     add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known
     for i in range(n_splits):
         train, test = binomial_split(counts, setup.fraction, split_seed(random_state, Stream.MCV, i))
-        sweep = denoiser.fit(transform_counts(train, transform, train_scales), grid)
+        values = transform_counts(train, transform, train_scales)
+        sweep = denoiser.fit(values, grid)
         if i == 0:
             add_steps(bar, n_splits * _sweep_steps(sweep, blocks, grid))
         bar.update(1)
@@ -408,6 +416,21 @@ def run_mcv(
             bar=bar,
             n_entries=counts.shape[0] * counts.shape[1],
         )
+        unchanged = CellSum(1)  # no denoising: the training part itself, scored the same way
+        with threadpool_limits(limits=1, user_api="blas"):
+            for rows in blocks:
+                target = held_out_target(test[rows], test_scales[rows], transform=transform, loss=loss)
+                unchanged.add(
+                    rows.start,
+                    score_block(
+                        values[rows].toarray(),
+                        target,
+                        conversion=setup.conversion,
+                        train_scales=train_scales[rows],
+                        loss=loss,
+                    ),
+                )
+        baseline[i] = unchanged.total()[0]
     return mcv_result(
         losses,
         denoiser,
@@ -419,6 +442,7 @@ def run_mcv(
         target_sum=target_sum,
         loss=loss,
         random_state=random_state,
+        baseline=baseline,
     )
 
 

@@ -24,7 +24,7 @@ def calibration(
     show: bool | None = None,
     save: str | None = None,
 ) -> Axes | None:
-    """Plot the held-out loss against the grid, one thin line per split and their mean.
+    """Plot the held-out loss against the grid, one thin line per split, their mean, and no denoising.
 
     Parameters
     ----------
@@ -62,6 +62,8 @@ def calibration(
     if own_figure:
         _, ax = plt.subplots(figsize=(5, 3.5))
     x, along = _draw_curves(ax, grid, loss, names, calibration)
+    if "loss_no_denoising" in info:  # MCV: the same loss for the training part itself
+        ax.axhline(float(info["loss_no_denoising"]), color="0.4", ls=":", lw=1, label="no denoising")
     ibest = int(np.flatnonzero((grid.reshape(len(mean), -1) == best).all(axis=1))[0])
     ax.axvline(x[ibest], color="C3", ls="--", lw=1)  # (for a 2-D grid, on the chosen curve)
     chosen = ", ".join(str(int(v)) for v in best)

@@ -178,7 +178,8 @@ def denoise(
         ``adata.obs[f"{key_added}_kept"]`` when empty cells were dropped).
     ``adata.uns[key_added]`` : :class:`dict`
         ``method``, ``calibration``, ``grid_names``, ``grid``, ``loss`` (splits or gene
-        groups × grid, per matrix entry), ``loss_mean``, ``best`` (the chosen value),
+        groups × grid, per matrix entry), ``loss_mean``, ``loss_no_denoising`` (MCV: the
+        same loss for the training part itself), ``best`` (the chosen value),
         ``params`` (every setting, including ``layer``), ``output`` (``"dense"`` or
         ``"factored"``), ``scale`` (``"transformed"`` or ``"counts"``), ``outputs`` (the
         names written, per slot) and the package ``version``.

@@ -37,6 +37,7 @@ def test_dask_calibration_equals_in_memory(counts, chunks, dense):
     got = n2s.tl.calibrate(_dask(counts, chunks, dense=dense), **kwargs)
     assert got.best == expected.best
     np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-9)
+    np.testing.assert_allclose(got.baseline, expected.baseline, rtol=1e-9)
     assert got.params == expected.params
 
 

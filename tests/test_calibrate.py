@@ -102,3 +102,12 @@ def test_sparse_input_is_never_densified():
     finally:
         tracemalloc.stop()
     assert peak < dense_bytes / 20, f"peak {peak / 2**20:.0f} MiB vs dense {dense_bytes / 2**20:.0f} MiB"
+
+
+def test_no_denoising_is_scored_the_same_way(simulation):
+    """The training part itself, converted to the held-out depth: the level every setting should beat."""
+    result = tl.calibrate(simulation.counts, grid=np.arange(1, 31), n_splits=2, progress=False)
+    assert result.baseline.shape == (2,) and (result.baseline > result.loss.max(axis=1)).all()
+    assert result.to_uns()["loss_no_denoising"] == pytest.approx(result.baseline.mean())
+    genes = tl.calibrate(simulation.counts, calibration="genes", grid=[1, 5], progress=False)
+    assert genes.baseline is None and "loss_no_denoising" not in genes.to_uns()

@@ -25,7 +25,8 @@ def test_calibration_plot_marks_the_choice(calibrated, tmp_path):
     assert "held-out mse" in ax.get_ylabel() and ax.get_title()
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert f"chosen: {best}" in labels and "mean over splits" in labels and "single split" in labels
-    assert len(ax.lines) == 3 + 1 + 1 + 1  # 3 splits, mean, chosen line, chosen marker
+    assert "no denoising" in labels
+    assert len(ax.lines) == 3 + 1 + 1 + 1 + 1  # 3 splits, mean, no denoising, chosen line, chosen marker
     assert (tmp_path / "curve.png").stat().st_size > 0
     plt.close("all")
 
@@ -33,7 +34,8 @@ def test_calibration_plot_marks_the_choice(calibrated, tmp_path):
 def test_calibration_into_given_axes(calibrated):
     _, ax = plt.subplots()
     assert n2s.pl.calibration(calibrated, ax=ax) is ax
-    np.testing.assert_allclose(ax.lines[-3].get_ydata(), calibrated.uns["denoised"]["loss_mean"])
+    (mean,) = [line for line in ax.lines if line.get_label() == "mean over splits"]
+    np.testing.assert_allclose(mean.get_ydata(), calibrated.uns["denoised"]["loss_mean"])
     plt.close("all")
 
 
