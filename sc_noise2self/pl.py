@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +24,7 @@ def calibration(
     key: str = "denoised",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | None = None,
+    save: bool | str | os.PathLike | None = None,
 ) -> Axes | None:
     """Plot the held-out loss against the grid, one thin line per split, their mean, and no denoising.
 
@@ -37,7 +39,10 @@ def calibration(
     show
         Show the figure; default: when no ``ax`` is given and matplotlib is interactive.
     save
-        Path to save the figure to.
+        As in scanpy: ``True`` saves to ``sc.settings.figdir / "calibration.<format>"``
+        (``sc.settings.file_format_figs``), a string without a folder is a suffix
+        (``save="_pca.png"`` → ``figdir / "calibration_pca.png"``); a path with a folder,
+        or a :class:`~pathlib.Path`, is used as it is.
 
     Returns
     -------
@@ -82,8 +87,9 @@ def calibration(
     kind = "Molecular cross-validation" if calibration == "mcv" else "Noise2Self gene partition"
     ax.set_title(f"{kind}: {info.get('method', '')} (adata.uns[{key!r}])")
     ax.legend(frameon=False)
-    if save is not None:
-        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
+    path = _save_path(save)
+    if path is not None:
+        ax.figure.savefig(path, dpi=150, bbox_inches="tight")
     if show is None:
         show = own_figure and plt.isinteractive()
     if show:
@@ -114,3 +120,22 @@ def _draw_curves(
             on = grid[:, across] == other
             ax.plot(x[on], mean[on], marker="o", ms=3, lw=1.5, color=f"C{i % 10}", label=f"{names[across]} = {other}")
     return x, along
+
+
+def _save_path(save: bool | str | os.PathLike | None) -> Path | None:
+    """Where to save the figure, by scanpy's convention for ``save=`` (see :func:`calibration`)."""
+    if save is None or save is False:
+        return None
+    if not isinstance(save, bool | str | os.PathLike):
+        msg = f"save must be True, a file name suffix or a path, got {save!r}."
+        raise ValueError(msg)
+    if isinstance(save, os.PathLike) or (isinstance(save, str) and os.sep in save):
+        return Path(save)
+    from scanpy import settings
+
+    suffix = "" if save is True else str(save)
+    if not Path(suffix).suffix:
+        suffix += f".{settings.file_format_figs}"
+    folder = Path(settings.figdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"calibration{suffix}"

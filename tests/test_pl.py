@@ -57,3 +57,20 @@ def test_autoencoder_grid_draws_epochs_along_x_and_a_curve_per_width(simulation)
     assert "bottleneck = 4" in labels and "bottleneck = 16" in labels
     assert sorted(ax.lines[0].get_xdata()) == [1, 2, 3]
     plt.close("all")
+
+
+def test_save_follows_scanpys_convention(calibrated, tmp_path):
+    import scanpy as sc
+
+    figdir, sc.settings.figdir = sc.settings.figdir, tmp_path / "figures"
+    try:
+        n2s.pl.calibration(calibrated, show=False, save="_rank.png")
+        n2s.pl.calibration(calibrated, show=False, save=True)
+        n2s.pl.calibration(calibrated, show=False, save=str(tmp_path / "here.png"))
+    finally:
+        sc.settings.figdir = figdir
+    names = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert names == ["calibration.pdf", "calibration_rank.png"] and (tmp_path / "here.png").exists()
+    with pytest.raises(ValueError, match="save must be"):
+        n2s.pl.calibration(calibrated, show=False, save=3)
+    plt.close("all")
