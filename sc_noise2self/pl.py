@@ -49,7 +49,7 @@ def calibration(
     The Axes, unless ``show`` is True.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     if key not in adata.uns or "loss" not in adata.uns[key]:
         msg = f"adata.uns[{key!r}] has no calibration; run sc_noise2self.pp.denoise(adata, key_added={key!r}) first."
@@ -75,7 +75,7 @@ def calibration(
     ax.plot([x[ibest]], [mean[ibest]], marker="*", ms=12, color="C3", ls="none", label=f"chosen: {chosen}")
     if x.min() > 0 and x.max() / x.min() >= 20:
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 1, 10, 100
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # grid values are whole numbers
     ax.set_xlabel(_GRID_LABELS.get(names[along], names[along]))
