@@ -166,11 +166,10 @@ def denoise(
     interruption leaves ``adata`` as it was. Sets the following fields:
 
     ``adata.layers[key_added]`` : :class:`numpy.ndarray` (dtype ``float32``) or dask array
-        Expected counts with ``scale="counts"``; otherwise denoised expression on the transformed scale of the full
-        data:
-        ``T(x · target_sum / total)`` (by default ``log1p`` of counts per 10,000, the
-        scale of scanpy's log-normalised ``X``), or ``T(x)`` with ``target_sum=None``,
-        cells × genes. Dense; or, when that would
+        Denoised expression on the transformed scale of the full data,
+        ``T(x · target_sum / total)`` (by default ``log1p`` of counts per 10,000, the scale
+        of scanpy's log-normalised ``X``) or ``T(x)`` with ``target_sum=None``; with
+        ``scale="counts"``, expected counts. Cells × genes, dense; or, when that would
         exceed ``max_dense_bytes``, a lazy dask array computed from the factors below
         block by block (also when written to h5ad/zarr).
     ``adata.obsm[f"{key_added}_scores"]``, ``adata.varm[f"{key_added}_loadings"]``, ``adata.var[f"{key_added}_offset"]``
