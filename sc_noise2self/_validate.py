@@ -305,20 +305,21 @@ def check_flag(value: object, name: str) -> bool:
     return bool(value)
 
 
-def check_positive_int(value: object, name: str) -> int:
-    """Check that ``value`` is a positive integer (``True``/``False`` are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        msg = f"{name} must be a positive integer, got {value!r}."
+def _check_int(value: object, name: str, low: int, kind: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        msg = f"{name} must be a {kind} integer, got {value!r}."
         raise ValueError(msg)
     return int(value)
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Check that ``value`` is a positive integer (``True``/``False`` are refused)."""
+    return _check_int(value, name, 1, "positive")
 
 
 def check_non_negative_int(value: object, name: str) -> int:
     """Check that ``value`` is an integer ≥ 0 (``True``/``False`` are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        msg = f"{name} must be a non-negative integer, got {value!r}."
-        raise ValueError(msg)
-    return int(value)
+    return _check_int(value, name, 0, "non-negative")
 
 
 def check_int_grid(grid: ArrayLike, *, low: int, high: int, name: str) -> np.ndarray:

@@ -222,10 +222,8 @@ class Diffusion:
 
     def _operators(self, embedding: np.ndarray, grid: np.ndarray) -> dict[int, sparse.csr_matrix]:
         ks = self._neighbour_counts(grid)
+        self.check_params()
         method = self.neighbor_search
-        if method not in ("auto", "exact", "approximate"):
-            msg = f"neighbor_search must be 'auto', 'exact' or 'approximate', got {method!r}."
-            raise ValueError(msg)
         if method == "auto":
             method = "exact" if len(embedding) <= EXACT_MAX_CELLS else "approximate"
         seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))

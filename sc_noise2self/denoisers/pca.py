@@ -230,9 +230,7 @@ class PCA:
 
     def uses_covariance(self, n_genes: int) -> bool:
         """Whether data with ``n_genes`` genes go through the covariance route."""
-        if self.solver not in {"auto", "covariance", "randomized"}:
-            msg = f"solver must be 'auto', 'covariance' or 'randomized', got {self.solver!r}."
-            raise ValueError(msg)
+        self.check_params()
         return self.solver == "covariance" or (self.solver == "auto" and n_genes <= AUTO_MAX_GENES)
 
     def _svd(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
