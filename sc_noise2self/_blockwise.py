@@ -30,7 +30,14 @@ from ._loss import held_out_target, score_block
 from ._rows import CellSum, PartialSum, partial_sum
 from ._split import Stream, binomial_split, split_seed
 from ._transform import transform_counts, transformed
-from ._validate import as_canonical_csr, check_count_values, check_empty, check_positive_int, nonzero_counts
+from ._validate import (
+    as_canonical_csr,
+    check_count_values,
+    check_empty,
+    check_known_chunks,
+    check_positive_int,
+    nonzero_counts,
+)
 from .denoisers import Blockwise, CellGraph, RowProjection
 
 if TYPE_CHECKING:
@@ -48,7 +55,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BlockCounts",
     "RowBlocks",
-    "check_known_chunks",
     "is_blockwise",
     "prepare_blocks",
     "refit_blockwise",
@@ -61,13 +67,6 @@ _FAN_IN = 8  # partial results merged at once in dask's reduction tree
 
 def _is_dask(X: object) -> bool:
     return type(X).__module__.split(".")[0] == "dask"
-
-
-def check_known_chunks(X: Any, what: str) -> None:
-    """Refuse a dask array whose chunk sizes are unknown (NaN), as after boolean indexing."""
-    if _is_dask(X) and any(np.isnan(c) for axis in X.chunks for c in axis):
-        msg = f"{what} is a dask array with unknown chunk sizes; call `X.compute_chunk_sizes()` first."
-        raise ValueError(msg)
 
 
 def is_blockwise(X: object) -> bool:

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 from scipy import sparse
 
-from ._validate import as_canonical_csr, check_count_values, check_fraction, check_positive_int
+from ._validate import as_canonical_csr, check_count_values, check_fraction, check_known_chunks, check_positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -254,9 +254,7 @@ def split_array(
     """Split raw counts into training and test molecules; see :func:`sc_noise2self.pp.split_counts`."""
     n_splits = check_positive_int(n_splits, "n_splits")
     lazy = type(X).__module__.split(".")[0] == "dask"
-    if lazy and any(np.isnan(c) for axis in X.chunks for c in axis):
-        msg = "The count matrix is a dask array with unknown chunk sizes; call `X.compute_chunk_sizes()` first."
-        raise ValueError(msg)
+    check_known_chunks(X, "The count matrix")
     if lazy and len(X.shape) != 2:
         msg = f"Expected a 2-D cells × genes matrix, got an array of shape {X.shape}."
         raise ValueError(msg)

@@ -22,6 +22,7 @@ __all__ = [
     "check_flag",
     "check_fraction",
     "check_int_grid",
+    "check_known_chunks",
     "check_magnitude",
     "check_non_negative_int",
     "check_number",
@@ -294,6 +295,14 @@ def check_magnitude(values: sparse.csr_matrix, *, what: str) -> None:
             f"{what} holds values up to {largest:.3g} after the transform; their squares overflow float64 in the "
             "denoiser's products. Scale the values down (or use a smaller target_sum)."
         )
+        raise ValueError(msg)
+
+
+def check_known_chunks(X: object, what: str) -> None:
+    """Refuse a dask array whose chunk sizes are unknown (NaN), as after boolean indexing."""
+    chunks = getattr(X, "chunks", None) if type(X).__module__.split(".")[0] == "dask" else None
+    if chunks is not None and any(np.isnan(c) for axis in chunks for c in axis):
+        msg = f"{what} is a dask array with unknown chunk sizes; call `X.compute_chunk_sizes()` first."
         raise ValueError(msg)
 
 
