@@ -38,8 +38,8 @@ def check_loss(loss: str) -> str:
     return loss
 
 
-# fastmath without "nnan"/"ninf": the index clamp below must hold for any value, so that no
-# input can read outside the table (predictions are also checked finite before scoring).
+# fastmath without "nnan"/"ninf": the checks below must hold for any value, so that no
+# input can read outside the table, and a non-finite prediction makes a NaN loss.
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
@@ -47,7 +47,10 @@ _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 def _lookup(table, base, last, value, inv_step):
     # Linear interpolation in one row (starting at flat index ``base``) of a regular table;
     # clamped below at 0 and extrapolated linearly past the end. The index is clamped
-    # before the conversion to int, so it stays in the row even for huge values.
+    # before the conversion to int, so it stays in the row even for huge values; a
+    # non-finite prediction (a diverged denoiser) gives NaN, so the loss is NaN and refused.
+    if not np.isfinite(value):
+        return np.nan
     pos = max(value * inv_step, 0.0)
     j = int(min(pos, last - 1.0))
     lo = table[base + j]
@@ -108,6 +111,12 @@ def _mse_sparse_rows(pred, indptr, indices, data, rows, weights, table, inv_step
         out[c] = acc
 
 
+@numba.njit(cache=True, inline="always", fastmath=_FAST)
+def _floored(rate, floor):
+    # max(rate, floor), but a NaN rate stays NaN (max would return the floor)
+    return rate if np.isnan(rate) else max(rate, floor)
+
+
 @numba.njit(parallel=True, cache=True, fastmath=_FAST)
 def _poisson_rows(pred, indptr, indices, data, rows, weights, table, inv_step, floor, out):
     # Sum of rates over all genes, then - y log(rate) at the held-out nonzeros only.
@@ -118,9 +127,9 @@ def _poisson_rows(pred, indptr, indices, data, rows, weights, table, inv_step, f
         row, weight = rows[c], weights[c]
         acc = 0.0
         for g in range(n_genes):
-            acc += max(_convert(flat, n, row, weight, pred[c, g], inv_step), floor)
+            acc += _floored(_convert(flat, n, row, weight, pred[c, g], inv_step), floor)
         for q in range(indptr[c], indptr[c + 1]):
-            rate = max(_convert(flat, n, row, weight, pred[c, indices[q]], inv_step), floor)
+            rate = _floored(_convert(flat, n, row, weight, pred[c, indices[q]], inv_step), floor)
             acc -= data[q] * np.log(rate)
         out[c] = acc
 
@@ -171,8 +180,6 @@ def score_block(
         ``"mse"`` or ``"poisson"``.
     """
     pred = np.ascontiguousarray(pred)
-    if not np.isfinite(pred).all():  # a diverged denoiser: a NaN loss, refused by the caller
-        return np.full(pred.shape[0], np.nan)
     rows, weights = conversion.rows_for(train_scales)
     table = np.ascontiguousarray(conversion.table)
     out = np.empty(pred.shape[0])

@@ -298,7 +298,8 @@ def test_a_non_finite_prediction_anywhere_is_refused(adata, monkeypatch, calibra
     assert_same(adata, before)
 
 
-def test_a_nan_in_one_grid_value_is_not_chosen(adata, monkeypatch):
+@pytest.mark.parametrize("loss", ["mse", "poisson"])
+def test_a_nan_in_one_grid_value_is_not_chosen(adata, monkeypatch, loss):
     from sc_noise2self.denoisers import pca
 
     real = pca._RankSweep.sweep_blocks
@@ -309,7 +310,12 @@ def test_a_nan_in_one_grid_value_is_not_chosen(adata, monkeypatch):
 
     monkeypatch.setattr(pca._RankSweep, "sweep_blocks", sweep)
     with pytest.raises(ValueError, match="calibration loss is not finite at n_comps = 2"):
-        tl.calibrate(adata, grid=GRID, progress=False)
+        tl.calibrate(adata, grid=GRID, loss=loss, progress=False)
+    monkeypatch.setattr(
+        pca._RankSweep, "sweep_blocks", lambda self, rows: ((k, np.full_like(p, -np.inf)) for k, p in real(self, rows))
+    )
+    with pytest.raises(ValueError, match="calibration loss is not finite"):
+        tl.calibrate(adata, grid=GRID, loss=loss, progress=False)
 
 
 # -- values that used to crash or exhaust memory -------------------------------------------------

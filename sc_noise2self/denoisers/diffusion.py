@@ -263,12 +263,12 @@ class Diffusion:
     def _block_mapper(self) -> Callable[[np.ndarray], np.ndarray]:
         """Scores of a block of cells → its genes, each row on its own (see :func:`~sc_noise2self._rows.low_rank_rows`).
 
-        That product dominates the sweep; the factors are float32 (rounding ~1e-7
-        relative, far below the loss differences between settings) and every row is
-        accumulated alone in float64, so the prediction does not depend on the blocking.
+        That product dominates the sweep; it runs in float32 (rounding ~1e-7 relative, far
+        below the loss differences between settings), every row alone, so the prediction
+        does not depend on the blocking or the threads.
         """
         mean, components = self.mean_.astype(np.float32), self.components_.astype(np.float32)
-        return lambda z: low_rank_rows(mean, z, components)
+        return lambda z: low_rank_rows(mean, z, components, accumulate=np.float32)
 
     def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
         """For each grid value in order, a predictor of blocks of cells (see :meth:`_block_mapper`)."""
