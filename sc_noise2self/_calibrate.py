@@ -210,8 +210,12 @@ def _sweep_losses(
     score: Callable[[slice, Any, np.ndarray], np.ndarray],
     bar: tqdm,
     n_entries: int,
+    unchanged: Callable[[slice], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Sum the loss per grid value, in whichever loop order the sweep offers.
+
+    With ``unchanged`` (a block's undenoised values), one more entry at the end: the
+    same loss for no denoising, scored against the same targets.
 
     ``prepare(rows, reused)`` returns the block's target; ``reused`` says whether it is
     scored at every grid value in a row (block order) or once (value order).
@@ -225,13 +229,16 @@ def _sweep_losses(
     """
     with threadpool_limits(limits=1, user_api="blas"):
         if isinstance(sweep, BlockSweep):
-            total = CellSum(n_values)
+            total = CellSum(n_values + (unchanged is not None))
             for rows in blocks:
                 target = prepare(rows, True)
-                total.add(rows.start, np.stack([score(rows, target, pred) for _, pred in sweep.sweep_blocks(rows)], 1))
+                per_cell = [score(rows, target, pred) for _, pred in sweep.sweep_blocks(rows)]
+                if unchanged is not None:
+                    per_cell.append(score(rows, target, unchanged(rows)))
+                total.add(rows.start, np.stack(per_cell, axis=1))
                 bar.update(1)
             return total.total()
-        losses = np.zeros(n_values)
+        losses = np.zeros(n_values + (unchanged is not None))
         for j, (value, predict) in enumerate(sweep.sweep_values()):
             total = CellSum(1)
             for rows in blocks:
@@ -241,6 +248,11 @@ def _sweep_losses(
             shown = f"{value}: loss {losses[j] / n_entries:.5g}" + ("" if train is None else f", train {train:.5g}")
             bar.set_postfix_str(shown, refresh=False)
             bar.update(1)
+        if unchanged is not None:
+            total = CellSum(1)
+            for rows in blocks:
+                total.add(rows.start, score(rows, prepare(rows, False), unchanged(rows)))
+            losses[-1] = total.total()[0]
     return losses
 
 
@@ -403,7 +415,7 @@ def run_mcv(
         if i == 0:
             add_steps(bar, n_splits * _sweep_steps(sweep, blocks, grid))
         bar.update(1)
-        losses[i] = _sweep_losses(
+        sums = _sweep_losses(
             sweep,
             blocks,
             len(grid),
@@ -415,22 +427,9 @@ def run_mcv(
             ),
             bar=bar,
             n_entries=counts.shape[0] * counts.shape[1],
+            unchanged=lambda rows, values=values: values[rows].toarray(),  # no denoising
         )
-        unchanged = CellSum(1)  # no denoising: the training part itself, scored the same way
-        with threadpool_limits(limits=1, user_api="blas"):
-            for rows in blocks:
-                target = held_out_target(test[rows], test_scales[rows], transform=transform, loss=loss)
-                unchanged.add(
-                    rows.start,
-                    score_block(
-                        values[rows].toarray(),
-                        target,
-                        conversion=setup.conversion,
-                        train_scales=train_scales[rows],
-                        loss=loss,
-                    ),
-                )
-        baseline[i] = unchanged.total()[0]
+        losses[i], baseline[i] = sums[:-1], sums[-1]
     return mcv_result(
         losses,
         denoiser,

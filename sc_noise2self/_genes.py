@@ -43,6 +43,10 @@ class GeneMask(NamedTuple):
     totals: np.ndarray
     """Each cell's total count over all genes."""
 
+    def kept_totals(self, cells: np.ndarray | None) -> np.ndarray:
+        """Totals of the cells kept by the calibration (``cells``: their mask; None: all)."""
+        return self.totals if cells is None else self.totals[cells]
+
 
 def resolve_mask_var(adata: AnnData, mask_var: object, layer: str | None, *, counts: bool) -> GeneMask | None:
     """Return the gene mask to fit on, or None to fit on every gene.
@@ -103,12 +107,12 @@ def extend_factors(
     full_offset[masked], full_loadings[:, masked] = offset, loadings
     others = np.flatnonzero(~genes.mask)
     rows = slice(None) if cells is None else cells
-    values = transformed(genes.counts[rows][:, others], transform, target_sum, totals=genes.totals[rows])
-    z_mean = scores.mean(axis=0)
+    values = transformed(genes.counts[rows][:, others], transform, target_sum, totals=genes.kept_totals(cells))
+    z_mean, y_mean = scores.mean(axis=0), np.asarray(values.mean(axis=0)).ravel()
     centred = scores - z_mean
     gram = centred.T @ centred
-    cross = np.asarray(values.T @ centred).T - np.outer(centred.sum(axis=0), np.asarray(values.mean(axis=0)).ravel())
+    cross = np.asarray(values.T @ centred).T - np.outer(centred.sum(axis=0), y_mean)
     coefs = linalg.lstsq(gram, cross, cond=1e-10, lapack_driver="gelsy")[0]  # k × other genes; rank-safe
     full_loadings[:, others] = coefs
-    full_offset[others] = np.asarray(values.mean(axis=0)).ravel() - z_mean @ coefs
+    full_offset[others] = y_mean - z_mean @ coefs
     return full_offset, scores, full_loadings

@@ -304,40 +304,43 @@ def _outputs(
 ) -> dict[str, dict[str, Any]]:
     """Refit at the chosen value on all counts; return every output, checked finite, per AnnData slot."""
     counts = _to_counts(data, transform, target_sum, genes) if scale == "counts" else None
-    if genes is not None:  # fit on the masked genes, then every gene through the low-rank output
-        totals = genes.totals if data.cells is None else genes.totals[data.cells]
-        fitted = refit(transformed(data.matrix, transform, target_sum, totals=totals), denoiser, best)
-        factors = extend_factors(
-            fitted.factors(best), genes, data.genes, data.cells, transform=transform, target_sum=target_sum
-        )
-        check_finite_output(factors, best, denoiser)
-        if factored:
-            return factored_outputs(key, factors, data.cells, None, n_cells, counts)
-        offset, scores, loadings = factors
-        layer = np.zeros((n_cells, offset.size), dtype=np.float32)
-        kept = np.arange(n_cells) if data.cells is None else np.flatnonzero(data.cells)
-        for rows in chunk_rows(kept.size, offset.size, chunk_size):
-            values = low_rank_rows(offset, scores[rows], loadings)
-            layer[kept[rows]] = values if counts is None else counts(values, kept[rows])
-        check_finite_output((layer,), best, denoiser)
-        return {"layers": {key: layer}}
+    columns = data.genes  # the genes the output's columns come from (None: all)
     if isinstance(data, BlockCounts):
         factors = refit_blockwise(data, denoiser, best, transform=transform, target_sum=target_sum)
     else:
-        values = transformed(data.matrix, transform, target_sum)
+        totals = None if genes is None else genes.kept_totals(data.cells)
+        values = transformed(data.matrix, transform, target_sum, totals=totals)
         fitted = refit(values, denoiser, best)
-        if not factored:
+        if genes is not None:  # fitted on the masked genes: every other gene through the low-rank output
+            factors = extend_factors(
+                fitted.factors(best), genes, data.genes, data.cells, transform=transform, target_sum=target_sum
+            )
+            columns = None
+        elif factored:
+            factors = fitted.factors(best)
+        else:
             denoised = predict_dense(fitted, best, values.shape, chunk_size=chunk_size)
-            check_finite_output((denoised,), best, denoiser)
-            layer = embed(denoised, data.cells, data.genes)
-            if counts is not None:
-                for rows in chunk_rows(*layer.shape, chunk_size):
-                    layer[rows] = counts(layer[rows], rows)
-                check_finite_output((layer,), best, denoiser)
-            return {"layers": {key: layer}}
-        factors = fitted.factors(best)
-    check_finite_output(factors, best, denoiser)
-    return factored_outputs(key, factors, data.cells, data.genes, n_cells, counts)
+    if factored:
+        check_finite_output(factors, best, denoiser)
+        return factored_outputs(key, factors, data.cells, columns, n_cells, counts)
+    if genes is not None:
+        denoised = _low_rank_dense(factors, chunk_size)
+    check_finite_output((denoised,), best, denoiser)
+    layer = embed(denoised, data.cells, columns)
+    if counts is not None:
+        for rows in chunk_rows(*layer.shape, chunk_size):
+            layer[rows] = counts(layer[rows], rows)
+        check_finite_output((layer,), best, denoiser)
+    return {"layers": {key: layer}}
+
+
+def _low_rank_dense(factors: tuple[np.ndarray, np.ndarray, np.ndarray], chunk_size: int | None) -> np.ndarray:
+    """``offset + scores @ loadings`` as a dense float32 array, block by block."""
+    offset, scores, loadings = factors
+    out = np.empty((scores.shape[0], offset.size), dtype=np.float32)
+    for rows in chunk_rows(*out.shape, chunk_size):
+        out[rows] = low_rank_rows(offset, scores[rows], loadings)
+    return out
 
 
 def _to_counts(
@@ -348,8 +351,7 @@ def _to_counts(
         msg = "scale='counts' maps the output back to counts, which needs raw counts as input; use scale='transformed'."
         raise ValueError(msg)
     if genes is not None:
-        totals = genes.totals if data.cells is None else genes.totals[data.cells]
-        return to_counts(transform, totals, target_sum, genes.counts.data.max(), data.cells)
+        return to_counts(transform, genes.kept_totals(data.cells), target_sum, genes.counts.data.max(), data.cells)
     if isinstance(data, BlockCounts):
         totals, max_count = data.totals, data.max_count
     else:
