@@ -24,7 +24,7 @@ from ._rows import CellSum
 from ._split import Stream, binomial_split, seed_sequence, split_seed
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
 from ._validate import check_flag, check_fraction, check_positive_int
-from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition
+from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition, KNNAverage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,7 +62,7 @@ def _autoencoder(**kwargs: Any) -> Denoiser:
     return Autoencoder(**kwargs)
 
 
-METHODS = {"pca": PCA, "diffusion": Diffusion, "autoencoder": _autoencoder}
+METHODS = {"pca": PCA, "diffusion": Diffusion, "knn": KNNAverage, "autoencoder": _autoencoder}
 _CHUNK_ELEMENTS = 2**19  # cells per block × genes; a block of predictions is 4 MiB
 
 

@@ -31,6 +31,7 @@ from ._output import (
     factored_outputs,
     require_dask,
 )
+from ._pipeline import neighbors, pca
 from ._rows import low_rank_rows
 from ._split import split_array
 from ._transform import to_counts, transformed
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from .denoisers import Denoiser
     from .denoisers._base import GridValue
 
-__all__ = ["denoise", "split_counts"]
+__all__ = ["denoise", "neighbors", "pca", "split_counts"]
 
 
 def denoise(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._base import BlockSweep, Blockwise, CellGraph, Denoiser, GenePartition, LowRank, RowProjection, ValueSweep
 from .diffusion import Diffusion
+from .knn import KNNAverage
 from .pca import PCA
 
 
@@ -25,6 +26,7 @@ __all__ = [
     "Denoiser",
     "Diffusion",
     "GenePartition",
+    "KNNAverage",
     "LowRank",
     "RowProjection",
     "ValueSweep",

@@ -1,0 +1,577 @@
+"""Calibrated drop-ins for scanpy's pipeline: ``pp.pca`` (how many PCs) and ``pp.neighbors`` (how many neighbours).
+
+Each writes exactly what the scanpy function writes, so every scanpy tool downstream
+runs unchanged, and keeps its calibration curve inside the same ``uns`` entry, so a later
+run of the scanpy function replaces the record with the result it describes.
+
+- :func:`pca`: the number of components with the lowest molecular cross-validation
+  error of the PCA reconstruction of log-normalised expression — the rank past which
+  further components fit the sampling noise of the molecules rather than the cells.
+- :func:`neighbors`: the ``n_neighbors`` whose kNN average (the cell and its nearest
+  cells, in the principal components) best predicts held-out molecules; the graph is then
+  built by ``sc.pp.neighbors`` itself with that ``n_neighbors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from . import _logging as logg
+from ._blockwise import is_blockwise
+from ._calibrate import add_steps, bar_label, package_version, progress_bar, refit, resolve_method
+from ._genes import resolve_mask_var
+from ._output import check_key, check_targets, commit
+from ._split import Stream, seed_sequence
+from ._transform import transformed
+from ._validate import check_flag, get_counts
+from .tl import _run
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ._calibrate import CalibrationResult
+    from ._genes import GeneMask
+    from ._types import ArrayLike, RandomState, TransformName
+    from ._validate import Counts
+    from .denoisers import Denoiser
+
+__all__ = ["neighbors", "pca"]
+
+Calibration = Literal["mcv", "genes"]
+
+
+def pca(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    key_added: str | None = None,
+    grid: ArrayLike | None = None,
+    mask_var: str | ArrayLike | None = "highly_variable",
+    calibration: Calibration = "mcv",
+    transform: TransformName = "log1p",
+    target_sum: float | None = 1e4,
+    split_fraction: float = 0.9,
+    n_splits: int = 1,
+    n_groups: int = 10,
+    random_state: RandomState = 0,
+    progress: bool | None = None,
+    overwrite: bool = False,
+    copy: bool = False,
+) -> AnnData | None:
+    """Principal component analysis with the number of components chosen by the data.
+
+    A drop-in for :func:`scanpy.pp.pca` that answers "how many PCs?": the rank whose PCA
+    reconstruction of the log-normalised expression best predicts held-out molecules
+    (molecular cross-validation, as :func:`sc_noise2self.pp.denoise` with ``method="pca"``).
+    Components past it describe the sampling noise of this dataset's molecules, not its
+    cells. The PCA is then computed on all counts at that rank, on the scale scanpy users
+    compute it on — ``sc.pp.normalize_total(target_sum=1e4)``, ``sc.pp.log1p``, the
+    highly variable genes — and written where ``sc.pp.pca`` writes it, so
+    ``sc.pp.neighbors``, ``sc.tl.umap`` and ``sc.tl.leiden`` run on it unchanged.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with raw UMI counts in ``X`` or in ``layer`` (cells ×
+        genes, sparse or dense, in memory).
+    layer
+        Layer holding the raw counts (e.g. ``"counts"`` when ``X`` is already
+        log-normalised); ``adata.X`` when None.
+    key_added
+        As in ``sc.pp.pca``: None writes ``obsm["X_pca"]``, ``varm["PCs"]`` and
+        ``uns["pca"]``; a name writes all three under that name.
+    grid
+        Numbers of components to compare; default 1..20, then steps up to 100 (capped
+        by the data size).
+    mask_var
+        Genes to compute the PCA on, as in ``sc.pp.pca``: a boolean ``var`` column, a
+        boolean array, or None for all genes; by default ``var["highly_variable"]`` when
+        that column exists. Depth normalisation uses each cell's total over all genes.
+    calibration
+        ``"mcv"`` (molecular cross-validation, needs counts) or ``"genes"`` (Noise2Self
+        gene partition, for values that are not counts, with ``transform="none"``).
+    transform
+        Scale of the PCA: ``"log1p"`` (default, with ``target_sum=1e4``: scanpy's
+        log-normalised expression), ``"sqrt"`` or ``"none"``.
+    target_sum
+        Counts per cell after depth normalisation; None keeps each cell's depth.
+    split_fraction
+        MCV: expected share of each cell's molecules used for fitting.
+    n_splits
+        MCV: independent random splits; the choice minimises the mean loss.
+    n_groups
+        Noise2Self: number of random gene groups.
+    random_state
+        Seed of the splits and of the randomised SVD (above 4,096 genes).
+    progress
+        Show a progress bar; by default when scanpy's verbosity is at least ``"info"``.
+    overwrite
+        Replace a PCA that this package did not write (e.g. from ``sc.pp.pca``); by
+        default that is refused before any work.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    Returns None if ``copy=False``, else a new AnnData. Sets, all at once (an error leaves
+    ``adata`` as it was):
+
+    ``adata.obsm["X_pca" | key_added]`` : :class:`numpy.ndarray` (dtype ``float32``)
+        PCA coordinates, cells × chosen number of components. Cells without counts
+        are left out of the fit and placed where an all-zero cell projects.
+    ``adata.varm["PCs" | key_added]`` : :class:`numpy.ndarray`
+        Loadings, genes × components; zero for genes outside ``mask_var``.
+    ``adata.uns["pca" | key_added]`` : :class:`dict`
+        ``variance``, ``variance_ratio`` and ``params`` as ``sc.pp.pca`` writes them, and
+        ``calibration``: the loss curve and choice (as ``pp.denoise`` records it; plot it
+        with ``n2s.pl.calibration(adata, key="pca")``).
+    """
+    from .denoisers import PCA
+
+    names = ("X_pca", "PCs", "pca") if key_added is None else (check_key(key_added),) * 3
+    obsm_key, varm_key, uns_key = names
+    check_flag(copy, "copy")
+    _, denoiser = resolve_method(PCA(random_state=_method_seed(random_state)), random_state)
+    start = logg.info("computing PCA, its number of components calibrated by self-supervision")
+    genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.pca")
+    check_targets(
+        adata, uns_key, {"obsm": [obsm_key], "varm": [varm_key]}, function="pca", read_layer=None, overwrite=overwrite
+    )
+    with progress_bar(bar_label("pca", calibration), progress=progress) as bar:
+        data, denoiser, result = _calibrate(
+            adata,
+            denoiser,
+            layer=layer,
+            genes=genes,
+            grid=grid,
+            calibration=calibration,
+            transform=transform,
+            target_sum=target_sum,
+            split_fraction=split_fraction,
+            n_splits=n_splits,
+            n_groups=n_groups,
+            random_state=random_state,
+            bar=bar,
+        )
+        n_comps = int(result.best)
+        totals = None if genes is None else genes.kept_totals(data.cells)
+        values = transformed(data.matrix, transform, target_sum, totals=totals)
+        fitted = refit(values, denoiser, n_comps)
+        bar.update(1)
+    coordinates, loadings = _pca_outputs(fitted, data, genes, adata.shape)
+    variance = fitted.singular_values_**2 / max(values.shape[0] - 1, 1)
+    params = {
+        "zero_center": True,
+        "use_highly_variable": genes is not None and genes.name == "highly_variable",
+        "mask_var": None if genes is None else genes.name,
+    }
+    if layer is not None:
+        params["layer"] = layer
+    record = {
+        "params": params,
+        "variance": variance,
+        "variance_ratio": variance / _total_variance(values),
+        "calibration": _calibration_record(result, data, genes, layer, denoiser),
+        "version": package_version(),
+    }
+    logg.info(f"    chose n_comps={n_comps} ({result.calibration} loss {result.loss_mean.min():.6g})")
+    adata = _writable(adata, copy)
+    commit(adata, uns_key, {"obsm": {obsm_key: coordinates}, "varm": {varm_key: loadings}}, record, function="pca")
+    logg.info(
+        "    finished",
+        time=start,
+        deep=(
+            f"added\n    {obsm_key!r}, the PCA coordinates (adata.obsm)\n    {varm_key!r}, the loadings (adata.varm)\n"
+            f"    {uns_key!r}, variance, variance ratio and the calibration (adata.uns)"
+        ),
+    )
+    return adata if copy else None
+
+
+def neighbors(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    key_added: str | None = None,
+    grid: ArrayLike | None = None,
+    n_pcs: int | None = None,
+    use_rep: str | None = None,
+    mask_var: str | ArrayLike | None = "highly_variable",
+    calibration: Calibration = "mcv",
+    transform: TransformName = "log1p",
+    target_sum: float | None = 1e4,
+    split_fraction: float = 0.9,
+    n_splits: int = 1,
+    n_groups: int = 10,
+    method: Literal["umap", "gauss"] = "umap",
+    transformer: Any = None,
+    metric: str | Callable[..., float] = "euclidean",
+    metric_kwds: Mapping[str, Any] | None = None,
+    random_state: RandomState = 0,
+    progress: bool | None = None,
+    overwrite: bool = False,
+    copy: bool = False,
+) -> AnnData | None:
+    """Neighbourhood graph with the number of neighbours chosen by the data.
+
+    A drop-in for :func:`scanpy.pp.neighbors` that answers "how many neighbours?": the
+    ``n_neighbors`` whose kNN average — each cell's expression replaced by the mean over
+    itself and its ``n_neighbors - 1`` nearest cells in the first ``n_pcs`` principal
+    components — best predicts held-out data. With ``calibration="mcv"`` the principal
+    components, the neighbours and the average all come from the training molecules and are
+    scored on the held-out molecules; with ``"genes"`` (Noise2Self) each group of genes is
+    averaged over neighbours found from the other genes, never reading the cell's own
+    values. The graph is then computed by ``sc.pp.neighbors`` itself, on ``use_rep``, with
+    that ``n_neighbors`` and the given ``method``, ``transformer`` and ``metric``, and
+    written where it writes it.
+
+    The calibrated quantity is the uniform kNN average; scanpy's connectivities weigh the
+    same neighbours by the UMAP (or Gaussian) kernel, so the choice sets the neighbourhood
+    size, not the weights.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with raw UMI counts in ``X`` or in ``layer`` and an
+        embedding in ``obsm`` (by default ``"X_pca"``, e.g. from
+        :func:`sc_noise2self.pp.pca` or ``sc.pp.pca``).
+    layer
+        Layer holding the raw counts; ``adata.X`` when None.
+    key_added
+        As in ``sc.pp.neighbors``: None writes ``obsp["distances"]``,
+        ``obsp["connectivities"]`` and ``uns["neighbors"]``; a name writes
+        ``obsp[f"{key_added}_distances"]``, ``obsp[f"{key_added}_connectivities"]`` and ``uns[key_added]``.
+    grid
+        Values of ``n_neighbors`` to compare (each at least 2, the cell included); default
+        2..5, then steps up to 100.
+    n_pcs
+        Components of ``use_rep`` the graph uses, and of the calibration's own embedding;
+        default all of ``use_rep``'s (at most 100 for the calibration).
+    use_rep
+        ``obsm`` key of the embedding the graph is built on; default ``"X_pca"``.
+    mask_var
+        Genes the calibration's embedding and average use, as in :func:`pca`.
+    calibration
+        ``"mcv"`` or ``"genes"`` (see above).
+    transform
+        Scale of the expression that is averaged and scored (default scanpy's ``log1p``
+        of counts per ``target_sum``).
+    target_sum
+        Counts per cell after depth normalisation; None keeps each cell's depth.
+    split_fraction
+        MCV: expected share of each cell's molecules used for fitting.
+    n_splits
+        MCV: independent random splits; the choice minimises the mean loss.
+    n_groups
+        Noise2Self: number of random gene groups.
+    method
+        ``sc.pp.neighbors``' connectivity kernel: ``"umap"`` or ``"gauss"``.
+    transformer
+        ``sc.pp.neighbors``' neighbour search for the graph (e.g. ``"sklearn"``,
+        ``"pynndescent"`` or a ``KNeighborsTransformer``); the calibration searches
+        exactly up to 100,000 cells and with pynndescent above.
+    metric
+        ``sc.pp.neighbors``' distance for the graph.
+    metric_kwds
+        Options of ``metric``.
+    random_state
+        Seed of the splits, of the calibration's neighbour search and of
+        ``sc.pp.neighbors`` (an int below 2**32 is passed to it as is).
+    progress
+        Show a progress bar; by default when scanpy's verbosity is at least ``"info"``.
+    overwrite
+        Replace a graph that this package did not write (e.g. from ``sc.pp.neighbors``);
+        by default that is refused before any work.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    Returns None if ``copy=False``, else a new AnnData. Sets, all at once, what
+    ``sc.pp.neighbors(adata, n_neighbors=<chosen>, ...)`` sets:
+
+    ``adata.obsp["distances" | f"{key_added}_distances"]`` : :class:`scipy.sparse.csr_matrix`
+        Distances to each cell's ``n_neighbors - 1`` nearest neighbours.
+    ``adata.obsp["connectivities" | f"{key_added}_connectivities"]`` : :class:`scipy.sparse.csr_matrix`
+        Weighted adjacency matrix of the graph.
+    ``adata.uns["neighbors" | key_added]`` : :class:`dict`
+        scanpy's record (``params``, the ``obsp`` keys) and ``calibration``: the loss
+        curve over ``n_neighbors`` and the choice.
+    """
+    from .denoisers import KNNAverage
+
+    uns_key = "neighbors" if key_added is None else check_key(key_added)
+    obsp_keys = (
+        ("distances", "connectivities") if key_added is None else (f"{uns_key}_distances", f"{uns_key}_connectivities")
+    )
+    check_flag(copy, "copy")
+    rep = "X_pca" if use_rep is None else use_rep
+    embedding = _embedding(adata, rep, n_pcs)
+    graph_args = _graph_args(
+        adata,
+        rep,
+        embedding,
+        n_pcs,
+        method=method,
+        transformer=transformer,
+        metric=metric,
+        metric_kwds=metric_kwds,
+        random_state=random_state,
+    )
+    denoiser = KNNAverage(n_pcs=min(embedding.shape[1], 100), random_state=_method_seed(random_state))
+    _, denoiser = resolve_method(denoiser, random_state)
+    start = logg.info("computing neighbors, their number calibrated by self-supervision")
+    genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.neighbors")
+    check_targets(adata, uns_key, {"obsp": list(obsp_keys)}, function="neighbors", read_layer=None, overwrite=overwrite)
+    with progress_bar(bar_label("knn", calibration), progress=progress) as bar:
+        data, denoiser, result = _calibrate(
+            adata,
+            denoiser,
+            layer=layer,
+            genes=genes,
+            grid=grid,
+            calibration=calibration,
+            transform=transform,
+            target_sum=target_sum,
+            split_fraction=split_fraction,
+            n_splits=n_splits,
+            n_groups=n_groups,
+            random_state=random_state,
+            bar=bar,
+        )
+        n_neighbors = int(result.best)
+        graph = _scanpy_graph(adata, rep, embedding, n_neighbors, n_pcs, graph_args)
+        bar.update(1)
+    record = {
+        **graph.uns["neighbors"],
+        "calibration": _calibration_record(result, data, genes, layer, denoiser),
+        "version": package_version(),
+    }
+    record["connectivities_key"], record["distances_key"] = obsp_keys[1], obsp_keys[0]
+    outputs = {"obsp": {obsp_keys[0]: graph.obsp["distances"], obsp_keys[1]: graph.obsp["connectivities"]}}
+    logg.info(f"    chose n_neighbors={n_neighbors} ({result.calibration} loss {result.loss_mean.min():.6g})")
+    adata = _writable(adata, copy)
+    commit(adata, uns_key, outputs, record, function="neighbors")
+    logg.info(
+        "    finished",
+        time=start,
+        deep=(
+            f"added to `.uns[{uns_key!r}]`\n    `.obsp[{obsp_keys[0]!r}]`, distances for each pair of neighbors\n"
+            f"    `.obsp[{obsp_keys[1]!r}]`, weighted adjacency matrix"
+        ),
+    )
+    return adata if copy else None
+
+
+def _method_seed(random_state: RandomState) -> int | None:
+    """Return the seed a denoiser made here gets, as ``pp.denoise`` derives it from ``random_state``."""
+    if random_state is None:
+        return None
+    if not isinstance(random_state, np.random.Generator):
+        seed_sequence(random_state)  # its checks: a clear error for a bad seed
+    return int(seed_sequence(random_state, Stream.METHOD).generate_state(1)[0])
+
+
+def _in_memory_genes(
+    adata: AnnData, layer: str | None, mask_var: object, calibration: str, function: str
+) -> GeneMask | None:
+    """Return the gene mask to calibrate on (None: all genes), after refusing data that are not in memory."""
+    if is_blockwise(get_counts(adata, layer)):
+        msg = (
+            f"{function} needs the counts in memory (a dask array or backed AnnData was given); load them with "
+            "`adata.to_memory()`, or calibrate a subset of cells."
+        )
+        raise ValueError(msg)
+    if calibration not in ("mcv", "genes"):
+        msg = f"calibration must be 'mcv' or 'genes', got {calibration!r}."
+        raise ValueError(msg)
+    return resolve_mask_var(adata, mask_var, layer, counts=calibration == "mcv")
+
+
+def _calibrate(
+    adata: AnnData,
+    denoiser: Denoiser,
+    *,
+    layer: str | None,
+    genes: GeneMask | None,
+    bar: Any,
+    **settings: Any,
+) -> tuple[Counts, Denoiser, CalibrationResult]:
+    """Run the calibration on the counts (of the masked genes, normalised by all genes' totals)."""
+    add_steps(bar, 1)  # the final fit, last
+    return _run(
+        adata if genes is None else genes.counts[:, genes.mask],
+        method=denoiser,
+        layer=layer if genes is None else None,
+        loss="mse",
+        empty="drop",
+        chunk_size=None,
+        cell_totals=None if genes is None else genes.totals,
+        bar=bar,
+        **settings,
+    )
+
+
+def _calibration_record(
+    result: CalibrationResult, data: Counts, genes: GeneMask | None, layer: str | None, denoiser: Denoiser
+) -> dict[str, Any]:
+    """Return what ``uns[...]["calibration"]`` keeps: the curve and choice, as ``pp.denoise`` records them."""
+    record = result.to_uns()
+    record["params"]["layer"] = layer
+    record["params"]["method_repr"] = repr(denoiser)
+    record["params"]["mask_var"] = None if genes is None else genes.name
+    record["n_dropped_cells"] = 0 if data.cells is None else int((~data.cells).sum())
+    record["n_dropped_genes"] = 0 if data.genes is None else int((~data.genes).sum())
+    return record
+
+
+def _pca_outputs(
+    fitted: Any, data: Counts, genes: GeneMask | None, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of every cell (float32) and loadings of every gene, from the PCA of the kept ones."""
+    mean, scores, components = fitted.mean_, fitted.scores_, fitted.components_
+    coordinates = np.empty((shape[0], scores.shape[1]), dtype=np.float32)
+    if data.cells is None:
+        coordinates[:] = scores
+    else:  # an empty cell's values are all zero: it projects to -mean @ components.T
+        coordinates[data.cells] = scores
+        coordinates[~data.cells] = -mean @ components.T
+    fitted_genes = np.flatnonzero(genes.mask) if genes is not None else np.arange(shape[1])
+    if data.genes is not None:
+        fitted_genes = fitted_genes[data.genes]
+    loadings = np.zeros((shape[1], components.shape[0]))
+    loadings[fitted_genes] = components.T
+    return coordinates, loadings
+
+
+def _total_variance(values: Any) -> float:
+    """Sum of the genes' variances (ddof 1), sparse-aware: the denominator of ``variance_ratio``."""
+    n = values.shape[0]
+    mean = np.asarray(values.mean(axis=0)).ravel()
+    squares = values.multiply(values).sum() if hasattr(values, "multiply") else np.square(values).sum()
+    return float((squares - n * np.square(mean).sum()) / max(n - 1, 1))
+
+
+def _embedding(adata: AnnData, rep: str, n_pcs: int | None) -> np.ndarray:
+    """Return the embedding the graph is built on (its first ``n_pcs`` columns), checked before any work."""
+    if not isinstance(rep, str) or rep not in adata.obsm:
+        available = ", ".join(repr(k) for k in adata.obsm) or "none"
+        msg = (
+            f"use_rep={rep!r} is not in adata.obsm (available: {available}); run sc_noise2self.pp.pca(adata) "
+            "(or sc.pp.pca) first, or pass the obsm key of another embedding."
+        )
+        raise ValueError(msg)
+    embedding = np.asarray(adata.obsm[rep])
+    if embedding.ndim != 2 or embedding.shape[1] < 1 or not np.isfinite(embedding).all():
+        msg = f"adata.obsm[{rep!r}] must be a finite cells × components array, got shape {embedding.shape}."
+        raise ValueError(msg)
+    if n_pcs is not None:
+        from ._validate import check_positive_int
+
+        if check_positive_int(n_pcs, "n_pcs") > embedding.shape[1]:
+            msg = f"n_pcs={n_pcs} exceeds the {embedding.shape[1]} columns of adata.obsm[{rep!r}]."
+            raise ValueError(msg)
+        embedding = embedding[:, :n_pcs]
+    return embedding
+
+
+def _graph_args(
+    adata: AnnData,
+    rep: str,
+    embedding: np.ndarray,
+    n_pcs: int | None,
+    *,
+    method: object,
+    transformer: object,
+    metric: object,
+    metric_kwds: object,
+    random_state: RandomState,
+) -> dict[str, Any]:
+    """``sc.pp.neighbors``' settings, checked before the calibration runs.
+
+    What scanpy alone can tell (a metric or transformer it does not accept) is found by
+    building the graph of the first 100 cells with these settings, so a mistake costs
+    a moment, not a calibration.
+    """
+    if method not in ("umap", "gauss"):
+        msg = f"method must be 'umap' or 'gauss' (sc.pp.neighbors' connectivity kernel), got {method!r}."
+        raise ValueError(msg)
+    if isinstance(transformer, str) and transformer not in ("pynndescent", "sklearn"):
+        msg = (
+            "transformer must be 'pynndescent', 'sklearn', a KNeighborsTransformer-like instance or None, "
+            f"got {transformer!r}."
+        )
+        raise ValueError(msg)
+    if not (transformer is None or isinstance(transformer, str)):
+        params = transformer.get_params() if hasattr(transformer, "get_params") else {}
+        if not hasattr(transformer, "fit_transform") or "n_neighbors" not in params:
+            msg = (
+                "A transformer instance needs fit_transform and an n_neighbors parameter (as sklearn's "
+                f"KNeighborsTransformer), which is set to the calibrated value; got {transformer!r}."
+            )
+            raise ValueError(msg)
+    if not (callable(metric) or isinstance(metric, str)):
+        msg = f"metric must be a distance name (e.g. 'euclidean', 'cosine') or a function, got {metric!r}."
+        raise ValueError(msg)
+    if metric_kwds is not None and not isinstance(metric_kwds, Mapping):
+        msg = f"metric_kwds must be a mapping of the metric's options or None, got {metric_kwds!r}."
+        raise ValueError(msg)
+    if isinstance(random_state, int | np.integer) and 0 <= int(random_state) < 2**32:
+        seed = int(random_state)
+    else:
+        seed = _method_seed(random_state) or 0
+    args = {
+        "method": method,
+        "transformer": transformer,
+        "metric": metric,
+        "metric_kwds": {} if metric_kwds is None else dict(metric_kwds),
+        "random_state": seed,
+    }
+    trial = min(adata.n_obs, 100)
+    if trial < 3:
+        msg = f"A neighbourhood graph needs at least 3 cells, got {adata.n_obs}."
+        raise ValueError(msg)
+    try:
+        _scanpy_graph(adata[:trial], rep, embedding[:trial], 2, n_pcs, args)
+    except Exception as error:  # scanpy's or its search library's refusal, said before any work
+        msg = f"sc.pp.neighbors refuses these settings (method, transformer, metric, metric_kwds): {error}"
+        raise ValueError(msg) from error
+    return args
+
+
+def _scanpy_graph(
+    adata: AnnData, rep: str, embedding: np.ndarray, n_neighbors: int, n_pcs: int | None, args: dict[str, Any]
+) -> AnnData:
+    """``sc.pp.neighbors`` on an AnnData holding only the embedding, so nothing of the user's is touched yet.
+
+    A transformer instance is cloned with ``n_neighbors`` set (scanpy reads the number of
+    neighbours from the instance).
+    """
+    import anndata as ad
+    import pandas as pd
+    import scanpy as sc
+
+    transformer = args["transformer"]
+    if not (transformer is None or isinstance(transformer, str)):
+        from sklearn.base import clone
+
+        transformer = clone(transformer).set_params(n_neighbors=n_neighbors)
+    holder = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names.copy()), obsm={rep: embedding})
+    with sc.settings.verbosity.override("warning"):  # this function logs the step itself
+        sc.pp.neighbors(
+            holder, n_neighbors=n_neighbors, n_pcs=None, use_rep=rep, **{**args, "transformer": transformer}
+        )
+    if n_pcs is not None:
+        holder.uns["neighbors"]["params"]["n_pcs"] = n_pcs
+    return holder
+
+
+def _writable(adata: AnnData, copy: bool) -> AnnData:
+    """Return the AnnData to write to: a copy, or the object itself made actual if it is a view (as scanpy does)."""
+    adata = adata.copy() if copy else adata
+    if adata.is_view:
+        adata._init_as_actual(adata.copy())
+    return adata

@@ -1,0 +1,191 @@
+"""The kNN average: each cell's expression replaced by the mean over its ``n_neighbors`` nearest cells.
+
+It is the smoothing a neighbour graph stands for (scanpy's ``n_neighbors`` counts the
+cell itself), so calibrating it answers "how many neighbours?" from the data: with
+molecular cross-validation the graph and the average come from the training molecules and
+are scored on the held-out ones; with the gene partition (Noise2Self) the graph comes from
+the other genes and a cell's own held-out values are never read.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numba
+import numpy as np
+from scipy import sparse
+
+from .._validate import check_int_grid, check_positive_int
+from .diffusion import EXACT_MAX_CELLS, NeighborSearch, knn_graph
+from .pca import PCA, _as_float
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Self
+
+    from .._types import ArrayLike
+
+__all__ = ["KNNAverage"]
+
+_DEFAULT_GRID = np.array([2, 3, 4, 5, 7, 10, 15, 20, 30, 40, 50, 70, 100])
+
+
+@numba.njit(parallel=True, cache=True)
+def _neighbour_means(indptr, indices, data, n_genes, first, others, sizes, out):  # pragma: no cover - compiled
+    # Row r of the block: the running sum of ``first[r]`` (when >= 0) and then of its
+    # neighbours in order, divided by the number of rows summed at each size in
+    # ``sizes``. Every row is computed alone, in a fixed order: independent of the block.
+    for r in numba.prange(others.shape[0]):
+        acc = np.zeros(n_genes)
+        used = 0
+        if first[r] >= 0:
+            for p in range(indptr[first[r]], indptr[first[r] + 1]):
+                acc[indices[p]] += data[p]
+            used = 1
+        j = 0
+        for v in range(sizes.size):
+            while used < sizes[v]:
+                cell = others[r, j]
+                for p in range(indptr[cell], indptr[cell + 1]):
+                    acc[indices[p]] += data[p]
+                j += 1
+                used += 1
+            scale = 1.0 / sizes[v]
+            for g in range(n_genes):
+                out[v, r, g] = acc[g] * scale
+
+
+def neighbour_means(X: sparse.csr_matrix, first: np.ndarray, others: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Means of ``X``'s rows over growing neighbourhoods, for a block of cells.
+
+    ``first``: a row index per cell of the block (its own row), or -1 to leave it out;
+    ``others``: its neighbours, nearest first; ``sizes``: increasing numbers of rows to
+    average (``first`` included when given). Returns float32, sizes × block × genes.
+    """
+    out = np.empty((sizes.size, others.shape[0], X.shape[1]), dtype=np.float32)
+    _neighbour_means(
+        X.indptr,
+        X.indices,
+        X.data.astype(np.float64, copy=False),
+        X.shape[1],
+        np.ascontiguousarray(first, dtype=np.int64),
+        np.ascontiguousarray(others, dtype=np.int64),
+        np.ascontiguousarray(sizes, dtype=np.int64),
+        out,
+    )
+    return out
+
+
+class _HeldOutSweep:
+    """The Noise2Self sweep of :meth:`KNNAverage.held_out_genes`: other cells' held-out values only."""
+
+    def __init__(self, target: sparse.csr_matrix, indices: np.ndarray, grid: np.ndarray):
+        self.target, self.indices, self.grid = target, indices, grid
+
+    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
+        others = self.indices[rows]
+        means = neighbour_means(self.target, np.full(others.shape[0], -1), others, self.grid - 1)
+        for k, pred in zip(self.grid, means, strict=True):
+            yield int(k), pred
+
+
+class KNNAverage:
+    """Denoise each cell by the mean over its ``n_neighbors`` nearest cells, itself included.
+
+    The neighbours are found in the first ``n_pcs`` principal components of the
+    (transformed) data, computed as :class:`~sc_noise2self.denoisers.PCA` does, and the
+    average is over all genes, not over a low-rank reconstruction: it is the smoothing of
+    a uniform-weight kNN graph, the quantity scanpy's ``n_neighbors`` sets. The grid is over
+    ``n_neighbors`` (the cell included, as in ``sc.pp.neighbors``); one neighbour search
+    at the largest value serves every smaller one, and a block of cells is averaged at
+    every value in one pass.
+
+    Parameters
+    ----------
+    n_pcs
+        Principal components of the embedding the neighbours are found in.
+    neighbor_search
+        ``"exact"`` (scikit-learn), ``"approximate"`` (pynndescent, seeded) or
+        ``"auto"``: exact up to 100,000 cells, approximate above.
+    random_state
+        Seed of the randomised SVD (above 4,096 genes) and of the approximate search.
+    """
+
+    def __init__(self, *, n_pcs: int = 50, neighbor_search: NeighborSearch = "auto", random_state: object = 0) -> None:
+        self.n_pcs = n_pcs
+        self.neighbor_search = neighbor_search
+        self.random_state = random_state
+
+    def __repr__(self) -> str:
+        return (
+            f"KNNAverage(n_pcs={self.n_pcs}, neighbor_search={self.neighbor_search!r}, "
+            f"random_state={self.random_state!r})"
+        )
+
+    def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
+        return ("n_neighbors",)
+
+    def default_grid(self, shape: tuple[int, int]) -> np.ndarray:
+        """2..5, then steps to 100 neighbours, capped by the number of cells."""
+        return _DEFAULT_GRID[_DEFAULT_GRID <= shape[0]]
+
+    def check_params(self) -> None:
+        """Raise a ``ValueError`` for a setting out of range (called before any work)."""
+        check_positive_int(self.n_pcs, "n_pcs")
+        if self.neighbor_search not in ("auto", "exact", "approximate"):
+            msg = f"neighbor_search must be 'auto', 'exact' or 'approximate', got {self.neighbor_search!r}."
+            raise ValueError(msg)
+
+    def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
+        """Sorted unique ``n_neighbors`` from 2 to the number of cells (the cell itself counts)."""
+        self.check_params()
+        if min(shape) < 2:
+            msg = f"The kNN average needs at least 2 cells and 2 genes, got {shape}."
+            raise ValueError(msg)
+        return check_int_grid(grid, low=2, high=shape[0], name="n_neighbors")
+
+    def _neighbours(self, X: ArrayLike, n_neighbors: int) -> np.ndarray:
+        """Return each cell's ``n_neighbors`` nearest other cells in the top principal components of ``X``."""
+        self.check_params()
+        _, embedding, _ = PCA(random_state=self.random_state).embed(X, min(self.n_pcs, min(X.shape) - 1))
+        method = self.neighbor_search
+        if method == "auto":
+            method = "exact" if X.shape[0] <= EXACT_MAX_CELLS else "approximate"
+        seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))
+        return knn_graph(embedding, n_neighbors, method=method, seed=seed)[1]
+
+    # -- MCV ------------------------------------------------------------------------------
+    def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
+        """Find every cell's ``max(grid) - 1`` nearest other cells in the embedding of ``X``."""
+        self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
+        self.data_ = sparse.csr_matrix(_as_float(X))
+        self.neighbors_ = self._neighbours(self.data_, int(self.grid_[-1]) - 1)
+        return self
+
+    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield the averages of cells ``rows`` at every ``n_neighbors`` of the grid, in one pass."""
+        cells = np.arange(self.data_.shape[0])[rows]
+        means = neighbour_means(self.data_, cells, self.neighbors_[rows], self.grid_)
+        for k, pred in zip(self.grid_, means, strict=True):
+            yield int(k), pred
+
+    def predict(self, rows: slice, value: int) -> np.ndarray:
+        """Return the average over the ``value`` nearest cells (the cell included) for cells ``rows``."""
+        cells = np.arange(self.data_.shape[0])[rows]
+        return neighbour_means(self.data_, cells, self.neighbors_[rows], np.array([value]))[0]
+
+    # -- Noise2Self -----------------------------------------------------------------------
+    def held_out_genes(
+        self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
+    ) -> _HeldOutSweep:
+        """Average genes ``genes`` over the ``n_neighbors - 1`` nearest other cells, found from the other genes.
+
+        A cell's prediction reads only other cells' held-out values (so ``cell_groups``
+        is not needed) and the graph never sees the held-out genes: the prediction is
+        J-invariant. The neighbourhood has the size of scanpy's graph with that
+        ``n_neighbors``, the cell itself being the one member that cannot be used.
+        """
+        X = sparse.csr_matrix(_as_float(X))
+        grid = np.sort(np.asarray(grid, dtype=np.int64))
+        indices = self._neighbours(X[:, ~genes], int(grid[-1]) - 1)
+        return _HeldOutSweep(sparse.csr_matrix(X[:, genes]), indices, grid)
