@@ -48,6 +48,7 @@ def pca(
     *,
     layer: str | None = None,
     key_added: str | None = None,
+    objective: Literal["neighbors", "reconstruction"] = "neighbors",
     grid: ArrayLike | None = None,
     mask_var: str | ArrayLike | None = "highly_variable",
     calibration: Calibration = "mcv",
@@ -63,14 +64,25 @@ def pca(
 ) -> AnnData | None:
     """Principal component analysis with the number of components chosen by the data.
 
-    A drop-in for :func:`scanpy.pp.pca` that answers "how many PCs?": the rank whose PCA
-    reconstruction of the log-normalised expression best predicts held-out molecules
-    (molecular cross-validation, as :func:`sc_noise2self.pp.denoise` with ``method="pca"``).
-    Components past it describe the sampling noise of this dataset's molecules, not its
-    cells. The PCA is then computed on all counts at that rank, on the scale scanpy users
-    compute it on — ``sc.pp.normalize_total(target_sum=1e4)``, ``sc.pp.log1p``, the
-    highly variable genes — and written where ``sc.pp.pca`` writes it, so
-    ``sc.pp.neighbors``, ``sc.tl.umap`` and ``sc.tl.leiden`` run on it unchanged.
+    A drop-in for :func:`scanpy.pp.pca` that answers "how many PCs?" by self-supervision,
+    for what the components are used for:
+
+    - ``objective="neighbors"`` (default): the number of components whose neighbour
+      graph is best, i.e. whose kNN average (each cell's expression replaced by the mean
+      over it and its nearest cells in those components, see
+      :class:`~sc_noise2self.denoisers.KNNAverage`) best predicts held-out molecules, over
+      ``n_neighbors`` 5..100 as well. Too few components merge cell types in the graph;
+      too many add noise to the distances.
+    - ``objective="reconstruction"``: the rank whose PCA reconstruction of the expression
+      best predicts held-out molecules — the denoising rank of
+      :func:`sc_noise2self.pp.denoise` with ``method="pca"``. It is lower: a component
+      whose signal is below the noise of each single gene still separates cells once
+      its many genes are summed in a distance (README, "How many PCs").
+
+    The PCA is then computed on all counts with that many components, on the scale
+    scanpy users compute it on — ``sc.pp.normalize_total(target_sum=1e4)``,
+    ``sc.pp.log1p``, the highly variable genes — and written where ``sc.pp.pca`` writes it,
+    so ``sc.pp.neighbors``, ``sc.tl.umap`` and ``sc.tl.leiden`` run on it unchanged.
 
     Parameters
     ----------
@@ -83,8 +95,11 @@ def pca(
     key_added
         As in ``sc.pp.pca``: None writes ``obsm["X_pca"]``, ``varm["PCs"]`` and
         ``uns["pca"]``; a name writes all three under that name.
+    objective
+        ``"neighbors"`` or ``"reconstruction"`` (see above).
     grid
-        Numbers of components to compare; default 1..20, then steps up to 100 (capped
+        Numbers of components to compare. Default: 3, 5, 7, 10, 15, 20, 30, 40, 50 for
+        ``"neighbors"``; 1..20, then steps up to 100 for ``"reconstruction"`` (both capped
         by the data size).
     mask_var
         Genes to compute the PCA on, as in ``sc.pp.pca``: a boolean ``var`` column, a
@@ -126,24 +141,33 @@ def pca(
         Loadings, genes × components; zero for genes outside ``mask_var``.
     ``adata.uns["pca" | key_added]`` : :class:`dict`
         ``variance``, ``variance_ratio`` and ``params`` as ``sc.pp.pca`` writes them, and
-        ``calibration``: the loss curve and choice (as ``pp.denoise`` records it; plot it
-        with ``n2s.pl.calibration(adata, key="pca")``).
+        ``calibration``: the loss curve and choice (as ``pp.denoise`` records it; for
+        ``"neighbors"`` over ``(n_neighbors, n_pcs)`` pairs; plot it with
+        ``n2s.pl.calibration(adata, key="pca")``).
     """
-    from .denoisers import PCA
+    from .denoisers import PCA, KNNAverage
 
     names = ("X_pca", "PCs", "pca") if key_added is None else (check_key(key_added),) * 3
     obsm_key, varm_key, uns_key = names
     check_flag(copy, "copy")
-    _, denoiser = resolve_method(PCA(random_state=_method_seed(random_state)), random_state)
+    if objective not in ("neighbors", "reconstruction"):
+        msg = f"objective must be 'neighbors' or 'reconstruction', got {objective!r}."
+        raise ValueError(msg)
+    seed = _method_seed(random_state)
+    if objective == "neighbors":
+        calibrated, grid = KNNAverage(random_state=seed), _graph_grid(grid, adata.shape)
+    else:
+        calibrated = PCA(random_state=seed)
+    _, calibrated = resolve_method(calibrated, random_state)
     start = logg.info("computing PCA, its number of components calibrated by self-supervision")
     genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.pca")
     check_targets(
         adata, uns_key, {"obsm": [obsm_key], "varm": [varm_key]}, function="pca", read_layer=None, overwrite=overwrite
     )
     with progress_bar(bar_label("pca", calibration), progress=progress) as bar:
-        data, denoiser, result = _calibrate(
+        data, calibrated, result = _calibrate(
             adata,
-            denoiser,
+            calibrated,
             layer=layer,
             genes=genes,
             grid=grid,
@@ -156,10 +180,10 @@ def pca(
             random_state=random_state,
             bar=bar,
         )
-        n_comps = int(result.best)
+        n_comps = int(np.atleast_1d(result.best)[-1])  # (n_neighbors, n_pcs) or the rank
         totals = None if genes is None else genes.kept_totals(data.cells)
         values = transformed(data.matrix, transform, target_sum, totals=totals)
-        fitted = refit(values, denoiser, n_comps)
+        fitted = refit(values, PCA(random_state=seed), n_comps)
         bar.update(1)
     coordinates, loadings = _pca_outputs(fitted, data, genes, adata.shape)
     variance = fitted.singular_values_**2 / max(values.shape[0] - 1, 1)
@@ -174,7 +198,7 @@ def pca(
         "params": params,
         "variance": variance,
         "variance_ratio": variance / _total_variance(values),
-        "calibration": _calibration_record(result, data, genes, layer, denoiser),
+        "calibration": _calibration_record(result, data, genes, layer, calibrated) | {"objective": objective},
         "version": package_version(),
     }
     logg.info(f"    chose n_comps={n_comps} ({result.calibration} loss {result.loss_mean.min():.6g})")
@@ -364,6 +388,22 @@ def neighbors(
         ),
     )
     return adata if copy else None
+
+
+_GRAPH_PCS = np.array([3, 5, 7, 10, 15, 20, 30, 40, 50])
+_GRAPH_NEIGHBORS = np.array([5, 10, 15, 20, 30, 50, 100])
+
+
+def _graph_grid(grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
+    """``(n_neighbors, n_pcs)`` pairs: every ``n_pcs`` of ``grid`` (default 3..50) with 5..100 neighbours."""
+    from .tl import grid as product
+
+    n_pcs = _GRAPH_PCS[_GRAPH_PCS <= min(shape) - 1] if grid is None else grid
+    values = np.asarray(n_pcs)
+    if values.ndim != 1:
+        msg = f"grid holds numbers of components (1-D), got shape {values.shape}."
+        raise ValueError(msg)
+    return product(n_neighbors=_GRAPH_NEIGHBORS[_GRAPH_NEIGHBORS <= shape[0]], n_pcs=values)
 
 
 def _method_seed(random_state: RandomState) -> int | None:

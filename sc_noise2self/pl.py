@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from anndata import AnnData
     from matplotlib.axes import Axes
 
 __all__ = ["calibration"]
 
-_GRID_LABELS = {"n_comps": "number of principal components", "t": "diffusion time t", "epochs": "training epochs"}
-_SWEPT = ("t", "epochs", "n_comps")  # drawn along x; the other axis of a 2-D grid gets one curve per value
+_GRID_LABELS = {
+    "n_comps": "number of principal components",
+    "n_pcs": "number of principal components",
+    "n_neighbors": "number of neighbours (the cell included)",
+    "t": "diffusion time t",
+    "epochs": "training epochs",
+}
+_SWEPT = ("t", "epochs", "n_comps", "n_pcs")  # drawn along x; the other axis of a 2-D grid gets one curve per value
 
 
 def calibration(
@@ -33,7 +42,8 @@ def calibration(
     adata
         AnnData after :func:`sc_noise2self.pp.denoise`.
     key
-        The ``key_added`` used there.
+        The ``key_added`` used there; for :func:`sc_noise2self.pp.pca` and
+        :func:`sc_noise2self.pp.neighbors`, their ``uns`` key (``"pca"``, ``"neighbors"``).
     ax
         Draw into this Axes; a new figure otherwise.
     show
@@ -51,10 +61,7 @@ def calibration(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    if key not in adata.uns or "loss" not in adata.uns[key]:
-        msg = f"adata.uns[{key!r}] has no calibration; run sc_noise2self.pp.denoise(adata, key_added={key!r}) first."
-        raise ValueError(msg)
-    info = adata.uns[key]
+    info, where = _calibration_record(adata, key)
     grid = np.asarray(info["grid"])
     loss = np.atleast_2d(np.asarray(info["loss"]))
     mean = loss.mean(axis=0)
@@ -85,7 +92,7 @@ def calibration(
     what = "held-out" if calibration == "mcv" else "Noise2Self"
     ax.set_ylabel(f"{what} {loss_name} ({scale})")
     kind = "Molecular cross-validation" if calibration == "mcv" else "Noise2Self gene partition"
-    ax.set_title(f"{kind}: {info.get('method', '')} (adata.uns[{key!r}])")
+    ax.set_title(f"{kind}: {info.get('method', '')} ({where})")
     ax.legend(frameon=False)
     path = _save_path(save)
     if path is not None:
@@ -96,6 +103,21 @@ def calibration(
         plt.show()
         return None
     return ax
+
+
+def _calibration_record(adata: AnnData, key: str) -> tuple[Mapping[str, Any], str]:
+    """Return the calibration in ``uns[key]`` (``pp.denoise``) or ``uns[key]["calibration"]`` (pca, neighbors)."""
+    record = adata.uns.get(key)
+    if isinstance(record, Mapping) and "loss" in record:
+        return record, f"adata.uns[{key!r}]"
+    nested = record.get("calibration") if isinstance(record, Mapping) else None
+    if isinstance(nested, Mapping) and "loss" in nested:
+        return nested, f"adata.uns[{key!r}]['calibration']"
+    msg = (
+        f"adata.uns[{key!r}] has no calibration; run sc_noise2self.pp.denoise(adata, key_added={key!r}), or "
+        "sc_noise2self.pp.pca / pp.neighbors (then key='pca' or 'neighbors'), first."
+    )
+    raise ValueError(msg)
 
 
 def _draw_curves(

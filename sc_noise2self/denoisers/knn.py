@@ -76,17 +76,25 @@ def neighbour_means(X: sparse.csr_matrix, first: np.ndarray, others: np.ndarray,
     return out
 
 
-class _HeldOutSweep:
-    """The Noise2Self sweep of :meth:`KNNAverage.held_out_genes`: other cells' held-out values only."""
+class _Sweep:
+    """Averages of blocks of cells over growing neighbourhoods, for every ``(n_neighbors, n_pcs)`` of a grid.
 
-    def __init__(self, target: sparse.csr_matrix, indices: np.ndarray, grid: np.ndarray):
-        self.target, self.indices, self.grid = target, indices, grid
+    ``neighbours`` maps ``n_pcs`` to each cell's nearest other cells in that many
+    components; ``own`` says whether a cell's own row is part of its average (MCV) or not
+    (Noise2Self, where it is the held-out value).
+    """
 
-    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
-        others = self.indices[rows]
-        means = neighbour_means(self.target, np.full(others.shape[0], -1), others, self.grid - 1)
-        for k, pred in zip(self.grid, means, strict=True):
-            yield int(k), pred
+    def __init__(self, data: sparse.csr_matrix, neighbours: dict[int, np.ndarray], grid: np.ndarray, *, own: bool):
+        self.data, self.neighbours, self.grid, self.own = data, neighbours, grid, own
+
+    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
+        cells = np.arange(self.data.shape[0])[rows]
+        first = cells if self.own else np.full(cells.size, -1)
+        for n_pcs, others in self.neighbours.items():
+            ks = self.grid if self.grid.ndim == 1 else self.grid[self.grid[:, 1] == n_pcs, 0]
+            means = neighbour_means(self.data, first, others[rows], ks if self.own else ks - 1)
+            for k, pred in zip(ks, means, strict=True):
+                yield (int(k) if self.grid.ndim == 1 else (int(k), n_pcs)), pred
 
 
 class KNNAverage:
@@ -95,15 +103,21 @@ class KNNAverage:
     The neighbours are found in the first ``n_pcs`` principal components of the
     (transformed) data, computed as :class:`~sc_noise2self.denoisers.PCA` does, and the
     average is over all genes, not over a low-rank reconstruction: it is the smoothing of
-    a uniform-weight kNN graph, the quantity scanpy's ``n_neighbors`` sets. The grid is over
-    ``n_neighbors`` (the cell included, as in ``sc.pp.neighbors``); one neighbour search
-    at the largest value serves every smaller one, and a block of cells is averaged at
-    every value in one pass.
+    a uniform-weight kNN graph, the quantity scanpy's ``n_neighbors`` sets. How well it
+    predicts held-out data measures the graph: neighbours of another kind of cell, or too
+    few neighbours, both cost.
+
+    The grid is over ``n_neighbors`` (the cell included, as in ``sc.pp.neighbors``), or
+    over pairs ``(n_neighbors, n_pcs)`` (2-D, see :func:`sc_noise2self.tl.grid`). One
+    principal component analysis at the largest ``n_pcs`` and one neighbour search per
+    ``n_pcs`` at its largest ``n_neighbors`` serve the whole grid, and a block of cells is
+    averaged at every ``n_neighbors`` in one pass.
 
     Parameters
     ----------
     n_pcs
-        Principal components of the embedding the neighbours are found in.
+        Principal components of the embedding the neighbours are found in, when the grid
+        is over ``n_neighbors`` only.
     neighbor_search
         ``"exact"`` (scikit-learn), ``"approximate"`` (pynndescent, seeded) or
         ``"auto"``: exact up to 100,000 cells, approximate above.
@@ -123,7 +137,7 @@ class KNNAverage:
         )
 
     def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
-        return ("n_neighbors",)
+        return ("n_neighbors",) if np.ndim(grid) == 1 else ("n_neighbors", "n_pcs")
 
     def default_grid(self, shape: tuple[int, int]) -> np.ndarray:
         """2..5, then steps to 100 neighbours, capped by the number of cells."""
@@ -137,47 +151,66 @@ class KNNAverage:
             raise ValueError(msg)
 
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
-        """Sorted unique ``n_neighbors`` from 2 to the number of cells (the cell itself counts)."""
+        """``n_neighbors`` (2 to the number of cells, the cell itself counting) or ``(n_neighbors, n_pcs)`` pairs.
+
+        Pairs come back sorted by ``n_pcs``, then ``n_neighbors``; ``n_pcs`` lies in
+        1..``min(n_cells, n_genes) - 1``.
+        """
         self.check_params()
         if min(shape) < 2:
             msg = f"The kNN average needs at least 2 cells and 2 genes, got {shape}."
             raise ValueError(msg)
-        return check_int_grid(grid, low=2, high=shape[0], name="n_neighbors")
+        values = np.asarray(grid)
+        if values.ndim == 1:
+            return check_int_grid(values, low=2, high=shape[0], name="n_neighbors")
+        if values.ndim != 2 or values.shape[1] != 2 or values.shape[0] == 0:
+            msg = f"A 2-D kNN grid holds (n_neighbors, n_pcs) pairs, got shape {values.shape}."
+            raise ValueError(msg)
+        check_int_grid(values[:, 0], low=2, high=shape[0], name="n_neighbors")
+        check_int_grid(values[:, 1], low=1, high=min(shape) - 1, name="n_pcs")
+        values = np.unique(values.astype(np.int64), axis=0)
+        return values[np.lexsort((values[:, 0], values[:, 1]))]
 
-    def _neighbours(self, X: ArrayLike, n_neighbors: int) -> np.ndarray:
-        """Return each cell's ``n_neighbors`` nearest other cells in the top principal components of ``X``."""
+    def _pcs_and_sizes(self, grid: np.ndarray) -> dict[int, int]:
+        """Each ``n_pcs`` of the grid and the most neighbours it is asked for (the cell included)."""
+        if grid.ndim == 1:
+            return {int(self.n_pcs): int(grid.max())}
+        return {int(p): int(grid[grid[:, 1] == p, 0].max()) for p in np.unique(grid[:, 1])}
+
+    def _neighbours(self, X: ArrayLike, sizes: dict[int, int]) -> dict[int, np.ndarray]:
+        """Return, per ``n_pcs``, each cell's ``size - 1`` nearest other cells in the top components of ``X``."""
         self.check_params()
-        _, embedding, _ = PCA(random_state=self.random_state).embed(X, min(self.n_pcs, min(X.shape) - 1))
+        n_comps = min(max(sizes), min(X.shape) - 1)
+        _, embedding, _ = PCA(random_state=self.random_state).embed(X, n_comps)
         method = self.neighbor_search
         if method == "auto":
             method = "exact" if X.shape[0] <= EXACT_MAX_CELLS else "approximate"
         seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))
-        return knn_graph(embedding, n_neighbors, method=method, seed=seed)[1]
+        return {
+            n_pcs: knn_graph(embedding[:, :n_pcs], size - 1, method=method, seed=seed)[1].astype(np.int32)
+            for n_pcs, size in sizes.items()
+        }
 
     # -- MCV ------------------------------------------------------------------------------
     def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
-        """Find every cell's ``max(grid) - 1`` nearest other cells in the embedding of ``X``."""
-        self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
+        """Find every cell's nearest other cells in the embedding of ``X``, for every ``n_pcs`` of the grid."""
+        self.grid_ = np.asarray(grid, dtype=np.int64)
         self.data_ = sparse.csr_matrix(_as_float(X))
-        self.neighbors_ = self._neighbours(self.data_, int(self.grid_[-1]) - 1)
+        self.neighbors_ = self._neighbours(self.data_, self._pcs_and_sizes(self.grid_))
         return self
 
-    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield the averages of cells ``rows`` at every ``n_neighbors`` of the grid, in one pass."""
-        cells = np.arange(self.data_.shape[0])[rows]
-        means = neighbour_means(self.data_, cells, self.neighbors_[rows], self.grid_)
-        for k, pred in zip(self.grid_, means, strict=True):
-            yield int(k), pred
+    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
+        """Yield the averages of cells ``rows`` at every grid value, one pass per ``n_pcs``."""
+        return _Sweep(self.data_, self.neighbors_, self.grid_, own=True).sweep_blocks(rows)
 
-    def predict(self, rows: slice, value: int) -> np.ndarray:
-        """Return the average over the ``value`` nearest cells (the cell included) for cells ``rows``."""
+    def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
+        """Return the average over the ``n_neighbors`` nearest cells (the cell included) for cells ``rows``."""
+        k, n_pcs = (value, int(self.n_pcs)) if np.ndim(value) == 0 else (int(value[0]), int(value[1]))
         cells = np.arange(self.data_.shape[0])[rows]
-        return neighbour_means(self.data_, cells, self.neighbors_[rows], np.array([value]))[0]
+        return neighbour_means(self.data_, cells, self.neighbors_[n_pcs][rows], np.array([k]))[0]
 
     # -- Noise2Self -----------------------------------------------------------------------
-    def held_out_genes(
-        self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
-    ) -> _HeldOutSweep:
+    def held_out_genes(self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray) -> _Sweep:
         """Average genes ``genes`` over the ``n_neighbors - 1`` nearest other cells, found from the other genes.
 
         A cell's prediction reads only other cells' held-out values (so ``cell_groups``
@@ -186,6 +219,6 @@ class KNNAverage:
         ``n_neighbors``, the cell itself being the one member that cannot be used.
         """
         X = sparse.csr_matrix(_as_float(X))
-        grid = np.sort(np.asarray(grid, dtype=np.int64))
-        indices = self._neighbours(X[:, ~genes], int(grid[-1]) - 1)
-        return _HeldOutSweep(sparse.csr_matrix(X[:, genes]), indices, grid)
+        grid = np.asarray(grid, dtype=np.int64)
+        neighbours = self._neighbours(X[:, ~genes], self._pcs_and_sizes(grid))
+        return _Sweep(sparse.csr_matrix(X[:, genes]), neighbours, grid, own=False)
