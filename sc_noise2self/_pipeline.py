@@ -14,6 +14,7 @@ run of the scanpy function replaces the record with the result it describes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -575,7 +576,9 @@ def _graph_args(
         msg = f"A neighbourhood graph needs at least 3 cells, got {adata.n_obs}."
         raise ValueError(msg)
     try:
-        _scanpy_graph(adata[:trial], rep, embedding[:trial], 2, n_pcs, args)
+        with warnings.catch_warnings():  # a trial: only a refusal matters here
+            warnings.simplefilter("ignore")
+            _scanpy_graph(adata[:trial], rep, embedding[:trial], min(5, trial - 1), n_pcs, args)
     except Exception as error:  # scanpy's or its search library's refusal, said before any work
         msg = f"sc.pp.neighbors refuses these settings (method, transformer, metric, metric_kwds): {error}"
         raise ValueError(msg) from error

@@ -93,7 +93,8 @@ def denoise(
         dask array (chunks along cells) or a backed AnnData is calibrated block by block
         without loading it (PCA or diffusion, ``calibration="mcv"``); the output is then factored.
     method
-        ``"pca"``, ``"diffusion"`` or a :class:`~sc_noise2self.denoisers.Denoiser`
+        ``"pca"``, ``"diffusion"``, ``"knn"`` (:class:`~sc_noise2self.denoisers.KNNAverage`), ``"autoencoder"``,
+        or a :class:`~sc_noise2self.denoisers.Denoiser`
         instance, e.g. ``sc_noise2self.denoisers.PCA(n_iter=10)``.
     layer
         Layer holding raw counts; ``adata.X`` when None.

@@ -83,7 +83,8 @@ def calibrate(
         genes) or a matrix (dense, CSR or CSC). Sparse input is never densified. Dask
         arrays and backed AnnData are read block by block (PCA or diffusion, ``calibration="mcv"``).
     method
-        ``"pca"``, ``"diffusion"`` or a :class:`~sc_noise2self.denoisers.Denoiser`
+        ``"pca"``, ``"diffusion"``, ``"knn"`` (:class:`~sc_noise2self.denoisers.KNNAverage`), ``"autoencoder"``,
+        or a :class:`~sc_noise2self.denoisers.Denoiser`
         instance, e.g. ``sc_noise2self.denoisers.Diffusion(kernel="adaptive")``.
     layer
         Layer holding the data; ``adata.X`` when None.

@@ -26,7 +26,7 @@ PUBLIC_FUNCTIONS = [
 
 def test_every_anndata_function_is_checked():
     ids = {p.id for p in PUBLIC_FUNCTIONS}
-    assert {"pp.denoise", "pp.split_counts", "tl.calibrate", "pl.calibration"} <= ids
+    assert {"pp.denoise", "pp.neighbors", "pp.pca", "pp.split_counts", "tl.calibrate", "pl.calibration"} <= ids
 
 
 @pytest.mark.parametrize("func", PUBLIC_FUNCTIONS)
