@@ -10,7 +10,7 @@ seeds). Pipelines: scanpy's defaults (50 PCs, 15 neighbours), ``n2s.pp.pca`` (ob
 ``n2s.pp.neighbors``. Also the ground-truth error of the kNN average at the calibrated
 ``n_neighbors`` over the best on the same grid (the oracle), at the calibrated ``n_pcs``.
 
-    .venv/bin/python benchmarks/pipeline_clusters.py [--seeds 0 1 2 3 4]
+    .venv/bin/python benchmarks/pipeline_clusters.py [--seeds 0 1 2 3 4] [--depth 1000 --spread 0.5 --gradient 1]
 """
 
 from __future__ import annotations
@@ -63,11 +63,14 @@ def knn_regret(sim, n_pcs: int, grid: np.ndarray, chosen: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--depth", type=float, default=1000.0, help="mean UMIs per cell")
+    parser.add_argument("--spread", type=float, default=0.5, help="strength of the type differences")
+    parser.add_argument("--gradient", type=float, default=1.0, help="strength of the state gradient inside a type")
     args = parser.parse_args()
     sc.settings.verbosity = 0
     rows = []
     for seed in args.seeds:
-        sim = simulate_clusters(seed=seed)
+        sim = simulate_clusters(mean_depth=args.depth, spread=args.spread, gradient=args.gradient, seed=seed)
         n_types = len(np.unique(sim.labels))
         base = ad.AnnData(sim.counts.astype(np.float32))
         base.layers["counts"] = sim.counts.copy()

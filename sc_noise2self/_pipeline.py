@@ -4,12 +4,15 @@ Each writes exactly what the scanpy function writes, so every scanpy tool downst
 runs unchanged, and keeps its calibration curve inside the same ``uns`` entry, so a later
 run of the scanpy function replaces the record with the result it describes.
 
-- :func:`pca`: the number of components with the lowest molecular cross-validation
-  error of the PCA reconstruction of log-normalised expression — the rank past which
-  further components fit the sampling noise of the molecules rather than the cells.
-- :func:`neighbors`: the ``n_neighbors`` whose kNN average (the cell and its nearest
-  cells, in the principal components) best predicts held-out molecules; the graph is then
-  built by ``sc.pp.neighbors`` itself with that ``n_neighbors``.
+Both score the smoothing a neighbour graph stands for — each cell's expression replaced by
+the mean over it and its nearest cells in the principal components
+(:class:`~sc_noise2self.denoisers.KNNAverage`) — against held-out molecules:
+
+- :func:`pca`: the number of components whose graph predicts best (over a range of
+  ``n_neighbors`` too), or, with ``objective="reconstruction"``, the rank whose PCA
+  reconstruction predicts best (the denoising rank, lower);
+- :func:`neighbors`: the ``n_neighbors`` that predicts best on the given components; the
+  graph is then built by ``sc.pp.neighbors`` itself with that ``n_neighbors``.
 """
 
 from __future__ import annotations
@@ -76,9 +79,10 @@ def pca(
       too many add noise to the distances.
     - ``objective="reconstruction"``: the rank whose PCA reconstruction of the expression
       best predicts held-out molecules — the denoising rank of
-      :func:`sc_noise2self.pp.denoise` with ``method="pca"``. It is lower: a component
-      whose signal is below the noise of each single gene still separates cells once
-      its many genes are summed in a distance (README, "How many PCs").
+      :func:`sc_noise2self.pp.denoise` with ``method="pca"``. On shallow data it is the
+      lower one: a component whose signal is below the noise of each single gene can
+      still separate cells once its many genes are summed in a distance (README, "How
+      many PCs", with what each choice does to Leiden clusters).
 
     The PCA is then computed on all counts with that many components, on the scale
     scanpy users compute it on — ``sc.pp.normalize_total(target_sum=1e4)``,
@@ -155,13 +159,14 @@ def pca(
         msg = f"objective must be 'neighbors' or 'reconstruction', got {objective!r}."
         raise ValueError(msg)
     seed = _method_seed(random_state)
+    genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.pca")
     if objective == "neighbors":
-        calibrated, grid = KNNAverage(random_state=seed), _graph_grid(grid, adata.shape)
+        n_genes = adata.n_vars if genes is None else int(genes.mask.sum())
+        calibrated, grid = KNNAverage(random_state=seed), _graph_grid(grid, (adata.n_obs, n_genes))
     else:
         calibrated = PCA(random_state=seed)
     _, calibrated = resolve_method(calibrated, random_state)
     start = logg.info("computing PCA, its number of components calibrated by self-supervision")
-    genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.pca")
     check_targets(
         adata, uns_key, {"obsm": [obsm_key], "varm": [varm_key]}, function="pca", read_layer=None, overwrite=overwrite
     )

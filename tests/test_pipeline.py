@@ -312,3 +312,11 @@ def test_knn_noise2self_choice_is_near_the_oracle():
     truth = _truth(sim)
     errors = np.array([np.mean((pred - truth) ** 2) for _, pred in model.sweep_blocks(slice(None))])
     assert errors[list(grid).index(result.best)] <= 1.10 * errors.min(), (result.best, grid[errors.argmin()])
+
+
+def test_the_default_grid_fits_a_small_gene_mask(adata):
+    adata.var["highly_variable"] = np.arange(adata.n_vars) < 12
+    n2s.pp.pca(adata, layer="counts", progress=False)
+    grid = np.asarray(adata.uns["pca"]["calibration"]["grid"])
+    assert grid[:, 1].max() <= 10 and adata.obsm["X_pca"].shape[1] <= 10
+    assert not adata.varm["PCs"][12:].any()
