@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from ._transform import DepthConversion
-    from ._types import ArrayLike, LossName, RandomState, TransformName
+    from ._types import ArrayLike, LossName, RandomState, Select, TransformName
     from .denoisers._base import GridValue, ValueSweep
 
 __all__ = [
@@ -53,6 +53,8 @@ __all__ = [
     "run_genes",
     "run_mcv",
     "seed_record",
+    "simplicity_rank",
+    "warn_at_grid_edge",
 ]
 
 
@@ -162,6 +164,10 @@ class CalibrationResult:
     baseline
         MCV: the same loss for no denoising (the training part itself, converted to the
         held-out depth), per split; None for the gene partition, where it is undefined.
+    select
+        How :attr:`best` is chosen: ``"min"`` (the lowest mean loss) or ``"1se"`` (the
+        simplest value whose mean loss is within one standard error of the minimum, see
+        :attr:`best`).
     """
 
     method: str
@@ -171,6 +177,7 @@ class CalibrationResult:
     loss: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
     baseline: np.ndarray | None = None
+    select: Select = "min"
 
     @property
     def loss_mean(self) -> np.ndarray:
@@ -178,13 +185,60 @@ class CalibrationResult:
         return self.loss.mean(axis=0)
 
     @property
+    def loss_se(self) -> np.ndarray:
+        """Standard error of :attr:`loss_mean` across splits or gene groups (zeros for one split)."""
+        return _standard_error(self.loss)
+
+    @property
+    def difference_se(self) -> np.ndarray:
+        """Standard error of each value's mean loss minus the minimum's, paired by split or gene group.
+
+        Splits (and gene groups, far more) differ in their overall level, shared by every
+        grid value; pairing removes it, so this is the uncertainty of the comparison
+        itself — what the 1-SE rule needs.
+        """
+        return _standard_error(self.loss - self.loss[:, [self._minimum]])
+
+    @property
+    def _minimum(self) -> int:
+        return int(np.argmin(self.loss_mean))
+
+    @property
+    def best_index(self) -> int:
+        """Position of :attr:`best` in :attr:`grid`."""
+        if self.select == "min":
+            return self._minimum
+        mean = self.loss_mean
+        within = np.flatnonzero(mean - mean[self._minimum] <= self.difference_se)
+        return int(within[np.argmin(simplicity_rank(self.grid)[within])])
+
+    @property
     def best(self) -> GridValue:
-        """Grid value with the lowest mean loss (the first in sweep order on ties)."""
-        return grid_value(self.grid, int(np.argmin(self.loss_mean)))
+        """The chosen grid value.
+
+        ``select="min"``: the lowest mean loss (the first in sweep order on ties).
+        ``select="1se"``: of the values whose mean loss exceeds the minimum by at most one
+        (paired) standard error, the simplest: the smallest value, compared axis by axis
+        in the order of :attr:`grid_names` — the fewest components (PCA), the shortest
+        diffusion time then the fewest neighbours (diffusion), the fewest neighbours
+        (kNN average), the narrowest bottleneck then the fewest epochs (autoencoder).
+        """
+        return grid_value(self.grid, self.best_index)
+
+    @property
+    def grid_edge(self) -> list[str]:
+        """Axes on which :attr:`best` is the largest value swept (of several): the loss may fall further."""
+        grid = self.grid.reshape(len(self.grid), -1)
+        chosen = grid[self.best_index]
+        return [
+            name
+            for a, name in enumerate(self.grid_names)
+            if np.unique(grid[:, a]).size > 1 and chosen[a] == grid[:, a].max()
+        ]
 
     def to_uns(self) -> dict[str, Any]:
         """Plain types and arrays only, so it survives ``write_h5ad``/``read_h5ad``."""
-        best = self.best
+        best, minimum = self.best, grid_value(self.grid, self._minimum)
         return {
             "method": self.method,
             "calibration": self.calibration,
@@ -192,10 +246,58 @@ class CalibrationResult:
             "grid": self.grid.copy(),
             "loss": self.loss.copy(),
             "loss_mean": self.loss_mean,
+            "loss_se": self.loss_se,
+            "difference_se": self.difference_se,
+            "select": self.select,
             "best": best if isinstance(best, int) else np.array(best),
+            "best_min": minimum if isinstance(minimum, int) else np.array(minimum),
+            "grid_edge": ", ".join(self.grid_edge),
             "params": dict(self.params),
             "version": package_version(),
         } | ({} if self.baseline is None else {"loss_no_denoising": float(np.mean(self.baseline))})
+
+
+def _standard_error(loss: np.ndarray) -> np.ndarray:
+    """Return the standard error of the mean over rows, per column; zeros for a single row."""
+    if loss.shape[0] < 2:
+        return np.zeros(loss.shape[1])
+    return loss.std(axis=0, ddof=1) / np.sqrt(loss.shape[0])
+
+
+def simplicity_rank(grid: np.ndarray) -> np.ndarray:
+    """Rank of each grid value from the simplest: ascending in the first axis, then the next."""
+    grid = grid.reshape(len(grid), -1)
+    order = np.lexsort(tuple(grid[:, a] for a in reversed(range(grid.shape[1]))))
+    rank = np.empty(len(grid), dtype=np.int64)
+    rank[order] = np.arange(len(grid))
+    return rank
+
+
+def check_select(select: object, *, n_repeats: int, calibration: str) -> Select:
+    """Check ``select`` against the number of splits (or gene groups) it is estimated from."""
+    if select not in ("min", "1se"):
+        msg = f"select must be 'min' or '1se', got {select!r}."
+        raise ValueError(msg)
+    if select == "1se" and calibration == "mcv" and n_repeats < 2:
+        msg = (
+            "select='1se' needs the standard error across splits, so several of them: pass n_splits=3 "
+            "(or more; each split costs one more fit and sweep)."
+        )
+        raise ValueError(msg)
+    return select
+
+
+def warn_at_grid_edge(result: CalibrationResult, axes: tuple[str, ...] | None = None) -> None:
+    """Log a warning when the choice is the largest value swept on an axis (of ``axes``; None: all)."""
+    edge = [name for name in result.grid_edge if axes is None or name in axes]
+    if not edge:
+        return
+    best = dict(zip(result.grid_names, np.atleast_1d(result.best), strict=True))
+    where = ", ".join(f"{name}={best[name]}" for name in edge)
+    logg.warning(
+        f"the choice ({where}) is the largest value swept: the loss may keep falling beyond it; "
+        "sweep further with `grid=` if the data allow (recorded in uns as 'grid_edge')"
+    )
 
 
 def _checked_grid(denoiser: Denoiser, grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:

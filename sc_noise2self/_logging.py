@@ -12,6 +12,13 @@ def info(msg: str, **kwargs: Any) -> Any:
     return logg.info(msg, **kwargs)
 
 
+def warning(msg: str) -> None:
+    """``scanpy.logging.warning``: shown at scanpy's default verbosity, not a Python warning."""
+    from scanpy import logging as logg
+
+    logg.warning(msg)
+
+
 def verbose() -> bool:
     """Whether scanpy's verbosity (``sc.settings.verbosity``) is at least ``"info"``."""
     from scanpy import settings

@@ -25,7 +25,15 @@ import numpy as np
 
 from . import _logging as logg
 from ._blockwise import is_blockwise
-from ._calibrate import add_steps, bar_label, package_version, progress_bar, refit, resolve_method
+from ._calibrate import (
+    add_steps,
+    bar_label,
+    package_version,
+    progress_bar,
+    refit,
+    resolve_method,
+    warn_at_grid_edge,
+)
 from ._genes import resolve_mask_var
 from ._output import check_key, check_targets, commit
 from ._split import Stream, seed_sequence
@@ -38,7 +46,7 @@ if TYPE_CHECKING:
 
     from ._calibrate import CalibrationResult
     from ._genes import GeneMask
-    from ._types import ArrayLike, RandomState, TransformName
+    from ._types import ArrayLike, RandomState, Select, TransformName
     from ._validate import Counts
     from .denoisers import Denoiser
 
@@ -61,6 +69,7 @@ def pca(
     split_fraction: float = 0.9,
     n_splits: int = 1,
     n_groups: int = 10,
+    select: Select = "min",
     random_state: RandomState = 0,
     progress: bool | None = None,
     overwrite: bool = False,
@@ -124,6 +133,9 @@ def pca(
         MCV: independent random splits; the choice minimises the mean loss.
     n_groups
         Noise2Self: number of random gene groups.
+    select
+        ``"min"`` (the lowest loss) or ``"1se"`` (the smallest number of components whose loss is within
+        one standard error of the minimum; needs ``n_splits >= 2`` with MCV).
     random_state
         Seed of the splits and of the randomised SVD (above 4,096 genes).
     progress
@@ -183,9 +195,11 @@ def pca(
             split_fraction=split_fraction,
             n_splits=n_splits,
             n_groups=n_groups,
+            select=select,
             random_state=random_state,
             bar=bar,
         )
+        warn_at_grid_edge(result, axes=("n_pcs", "n_comps"))  # pp.pca's n_neighbors axis is not the user's
         n_comps = int(np.atleast_1d(result.best)[-1])  # (n_neighbors, n_pcs) or the rank
         totals = None if genes is None else genes.kept_totals(data.cells)
         values = transformed(data.matrix, transform, target_sum, totals=totals)
@@ -240,6 +254,7 @@ def neighbors(
     transformer: Any = None,
     metric: str | Callable[..., float] = "euclidean",
     metric_kwds: Mapping[str, Any] | None = None,
+    select: Select = "min",
     random_state: RandomState = 0,
     progress: bool | None = None,
     overwrite: bool = False,
@@ -307,6 +322,9 @@ def neighbors(
         ``sc.pp.neighbors``' distance for the graph.
     metric_kwds
         Options of ``metric``.
+    select
+        ``"min"`` (the lowest loss) or ``"1se"`` (the smallest ``n_neighbors`` whose loss is within
+        one standard error of the minimum; needs ``n_splits >= 2`` with MCV).
     random_state
         Seed of the splits, of the calibration's neighbour search and of
         ``sc.pp.neighbors`` (an int below 2**32 is passed to it as is).
@@ -369,9 +387,11 @@ def neighbors(
             split_fraction=split_fraction,
             n_splits=n_splits,
             n_groups=n_groups,
+            select=select,
             random_state=random_state,
             bar=bar,
         )
+        warn_at_grid_edge(result)
         n_neighbors = int(result.best)
         graph = _scanpy_graph(adata, rep, embedding, n_neighbors, n_pcs, graph_args)
         bar.update(1)

@@ -12,3 +12,4 @@ RandomState: TypeAlias = int | np.random.Generator | None
 TransformName: TypeAlias = Literal["sqrt", "log1p", "none"]
 LossName: TypeAlias = Literal["mse", "poisson"]
 SplitScheme: TypeAlias = Literal["binomial", "multinomial"]
+Select: TypeAlias = Literal["min", "1se"]

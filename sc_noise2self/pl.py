@@ -35,7 +35,7 @@ def calibration(
     show: bool | None = None,
     save: bool | str | os.PathLike | None = None,
 ) -> Axes | None:
-    """Plot the held-out loss against the grid, one thin line per split, their mean, and no denoising.
+    """Plot the held-out loss against the grid: each split, their mean ± one standard error, and no denoising.
 
     Parameters
     ----------
@@ -79,7 +79,13 @@ def calibration(
     ibest = int(np.flatnonzero((grid.reshape(len(mean), -1) == best).all(axis=1))[0])
     ax.axvline(x[ibest], color="C3", ls="--", lw=1)  # (for a 2-D grid, on the chosen curve)
     chosen = ", ".join(str(int(v)) for v in best)
-    ax.plot([x[ibest]], [mean[ibest]], marker="*", ms=12, color="C3", ls="none", label=f"chosen: {chosen}")
+    rule = " (1-SE rule)" if info.get("select") == "1se" else ""
+    ax.plot([x[ibest]], [mean[ibest]], marker="*", ms=12, color="C3", ls="none", label=f"chosen{rule}: {chosen}")
+    if rule and "best_min" in info:
+        minimum = np.atleast_1d(np.asarray(info["best_min"]))
+        imin = int(np.flatnonzero((grid.reshape(len(mean), -1) == minimum).all(axis=1))[0])
+        if imin != ibest:
+            ax.plot([x[imin]], [mean[imin]], marker="o", ms=9, mfc="none", color="C3", ls="none", label="minimum")
     if x.min() > 0 and x.max() / x.min() >= 20:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 1, 10, 100
@@ -125,6 +131,7 @@ def _draw_curves(
 ) -> tuple[np.ndarray, int]:
     """Draw the loss curves; return the x values and which grid axis they come from."""
     mean = loss.mean(axis=0)
+    se = loss.std(axis=0, ddof=1) / np.sqrt(loss.shape[0]) if loss.shape[0] > 1 else np.zeros_like(mean)
     along = next((names.index(n) for n in _SWEPT if n in names), 0) if grid.ndim == 2 else 0
     across = 1 - along
     x = grid if grid.ndim == 1 else grid[:, along]
@@ -137,10 +144,14 @@ def _draw_curves(
             ("mean over splits" if calibration == "mcv" else "mean over gene groups") if loss.shape[0] > 1 else "loss"
         )
         ax.plot(x, mean, marker="o", ms=3, color="C0", lw=1.5, label=label)
+        if loss.shape[0] > 1:
+            ax.fill_between(x, mean - se, mean + se, color="C0", alpha=0.2, lw=0, label="± 1 standard error")
     else:  # one curve per value of the other axis (neighbours, bottleneck width)
         for i, other in enumerate(np.unique(grid[:, across])):
             on = grid[:, across] == other
             ax.plot(x[on], mean[on], marker="o", ms=3, lw=1.5, color=f"C{i % 10}", label=f"{names[across]} = {other}")
+            if loss.shape[0] > 1:
+                ax.fill_between(x[on], (mean - se)[on], (mean + se)[on], color=f"C{i % 10}", alpha=0.15, lw=0)
     return x, along
 
 

@@ -19,6 +19,7 @@ from ._calibrate import (
     refit,
     resolve_method,
     seed_record,
+    warn_at_grid_edge,
 )
 from ._genes import DEFAULT as DEFAULT_MASK
 from ._genes import GeneMask, extend_factors, resolve_mask_var
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
     from ._split import CountSplit
     from ._transform import ToCounts
-    from ._types import ArrayLike, LossName, RandomState, SplitScheme, TransformName
+    from ._types import ArrayLike, LossName, RandomState, Select, SplitScheme, TransformName
     from ._validate import Counts
     from .denoisers import Denoiser
     from .denoisers._base import GridValue
@@ -68,6 +69,7 @@ def denoise(
     loss: LossName = "mse",
     random_state: RandomState = 0,
     empty: Literal["drop", "error"] = "drop",
+    select: Select = "min",
     scale: Literal["transformed", "counts"] = "transformed",
     mask_var: str | ArrayLike | None = "highly_variable",
     max_dense_bytes: int | None = None,
@@ -132,6 +134,11 @@ def denoise(
         part of a split): ``"drop"`` (the default) calibrates and denoises the others,
         writes zeros for them (their transformed counts) and logs how many; ``"error"``
         refuses them, saying how many.
+    select
+        ``"min"``: the value with the lowest mean loss. ``"1se"``: the simplest value (fewest
+        components, shortest diffusion time, fewest neighbours, narrowest bottleneck) whose mean
+        loss is within one standard error of the minimum, the error of the difference
+        estimated across splits (MCV, needs ``n_splits >= 2``) or gene groups.
     scale
         What the layer holds: ``"transformed"`` (the denoised values on the scale of
         ``transform``) or ``"counts"``: the denoised expected count of each gene in each cell
@@ -179,8 +186,12 @@ def denoise(
         ``adata.obs[f"{key_added}_kept"]`` when empty cells were dropped).
     ``adata.uns[key_added]`` : :class:`dict`
         ``method``, ``calibration``, ``grid_names``, ``grid``, ``loss`` (splits or gene
-        groups × grid, per matrix entry), ``loss_mean``, ``loss_no_denoising`` (MCV: the
-        same loss for the training part itself), ``best`` (the chosen value),
+        groups × grid, per matrix entry), ``loss_mean``, ``loss_se`` (its standard error
+        across splits or gene groups), ``difference_se`` (that of each value's difference to
+        the minimum), ``loss_no_denoising`` (MCV: the same loss for the training part
+        itself), ``select``, ``best`` (the chosen value), ``best_min`` (the minimum's),
+        ``grid_edge`` (the axes on which the choice is the largest value swept, comma-separated;
+        empty when none),
         ``params`` (every setting, including ``layer``), ``output`` (``"dense"`` or
         ``"factored"``), ``scale`` (``"transformed"`` or ``"counts"``), ``outputs`` (the
         names written, per slot) and the package ``version``.
@@ -226,10 +237,12 @@ def denoise(
             loss=loss,
             random_state=random_state,
             empty=empty,
+            select=select,
             chunk_size=chunk_size,
             bar=bar,
             cell_totals=None if genes is None else genes.totals,
         )
+        warn_at_grid_edge(result)
         outputs = _outputs(
             data,
             denoiser,

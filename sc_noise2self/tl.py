@@ -13,10 +13,12 @@ from ._calibrate import (
     CalibrationResult,
     bar_label,
     check_finite_loss,
+    check_select,
     progress_bar,
     resolve_method,
     run_genes,
     run_mcv,
+    warn_at_grid_edge,
 )
 from ._loss import check_loss
 from ._output import denoised_genes
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from tqdm import tqdm
 
-    from ._types import ArrayLike, LossName, RandomState, TransformName
+    from ._types import ArrayLike, LossName, RandomState, Select, TransformName
     from ._validate import Counts
     from .denoisers import Denoiser
 
@@ -62,6 +64,7 @@ def calibrate(
     loss: LossName = "mse",
     random_state: RandomState = 0,
     empty: Literal["drop", "error"] = "drop",
+    select: Select = "min",
     chunk_size: int | None = None,
     progress: bool | None = None,
 ) -> CalibrationResult:
@@ -114,6 +117,11 @@ def calibrate(
     empty
         Cells or genes without any counts: ``"drop"`` (the default: calibrate on the
         others, and log how many were left out) or ``"error"`` (refuse, saying how many).
+    select
+        ``"min"``: the value with the lowest mean loss. ``"1se"``: the simplest value
+        (fewest components, shortest diffusion time, fewest neighbours, narrowest bottleneck)
+        whose mean loss is within one standard error of the minimum, the error of the
+        difference being estimated across splits (MCV, needs ``n_splits >= 2``) or gene groups.
     chunk_size
         Cells per block when scoring; default keeps a block under 4 MiB.
     progress
@@ -122,10 +130,11 @@ def calibrate(
 
     Returns
     -------
-    The loss per split (or gene group) and grid value, and the chosen value as ``result.best``.
+    The loss per split (or gene group) and grid value, its standard errors, and the chosen
+    value as ``result.best``. A choice at the largest value swept logs a warning.
     """
     with progress_bar(bar_label(method, calibration), progress=progress) as bar:
-        return _run(
+        result = _run(
             data,
             method=method,
             layer=layer,
@@ -139,9 +148,12 @@ def calibrate(
             loss=loss,
             random_state=random_state,
             empty=empty,
+            select=select,
             chunk_size=chunk_size,
             bar=bar,
         )[2]
+    warn_at_grid_edge(result)
+    return result
 
 
 def grid(**axes: Iterable[int]) -> np.ndarray:
@@ -177,6 +189,7 @@ def _run(
     empty: Literal["drop", "error"],
     chunk_size: int | None,
     bar: tqdm,
+    select: Select = "min",
     cell_totals: np.ndarray | None = None,
 ) -> tuple[Counts | BlockCounts, Denoiser, CalibrationResult]:
     """Validate, calibrate; return the prepared data, the denoiser and the result.
@@ -201,6 +214,7 @@ def _run(
     if empty not in ("error", "drop"):
         msg = f"empty must be 'error' or 'drop', got {empty!r}."
         raise ValueError(msg)
+    check_select(select, n_repeats=n_splits, calibration=calibration)
     matrix, what = _source(data, layer)
     name, denoiser = resolve_method(method, random_state)
     if is_blockwise(matrix):
@@ -230,6 +244,7 @@ def _run(
             **({} if totals is None else {"totals": totals}),
         )
         check_finite_loss(result, denoiser)
+        result.select = select
         return data_counts, denoiser, result
     if loss != "mse":
         msg = "calibration='genes' scores predictions against the data itself with loss='mse'."
@@ -254,6 +269,7 @@ def _run(
         params={"transform": transform, "target_sum": None if target_sum is None else float(target_sum), "loss": loss},
     )
     check_finite_loss(result, denoiser)
+    result.select = select
     return data_counts, denoiser, result
 
 
