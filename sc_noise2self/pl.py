@@ -35,7 +35,12 @@ def calibration(
     show: bool | None = None,
     save: bool | str | os.PathLike | None = None,
 ) -> Axes | None:
-    """Plot the held-out loss against the grid: each split, their mean ± one standard error, and no denoising.
+    """Plot the held-out loss against the grid: each split, their mean with its uncertainty, and no denoising.
+
+    With several splits (or gene groups) each value carries a band of ± one standard error of
+    its difference to the minimum, paired by split: the values whose band reaches the
+    minimum's loss are those the data cannot tell apart from it (``select="1se"`` takes the
+    simplest of them).
 
     Parameters
     ----------
@@ -73,7 +78,8 @@ def calibration(
     own_figure = ax is None
     if own_figure:
         _, ax = plt.subplots(figsize=(5, 3.5))
-    x, along = _draw_curves(ax, grid, loss, names, calibration)
+    se = np.asarray(info["difference_se"]) if "difference_se" in info else np.zeros_like(mean)
+    x, along = _draw_curves(ax, grid, loss, se, names, calibration)
     if "loss_no_denoising" in info:  # MCV: the same loss for the training part itself
         ax.axhline(float(info["loss_no_denoising"]), color="0.4", ls=":", lw=1, label="no denoising")
     ibest = int(np.flatnonzero((grid.reshape(len(mean), -1) == best).all(axis=1))[0])
@@ -127,11 +133,15 @@ def _calibration_record(adata: AnnData, key: str) -> tuple[Mapping[str, Any], st
 
 
 def _draw_curves(
-    ax: Axes, grid: np.ndarray, loss: np.ndarray, names: list[str], calibration: str
+    ax: Axes, grid: np.ndarray, loss: np.ndarray, se: np.ndarray, names: list[str], calibration: str
 ) -> tuple[np.ndarray, int]:
-    """Draw the loss curves; return the x values and which grid axis they come from."""
+    """Draw the loss curves, each with a band of ± ``se``; return the x values and which grid axis they come from.
+
+    ``se``: the standard error of each value's difference to the minimum (paired by split or
+    gene group), so the values whose band reaches the minimum's loss are those the data
+    cannot tell apart from it (the 1-SE rule's candidates).
+    """
     mean = loss.mean(axis=0)
-    se = loss.std(axis=0, ddof=1) / np.sqrt(loss.shape[0]) if loss.shape[0] > 1 else np.zeros_like(mean)
     along = next((names.index(n) for n in _SWEPT if n in names), 0) if grid.ndim == 2 else 0
     across = 1 - along
     x = grid if grid.ndim == 1 else grid[:, along]
@@ -144,13 +154,14 @@ def _draw_curves(
             ("mean over splits" if calibration == "mcv" else "mean over gene groups") if loss.shape[0] > 1 else "loss"
         )
         ax.plot(x, mean, marker="o", ms=3, color="C0", lw=1.5, label=label)
-        if loss.shape[0] > 1:
-            ax.fill_between(x, mean - se, mean + se, color="C0", alpha=0.2, lw=0, label="± 1 standard error")
+        if se.any():
+            label = "± 1 SE of the difference to the minimum"
+            ax.fill_between(x, mean - se, mean + se, color="C0", alpha=0.2, lw=0, label=label)
     else:  # one curve per value of the other axis (neighbours, bottleneck width)
         for i, other in enumerate(np.unique(grid[:, across])):
             on = grid[:, across] == other
             ax.plot(x[on], mean[on], marker="o", ms=3, lw=1.5, color=f"C{i % 10}", label=f"{names[across]} = {other}")
-            if loss.shape[0] > 1:
+            if se.any():
                 ax.fill_between(x[on], (mean - se)[on], (mean + se)[on], color=f"C{i % 10}", alpha=0.15, lw=0)
     return x, along
 
