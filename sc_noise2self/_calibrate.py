@@ -19,7 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import _logging as logg
-from ._loss import check_loss, held_out_target, score_block
+from ._loss import check_loss, held_out_target, row_scorer, score_block
 from ._rows import CellSum
 from ._split import Stream, binomial_split, seed_sequence, split_seed
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from scipy import sparse
     from tqdm import tqdm
 
+    from ._loss import RowScorer
     from ._transform import DepthConversion
     from ._types import ArrayLike, LossName, RandomState, Select, TransformName
     from .denoisers._base import GridValue, ValueSweep
@@ -313,11 +314,17 @@ def _sweep_losses(
     bar: tqdm,
     n_entries: int,
     unchanged: Callable[[slice], np.ndarray] | None = None,
+    scorer: Callable[[slice, Any], RowScorer | None] | None = None,
 ) -> np.ndarray:
     """Sum the loss per grid value, in whichever loop order the sweep offers.
 
     With ``unchanged`` (a block's undenoised values), one more entry at the end: the
     same loss for no denoising, scored against the same targets.
+
+    With ``scorer(rows, target)`` (a :class:`~sc_noise2self._loss.RowScorer`, or None where
+    it does not apply), a block sweep that offers ``block_losses(rows, scorer)`` predicts and
+    scores a block at every grid value in one parallel region (one per block, not one per
+    block and value: threads descheduled by other work on the machine are waited for once).
 
     ``prepare(rows, reused)`` returns the block's target; ``reused`` says whether it is
     scored at every grid value in a row (block order) or once (value order).
@@ -332,9 +339,14 @@ def _sweep_losses(
     with threadpool_limits(limits=1, user_api="blas"):
         if isinstance(sweep, BlockSweep):
             total = CellSum(n_values + (unchanged is not None))
+            fused = getattr(sweep, "block_losses", None) if scorer is not None else None
             for rows in blocks:
                 target = prepare(rows, True)
-                per_cell = [score(rows, target, pred) for _, pred in sweep.sweep_blocks(rows)]
+                row_scorer = None if fused is None else scorer(rows, target)
+                if row_scorer is not None:
+                    per_cell = list(fused(rows, row_scorer).T)
+                else:
+                    per_cell = [score(rows, target, pred) for _, pred in sweep.sweep_blocks(rows)]
                 if unchanged is not None:
                     per_cell.append(score(rows, target, unchanged(rows)))
                 total.add(rows.start, np.stack(per_cell, axis=1))
@@ -530,6 +542,9 @@ def run_mcv(
             bar=bar,
             n_entries=counts.shape[0] * counts.shape[1],
             unchanged=lambda rows, values=values: values[rows].toarray(),  # no denoising
+            scorer=lambda rows, target: row_scorer(
+                target, conversion=setup.conversion, train_scales=train_scales[rows], loss=loss
+            ),
         )
         losses[i], baseline[i] = sums[:-1], sums[-1]
     return mcv_result(

@@ -13,7 +13,7 @@ caller adds the per-cell sums in a fixed order, so results do not depend on thre
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numba
 import numpy as np
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._transform import DepthConversion
     from ._types import LossName, TransformName
 
-__all__ = ["LOSSES", "POISSON_FLOOR", "held_out_target", "score_block"]
+__all__ = ["LOSSES", "POISSON_FLOOR", "RowScorer", "held_out_target", "row_scorer", "score_block", "squared_error_row"]
 
 LOSSES = ("mse", "poisson")
 POISSON_FLOOR = 1e-6
@@ -66,24 +66,35 @@ def _convert(table, n, row, weight, value, inv_step):
 
 
 @numba.njit(cache=True, inline="always", fastmath=_FAST)
-def _squares(flat, n, row, weight, pred, target, c, inv_step, dense):
-    # Sum over genes of (c(ŷ) - t)², with t = target[c] when ``dense`` and 0 otherwise.
-    # Branch-free per gene: ``dense`` is fixed per call and the scale row per cell.
+def _squares(flat, n, row, weight, pred, target, inv_step, dense):
+    # Sum over genes of (c(ŷ) - t)² for one cell's rows ``pred`` and ``target``, with
+    # t = target when ``dense`` and 0 otherwise. Branch-free per gene: ``dense`` is fixed
+    # per call and the scale row per cell.
     acc = 0.0
     if weight > 0.0:
-        for g in range(pred.shape[1]):
-            d = _convert(flat, n, row, weight, pred[c, g], inv_step)
+        for g in range(pred.size):
+            d = _convert(flat, n, row, weight, pred[g], inv_step)
             if dense:
-                d -= target[c, g]
+                d -= target[g]
             acc += d * d
     else:  # one scale row: the common case, kept free of the second lookup
         base = row * n
-        for g in range(pred.shape[1]):
-            d = _lookup(flat, base, n - 1, pred[c, g], inv_step)
+        for g in range(pred.size):
+            d = _lookup(flat, base, n - 1, pred[g], inv_step)
             if dense:
-                d -= target[c, g]
+                d -= target[g]
             acc += d * d
     return acc
+
+
+@numba.njit(cache=True, inline="always", fastmath=_FAST)
+def squared_error_row(pred, target, flat, n, row, weight, inv_step):
+    """Return the summed squared error of one cell's converted prediction row against its held-out row.
+
+    For kernels that build a cell's predictions themselves and score each at once (one
+    parallel region per block of cells for a whole grid; see :class:`RowScorer`).
+    """
+    return _squares(flat, n, row, weight, pred, target, inv_step, True)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FAST)
@@ -93,7 +104,7 @@ def _mse_dense_rows(pred, target, rows, weights, table, inv_step, out):
     n = table.shape[1]
     flat = table.ravel()
     for c in numba.prange(pred.shape[0]):
-        out[c] = _squares(flat, n, rows[c], weights[c], pred, target, c, inv_step, True)
+        out[c] = _squares(flat, n, rows[c], weights[c], pred[c], target[c], inv_step, True)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FAST)
@@ -104,7 +115,7 @@ def _mse_sparse_rows(pred, indptr, indices, data, rows, weights, table, inv_step
     flat = table.ravel()
     for c in numba.prange(pred.shape[0]):
         row, weight = rows[c], weights[c]
-        acc = _squares(flat, n, row, weight, pred, pred, c, inv_step, False)
+        acc = _squares(flat, n, row, weight, pred[c], pred[c], inv_step, False)
         for q in range(indptr[c], indptr[c + 1]):
             t = data[q]
             acc -= t * (2.0 * _convert(flat, n, row, weight, pred[c, indices[q]], inv_step) - t)
@@ -153,6 +164,46 @@ def held_out_target(
         return sparse.csr_matrix((test.data.astype(np.float64), test.indices, test.indptr), shape=test.shape)
     target = transform_counts(test, transform, test_scales)
     return target.toarray() if reused else target
+
+
+class RowScorer(NamedTuple):
+    """What a compiled kernel needs to score a block's predictions cell by cell (MSE, dense target).
+
+    Pass the fields to :func:`squared_error_row` inside a kernel that makes each cell's
+    prediction at every grid value and scores it at once, so a whole grid costs one
+    parallel region per block of cells instead of one per grid value.
+    """
+
+    target: np.ndarray
+    """Dense held-out values of the block, float64 cells × genes."""
+    flat: np.ndarray
+    """The depth-conversion table, raveled."""
+    n: int
+    """Entries per table row."""
+    rows: np.ndarray
+    """Each cell's lower table row."""
+    weights: np.ndarray
+    """Each cell's interpolation weight towards the next row."""
+    inv_step: float
+    """Table entries per unit of prediction."""
+
+
+def row_scorer(
+    target: np.ndarray | sparse.csr_matrix, *, conversion: DepthConversion, train_scales: np.ndarray, loss: LossName
+) -> RowScorer | None:
+    """Return the :class:`RowScorer` of a block, or None where only :func:`score_block` applies (Poisson)."""
+    if loss != "mse" or not isinstance(target, np.ndarray):
+        return None
+    rows, weights = conversion.rows_for(train_scales)
+    table = np.ascontiguousarray(conversion.table)
+    return RowScorer(
+        np.ascontiguousarray(target, dtype=np.float64),
+        table.ravel(),
+        table.shape[1],
+        rows,
+        weights,
+        conversion.inv_step,
+    )
 
 
 def score_block(

@@ -15,6 +15,7 @@ import numba
 import numpy as np
 from scipy import sparse
 
+from .._loss import squared_error_row
 from .._validate import check_int_grid, check_positive_int
 from .diffusion import EXACT_MAX_CELLS, NeighborSearch, knn_graph
 from .pca import PCA, _as_float
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Self
 
+    from .._loss import RowScorer
     from .._types import ArrayLike
 
 __all__ = ["KNNAverage"]
@@ -53,6 +55,34 @@ def _neighbour_means(indptr, indices, data, n_genes, first, others, sizes, out):
             scale = 1.0 / sizes[v]
             for g in range(n_genes):
                 out[v, r, g] = acc[g] * scale
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+def _neighbour_losses(
+    indptr, indices, data, n_genes, first, others, sizes, target, flat, n, rows, weights, inv_step, out
+):  # pragma: no cover - compiled
+    # As _neighbour_means, but each mean is scored against the cell's held-out row as soon
+    # as it is made (the same float32 prediction), so a block costs one parallel region.
+    for r in numba.prange(others.shape[0]):
+        acc = np.zeros(n_genes)
+        pred = np.empty(n_genes, dtype=np.float32)
+        used = 0
+        if first[r] >= 0:
+            for p in range(indptr[first[r]], indptr[first[r] + 1]):
+                acc[indices[p]] += data[p]
+            used = 1
+        j = 0
+        for v in range(sizes.size):
+            while used < sizes[v]:
+                cell = others[r, j]
+                for p in range(indptr[cell], indptr[cell + 1]):
+                    acc[indices[p]] += data[p]
+                j += 1
+                used += 1
+            scale = 1.0 / sizes[v]
+            for g in range(n_genes):
+                pred[g] = acc[g] * scale
+            out[r, v] = squared_error_row(pred, target[r], flat, n, rows[r], weights[r], inv_step)
 
 
 def neighbour_means(X: sparse.csr_matrix, first: np.ndarray, others: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -95,6 +125,34 @@ class _Sweep:
             means = neighbour_means(self.data, first, others[rows], ks if self.own else ks - 1)
             for k, pred in zip(ks, means, strict=True):
                 yield (int(k) if self.grid.ndim == 1 else (int(k), n_pcs)), pred
+
+    def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
+        """Per-cell MSE of cells ``rows`` at every grid value (cells × values), one parallel region per ``n_pcs``."""
+        cells = np.arange(self.data.shape[0])[rows]
+        first = cells if self.own else np.full(cells.size, -1)
+        parts = []
+        for n_pcs, others in self.neighbours.items():
+            ks = self.grid if self.grid.ndim == 1 else self.grid[self.grid[:, 1] == n_pcs, 0]
+            sizes = np.ascontiguousarray(ks if self.own else ks - 1, dtype=np.int64)
+            out = np.empty((cells.size, sizes.size))
+            _neighbour_losses(
+                self.data.indptr,
+                self.data.indices,
+                self.data.data.astype(np.float64, copy=False),
+                self.data.shape[1],
+                np.ascontiguousarray(first, dtype=np.int64),
+                np.ascontiguousarray(others[rows], dtype=np.int64),
+                sizes,
+                scorer.target,
+                scorer.flat,
+                scorer.n,
+                scorer.rows,
+                scorer.weights,
+                scorer.inv_step,
+                out,
+            )
+            parts.append(out)
+        return np.concatenate(parts, axis=1)
 
 
 class KNNAverage:
@@ -202,6 +260,10 @@ class KNNAverage:
     def sweep_blocks(self, rows: slice) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
         """Yield the averages of cells ``rows`` at every grid value, one pass per ``n_pcs``."""
         return _Sweep(self.data_, self.neighbors_, self.grid_, own=True).sweep_blocks(rows)
+
+    def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
+        """Per-cell MSE of cells ``rows`` at every grid value, averaged and scored in one pass per ``n_pcs``."""
+        return _Sweep(self.data_, self.neighbors_, self.grid_, own=True).block_losses(rows, scorer)
 
     def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
         """Return the average over the ``n_neighbors`` nearest cells (the cell included) for cells ``rows``."""

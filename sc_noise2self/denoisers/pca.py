@@ -8,6 +8,7 @@ import numba
 import numpy as np
 from scipy import linalg, sparse
 
+from .._loss import squared_error_row
 from .._rows import low_rank_rows
 from .._validate import check_int_grid, check_non_negative_int
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Self
 
+    from .._loss import RowScorer
     from .._types import ArrayLike
 
 __all__ = ["PCA", "GramStats", "centered_truncated_svd", "covariance_svd", "gram_stats", "merge_gram_stats"]
@@ -137,6 +139,30 @@ def _add_product(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:  # prag
                 out[c, g] += coef * b[j, g]
 
 
+@numba.njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+def _rank_sweep_losses(
+    offset, coefs, loadings, ranks, target, flat, n, rows, weights, inv_step, out
+):  # pragma: no cover
+    """Score every rank of ``ranks`` for a block of cells in one parallel region.
+
+    Each cell's prediction is built up component by component in float32 (the same
+    multiply-adds, in the same order, as :func:`_add_product`) and scored after each rank
+    of the grid; nothing cells × genes is stored. No ``nnan``/``ninf`` fastmath: a
+    non-finite prediction must give a NaN loss (see :mod:`sc_noise2self._loss`).
+    """
+    n_genes = loadings.shape[1]
+    for c in numba.prange(coefs.shape[0]):
+        pred = offset.copy()
+        done = 0
+        for v in range(ranks.size):
+            for j in range(done, ranks[v]):
+                coef = coefs[c, j]
+                for g in range(n_genes):
+                    pred[g] += coef * loadings[j, g]
+            done = ranks[v]
+            out[c, v] = squared_error_row(pred, target[c], flat, n, rows[c], weights[c], inv_step)
+
+
 def _as_float(X: ArrayLike) -> ArrayLike:
     return sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
 
@@ -163,6 +189,25 @@ class _RankSweep:
             _add_product(pred, np.ascontiguousarray(coefs[:, done:k]), self.loadings[done:k])
             done = k
             yield int(k), pred
+
+    def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
+        """Per-cell MSE of cells ``rows`` at every rank (cells × ranks), in one parallel region."""
+        coefs = np.ascontiguousarray(self.coefs(rows), dtype=np.float32)
+        out = np.empty((coefs.shape[0], len(self.grid)))
+        _rank_sweep_losses(
+            self.offset.astype(np.float32),
+            coefs,
+            self.loadings,
+            np.asarray(self.grid, dtype=np.int64),
+            scorer.target,
+            scorer.flat,
+            scorer.n,
+            scorer.rows,
+            scorer.weights,
+            scorer.inv_step,
+            out,
+        )
+        return out
 
 
 class PCA:
@@ -258,7 +303,14 @@ class PCA:
 
     def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
         """Predictions for cells ``rows`` at every rank of the grid, updated in place."""
-        return _RankSweep(self.grid_, self.mean_, lambda r: self.scores_[r], self.components_).sweep_blocks(rows)
+        return self._ranks().sweep_blocks(rows)
+
+    def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
+        """Per-cell MSE of cells ``rows`` at every rank of the grid, predicted and scored in one pass."""
+        return self._ranks().block_losses(rows, scorer)
+
+    def _ranks(self) -> _RankSweep:
+        return _RankSweep(self.grid_, self.mean_, lambda r: self.scores_[r], self.components_)
 
     def predict(self, rows: slice, value: int) -> np.ndarray:
         """``mean + scores[:, :k] @ components[:k]`` for cells ``rows`` (float32, from float32 factors)."""
