@@ -314,17 +314,18 @@ def _sweep_losses(
     bar: tqdm,
     n_entries: int,
     unchanged: Callable[[slice], np.ndarray] | None = None,
-    scorer: Callable[[slice, Any], RowScorer | None] | None = None,
+    scorer: Callable[[slice, Any], RowScorer] | None = None,
 ) -> np.ndarray:
     """Sum the loss per grid value, in whichever loop order the sweep offers.
 
     With ``unchanged`` (a block's undenoised values), one more entry at the end: the
     same loss for no denoising, scored against the same targets.
 
-    With ``scorer(rows, target)`` (a :class:`~sc_noise2self._loss.RowScorer`, or None where
-    it does not apply), a block sweep that offers ``block_losses(rows, scorer)`` predicts and
-    scores a block at every grid value in one parallel region (one per block, not one per
-    block and value: threads descheduled by other work on the machine are waited for once).
+    With ``scorer(rows, target)`` (a :class:`~sc_noise2self._loss.RowScorer`; MSE only), a
+    sweep that offers ``block_losses(rows, scorer)`` (and whose ``fuses()``, if it has one,
+    allows it) predicts and scores a block at every grid value in one parallel region: one
+    per block, not one per block and value, so threads descheduled by other work on the
+    machine are waited for once. Value-order sweeps (diffusion) then run in block order.
 
     ``prepare(rows, reused)`` returns the block's target; ``reused`` says whether it is
     scored at every grid value in a row (block order) or once (value order).
@@ -337,14 +338,13 @@ def _sweep_losses(
     (``benchmarks/diffusion_sweep.py``).
     """
     with threadpool_limits(limits=1, user_api="blas"):
-        if isinstance(sweep, BlockSweep):
+        fused = _fused(sweep, scorer)
+        if isinstance(sweep, BlockSweep) or fused is not None:
             total = CellSum(n_values + (unchanged is not None))
-            fused = getattr(sweep, "block_losses", None) if scorer is not None else None
             for rows in blocks:
                 target = prepare(rows, True)
-                row_scorer = None if fused is None else scorer(rows, target)
-                if row_scorer is not None:
-                    per_cell = list(fused(rows, row_scorer).T)
+                if fused is not None:
+                    per_cell = list(fused(rows, scorer(rows, target)).T)
                 else:
                     per_cell = [score(rows, target, pred) for _, pred in sweep.sweep_blocks(rows)]
                 if unchanged is not None:
@@ -353,10 +353,13 @@ def _sweep_losses(
                 bar.update(1)
             return total.total()
         losses = np.zeros(n_values + (unchanged is not None))
+        # A sweep that can fuse but does not here (too little memory) scores against the same
+        # dense targets as its fused path, so the two give the same bytes.
+        dense = scorer is not None and hasattr(sweep, "block_losses")
         for j, (value, predict) in enumerate(sweep.sweep_values()):
             total = CellSum(1)
             for rows in blocks:
-                total.add(rows.start, score(rows, prepare(rows, False), predict(rows)))
+                total.add(rows.start, score(rows, prepare(rows, dense), predict(rows)))
             losses[j] = total.total()[0]
             train = getattr(predict, "train_loss", None)
             shown = f"{value}: loss {losses[j] / n_entries:.5g}" + ("" if train is None else f", train {train:.5g}")
@@ -370,9 +373,18 @@ def _sweep_losses(
     return losses
 
 
-def _sweep_steps(sweep: BlockSweep | ValueSweep, blocks: list[slice], grid: np.ndarray) -> int:
+def _fused(sweep: BlockSweep | ValueSweep, scorer: Callable[[slice, Any], RowScorer] | None) -> Callable | None:
+    """Return the sweep's ``block_losses`` when it is to be used (a scorer given, the sweep able to), else None."""
+    if scorer is None or not getattr(sweep, "fuses", lambda: True)():
+        return None
+    return getattr(sweep, "block_losses", None)
+
+
+def _sweep_steps(
+    sweep: BlockSweep | ValueSweep, blocks: list[slice], grid: np.ndarray, scorer: Callable | None = None
+) -> int:
     """Progress steps of one sweep: a block of cells (block order) or a grid value (value order) each."""
-    return len(blocks) if isinstance(sweep, BlockSweep) else len(grid)
+    return len(blocks) if isinstance(sweep, BlockSweep) or _fused(sweep, scorer) is not None else len(grid)
 
 
 def bar_label(method: object, calibration: object) -> str:
@@ -522,12 +534,16 @@ def run_mcv(
     losses = np.zeros((n_splits, len(grid)))
     baseline = np.zeros(n_splits)
     add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known
+
+    def scorer(rows: slice, target: np.ndarray) -> RowScorer:  # MSE only: a dense target, scored in-kernel
+        return row_scorer(target, conversion=setup.conversion, train_scales=train_scales[rows], loss=loss)
+
     for i in range(n_splits):
         train, test = binomial_split(counts, setup.fraction, split_seed(random_state, Stream.MCV, i))
         values = transform_counts(train, transform, train_scales)
         sweep = denoiser.fit(values, grid)
         if i == 0:
-            add_steps(bar, n_splits * _sweep_steps(sweep, blocks, grid))
+            add_steps(bar, n_splits * _sweep_steps(sweep, blocks, grid, scorer if loss == "mse" else None))
         bar.update(1)
         sums = _sweep_losses(
             sweep,
@@ -542,9 +558,7 @@ def run_mcv(
             bar=bar,
             n_entries=counts.shape[0] * counts.shape[1],
             unchanged=lambda rows, values=values: values[rows].toarray(),  # no denoising
-            scorer=lambda rows, target: row_scorer(
-                target, conversion=setup.conversion, train_scales=train_scales[rows], loss=loss
-            ),
+            scorer=scorer if loss == "mse" else None,
         )
         losses[i], baseline[i] = sums[:-1], sums[-1]
     return mcv_result(

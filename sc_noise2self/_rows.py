@@ -15,12 +15,17 @@ Both hold for any chunking and any number of numba or BLAS threads (tested in
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numba
 import numpy as np
 
-__all__ = ["GROUP", "CellSum", "PartialSum", "low_rank_rows", "partial_sum"]
+from ._loss import squared_error_row
+
+if TYPE_CHECKING:
+    from ._loss import RowScorer
+
+__all__ = ["GROUP", "CellSum", "PartialSum", "low_rank_rows", "low_rank_sweep_losses", "partial_sum"]
 
 GROUP = 256
 """Cells per fixed group of the per-cell loss sums."""
@@ -42,18 +47,61 @@ def _low_rank_kernel(offset, scores, loadings, out):  # pragma: no cover - compi
             out[c, g] = acc[g]
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"contract"})
-def _low_rank_kernel_f32(offset, scores, loadings, out):  # pragma: no cover - compiled
+@numba.njit(cache=True, fastmath={"contract"})
+def _low_rank_row_f32(offset, coefs, loadings, out):  # pragma: no cover - compiled
     # float32 fused multiply-adds, in place: a gene's position in the loop, hence its code
-    # path, is the same in every row, so a row's result still depends on that row alone.
+    # path, is the same in every row, so a row's result depends on that row alone. Not
+    # inlined: callers compiled with other fastmath flags run this very code.
     n_genes = loadings.shape[1]
-    for c in numba.prange(scores.shape[0]):
+    for g in range(n_genes):
+        out[g] = offset[g]
+    for j in range(coefs.size):
+        coef = coefs[j]
         for g in range(n_genes):
-            out[c, g] = offset[g]
-        for j in range(scores.shape[1]):
-            coef = scores[c, j]
-            for g in range(n_genes):
-                out[c, g] += coef * loadings[j, g]
+            out[g] += coef * loadings[j, g]
+
+
+@numba.njit(parallel=True, cache=True)
+def _low_rank_kernel_f32(offset, scores, loadings, out):  # pragma: no cover - compiled
+    for c in numba.prange(scores.shape[0]):
+        _low_rank_row_f32(offset, scores[c], loadings, out[c])
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+def _low_rank_sweep_losses(offset, scores, loadings, target, flat, n, rows, weights, inv_step, out):  # pragma: no cover
+    # For each cell of a block (one parallel region) and each grid value v: the float32
+    # row offset + scores[v, c] @ loadings, made as _low_rank_kernel_f32 makes it, then
+    # scored at once against the cell's held-out row (see sc_noise2self._loss.RowScorer).
+    for c in numba.prange(scores.shape[1]):
+        pred = np.empty(loadings.shape[1], dtype=np.float32)
+        for v in range(scores.shape[0]):
+            _low_rank_row_f32(offset, scores[v, c], loadings, pred)
+            out[c, v] = squared_error_row(pred, target[c], flat, n, rows[c], weights[c], inv_step)
+
+
+def low_rank_sweep_losses(
+    offset: np.ndarray, scores: np.ndarray, loadings: np.ndarray, scorer: RowScorer
+) -> np.ndarray:
+    """Per-cell MSE of ``offset + scores[v] @ loadings`` for a block, at every grid value ``v`` (cells × values).
+
+    ``scores``: float32, values × cells × components. The predictions are the float32 rows
+    :func:`low_rank_rows` makes with ``accumulate=np.float32``, scored as they are made, in
+    one parallel region for the whole block.
+    """
+    out = np.empty((scores.shape[1], scores.shape[0]))
+    _low_rank_sweep_losses(
+        np.ascontiguousarray(offset, dtype=np.float32),
+        np.ascontiguousarray(scores, dtype=np.float32),
+        np.ascontiguousarray(loadings, dtype=np.float32),
+        scorer.target,
+        scorer.flat,
+        scorer.n,
+        scorer.rows,
+        scorer.weights,
+        scorer.inv_step,
+        out,
+    )
+    return out
 
 
 def low_rank_rows(

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import sparse
 
 from .._output import default_max_dense_bytes
-from .._rows import low_rank_rows
+from .._rows import low_rank_rows, low_rank_sweep_losses
 from .._validate import check_int_grid, check_number, check_positive_int
 from .pca import (
     AUTO_MAX_GENES,
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Self
 
+    from .._loss import RowScorer
     from .._types import ArrayLike
 
 __all__ = ["Diffusion", "transition_matrix"]
@@ -248,6 +249,7 @@ class Diffusion:
         self.scores_ = scores
         self.operators_ = self._operators(scores[:, : min(self.n_pcs, scores.shape[1])], self.grid_)
         self._diffused: dict[object, np.ndarray] = {}
+        self._stacked: np.ndarray | None = None
         return self
 
     def _diffused_scores(self) -> Iterator[tuple[object, np.ndarray]]:
@@ -275,6 +277,22 @@ class Diffusion:
         block = self._block_mapper()
         for value, z in self._diffused_scores():
             yield value, lambda rows, z=z: block(z[rows])
+
+    def fuses(self) -> bool:
+        """Whether :meth:`block_losses` may keep the diffused scores of every grid value (a sixteenth of memory)."""
+        needed = len(self.grid_) * self.scores_.shape[0] * self.scores_.shape[1] * 4
+        return needed <= default_max_dense_bytes() // 4
+
+    def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
+        """Per-cell MSE of cells ``rows`` at every grid value, predicted and scored in one parallel region.
+
+        The diffused scores of every grid value are made once (float32, values × cells ×
+        ``n_comps``) and each block is then mapped to genes and scored at every value in a
+        row, as :meth:`sweep_values` would, to the same bytes.
+        """
+        if self._stacked is None:
+            self._stacked = np.stack([z.astype(np.float32) for _, z in self._diffused_scores()])
+        return low_rank_sweep_losses(self.mean_, self._stacked[:, rows], self.components_, scorer)
 
     def factors(self, value: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mean, diffused scores and components: the output after ``t`` steps, factored."""
