@@ -368,7 +368,7 @@ def _sweep_losses(
         if unchanged is not None:
             total = CellSum(1)
             for rows in blocks:
-                total.add(rows.start, score(rows, prepare(rows, False), unchanged(rows)))
+                total.add(rows.start, score(rows, prepare(rows, dense), unchanged(rows)))
             losses[-1] = total.total()[0]
     return losses
 

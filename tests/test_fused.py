@@ -57,6 +57,7 @@ def test_diffusion_falls_back_to_value_order_when_the_scores_do_not_fit(counts, 
     model = Diffusion(n_comps=20)
     big = tl.calibrate(counts, method=model, grid=np.arange(4), progress=False)
     assert not model.fuses() and big.loss.tobytes() == small.loss.tobytes()
+    assert big.baseline.tobytes() == small.baseline.tobytes()
 
 
 def test_poisson_loss_keeps_the_value_by_value_path(counts):
