@@ -167,6 +167,7 @@ STAGES = [
         ("sc_noise2self._calibrate.transform_counts", (False, True)),
         ("sc_noise2self.denoisers.pca.PCA.fit", (False, True)),
         ("sc_noise2self._calibrate.score_block", (False, True)),
+        ("sc_noise2self._calibrate.row_scorer", (False, True)),  # the fused block scoring
         ("sc_noise2self.pp.refit", (False, True)),
         ("sc_noise2self.pp.check_finite_output", (False, True)),
         ("sc_noise2self.pp.predict_dense", (False,)),
@@ -300,20 +301,29 @@ def test_a_non_finite_prediction_anywhere_is_refused(adata, monkeypatch, calibra
 
 @pytest.mark.parametrize("loss", ["mse", "poisson"])
 def test_a_nan_in_one_grid_value_is_not_chosen(adata, monkeypatch, loss):
-    from sc_noise2self.denoisers import pca
+    # Non-finite factors make non-finite predictions in whichever path scores them (the
+    # fused block kernel for MSE, value by value for Poisson).
+    real = PCA.fit
 
-    real = pca._RankSweep.sweep_blocks
+    def fit_with(broken):
+        def fit(self, X, grid):
+            real(self, X, grid)
+            broken(self)
+            return self
 
-    def sweep(self, rows):
-        for k, pred in real(self, rows):
-            yield k, (np.full_like(pred, np.nan) if k == 2 else pred)
+        return fit
 
-    monkeypatch.setattr(pca._RankSweep, "sweep_blocks", sweep)
+    def second_component_nan(model):
+        model.scores_[:, 1] = np.nan  # ranks >= 2 read it
+
+    monkeypatch.setattr(PCA, "fit", fit_with(second_component_nan))
     with pytest.raises(ValueError, match="calibration loss is not finite at n_comps = 2"):
         tl.calibrate(adata, grid=GRID, loss=loss, progress=False)
-    monkeypatch.setattr(
-        pca._RankSweep, "sweep_blocks", lambda self, rows: ((k, np.full_like(p, -np.inf)) for k, p in real(self, rows))
-    )
+
+    def mean_minus_inf(model):
+        model.mean_[:] = -np.inf
+
+    monkeypatch.setattr(PCA, "fit", fit_with(mean_minus_inf))
     with pytest.raises(ValueError, match="calibration loss is not finite"):
         tl.calibrate(adata, grid=GRID, loss=loss, progress=False)
 
