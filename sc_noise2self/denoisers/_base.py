@@ -18,6 +18,14 @@ A sweep offers one of two loop orders, whichever is cheaper for the method:
 
 Grid values are ints, or tuples of ints for a grid over several settings; a grid is a 1-D
 int array, or a 2-D array with one column per setting (``grid_names``).
+
+Optional, found by ``getattr``: ``block_losses(rows, scorer)`` returns the per-cell MSE of a
+block at every grid value (cells × values), predicting and scoring each cell's row in one
+compiled parallel region (see :class:`sc_noise2self._loss.RowScorer` and
+:func:`sc_noise2self._loss.squared_error_row`); the MCV engine then uses it instead of
+scoring value by value, which on a busy machine waits for descheduled threads once per block
+instead of once per block and value. ``fuses()`` may say it cannot here (e.g. too little
+memory); the losses must be the same bytes either way.
 """
 
 from __future__ import annotations
