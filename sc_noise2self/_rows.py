@@ -93,12 +93,7 @@ def low_rank_sweep_losses(
         np.ascontiguousarray(offset, dtype=np.float32),
         np.ascontiguousarray(scores, dtype=np.float32),
         np.ascontiguousarray(loadings, dtype=np.float32),
-        scorer.target,
-        scorer.flat,
-        scorer.n,
-        scorer.rows,
-        scorer.weights,
-        scorer.inv_step,
+        *scorer,  # target, table, row length, rows, weights, inverse step
         out,
     )
     return out

@@ -32,37 +32,16 @@ __all__ = ["KNNAverage"]
 _DEFAULT_GRID = np.array([2, 3, 4, 5, 7, 10, 15, 20, 30, 40, 50, 70, 100])
 
 
-@numba.njit(parallel=True, cache=True)
-def _neighbour_means(indptr, indices, data, n_genes, first, others, sizes, out):  # pragma: no cover - compiled
-    # Row r of the block: the running sum of ``first[r]`` (when >= 0) and then of its
-    # neighbours in order, divided by the number of rows summed at each size in
-    # ``sizes``. Every row is computed alone, in a fixed order: independent of the block.
-    for r in numba.prange(others.shape[0]):
-        acc = np.zeros(n_genes)
-        used = 0
-        if first[r] >= 0:
-            for p in range(indptr[first[r]], indptr[first[r] + 1]):
-                acc[indices[p]] += data[p]
-            used = 1
-        j = 0
-        for v in range(sizes.size):
-            while used < sizes[v]:
-                cell = others[r, j]
-                for p in range(indptr[cell], indptr[cell + 1]):
-                    acc[indices[p]] += data[p]
-                j += 1
-                used += 1
-            scale = 1.0 / sizes[v]
-            for g in range(n_genes):
-                out[v, r, g] = acc[g] * scale
-
-
 @numba.njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
-def _neighbour_losses(
-    indptr, indices, data, n_genes, first, others, sizes, target, flat, n, rows, weights, inv_step, out
+def _neighbour_sweep(
+    indptr, indices, data, n_genes, first, others, sizes, means, target, flat, n, rows, weights, inv_step, losses
 ):  # pragma: no cover - compiled
-    # As _neighbour_means, but each mean is scored against the cell's held-out row as soon
-    # as it is made (the same float32 prediction), so a block costs one parallel region.
+    # Row r of the block: the running sum of ``first[r]`` (when >= 0) and then of its
+    # neighbours in order, divided by the number of rows summed at each size in ``sizes``:
+    # stored in ``means`` (sizes × block × genes), or, when ``means`` is empty, scored at
+    # once against the cell's held-out row into ``losses`` (block × sizes). Every row is
+    # computed alone, in a fixed order: independent of the block.
+    score = means.shape[0] == 0
     for r in numba.prange(others.shape[0]):
         acc = np.zeros(n_genes)
         pred = np.empty(n_genes, dtype=np.float32)
@@ -82,7 +61,35 @@ def _neighbour_losses(
             scale = 1.0 / sizes[v]
             for g in range(n_genes):
                 pred[g] = acc[g] * scale
-            out[r, v] = squared_error_row(pred, target[r], flat, n, rows[r], weights[r], inv_step)
+            if score:
+                losses[r, v] = squared_error_row(pred, target[r], flat, n, rows[r], weights[r], inv_step)
+            else:
+                means[v, r] = pred
+
+
+_NO_SCORER = (np.zeros((0, 0)), np.zeros(1), 1, np.zeros(0, dtype=np.int64), np.zeros(0), 1.0)
+
+
+def _sweep_kernel(
+    X: sparse.csr_matrix, first: np.ndarray, others: np.ndarray, sizes: np.ndarray, scorer: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run :func:`_neighbour_sweep`: the means (no scorer) or the per-cell losses (a ``RowScorer``)."""
+    score = scorer is not _NO_SCORER
+    means = np.empty((0 if score else sizes.size, others.shape[0], X.shape[1]), dtype=np.float32)
+    losses = np.empty((others.shape[0], sizes.size if score else 0))
+    _neighbour_sweep(
+        X.indptr,
+        X.indices,
+        X.data.astype(np.float64, copy=False),
+        X.shape[1],
+        np.ascontiguousarray(first, dtype=np.int64),
+        np.ascontiguousarray(others, dtype=np.int64),
+        np.ascontiguousarray(sizes, dtype=np.int64),
+        means,
+        *scorer,  # target, table, row length, rows, weights, inverse step
+        losses,
+    )
+    return means, losses
 
 
 def neighbour_means(X: sparse.csr_matrix, first: np.ndarray, others: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -92,18 +99,7 @@ def neighbour_means(X: sparse.csr_matrix, first: np.ndarray, others: np.ndarray,
     ``others``: its neighbours, nearest first; ``sizes``: increasing numbers of rows to
     average (``first`` included when given). Returns float32, sizes × block × genes.
     """
-    out = np.empty((sizes.size, others.shape[0], X.shape[1]), dtype=np.float32)
-    _neighbour_means(
-        X.indptr,
-        X.indices,
-        X.data.astype(np.float64, copy=False),
-        X.shape[1],
-        np.ascontiguousarray(first, dtype=np.int64),
-        np.ascontiguousarray(others, dtype=np.int64),
-        np.ascontiguousarray(sizes, dtype=np.int64),
-        out,
-    )
-    return out
+    return _sweep_kernel(X, first, others, sizes, _NO_SCORER)[0]
 
 
 class _Sweep:
@@ -133,25 +129,7 @@ class _Sweep:
         parts = []
         for n_pcs, others in self.neighbours.items():
             ks = self.grid if self.grid.ndim == 1 else self.grid[self.grid[:, 1] == n_pcs, 0]
-            sizes = np.ascontiguousarray(ks if self.own else ks - 1, dtype=np.int64)
-            out = np.empty((cells.size, sizes.size))
-            _neighbour_losses(
-                self.data.indptr,
-                self.data.indices,
-                self.data.data.astype(np.float64, copy=False),
-                self.data.shape[1],
-                np.ascontiguousarray(first, dtype=np.int64),
-                np.ascontiguousarray(others[rows], dtype=np.int64),
-                sizes,
-                scorer.target,
-                scorer.flat,
-                scorer.n,
-                scorer.rows,
-                scorer.weights,
-                scorer.inv_step,
-                out,
-            )
-            parts.append(out)
+            parts.append(_sweep_kernel(self.data, first, others[rows], ks if self.own else ks - 1, tuple(scorer))[1])
         return np.concatenate(parts, axis=1)
 
 

@@ -199,12 +199,7 @@ class _RankSweep:
             coefs,
             self.loadings,
             np.asarray(self.grid, dtype=np.int64),
-            scorer.target,
-            scorer.flat,
-            scorer.n,
-            scorer.rows,
-            scorer.weights,
-            scorer.inv_step,
+            *scorer,  # target, table, row length, rows, weights, inverse step
             out,
         )
         return out
