@@ -32,9 +32,12 @@ if TYPE_CHECKING:
     from scipy import sparse
     from tqdm import tqdm
 
+    from ._blockwise import BlockCounts
+    from ._genes import GeneMask
     from ._loss import RowScorer
     from ._transform import DepthConversion
     from ._types import ArrayLike, LossName, RandomState, Select, TransformName
+    from ._validate import Counts
     from .denoisers._base import GridValue, ValueSweep
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "McvSetup",
     "add_steps",
     "bar_label",
+    "calibration_record",
     "check_finite_loss",
     "check_finite_output",
     "mcv_result",
@@ -256,6 +260,23 @@ class CalibrationResult:
             "params": dict(self.params),
             "version": package_version(),
         } | ({} if self.baseline is None else {"loss_no_denoising": float(np.mean(self.baseline))})
+
+
+def calibration_record(
+    result: CalibrationResult, data: Counts | BlockCounts, genes: GeneMask | None, layer: str | None, denoiser: Denoiser
+) -> dict[str, Any]:
+    """Return the calibration's ``uns`` record: the curve, the choice and what it was made on.
+
+    ``pp.denoise`` writes it under ``key_added``; ``pp.pca`` and ``pp.neighbors`` under
+    their scanpy key's ``"calibration"``.
+    """
+    record = result.to_uns()
+    record["params"]["layer"] = layer
+    record["params"]["method_repr"] = repr(denoiser)
+    record["params"]["mask_var"] = None if genes is None else genes.name
+    record["n_dropped_cells"] = 0 if data.cells is None else int((~data.cells).sum())
+    record["n_dropped_genes"] = 0 if data.genes is None else int((~data.genes).sum())
+    return record
 
 
 def _standard_error(loss: np.ndarray) -> np.ndarray:

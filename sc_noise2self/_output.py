@@ -34,6 +34,7 @@ __all__ = [
     "factored_outputs",
     "lazy_low_rank",
     "require_dask",
+    "writable",
 ]
 
 _BLOCK_BYTES = 64 * 2**20
@@ -209,6 +210,14 @@ def require_dask(why: str) -> None:
 # -- Writing to a user's AnnData: checked before any work, then all at once or nothing. ---------
 
 _MISSING = object()
+
+
+def writable(adata: AnnData, copy: bool) -> AnnData:
+    """Return the AnnData to write to: a copy, or the object itself made actual if it is a view (as scanpy does)."""
+    adata = adata.copy() if copy else adata
+    if adata.is_view:
+        adata._init_as_actual(adata.copy())
+    return adata
 
 
 def check_key(key: object, name: str = "key_added") -> str:

@@ -28,6 +28,7 @@ from ._blockwise import is_blockwise
 from ._calibrate import (
     add_steps,
     bar_label,
+    calibration_record,
     package_version,
     progress_bar,
     refit,
@@ -35,7 +36,7 @@ from ._calibrate import (
     warn_at_grid_edge,
 )
 from ._genes import resolve_mask_var
-from ._output import check_key, check_targets, commit
+from ._output import check_key, check_targets, commit, writable
 from ._split import Stream, seed_sequence
 from ._transform import transformed
 from ._validate import check_flag, get_counts
@@ -218,11 +219,11 @@ def pca(
         "params": params,
         "variance": variance,
         "variance_ratio": variance / _total_variance(values),
-        "calibration": _calibration_record(result, data, genes, layer, calibrated) | {"objective": objective},
+        "calibration": calibration_record(result, data, genes, layer, calibrated) | {"objective": objective},
         "version": package_version(),
     }
     logg.info(f"    chose n_comps={n_comps} ({result.calibration} loss {result.loss_mean.min():.6g})")
-    adata = _writable(adata, copy)
+    adata = writable(adata, copy)
     commit(adata, uns_key, {"obsm": {obsm_key: coordinates}, "varm": {varm_key: loadings}}, record, function="pca")
     logg.info(
         "    finished",
@@ -397,13 +398,13 @@ def neighbors(
         bar.update(1)
     record = {
         **graph.uns["neighbors"],
-        "calibration": _calibration_record(result, data, genes, layer, denoiser),
+        "calibration": calibration_record(result, data, genes, layer, denoiser),
         "version": package_version(),
     }
     record["connectivities_key"], record["distances_key"] = obsp_keys[1], obsp_keys[0]
     outputs = {"obsp": {obsp_keys[0]: graph.obsp["distances"], obsp_keys[1]: graph.obsp["connectivities"]}}
     logg.info(f"    chose n_neighbors={n_neighbors} ({result.calibration} loss {result.loss_mean.min():.6g})")
-    adata = _writable(adata, copy)
+    adata = writable(adata, copy)
     commit(adata, uns_key, outputs, record, function="neighbors")
     logg.info(
         "    finished",
@@ -479,19 +480,6 @@ def _calibrate(
         bar=bar,
         **settings,
     )
-
-
-def _calibration_record(
-    result: CalibrationResult, data: Counts, genes: GeneMask | None, layer: str | None, denoiser: Denoiser
-) -> dict[str, Any]:
-    """Return what ``uns[...]["calibration"]`` keeps: the curve and choice, as ``pp.denoise`` records them."""
-    record = result.to_uns()
-    record["params"]["layer"] = layer
-    record["params"]["method_repr"] = repr(denoiser)
-    record["params"]["mask_var"] = None if genes is None else genes.name
-    record["n_dropped_cells"] = 0 if data.cells is None else int((~data.cells).sum())
-    record["n_dropped_genes"] = 0 if data.genes is None else int((~data.genes).sum())
-    return record
 
 
 def _pca_outputs(
@@ -635,11 +623,3 @@ def _scanpy_graph(
     if n_pcs is not None:
         holder.uns["neighbors"]["params"]["n_pcs"] = n_pcs
     return holder
-
-
-def _writable(adata: AnnData, copy: bool) -> AnnData:
-    """Return the AnnData to write to: a copy, or the object itself made actual if it is a view (as scanpy does)."""
-    adata = adata.copy() if copy else adata
-    if adata.is_view:
-        adata._init_as_actual(adata.copy())
-    return adata

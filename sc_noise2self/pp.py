@@ -11,6 +11,7 @@ from ._blockwise import BlockCounts, is_blockwise, refit_blockwise
 from ._calibrate import (
     add_steps,
     bar_label,
+    calibration_record,
     check_finite_output,
     chunk_rows,
     package_version,
@@ -31,6 +32,7 @@ from ._output import (
     embed,
     factored_outputs,
     require_dask,
+    writable,
 )
 from ._pipeline import neighbors, pca
 from ._rows import low_rank_rows
@@ -257,21 +259,14 @@ def denoise(
             genes=genes,
         )
         bar.update(1)
-    uns = result.to_uns()
-    uns["params"]["layer"] = layer
-    uns["params"]["method_repr"] = repr(denoiser)
-    uns["n_dropped_cells"] = 0 if data.cells is None else int((~data.cells).sum())
-    uns["n_dropped_genes"] = 0 if data.genes is None else int((~data.genes).sum())
+    uns = calibration_record(result, data, genes, layer, denoiser)
     uns["output"] = "factored" if factored else "dense"
     uns["scale"] = scale
-    uns["params"]["mask_var"] = None if genes is None else genes.name
     uns["n_genes_fitted"] = int(adata.n_vars if genes is None else genes.mask.sum())
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
 
-    adata = adata.copy() if copy else adata
-    if adata.is_view:  # as scanpy does: turn the view into an actual AnnData before writing
-        adata._init_as_actual(adata.copy())
+    adata = writable(adata, copy)
     commit(adata, key_added, outputs, uns, function="denoise")
     added = "".join(
         f"    {name!r}, {_DESCRIPTIONS[slot]} (adata.{slot})\n" for slot, names in outputs.items() for name in names
@@ -504,8 +499,6 @@ def split_counts(
         "layer": layer,
         "version": package_version(),
     }
-    adata = data.copy() if copy else data
-    if adata.is_view:
-        adata._init_as_actual(adata.copy())
+    adata = writable(data, copy)
     commit(adata, key_added, {"layers": layers}, record, function="split_counts")
     return adata if copy else None
