@@ -360,17 +360,17 @@ def _sweep_losses(
     """
     with threadpool_limits(limits=1, user_api="blas"):
         fused = _fused(sweep, scorer)
-        if isinstance(sweep, BlockSweep) or fused is not None:
+        if _block_order(sweep, scorer):
             total = CellSum(n_values + (unchanged is not None))
             for rows in blocks:
                 target = prepare(rows, True)
                 if fused is not None:
-                    per_cell = list(fused(rows, scorer(rows, target)).T)
+                    per_cell = fused(rows, scorer(rows, target))
                 else:
-                    per_cell = [score(rows, target, pred) for _, pred in sweep.sweep_blocks(rows)]
+                    per_cell = np.stack([score(rows, target, pred) for _, pred in sweep.sweep_blocks(rows)], axis=1)
                 if unchanged is not None:
-                    per_cell.append(score(rows, target, unchanged(rows)))
-                total.add(rows.start, np.stack(per_cell, axis=1))
+                    per_cell = np.column_stack([per_cell, score(rows, target, unchanged(rows))])
+                total.add(rows.start, per_cell)
                 bar.update(1)
             return total.total()
         losses = np.zeros(n_values + (unchanged is not None))
@@ -401,11 +401,16 @@ def _fused(sweep: BlockSweep | ValueSweep, scorer: Callable[[slice, Any], RowSco
     return getattr(sweep, "block_losses", None)
 
 
+def _block_order(sweep: BlockSweep | ValueSweep, scorer: Callable | None) -> bool:
+    """Whether :func:`_sweep_losses` loops over grid values inside each block of cells."""
+    return isinstance(sweep, BlockSweep) or _fused(sweep, scorer) is not None
+
+
 def _sweep_steps(
     sweep: BlockSweep | ValueSweep, blocks: list[slice], grid: np.ndarray, scorer: Callable | None = None
 ) -> int:
     """Progress steps of one sweep: a block of cells (block order) or a grid value (value order) each."""
-    return len(blocks) if isinstance(sweep, BlockSweep) or _fused(sweep, scorer) is not None else len(grid)
+    return len(blocks) if _block_order(sweep, scorer) else len(grid)
 
 
 def bar_label(method: object, calibration: object) -> str:
@@ -556,15 +561,17 @@ def run_mcv(
     baseline = np.zeros(n_splits)
     add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known
 
-    def scorer(rows: slice, target: np.ndarray) -> RowScorer:  # MSE only: a dense target, scored in-kernel
-        return row_scorer(target, conversion=setup.conversion, train_scales=train_scales[rows], loss=loss)
+    def mse_scorer(rows: slice, target: np.ndarray) -> RowScorer:  # a dense target, scored in-kernel
+        return row_scorer(target, conversion=setup.conversion, train_scales=train_scales[rows])
+
+    scorer = mse_scorer if loss == "mse" else None  # the Poisson loss is scored value by value
 
     for i in range(n_splits):
         train, test = binomial_split(counts, setup.fraction, split_seed(random_state, Stream.MCV, i))
         values = transform_counts(train, transform, train_scales)
         sweep = denoiser.fit(values, grid)
         if i == 0:
-            add_steps(bar, n_splits * _sweep_steps(sweep, blocks, grid, scorer if loss == "mse" else None))
+            add_steps(bar, n_splits * _sweep_steps(sweep, blocks, grid, scorer))
         bar.update(1)
         sums = _sweep_losses(
             sweep,
@@ -579,7 +586,7 @@ def run_mcv(
             bar=bar,
             n_entries=counts.shape[0] * counts.shape[1],
             unchanged=lambda rows, values=values: values[rows].toarray(),  # no denoising
-            scorer=scorer if loss == "mse" else None,
+            scorer=scorer,
         )
         losses[i], baseline[i] = sums[:-1], sums[-1]
     return mcv_result(

@@ -188,12 +188,8 @@ class RowScorer(NamedTuple):
     """Table entries per unit of prediction."""
 
 
-def row_scorer(
-    target: np.ndarray | sparse.csr_matrix, *, conversion: DepthConversion, train_scales: np.ndarray, loss: LossName
-) -> RowScorer | None:
-    """Return the :class:`RowScorer` of a block, or None where only :func:`score_block` applies (Poisson)."""
-    if loss != "mse" or not isinstance(target, np.ndarray):
-        return None
+def row_scorer(target: np.ndarray, *, conversion: DepthConversion, train_scales: np.ndarray) -> RowScorer:
+    """Return the :class:`RowScorer` of a block: its dense MSE target (``held_out_target(..., reused=True)``)."""
     rows, weights = conversion.rows_for(train_scales)
     table = np.ascontiguousarray(conversion.table)
     return RowScorer(

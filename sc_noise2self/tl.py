@@ -243,31 +243,30 @@ def _run(
             bar=bar,
             **({} if totals is None else {"totals": totals}),
         )
-        check_finite_loss(result, denoiser)
-        result.select = select
-        return data_counts, denoiser, result
-    if loss != "mse":
-        msg = "calibration='genes' scores predictions against the data itself with loss='mse'."
-        raise ValueError(msg)
-    if not data_counts.is_counts and (transform != "none" or target_sum is not None):
-        msg = (
-            "These values are not raw counts (negative or non-integer), so they are denoised as they are: "
-            "pass transform='none' and target_sum=None, or pass raw counts."
+    else:
+        if loss != "mse":
+            msg = "calibration='genes' scores predictions against the data itself with loss='mse'."
+            raise ValueError(msg)
+        if not data_counts.is_counts and (transform != "none" or target_sum is not None):
+            msg = (
+                "These values are not raw counts (negative or non-integer), so they are denoised as they are: "
+                "pass transform='none' and target_sum=None, or pass raw counts."
+            )
+            raise ValueError(msg)
+        values = transformed(data_counts.matrix, transform, target_sum, totals=totals)
+        check_magnitude(values, what=what)
+        target_record = None if target_sum is None else float(target_sum)
+        result = run_genes(
+            values,
+            denoiser,
+            method=name,
+            grid=grid,
+            n_groups=n_groups,
+            random_state=random_state,
+            chunk_size=chunk_size,
+            bar=bar,
+            params={"transform": transform, "target_sum": target_record, "loss": loss},
         )
-        raise ValueError(msg)
-    values = transformed(data_counts.matrix, transform, target_sum, totals=totals)
-    check_magnitude(values, what=what)
-    result = run_genes(
-        values,
-        denoiser,
-        method=name,
-        grid=grid,
-        n_groups=n_groups,
-        random_state=random_state,
-        chunk_size=chunk_size,
-        bar=bar,
-        params={"transform": transform, "target_sum": None if target_sum is None else float(target_sum), "loss": loss},
-    )
     check_finite_loss(result, denoiser)
     result.select = select
     return data_counts, denoiser, result
