@@ -43,6 +43,7 @@ from ._validate import check_flag, get_counts
 from .tl import _run
 
 if TYPE_CHECKING:
+    import pandas as pd
     from anndata import AnnData
 
     from ._calibrate import CalibrationResult
@@ -394,7 +395,7 @@ def neighbors(
         )
         warn_at_grid_edge(result)
         n_neighbors = int(result.best)
-        graph = _scanpy_graph(adata, rep, embedding, n_neighbors, n_pcs, graph_args)
+        graph = _scanpy_graph(adata.obs_names, rep, embedding, n_neighbors, n_pcs, graph_args)
         bar.update(1)
     record = {
         **graph.uns["neighbors"],
@@ -591,7 +592,7 @@ def _graph_args(
     try:
         with warnings.catch_warnings():  # a trial: only a refusal matters here
             warnings.simplefilter("ignore")
-            _scanpy_graph(adata[:trial], rep, embedding[:trial], min(5, trial - 1), n_pcs, args)
+            _scanpy_graph(adata.obs_names[:trial], rep, embedding[:trial], min(5, trial - 1), n_pcs, args)
     except Exception as error:  # scanpy's or its search library's refusal, said before any work
         msg = f"sc.pp.neighbors refuses these settings (method, transformer, metric, metric_kwds): {error}"
         raise ValueError(msg) from error
@@ -599,7 +600,7 @@ def _graph_args(
 
 
 def _scanpy_graph(
-    adata: AnnData, rep: str, embedding: np.ndarray, n_neighbors: int, n_pcs: int | None, args: dict[str, Any]
+    obs_names: pd.Index, rep: str, embedding: np.ndarray, n_neighbors: int, n_pcs: int | None, args: dict[str, Any]
 ) -> AnnData:
     """``sc.pp.neighbors`` on an AnnData holding only the embedding, so nothing of the user's is touched yet.
 
@@ -615,7 +616,7 @@ def _scanpy_graph(
         from sklearn.base import clone
 
         transformer = clone(transformer).set_params(n_neighbors=n_neighbors)
-    holder = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names.copy()), obsm={rep: embedding})
+    holder = ad.AnnData(obs=pd.DataFrame(index=obs_names.copy()), obsm={rep: embedding})
     with sc.settings.verbosity.override("warning"):  # this function logs the step itself
         sc.pp.neighbors(
             holder, n_neighbors=n_neighbors, n_pcs=None, use_rep=rep, **{**args, "transformer": transformer}

@@ -54,13 +54,16 @@ def simulate_low_rank_poisson(
     baseline = rng.gamma(0.6, 1.0, size=n_genes)
     programs = rng.gamma(0.5, 1.0, size=(n_programs, n_genes)) * np.geomspace(3.0, 0.3, n_programs)[:, None]
     memberships = rng.dirichlet(np.full(n_programs, 0.3), size=n_cells)
-    profile = baseline + memberships @ programs
-    profile /= profile.sum(axis=1, keepdims=True)
-    depth = mean_depth * rng.lognormal(0.0, 0.4, size=n_cells)
-    rates = depth[:, None] * profile
+    return Simulation(*_sample(rng, baseline + memberships @ programs, mean_depth))
+
+
+def _sample(rng: np.random.Generator, profile: np.ndarray, mean_depth: float) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Counts ~ Poisson(depth_c · profile_c / sum), depth log-normal per cell; genes never seen dropped."""
+    profile = profile / profile.sum(axis=1, keepdims=True)
+    rates = mean_depth * rng.lognormal(0.0, 0.4, size=len(profile))[:, None] * profile
     counts = rng.poisson(rates)
-    keep_genes = counts.sum(axis=0) > 0
-    return Simulation(sparse.csr_matrix(counts[:, keep_genes], dtype=np.int32), rates[:, keep_genes])
+    keep = counts.sum(axis=0) > 0
+    return sparse.csr_matrix(counts[:, keep], dtype=np.int32), rates[:, keep]
 
 
 @dataclass
@@ -97,11 +100,7 @@ def simulate_clusters(
     labels = rng.choice(n_types, size=n_cells, p=np.array(CLUSTER_SHARES))
     gradients = rng.gamma(0.4, 1.0, size=(n_types, n_genes)) * gradient
     profile = baseline + centroids[labels] + rng.uniform(size=n_cells)[:, None] * gradients[labels]
-    profile /= profile.sum(axis=1, keepdims=True)
-    rates = mean_depth * rng.lognormal(0.0, 0.4, size=n_cells)[:, None] * profile
-    counts = rng.poisson(rates)
-    keep = counts.sum(axis=0) > 0
-    return ClusterSimulation(sparse.csr_matrix(counts[:, keep], dtype=np.int32), rates[:, keep], labels)
+    return ClusterSimulation(*_sample(rng, profile, mean_depth), labels)
 
 
 @pytest.fixture(scope="session")
