@@ -24,8 +24,10 @@ import itertools
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from scipy import sparse
 
 from ._calibrate import _checked_grid, add_steps, chunk_rows, mcv_result, mcv_setup
+from ._dispersion import sample_cells, sampling_dispersion
 from ._loss import held_out_target, score_block
 from ._rows import CellSum, PartialSum, partial_sum
 from ._split import Stream, binomial_split, split_seed
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Literal
 
-    from scipy import sparse
     from tqdm import tqdm
 
     from ._calibrate import CalibrationResult
@@ -305,6 +306,9 @@ def run_mcv_blockwise(
     )
     n_splits = check_positive_int(n_splits, "n_splits")
     grid = _checked_grid(model, grid, shape)
+    keep = sample_cells(shape[0], random_state)  # the cells of the sampling-dispersion check, by position
+    sample = sparse.vstack(data.blocks.map(lambda block, rows: block[keep[rows]]), format="csr")
+    dispersion = sampling_dispersion(sample, data.totals[keep], random_state)
 
     losses, baseline = np.zeros((n_splits, len(grid))), np.zeros(n_splits)
     add_steps(bar, 2 * n_splits)
@@ -355,6 +359,7 @@ def run_mcv_blockwise(
         loss=loss,
         random_state=random_state,
         baseline=baseline,
+        dispersion=dispersion,
     )
 
 

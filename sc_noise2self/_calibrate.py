@@ -19,6 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import _logging as logg
+from ._dispersion import DEPENDENT_HALVES, sample_cells, sampling_dispersion
 from ._loss import check_loss, held_out_target, row_scorer, score_block
 from ._rows import CellSum
 from ._split import Stream, binomial_split, seed_sequence, split_seed
@@ -59,7 +60,7 @@ __all__ = [
     "run_mcv",
     "seed_record",
     "simplicity_rank",
-    "warn_at_grid_edge",
+    "warn_about_choice",
 ]
 
 
@@ -173,6 +174,10 @@ class CalibrationResult:
         How :attr:`best` is chosen: ``"min"`` (the lowest mean loss) or ``"1se"`` (the
         simplest value whose mean loss is within one standard error of the minimum, see
         :attr:`best`).
+    dispersion
+        MCV: the counts' variance around a smooth fit over what Poisson sampling of
+        molecules gives (1 for UMI counts; see :attr:`dependent_halves`); None for the gene
+        partition or when the data are too small to tell.
     """
 
     method: str
@@ -183,6 +188,16 @@ class CalibrationResult:
     params: dict[str, Any] = field(default_factory=dict)
     baseline: np.ndarray | None = None
     select: Select = "min"
+    dispersion: float | None = None
+
+    @property
+    def dependent_halves(self) -> bool:
+        """Whether :attr:`dispersion` says the MCV halves are dependent (read counts, not molecules).
+
+        The split then leaves each molecule's reads in both halves, and MCV chooses too little
+        denoising; the gene partition (``calibration="genes"``) does not split molecules.
+        """
+        return self.dispersion is not None and self.dispersion > DEPENDENT_HALVES
 
     @property
     def loss_mean(self) -> np.ndarray:
@@ -244,22 +259,30 @@ class CalibrationResult:
     def to_uns(self) -> dict[str, Any]:
         """Plain types and arrays only, so it survives ``write_h5ad``/``read_h5ad``."""
         best, minimum = self.best, grid_value(self.grid, self._minimum)
-        return {
-            "method": self.method,
-            "calibration": self.calibration,
-            "grid_names": list(self.grid_names),
-            "grid": self.grid.copy(),
-            "loss": self.loss.copy(),
-            "loss_mean": self.loss_mean,
-            "loss_se": self.loss_se,
-            "difference_se": self.difference_se,
-            "select": self.select,
-            "best": best if isinstance(best, int) else np.array(best),
-            "best_min": minimum if isinstance(minimum, int) else np.array(minimum),
-            "grid_edge": ", ".join(self.grid_edge),
-            "params": dict(self.params),
-            "version": package_version(),
-        } | ({} if self.baseline is None else {"loss_no_denoising": float(np.mean(self.baseline))})
+        return (
+            {
+                "method": self.method,
+                "calibration": self.calibration,
+                "grid_names": list(self.grid_names),
+                "grid": self.grid.copy(),
+                "loss": self.loss.copy(),
+                "loss_mean": self.loss_mean,
+                "loss_se": self.loss_se,
+                "difference_se": self.difference_se,
+                "select": self.select,
+                "best": best if isinstance(best, int) else np.array(best),
+                "best_min": minimum if isinstance(minimum, int) else np.array(minimum),
+                "grid_edge": ", ".join(self.grid_edge),
+                "params": dict(self.params),
+                "version": package_version(),
+            }
+            | ({} if self.baseline is None else {"loss_no_denoising": float(np.mean(self.baseline))})
+            | (
+                {}
+                if self.dispersion is None
+                else {"sampling_dispersion": self.dispersion, "dependent_halves": self.dependent_halves}
+            )
+        )
 
 
 def calibration_record(
@@ -309,8 +332,18 @@ def check_select(select: object, *, n_repeats: int, calibration: str) -> Select:
     return select
 
 
-def warn_at_grid_edge(result: CalibrationResult, axes: tuple[str, ...] | None = None) -> None:
-    """Log a warning when the choice is the largest value swept on an axis (of ``axes``; None: all)."""
+def warn_about_choice(result: CalibrationResult, axes: tuple[str, ...] | None = None) -> None:
+    """Warn when the MCV halves look dependent, and when the choice is the largest value swept on an axis.
+
+    ``axes``: the axes to check for the grid's edge (None: all).
+    """
+    if result.dependent_halves:
+        logg.warning(
+            f"these counts vary {result.dispersion:.1f}× as much as Poisson sampling of molecules around a smooth "
+            "fit (read counts rather than UMIs?): the molecular split then leaves each molecule's reads in both "
+            "halves, and MCV chooses too little denoising. Calibrate with `calibration='genes'`, which does not "
+            "split molecules (recorded in uns as 'sampling_dispersion')"
+        )
     edge = [name for name in result.grid_edge if axes is None or name in axes]
     if not edge:
         return
@@ -501,6 +534,7 @@ def mcv_result(
     loss: LossName,
     random_state: RandomState,
     baseline: np.ndarray | None = None,
+    dispersion: float | None = None,
 ) -> CalibrationResult:
     """Return the MCV result from the summed losses (splits × grid values, and of no denoising), per matrix entry."""
     params = {
@@ -519,6 +553,7 @@ def mcv_result(
         loss=losses / (shape[0] * shape[1]),
         params=params,
         baseline=None if baseline is None else baseline / (shape[0] * shape[1]),
+        dispersion=dispersion,
     )
 
 
@@ -557,6 +592,8 @@ def run_mcv(
     blocks = chunk_rows(counts.shape[0], counts.shape[1], chunk_size)
     train_scales, test_scales = setup.train_scales, setup.test_scales
 
+    keep = sample_cells(counts.shape[0], random_state)
+    dispersion = sampling_dispersion(counts[keep], totals[keep], random_state)
     losses = np.zeros((n_splits, len(grid)))
     baseline = np.zeros(n_splits)
     add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known
@@ -601,6 +638,7 @@ def run_mcv(
         loss=loss,
         random_state=random_state,
         baseline=baseline,
+        dispersion=dispersion,
     )
 
 

@@ -33,7 +33,7 @@ from ._calibrate import (
     progress_bar,
     refit,
     resolve_method,
-    warn_at_grid_edge,
+    warn_about_choice,
 )
 from ._genes import resolve_mask_var
 from ._output import check_key, check_targets, commit, writable
@@ -201,7 +201,7 @@ def pca(
             random_state=random_state,
             bar=bar,
         )
-        warn_at_grid_edge(result, axes=("n_pcs", "n_comps"))  # pp.pca's n_neighbors axis is not the user's
+        warn_about_choice(result, axes=("n_pcs", "n_comps"))  # pp.pca's n_neighbors axis is not the user's
         n_comps = int(np.atleast_1d(result.best)[-1])  # (n_neighbors, n_pcs) or the rank
         totals = None if genes is None else genes.kept_totals(data.cells)
         values = transformed(data.matrix, transform, target_sum, totals=totals)
@@ -393,7 +393,7 @@ def neighbors(
             random_state=random_state,
             bar=bar,
         )
-        warn_at_grid_edge(result)
+        warn_about_choice(result)
         n_neighbors = int(result.best)
         graph = _scanpy_graph(adata.obs_names, rep, embedding, n_neighbors, n_pcs, graph_args)
         bar.update(1)

@@ -61,6 +61,8 @@ class Stream(IntEnum):
     """Noise2Self cell groups."""
     SPLIT = 5
     """:func:`sc_noise2self.pp.split_counts`, binomial splits."""
+    DISPERSION = 6
+    """The cells and the fit of the sampling-dispersion check (``sc_noise2self._dispersion``)."""
 
 
 class CountSplit(NamedTuple):

@@ -20,7 +20,7 @@ from ._calibrate import (
     refit,
     resolve_method,
     seed_record,
-    warn_at_grid_edge,
+    warn_about_choice,
 )
 from ._genes import DEFAULT as DEFAULT_MASK
 from ._genes import GeneMask, extend_factors, resolve_mask_var
@@ -244,7 +244,7 @@ def denoise(
             bar=bar,
             cell_totals=None if genes is None else genes.totals,
         )
-        warn_at_grid_edge(result)
+        warn_about_choice(result)
         outputs = _outputs(
             data,
             denoiser,

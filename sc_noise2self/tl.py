@@ -18,7 +18,7 @@ from ._calibrate import (
     resolve_method,
     run_genes,
     run_mcv,
-    warn_at_grid_edge,
+    warn_about_choice,
 )
 from ._loss import check_loss
 from ._output import denoised_genes
@@ -152,7 +152,7 @@ def calibrate(
             chunk_size=chunk_size,
             bar=bar,
         )[2]
-    warn_at_grid_edge(result)
+    warn_about_choice(result)
     return result
 
 

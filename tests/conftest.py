@@ -66,6 +66,31 @@ def _sample(rng: np.random.Generator, profile: np.ndarray, mean_depth: float) ->
     return sparse.csr_matrix(counts[:, keep], dtype=np.int32), rates[:, keep]
 
 
+def amplify(rng: np.random.Generator, molecules: np.ndarray, mean_reads: float) -> np.ndarray:
+    """Reads from molecule counts: each molecule gives ``1 + Geometric`` reads, ``mean_reads`` on average."""
+    reads = molecules.copy()
+    some = molecules > 0
+    reads[some] += rng.negative_binomial(molecules[some], 1.0 / mean_reads)
+    return reads
+
+
+def simulate_reads(
+    n_cells: int = 600, n_genes: int = 300, *, mean_depth: float = 200.0, mean_reads: float = 8.0, seed: int = 0
+) -> Simulation:
+    """Read counts without UMIs (Smart-seq2-like) from :func:`simulate_low_rank_poisson`'s molecules.
+
+    True molecule rates λ from the low-rank model, molecules ~ Poisson(λ), each molecule
+    amplified into ``1 + Geometric`` reads (mean ``mean_reads``): the reads have variance
+    ``φ μ`` with ``φ = 2 mean_reads - 1`` given the cell. ``rates`` are the molecule rates;
+    draw more reads from them with :func:`amplify` for a ground truth.
+    """
+    molecules = simulate_low_rank_poisson(n_cells, n_genes, mean_depth=mean_depth, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    reads = amplify(rng, molecules.counts.toarray(), mean_reads)
+    keep = reads.sum(axis=0) > 0
+    return Simulation(sparse.csr_matrix(reads[:, keep], dtype=np.int32), molecules.rates[:, keep])
+
+
 @dataclass
 class ClusterSimulation(Simulation):
     labels: np.ndarray
