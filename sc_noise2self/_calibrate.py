@@ -427,11 +427,19 @@ def _sweep_losses(
     return losses
 
 
-def _fused(sweep: BlockSweep | ValueSweep, scorer: Callable[[slice, Any], RowScorer] | None) -> Callable | None:
-    """Return the sweep's ``block_losses`` when it is to be used (a scorer given, the sweep able to), else None."""
+def plain_errors(_rows: slice, target: np.ndarray) -> np.ndarray:
+    """Return the dense target itself: the ``scorer`` of a squared error on the data's own scale (gene partition).
+
+    A sweep fuses it through ``block_errors(rows, target)`` instead of ``block_losses``.
+    """
+    return target
+
+
+def _fused(sweep: BlockSweep | ValueSweep, scorer: Callable[[slice, Any], Any] | None) -> Callable | None:
+    """Return the sweep's fused scoring when it is to be used (a scorer given, the sweep able to), else None."""
     if scorer is None or not getattr(sweep, "fuses", lambda: True)():
         return None
-    return getattr(sweep, "block_losses", None)
+    return getattr(sweep, "block_errors" if scorer is plain_errors else "block_losses", None)
 
 
 def _block_order(sweep: BlockSweep | ValueSweep, scorer: Callable | None) -> bool:
@@ -692,7 +700,7 @@ def run_genes(
         held_out = groups == g
         sweep = denoiser.held_out_genes(values, held_out, cell_groups, grid)
         if g == 0:
-            add_steps(bar, n_groups * _sweep_steps(sweep, blocks, grid))
+            add_steps(bar, n_groups * _sweep_steps(sweep, blocks, grid, plain_errors))
         bar.update(1)
         columns = values[:, held_out]
         losses[g] = _sweep_losses(
@@ -703,6 +711,7 @@ def run_genes(
             score=lambda _rows, target, pred: np.sum((pred - target) ** 2, axis=1),
             bar=bar,
             n_entries=n_cells * int(held_out.sum()),
+            scorer=plain_errors,
         )
     params = {**params, "n_groups": n_groups, "random_state": seed_record(random_state)}
     return CalibrationResult(

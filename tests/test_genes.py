@@ -110,3 +110,73 @@ def test_same_seed_same_bytes(simulation, method, calibration):
         n2s.pp.denoise(a, method=method, calibration=calibration, grid=grid, random_state=7, progress=False)
         runs.append((a.layers["denoised"].tobytes(), a.uns["denoised"]["loss"].tobytes()))
     assert runs[0] == runs[1]
+
+
+def _two_level_groups(n_cells: int) -> np.ndarray:
+    return random_groups(n_cells, 5, 0, 4)
+
+
+def test_cross_fitted_regression_is_least_squares_on_the_other_cell_groups():
+    from sc_noise2self.denoisers.pca import _cross_fitted_regression
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(200, 6)) * np.geomspace(10, 0.1, 6)
+    target = scores[:, :3] @ rng.normal(size=(3, 4)) + rng.normal(size=(200, 4))
+    groups = _two_level_groups(200)
+    coefs, offsets, loadings = _cross_fitted_regression(scores, target, groups)
+    for g in range(5):
+        inside = groups == g
+        for k in (1, 3, 6):
+            design = np.column_stack([np.ones((~inside).sum()), scores[~inside, :k]])
+            beta = np.linalg.lstsq(design, target[~inside], rcond=None)[0]
+            expected = np.column_stack([np.ones(inside.sum()), scores[inside, :k]]) @ beta
+            got = offsets[g] + coefs[inside, :k] @ loadings[g][:k]
+            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_cross_fitted_regression_falls_back_to_qr(monkeypatch):
+    from sc_noise2self.denoisers import pca
+
+    rng = np.random.default_rng(1)
+    scores, target, groups = rng.normal(size=(100, 4)), rng.normal(size=(100, 3)), _two_level_groups(100)
+    cholesky = pca._cross_fitted_regression(scores, target, groups)
+
+    def refuse(*args, **kwargs):
+        raise pca.linalg.LinAlgError("not positive definite")
+
+    monkeypatch.setattr(pca.linalg, "cholesky", refuse)
+    qr = pca._cross_fitted_regression(scores, target, groups)
+    for g in range(5):  # R differs in sign between the two factorisations; the predictions do not
+        inside = groups == g
+        np.testing.assert_allclose(
+            qr[1][g] + qr[0][inside] @ qr[2][g], cholesky[1][g] + cholesky[0][inside] @ cholesky[2][g], atol=1e-10
+        )
+
+
+def test_gene_groups_share_one_gram_matrix_and_a_change_in_place_refreshes_it(simulation, monkeypatch):
+    from sc_noise2self.denoisers import pca
+
+    calls = []
+    real = pca.gram_stats
+    monkeypatch.setattr(pca, "gram_stats", lambda X: calls.append(X.shape) or real(X))
+    n2s.tl.calibrate(simulation.counts, calibration="genes", n_groups=4, grid=[1, 2, 5], progress=False)
+    assert calls == [simulation.counts.shape]  # once for all four gene groups
+    X = transformed(simulation.counts, "sqrt", None).toarray()
+    genes, cells = random_groups(X.shape[1], 4, 0, 3) == 0, _two_level_groups(X.shape[0])
+    denoiser, grid = PCA(), np.array([2, 5])
+    first = _predictions(denoiser.held_out_genes(X, genes, cells, grid), X.shape[0])
+    X[:, ~genes] *= 2.0  # the same array, other values: the cached Gram matrix must not be reused
+    second = _predictions(denoiser.held_out_genes(X, genes, cells, grid), X.shape[0])
+    fresh = _predictions(PCA().held_out_genes(X.copy(), genes, cells, grid), X.shape[0])
+    for value in first:
+        np.testing.assert_array_equal(second[value], fresh[value])
+
+
+def test_fused_gene_partition_errors_equal_the_block_sweep(simulation):
+    X = sparse.csr_matrix(transformed(simulation.counts, "log1p", 1e4))
+    genes, cells = random_groups(X.shape[1], 10, 0, 3) == 0, _two_level_groups(X.shape[0])
+    sweep = PCA().held_out_genes(X, genes, cells, np.array([1, 4, 9]))
+    rows = slice(100, 400)
+    target = X[rows][:, genes].toarray()
+    unfused = np.stack([np.sum((pred - target) ** 2, axis=1) for _, pred in sweep.sweep_blocks(rows)], axis=1)
+    np.testing.assert_allclose(sweep.block_errors(rows, target), unfused, rtol=1e-10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numba
@@ -163,6 +164,31 @@ def _rank_sweep_losses(
             out[c, v] = squared_error_row(pred, target[c], flat, n, rows[c], weights[c], inv_step)
 
 
+@numba.njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+def _grouped_rank_errors(offsets, coefs, loadings, groups, ranks, target, out):  # pragma: no cover - compiled
+    """Write each cell's summed squared error against ``target`` at every rank of ``ranks`` (its group's fit).
+
+    One parallel region per block of cells for the whole grid (the gene partition's
+    counterpart of :func:`_rank_sweep_losses`, on the data's own scale: no conversion).
+    """
+    n_genes = offsets.shape[1]
+    for c in numba.prange(coefs.shape[0]):
+        group = groups[c]
+        pred = offsets[group].copy()
+        done = 0
+        for v in range(ranks.size):
+            for j in range(done, ranks[v]):
+                coef = coefs[c, j]
+                for g in range(n_genes):
+                    pred[g] += coef * loadings[group, j, g]
+            done = ranks[v]
+            acc = 0.0
+            for g in range(n_genes):
+                d = pred[g] - target[c, g]
+                acc += d * d
+            out[c, v] = acc
+
+
 def _as_float(X: ArrayLike) -> ArrayLike:
     return sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
 
@@ -294,6 +320,7 @@ class PCA:
         """Fit one truncated SVD at ``max(grid)`` on (normalised) data ``X``."""
         self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
         self.mean_, self.scores_, self.singular_values_, self.components_ = self._svd(_as_float(X), int(self.grid_[-1]))
+        self._gram_cache = None
         return self
 
     def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
@@ -351,29 +378,79 @@ class PCA:
     ) -> _GroupedRankSweep:
         """Predict genes ``genes`` from the other genes' top ``k`` components, cross-fitted over cell groups.
 
-        The components come from the other genes only (one SVD at ``max(grid)``). For
-        each cell group, the held-out genes are regressed on those components over the
-        cells of the *other* groups and read off for the group's cells, so no prediction
-        uses a cell's own held-out values. Orthogonalising the components once (QR) makes
-        rank ``k`` the rank ``k - 1`` prediction plus one term.
+        The components come from the other genes only (one SVD at ``max(grid)``; on the
+        covariance route, one eigenproblem of the other genes' block of a Gram matrix
+        computed once for every gene group of ``X``). For each cell group, the held-out
+        genes are regressed on those components over the cells of the *other* groups and
+        read off for the group's cells, so no prediction uses a cell's own held-out values.
         """
-        X = _as_float(X)
+        source, X = X, _as_float(X)
         grid = np.sort(np.asarray(grid, dtype=np.int64))
-        _, scores, _, _ = self._svd(X[:, ~genes], int(grid[-1]))
+        others = ~np.asarray(genes, dtype=bool)
+        n_comps = int(grid[-1])
+        if self.uses_covariance(int(others.sum())):
+            stats = self._gram_of(source, X)
+            sub = GramStats(stats.n, stats.mean[others], stats.m2[np.ix_(others, others)])
+            _, vt = covariance_svd(sub, n_comps)
+            # Components padded with zeros on the held-out genes: their values add exact zeros.
+            padded = np.zeros((n_comps, X.shape[1]))
+            padded[:, others] = vt
+            scores = centred_scores(X, stats.mean, padded)
+        else:
+            _, scores, _, _ = self._svd(X[:, others], n_comps)
         target = X[:, genes]
         target = target.toarray() if sparse.issparse(target) else np.asarray(target)
-        coefs = np.empty_like(scores)
-        offsets, loadings = [], []
-        for group in range(int(cell_groups.max()) + 1):
-            inside = cell_groups == group
-            z_mean, y_mean = scores[~inside].mean(axis=0), target[~inside].mean(axis=0)
-            q, r = linalg.qr(scores[~inside] - z_mean, mode="economic")
-            # least squares on the first k columns: coefficients (z - z_mean) R^{-1}, loadings Q^T y;
-            # R is triangular, so the first k of each come from the first k components only.
-            coefs[inside] = linalg.solve_triangular(r, (scores[inside] - z_mean).T, trans="T", lower=False).T
-            offsets.append(y_mean)
-            loadings.append(q.T @ (target[~inside] - y_mean))
+        coefs, offsets, loadings = _cross_fitted_regression(scores, target, cell_groups)
         return _GroupedRankSweep(grid, cell_groups, coefs, offsets, loadings)
+
+    def _gram_of(self, source: ArrayLike, X: ArrayLike) -> GramStats:
+        """:func:`gram_stats` of ``X`` (``source`` as float), computed once for the gene groups of a calibration.
+
+        Kept while ``source`` is the same object with the same values (its sum, a cheap
+        check against changes in place); :meth:`fit` drops it.
+        """
+        key = (X.shape, float(X.sum()))
+        cached = getattr(self, "_gram_cache", None)
+        if cached is None or cached[0]() is not source or cached[1] != key:
+            self._gram_cache = (weakref.ref(source), key, gram_stats(X))
+        return self._gram_cache[2]
+
+
+def _cross_fitted_regression(
+    scores: np.ndarray, target: np.ndarray, cell_groups: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Regress ``target`` on the first ``k`` columns of ``scores`` for every ``k``, leaving out each cell group.
+
+    Returns the coefficients of each cell in the orthonormalised basis of the other groups'
+    centred scores ``Z - z̄ = Q R``, and per group the offset ``ȳ`` and loadings ``Qᵀ (Y - ȳ)``:
+    rank ``k`` is ``ȳ + coefs[:, :k] @ loadings[:k]``, one term more than rank ``k - 1``
+    (``R`` is triangular). ``R`` is the Cholesky factor of the centred Gram matrix of the
+    other groups, assembled from per-group sums (in a fixed order, never as a total minus
+    the group, so a group's own values cannot reach its coefficients even by rounding);
+    columns are scaled to unit norm first, which the predictions do not depend on.
+    """
+    norms = np.sqrt(np.einsum("ij,ij->j", scores, scores))
+    Z = scores / np.where(norms > 0, norms, 1.0)
+    n_groups = int(cell_groups.max()) + 1
+    members = [np.flatnonzero(cell_groups == g) for g in range(n_groups)]
+    sums = [
+        (idx.size, Z[idx].sum(axis=0), target[idx].sum(axis=0), Z[idx].T @ Z[idx], Z[idx].T @ target[idx])
+        for idx in members
+    ]
+    coefs = np.empty_like(Z)
+    offsets, loadings = [], []
+    for g, inside in enumerate(members):
+        n, z_sum, y_sum, zz, zy = (sum(parts[1:], parts[0]) for parts in zip(*(sums[:g] + sums[g + 1 :]), strict=True))
+        z_mean, y_mean = z_sum / n, y_sum / n
+        try:
+            r = linalg.cholesky(zz - n * np.outer(z_mean, z_mean), lower=False)
+        except linalg.LinAlgError:  # rank-deficient components (tiny data): QR of the rows themselves
+            rest = np.concatenate([m for h, m in enumerate(members) if h != g])
+            r = linalg.qr(Z[rest] - z_mean, mode="economic")[1]
+        coefs[inside] = linalg.solve_triangular(r, (Z[inside] - z_mean).T, trans="T", lower=False).T
+        offsets.append(y_mean)
+        loadings.append(linalg.solve_triangular(r, zy - n * np.outer(z_mean, y_mean), trans="T", lower=False))
+    return coefs, offsets, loadings
 
 
 class _GroupedRankSweep:
@@ -388,7 +465,21 @@ class _GroupedRankSweep:
         loadings: list[np.ndarray],
     ):
         self.grid, self.cell_groups, self.coefs = grid, cell_groups, coefs
-        self.offsets, self.loadings = offsets, loadings
+        self.offsets, self.loadings = np.stack(offsets), np.ascontiguousarray(np.stack(loadings))
+
+    def block_errors(self, rows: slice, target: np.ndarray) -> np.ndarray:
+        """Per-cell squared error of cells ``rows`` against their dense ``target`` at every rank, in one pass."""
+        out = np.empty((target.shape[0], len(self.grid)))
+        _grouped_rank_errors(
+            self.offsets,
+            np.ascontiguousarray(self.coefs[rows]),
+            self.loadings,
+            np.ascontiguousarray(self.cell_groups[rows], dtype=np.int64),
+            self.grid,
+            np.ascontiguousarray(target, dtype=np.float64),
+            out,
+        )
+        return out
 
     def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
         groups = self.cell_groups[rows]
