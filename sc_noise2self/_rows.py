@@ -19,13 +19,22 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numba
 import numpy as np
+from scipy import sparse
 
 from ._loss import squared_error_row
 
 if TYPE_CHECKING:
     from ._loss import RowScorer
 
-__all__ = ["GROUP", "CellSum", "PartialSum", "low_rank_rows", "low_rank_sweep_losses", "partial_sum"]
+__all__ = [
+    "GROUP",
+    "CellSum",
+    "PartialSum",
+    "low_rank_rows",
+    "low_rank_sweep_losses",
+    "partial_sum",
+    "sparse_dense_product",
+]
 
 GROUP = 256
 """Cells per fixed group of the per-cell loss sums."""
@@ -125,6 +134,28 @@ def low_rank_rows(
     kernel(
         np.ascontiguousarray(offset, dtype=np.float32), scores, np.ascontiguousarray(loadings, dtype=np.float32), out
     )
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _sparse_dense_kernel(indptr, indices, data, dense, out):  # pragma: no cover - compiled
+    # No fastmath: each output row is its stored entries' products added in index order,
+    # as scipy's own (single-threaded) product does, whatever the threads.
+    for r in numba.prange(indptr.size - 1):
+        row = out[r]
+        row[:] = 0.0
+        for q in range(indptr[r], indptr[r + 1]):
+            weight = data[q]
+            source = dense[indices[q]]
+            for c in range(row.size):
+                row[c] += weight * source[c]
+
+
+def sparse_dense_product(A: sparse.csr_matrix, dense: np.ndarray) -> np.ndarray:
+    """Return ``A @ dense`` for CSR ``A`` (float64), rows in parallel; equal to scipy's product."""
+    dense = np.ascontiguousarray(dense, dtype=np.float64)
+    out = np.empty((A.shape[0], dense.shape[1]))
+    _sparse_dense_kernel(A.indptr, A.indices, np.asarray(A.data, dtype=np.float64), dense, out)
     return out
 
 

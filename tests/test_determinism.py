@@ -12,9 +12,10 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+from scipy import sparse
 
 import sc_noise2self as n2s
-from sc_noise2self._rows import GROUP, CellSum, low_rank_rows, partial_sum
+from sc_noise2self._rows import GROUP, CellSum, low_rank_rows, partial_sum, sparse_dense_product
 
 from .conftest import simulate_low_rank_poisson
 
@@ -77,6 +78,16 @@ def test_low_rank_rows_do_not_depend_on_the_other_rows(accumulate):
     np.testing.assert_allclose(whole, f32[0] + f32[1] @ f32[2], rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1), (300, 300, 7), (200, 50, 1), (40, 40, 65)], ids=str)
+def test_sparse_dense_product_is_scipys_bit_for_bit(shape):
+    n_rows, n_inner, n_cols = shape
+    A = sparse.random(n_rows, n_inner, 0.2, format="csr", random_state=1)
+    A = sparse.csr_matrix(sparse.diags(np.r_[0.0, np.ones(n_rows - 1)]) @ A)  # the first row empty
+    A.eliminate_zeros()
+    dense = np.random.default_rng(2).standard_normal((n_inner, n_cols))
+    assert sparse_dense_product(A, dense).tobytes() == (A @ dense).tobytes()
+
+
 def test_cell_sums_do_not_depend_on_the_blocks():
     rng = np.random.default_rng(1)
     values = rng.standard_normal((3 * GROUP + 17, 2)) * 10.0 ** rng.integers(-6, 6, (3 * GROUP + 17, 1))
@@ -106,6 +117,7 @@ for name, kwargs in [
     ("pca", {{"grid": [1, 3, 6]}}),
     ("diffusion", {{"method": "diffusion", "grid": [0, 1, 3]}}),
     ("genes", {{"calibration": "genes", "grid": [1, 3], "n_groups": 3}}),
+    ("diffusion-genes", {{"method": "diffusion", "calibration": "genes", "grid": [0, 1, 3], "n_groups": 3}}),
     ("autoencoder", {{"method": Autoencoder(hidden=(16,), batch_size=64, device="cpu"), "grid": [1, 2]}}),
 ]:
     a = ad.AnnData(counts.copy())

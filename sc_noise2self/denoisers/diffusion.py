@@ -8,7 +8,7 @@ import numpy as np
 from scipy import sparse
 
 from .._output import default_max_dense_bytes
-from .._rows import low_rank_rows, low_rank_sweep_losses
+from .._rows import low_rank_rows, low_rank_sweep_losses, sparse_dense_product
 from .._validate import check_int_grid, check_number, check_positive_int
 from .pca import (
     AUTO_MAX_GENES,
@@ -242,6 +242,7 @@ class Diffusion:
         """Build the graph(s) on the top ``n_pcs`` components of ``X`` and keep its top ``n_comps``."""
         X = _as_float(X)
         self.grid_ = np.asarray(grid)
+        self._held_out_pca = None
         self.mean_, scores, self.components_ = self._embed(X, min(self.n_comps, min(X.shape) - 1))
         return self._fit_graph(scores)
 
@@ -370,11 +371,12 @@ class Diffusion:
         predicts the other groups' mean. Memory: one dense cells × held-out-genes array
         per cell group.
         """
-        X = _as_float(X)
+        source, X = X, _as_float(X)
         grid = np.asarray(grid)
-        rest = X[:, ~genes]
-        n_pcs = min(self.n_pcs, min(rest.shape) - 1)
-        _, embedding, _ = self._embed(rest, n_pcs)
+        n_pcs = min(self.n_pcs, min(X.shape[0], X.shape[1] - int(np.count_nonzero(genes))) - 1)
+        if getattr(self, "_held_out_pca", None) is None:  # one PCA, so its Gram matrix serves every gene group
+            self._held_out_pca = PCA(random_state=self.random_state)
+        embedding = self._held_out_pca.other_genes_scores(source, genes, n_pcs)
         operators = self._operators(embedding, grid)
         target = X[:, genes]
         target = target.toarray() if sparse.issparse(target) else np.asarray(target)
@@ -386,7 +388,7 @@ class Diffusion:
                 states, done = [target] * len(groups), 0
                 for t in self._times(grid, k):
                     for _ in range(int(t) - done):
-                        states = [W @ y for (W, _), y in zip(walks, states, strict=True)]
+                        states = [sparse_dense_product(W, y) for (W, _), y in zip(walks, states, strict=True)]
                     done = int(t)
                     pred = np.empty_like(target)
                     for g, (_, empty), y in zip(groups, walks, states, strict=True):

@@ -386,22 +386,29 @@ class PCA:
         """
         source, X = X, _as_float(X)
         grid = np.sort(np.asarray(grid, dtype=np.int64))
-        others = ~np.asarray(genes, dtype=bool)
-        n_comps = int(grid[-1])
-        if self.uses_covariance(int(others.sum())):
-            stats = self._gram_of(source, X)
-            sub = GramStats(stats.n, stats.mean[others], stats.m2[np.ix_(others, others)])
-            _, vt = covariance_svd(sub, n_comps)
-            # Components padded with zeros on the held-out genes: their values add exact zeros.
-            padded = np.zeros((n_comps, X.shape[1]))
-            padded[:, others] = vt
-            scores = centred_scores(X, stats.mean, padded)
-        else:
-            _, scores, _, _ = self._svd(X[:, others], n_comps)
+        scores = self.other_genes_scores(source, genes, int(grid[-1]))
         target = X[:, genes]
         target = target.toarray() if sparse.issparse(target) else np.asarray(target)
         coefs, offsets, loadings = _cross_fitted_regression(scores, target, cell_groups)
         return _GroupedRankSweep(grid, cell_groups, coefs, offsets, loadings)
+
+    def other_genes_scores(self, X: ArrayLike, genes: np.ndarray, n_comps: int) -> np.ndarray:
+        """Scores (``U S``) of the top ``n_comps`` components of the genes other than ``genes``.
+
+        Equal to ``embed(X[:, ~genes], n_comps)[1]``. On the covariance route the other genes'
+        block of one Gram matrix of ``X`` is used, computed once for all the gene groups of a
+        calibration: the components are padded with zeros on ``genes``, whose values then add
+        exact zeros to the scores, so they never reach them.
+        """
+        source, X = X, _as_float(X)
+        others = ~np.asarray(genes, dtype=bool)
+        if not self.uses_covariance(int(others.sum())):
+            return self._svd(X[:, others], n_comps)[1]
+        stats = self._gram_of(source, X)
+        _, vt = covariance_svd(GramStats(stats.n, stats.mean[others], stats.m2[np.ix_(others, others)]), n_comps)
+        padded = np.zeros((n_comps, X.shape[1]))
+        padded[:, others] = vt
+        return centred_scores(X, stats.mean, padded)
 
     def _gram_of(self, source: ArrayLike, X: ArrayLike) -> GramStats:
         """:func:`gram_stats` of ``X`` (``source`` as float), computed once for the gene groups of a calibration.
