@@ -381,20 +381,22 @@ class Diffusion:
         target = X[:, genes]
         target = target.toarray() if sparse.issparse(target) else np.asarray(target)
         groups = [cell_groups == c for c in range(int(cell_groups.max()) + 1)]
+        members = [np.flatnonzero(g) for g in groups]
+        fallbacks = [target[~g].mean(axis=0) for g in groups]  # the other groups' mean
 
         def steps() -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
             for k, P in operators.items():
                 walks = [_without_columns(P, g) for g in groups]
+                stranded = [inside[empty[inside]] for inside, (_, empty) in zip(members, walks, strict=True)]
                 states, done = [target] * len(groups), 0
                 for t in self._times(grid, k):
                     for _ in range(int(t) - done):
                         states = [sparse_dense_product(W, y) for (W, _), y in zip(walks, states, strict=True)]
                     done = int(t)
                     pred = np.empty_like(target)
-                    for g, (_, empty), y in zip(groups, walks, states, strict=True):
-                        fallback = target[~g].mean(axis=0)
-                        pred[g] = fallback if t == 0 else y[g]
-                        pred[g & empty] = fallback
+                    for inside, lost, fallback, y in zip(members, stranded, fallbacks, states, strict=True):
+                        pred[inside] = fallback if t == 0 else y[inside]
+                        pred[lost] = fallback
                     yield self._value(grid, t, k), lambda rows, pred=pred: pred[rows]
 
         return _ValueSweep(steps)

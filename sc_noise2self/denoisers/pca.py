@@ -10,7 +10,7 @@ import numpy as np
 from scipy import linalg, sparse
 
 from .._loss import squared_error_row
-from .._rows import low_rank_rows
+from .._rows import low_rank_rows, sparse_dense_product
 from .._validate import check_int_grid, check_non_negative_int
 
 if TYPE_CHECKING:
@@ -51,11 +51,28 @@ def centered_truncated_svd(
     mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
     width = min(n_comps + n_oversamples, n_cells, n_genes)
 
+    if sparse.issparse(X):  # products on all threads (scipy's are single-threaded), the same bytes
+        X = sparse.csr_matrix(X)
+        XT = X.T.tocsr()
+
+        def product(m: np.ndarray) -> np.ndarray:
+            return sparse_dense_product(X, m)
+
+        def product_t(m: np.ndarray) -> np.ndarray:
+            return sparse_dense_product(XT, m)
+    else:
+
+        def product(m: np.ndarray) -> np.ndarray:
+            return X @ m
+
+        def product_t(m: np.ndarray) -> np.ndarray:
+            return X.T @ m
+
     def times(m: np.ndarray) -> np.ndarray:  # (X - 1 mean^T) @ m
-        return np.asarray(X @ m) - mean @ m
+        return product(m) - mean @ m
 
     def times_t(m: np.ndarray) -> np.ndarray:  # (X - 1 mean^T)^T @ m
-        return np.asarray(X.T @ m) - np.outer(mean, m.sum(axis=0))
+        return product_t(m) - np.outer(mean, m.sum(axis=0))
 
     q, _ = linalg.qr(times(rng.standard_normal((n_genes, width))), mode="economic")
     for _ in range(n_iter):
