@@ -601,7 +601,8 @@ def run_mcv(
     train_scales, test_scales = setup.train_scales, setup.test_scales
 
     keep = sample_cells(counts.shape[0], random_state)
-    dispersion = sampling_dispersion(counts[keep], totals[keep], random_state)
+    sample = counts if keep.all() else counts[keep]
+    dispersion = sampling_dispersion(sample, totals[keep], random_state)
     losses = np.zeros((n_splits, len(grid)))
     baseline = np.zeros(n_splits)
     add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known

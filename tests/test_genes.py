@@ -180,3 +180,13 @@ def test_fused_gene_partition_errors_equal_the_block_sweep(simulation):
     target = X[rows][:, genes].toarray()
     unfused = np.stack([np.sum((pred - target) ** 2, axis=1) for _, pred in sweep.sweep_blocks(rows)], axis=1)
     np.testing.assert_allclose(sweep.block_errors(rows, target), unfused, rtol=1e-10)
+
+
+def test_a_pca_used_for_gene_groups_still_pickles(simulation):
+    import pickle
+
+    X = transformed(simulation.counts, "sqrt", None)
+    denoiser = PCA()
+    denoiser.held_out_genes(X, random_groups(X.shape[1], 4, 0, 3) == 0, _two_level_groups(X.shape[0]), np.array([2]))
+    copy = pickle.loads(pickle.dumps(denoiser))
+    assert repr(copy) == repr(denoiser) and getattr(copy, "_gram_cache", None) is None

@@ -427,6 +427,10 @@ class PCA:
         padded[:, others] = vt
         return centred_scores(X, stats.mean, padded)
 
+    def __getstate__(self) -> dict:
+        """Pickle without the gene groups' Gram matrix (a cache holding a weak reference)."""
+        return {key: value for key, value in self.__dict__.items() if key != "_gram_cache"}
+
     def _gram_of(self, source: ArrayLike, X: ArrayLike) -> GramStats:
         """:func:`gram_stats` of ``X`` (``source`` as float), computed once for the gene groups of a calibration.
 
