@@ -14,7 +14,6 @@ CPU-bound competitor (BLAS matrix products at its default threads) first.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,20 +25,13 @@ import sc_noise2self as n2s
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-_COMPETITOR = """
-import numpy as np
-a = np.random.default_rng(0).random((1500, 1500))
-while True:
-    a = a @ a
-    a /= np.abs(a).max()
-"""
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--loaded", action="store_true")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    from _competitor import competing
     from _real_data import pbmc8k
 
     sc.settings.verbosity = 0
@@ -49,11 +41,8 @@ def main() -> None:
     sc.pp.log1p(adata)
     sc.pp.pca(adata[:500].copy(), n_comps=50)  # warm-up
     n2s.tl.calibrate(counts[:500], grid=[1, 2], progress=False)
-    competitor = subprocess.Popen([sys.executable, "-c", _COMPETITOR]) if args.loaded else None
-    if competitor is not None:
-        time.sleep(5)
     scanpy_times, our_times, best = [], [], None
-    try:
+    with competing(args.loaded):
         for _ in range(args.repeats):
             start = time.perf_counter()
             sc.pp.pca(adata, n_comps=100)
@@ -61,10 +50,6 @@ def main() -> None:
             start = time.perf_counter()
             best = n2s.tl.calibrate(counts, progress=False).best
             our_times.append(time.perf_counter() - start)
-    finally:
-        if competitor is not None:
-            competitor.kill()
-            competitor.wait()
     scanpy_time, our_time = min(scanpy_times), min(our_times)
     state = "loaded" if args.loaded else "idle"
     print(

@@ -15,7 +15,6 @@ Data: mouse 10k (genes in >= 20 cells), PBMC 8k (2,000 most detected genes), and
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,13 +27,6 @@ import sc_noise2self as n2s
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-_COMPETITOR = """
-import numpy as np
-a = np.random.default_rng(0).random((1500, 1500))
-while True:
-    a = a @ a
-    a /= np.abs(a).max()
-"""
 METHODS = {"pca": {}, "diffusion": {"grid": n2s.tl.grid(t=range(13), n_neighbors=[15])}}
 
 
@@ -48,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--loaded", action="store_true")
     args = parser.parse_args()
+    from _competitor import competing
     from _real_data import mouse10k, pbmc8k
     from pca_sweep import simulate
 
@@ -61,10 +54,7 @@ def main() -> None:
         "PBMC 8k, 2,000 genes": pbmc8k(2000).X,
         "simulated 20,000 × 2,000": simulate(20_000, 2_000, 1_500.0),
     }
-    competitor = subprocess.Popen([sys.executable, "-c", _COMPETITOR]) if args.loaded else None
-    if competitor is not None:
-        time.sleep(5)
-    try:
+    with competing(args.loaded):
         print(f"| data | method | MCV | genes | genes / MCV | choice: MCV, genes |{' (loaded)' if args.loaded else ''}")
         print("|---|---|---|---|---|---|")
         for name, counts in data.items():
@@ -77,10 +67,6 @@ def main() -> None:
                     f"{np.atleast_1d(mcv_best).tolist()}, {np.atleast_1d(genes_best).tolist()} |",
                     flush=True,
                 )
-    finally:
-        if competitor is not None:
-            competitor.kill()
-            competitor.wait()
 
 
 if __name__ == "__main__":

@@ -40,13 +40,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 PEER_PYTHON = HERE / "venvs" / "mcv" / "bin" / "python"
-_COMPETITOR = """
-import numpy as np
-a = np.random.default_rng(0).random((1500, 1500))
-while True:
-    a = a @ a
-    a /= np.abs(a).max()
-"""
 SQRT = {"transform": "sqrt", "target_sum": None}
 
 
@@ -90,16 +83,13 @@ def main() -> None:
     if not PEER_PYTHON.exists():
         sys.exit(f"the peer's venv is missing ({PEER_PYTHON}); see benchmarks/README.md")
     import scanpy as sc
+    from _competitor import competing
     from pca_sweep import simulate
 
     sc.settings.verbosity = 0  # the two-value compile run would warn that its choice is on the grid's edge
     n2s.tl.calibrate(simulate(300, 100, 500.0), method="pca", grid=[1, 2], progress=False, **SQRT)  # compile
     data = datasets()
-    competitor = None
-    if args.loaded:
-        competitor = subprocess.Popen([sys.executable, "-c", _COMPETITOR])
-        time.sleep(5)
-    try:
+    with competing(args.loaded):
         print(
             f"| data | the paper's code | ours | peer / ours | rank: paper, ours |{' (loaded)' if args.loaded else ''}"
         )
@@ -113,10 +103,6 @@ def main() -> None:
             print(
                 f"| {name} | {peer_time:.2f} s | {our_time:.2f} s | {ratio:.1f} | {peer_rank}, {our_rank} |", flush=True
             )
-    finally:
-        if competitor is not None:
-            competitor.kill()
-            competitor.wait()
 
 
 if __name__ == "__main__":

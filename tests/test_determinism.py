@@ -88,6 +88,15 @@ def test_sparse_dense_product_is_scipys_bit_for_bit(shape):
     assert sparse_dense_product(A, dense).tobytes() == (A @ dense).tobytes()
 
 
+def test_sparse_dense_product_keeps_scipys_order_for_unsorted_and_repeated_entries():
+    # Entries added in stored order, as scipy does, even when not canonical (float32 data too).
+    data = np.array([0.1, 1e8, -1e8, 0.3, 0.7], dtype=np.float32)
+    A = sparse.csr_matrix((data, np.array([3, 0, 0, 1, 3]), np.array([0, 3, 5])), shape=(2, 4))
+    dense = np.random.default_rng(3).standard_normal((4, 5))
+    expected = sparse.csr_matrix((data.astype(np.float64), A.indices, A.indptr), shape=A.shape) @ dense
+    assert sparse_dense_product(A, dense).tobytes() == expected.tobytes()
+
+
 def test_cell_sums_do_not_depend_on_the_blocks():
     rng = np.random.default_rng(1)
     values = rng.standard_normal((3 * GROUP + 17, 2)) * 10.0 ** rng.integers(-6, 6, (3 * GROUP + 17, 1))

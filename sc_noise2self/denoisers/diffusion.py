@@ -374,7 +374,8 @@ class Diffusion:
         source, X = X, _as_float(X)
         grid = np.asarray(grid)
         n_pcs = min(self.n_pcs, min(X.shape[0], X.shape[1] - int(np.count_nonzero(genes))) - 1)
-        if getattr(self, "_held_out_pca", None) is None:  # one PCA, so its Gram matrix serves every gene group
+        pca = getattr(self, "_held_out_pca", None)
+        if pca is None or pca.random_state != self.random_state:  # one PCA: its Gram matrix serves every group
             self._held_out_pca = PCA(random_state=self.random_state)
         embedding = self._held_out_pca.other_genes_scores(source, genes, n_pcs)
         operators = self._operators(embedding, grid)
