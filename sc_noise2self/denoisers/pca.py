@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import numba
 import numpy as np
 from scipy import linalg, sparse
+from threadpoolctl import threadpool_limits
 
 from .._loss import squared_error_row
 from .._rows import low_rank_rows, sparse_dense_product
@@ -74,11 +75,14 @@ def centered_truncated_svd(
     def times_t(m: np.ndarray) -> np.ndarray:  # (X - 1 mean^T)^T @ m
         return product_t(m) - np.outer(mean, m.sum(axis=0))
 
-    q, _ = linalg.qr(times(rng.standard_normal((n_genes, width))), mode="economic")
-    for _ in range(n_iter):
-        q, _ = linalg.qr(times_t(q), mode="economic")
-        q, _ = linalg.qr(times(q), mode="economic")
-    u_small, s, vt = linalg.svd(times_t(q).T, full_matrices=False)
+    # With the compiled products, BLAS (the small QRs) keeps to one thread: its threads left
+    # spinning between calls would wait on numba's, ten times slower on a busy machine.
+    with threadpool_limits(limits=1 if sparse.issparse(X) else None, user_api="blas"):
+        q, _ = linalg.qr(times(rng.standard_normal((n_genes, width))), mode="economic")
+        for _ in range(n_iter):
+            q, _ = linalg.qr(times_t(q), mode="economic")
+            q, _ = linalg.qr(times(q), mode="economic")
+        u_small, s, vt = linalg.svd(times_t(q).T, full_matrices=False)
     u = q @ u_small[:, :n_comps]
     s, vt = s[:n_comps], vt[:n_comps]
     signs = _fix_signs(vt)
