@@ -113,24 +113,22 @@ class _Sweep:
     def __init__(self, data: sparse.csr_matrix, neighbours: dict[int, np.ndarray], grid: np.ndarray, *, own: bool):
         self.data, self.neighbours, self.grid, self.own = data, neighbours, grid, own
 
-    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
+    def _passes(self, rows: slice) -> Iterator[tuple[int, np.ndarray, tuple]]:
+        """Per ``n_pcs``: its ``n_neighbors`` values and the kernel's row arguments for cells ``rows``."""
         cells = np.arange(self.data.shape[0])[rows]
         first = cells if self.own else np.full(cells.size, -1)
         for n_pcs, others in self.neighbours.items():
             ks = self.grid if self.grid.ndim == 1 else self.grid[self.grid[:, 1] == n_pcs, 0]
-            means = neighbour_means(self.data, first, others[rows], ks if self.own else ks - 1)
-            for k, pred in zip(ks, means, strict=True):
+            yield n_pcs, ks, (self.data, first, others[rows], ks if self.own else ks - 1)
+
+    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
+        for n_pcs, ks, args in self._passes(rows):
+            for k, pred in zip(ks, neighbour_means(*args), strict=True):
                 yield (int(k) if self.grid.ndim == 1 else (int(k), n_pcs)), pred
 
     def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
         """Per-cell MSE of cells ``rows`` at every grid value (cells × values), one parallel region per ``n_pcs``."""
-        cells = np.arange(self.data.shape[0])[rows]
-        first = cells if self.own else np.full(cells.size, -1)
-        parts = []
-        for n_pcs, others in self.neighbours.items():
-            ks = self.grid if self.grid.ndim == 1 else self.grid[self.grid[:, 1] == n_pcs, 0]
-            parts.append(_sweep_kernel(self.data, first, others[rows], ks if self.own else ks - 1, tuple(scorer))[1])
-        return np.concatenate(parts, axis=1)
+        return np.concatenate([_sweep_kernel(*args, tuple(scorer))[1] for _, _, args in self._passes(rows)], axis=1)
 
 
 class KNNAverage:
