@@ -409,7 +409,7 @@ def _sweep_losses(
         losses = np.zeros(n_values + (unchanged is not None))
         # A sweep that can fuse but does not here (too little memory) scores against the same
         # dense targets as its fused path, so the two give the same bytes.
-        dense = scorer is not None and hasattr(sweep, "block_losses")
+        dense = scorer is not None and hasattr(sweep, _fused_name(scorer))
         for j, (value, predict) in enumerate(sweep.sweep_values()):
             total = CellSum(1)
             for rows in blocks:
@@ -435,11 +435,16 @@ def plain_errors(_rows: slice, target: np.ndarray) -> np.ndarray:
     return target
 
 
+def _fused_name(scorer: Callable[[slice, Any], Any]) -> str:
+    """Return the name of the sweep method that fuses ``scorer``: ``block_errors`` for :func:`plain_errors`."""
+    return "block_errors" if scorer is plain_errors else "block_losses"
+
+
 def _fused(sweep: BlockSweep | ValueSweep, scorer: Callable[[slice, Any], Any] | None) -> Callable | None:
     """Return the sweep's fused scoring when it is to be used (a scorer given, the sweep able to), else None."""
     if scorer is None or not getattr(sweep, "fuses", lambda: True)():
         return None
-    return getattr(sweep, "block_errors" if scorer is plain_errors else "block_losses", None)
+    return getattr(sweep, _fused_name(scorer), None)
 
 
 def _block_order(sweep: BlockSweep | ValueSweep, scorer: Callable | None) -> bool:

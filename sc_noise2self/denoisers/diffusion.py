@@ -371,16 +371,15 @@ class Diffusion:
         predicts the other groups' mean. Memory: one dense cells × held-out-genes array
         per cell group.
         """
-        source, X = X, _as_float(X)
         grid = np.asarray(grid)
         n_pcs = min(self.n_pcs, min(X.shape[0], X.shape[1] - int(np.count_nonzero(genes))) - 1)
         pca = getattr(self, "_held_out_pca", None)
         if pca is None or pca.random_state != self.random_state:  # one PCA: its Gram matrix serves every group
             self._held_out_pca = PCA(random_state=self.random_state)
-        embedding = self._held_out_pca.other_genes_scores(source, genes, n_pcs)
+        embedding = self._held_out_pca.other_genes_scores(X, genes, n_pcs)
         operators = self._operators(embedding, grid)
-        target = X[:, genes]
-        target = target.toarray() if sparse.issparse(target) else np.asarray(target)
+        target = _as_float(X)[:, genes]
+        target = target.toarray() if sparse.issparse(target) else target
         groups = [cell_groups == c for c in range(int(cell_groups.max()) + 1)]
         members = [np.flatnonzero(g) for g in groups]
         fallbacks = [target[~g].mean(axis=0) for g in groups]  # the other groups' mean

@@ -405,11 +405,10 @@ class PCA:
         genes are regressed on those components over the cells of the *other* groups and
         read off for the group's cells, so no prediction uses a cell's own held-out values.
         """
-        source, X = X, _as_float(X)
         grid = np.sort(np.asarray(grid, dtype=np.int64))
-        scores = self.other_genes_scores(source, genes, int(grid[-1]))
-        target = X[:, genes]
-        target = target.toarray() if sparse.issparse(target) else np.asarray(target)
+        scores = self.other_genes_scores(X, genes, int(grid[-1]))
+        target = _as_float(X)[:, genes]
+        target = target.toarray() if sparse.issparse(target) else target
         coefs, offsets, loadings = _cross_fitted_regression(scores, target, cell_groups)
         return _GroupedRankSweep(grid, cell_groups, coefs, offsets, loadings)
 
