@@ -27,10 +27,9 @@ import numpy as np
 from scipy import sparse
 
 from ._calibrate import _checked_grid, add_steps, chunk_rows, mcv_result, mcv_setup
-from ._dispersion import sample_cells, sampling_dispersion
 from ._loss import held_out_target, score_block
 from ._rows import CellSum, PartialSum, partial_sum
-from ._split import Stream, binomial_split, split_seed
+from ._split import Stream, split_seed
 from ._transform import transform_counts, transformed
 from ._validate import (
     as_canonical_csr,
@@ -289,6 +288,8 @@ def run_mcv_blockwise(
     random_state: RandomState,
     chunk_size: int | None,
     bar: tqdm,
+    sampling: str = "poisson",
+    dispersion: float | None = None,
 ) -> CalibrationResult:
     """Molecular cross-validation on blockwise data; equals :func:`~sc_noise2self._calibrate.run_mcv`.
 
@@ -299,16 +300,18 @@ def run_mcv_blockwise(
     setup = mcv_setup(
         data.totals,
         data.max_count,
+        # the cells of the sampling-dispersion check, by position
+        lambda keep: sparse.vstack(data.blocks.map(lambda block, rows: block[keep[rows]]), format="csr"),
         split_fraction=split_fraction,
         transform=transform,
         target_sum=target_sum,
         loss=loss,
+        sampling=sampling,
+        dispersion=dispersion,
+        random_state=random_state,
     )
     n_splits = check_positive_int(n_splits, "n_splits")
     grid = _checked_grid(model, grid, shape)
-    keep = sample_cells(shape[0], random_state)  # the cells of the sampling-dispersion check, by position
-    sample = sparse.vstack(data.blocks.map(lambda block, rows: block[keep[rows]]), format="csr")
-    dispersion = sampling_dispersion(sample, data.totals[keep], random_state)
 
     losses, baseline = np.zeros((n_splits, len(grid))), np.zeros(n_splits)
     add_steps(bar, 2 * n_splits)
@@ -316,7 +319,7 @@ def run_mcv_blockwise(
         seed = split_seed(random_state, Stream.MCV, i)
 
         def halves(block: sparse.csr_matrix, rows: slice, seed: int = seed) -> tuple[Any, Any]:
-            train, test = binomial_split(block, setup.fraction, seed, row_offset=rows.start)
+            train, test = setup.plan.halves(block, data.totals[rows], setup.fraction, seed, row_offset=rows.start)
             return transform_counts(train, transform, setup.train_scales[rows]), test
 
         _fit_blockwise(model, data.blocks, lambda b, r, halves=halves: halves(b, r)[0], grid)
@@ -359,7 +362,6 @@ def run_mcv_blockwise(
         loss=loss,
         random_state=random_state,
         baseline=baseline,
-        dispersion=dispersion,
     )
 
 

@@ -19,10 +19,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import _logging as logg
-from ._dispersion import DEPENDENT_HALVES, sample_cells, sampling_dispersion
+from ._dispersion import DEPENDENT_HALVES, SplitPlan, plan_split, sample_cells
 from ._loss import check_loss, held_out_target, row_scorer, score_block
 from ._rows import CellSum
-from ._split import Stream, binomial_split, seed_sequence, split_seed
+from ._split import Stream, seed_sequence, split_seed
 from ._transform import build_conversion, cell_scales, check_transform, transform_counts
 from ._validate import check_flag, check_fraction, check_positive_int
 from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition, KNNAverage
@@ -178,6 +178,9 @@ class CalibrationResult:
         MCV: the counts' variance around a smooth fit over what Poisson sampling of
         molecules gives (1 for UMI counts; see :attr:`dependent_halves`); None for the gene
         partition or when the data are too small to tell.
+    split_dispersion
+        MCV: the variance-to-mean ratio the split assumed: 1 for binomial thinning
+        (``sampling="poisson"``), ``φ`` for ``sampling="negative_binomial"``.
     """
 
     method: str
@@ -189,15 +192,19 @@ class CalibrationResult:
     baseline: np.ndarray | None = None
     select: Select = "min"
     dispersion: float | None = None
+    split_dispersion: float = 1.0
 
     @property
     def dependent_halves(self) -> bool:
-        """Whether :attr:`dispersion` says the MCV halves are dependent (read counts, not molecules).
+        """Whether :attr:`dispersion` says the MCV halves are dependent (read counts split as molecules).
 
-        The split then leaves each molecule's reads in both halves, and MCV chooses too little
-        denoising; the gene partition (``calibration="genes"``) does not split molecules.
+        True when the counts vary more than :data:`~sc_noise2self._dispersion.DEPENDENT_HALVES`
+        times what the split assumed (:attr:`split_dispersion`): binomial thinning then leaves
+        each molecule's reads in both halves, and MCV chooses too little denoising.
+        ``sampling="negative_binomial"`` splits such counts into uncorrelated halves; the gene
+        partition (``calibration="genes"``) does not split molecules.
         """
-        return self.dispersion is not None and self.dispersion > DEPENDENT_HALVES
+        return self.dispersion is not None and self.dispersion > DEPENDENT_HALVES * self.split_dispersion
 
     @property
     def loss_mean(self) -> np.ndarray:
@@ -282,6 +289,7 @@ class CalibrationResult:
                 if self.dispersion is None
                 else {"sampling_dispersion": self.dispersion, "dependent_halves": self.dependent_halves}
             )
+            | ({} if self.calibration != "mcv" else {"split_dispersion": self.split_dispersion})
         )
 
 
@@ -338,11 +346,13 @@ def warn_about_choice(result: CalibrationResult, axes: tuple[str, ...] | None = 
     ``axes``: the axes to check for the grid's edge (None: all).
     """
     if result.dependent_halves:
+        assumed = "Poisson sampling of molecules" if result.split_dispersion == 1.0 else "the split assumed"
         logg.warning(
-            f"these counts vary {result.dispersion:.1f}× as much as Poisson sampling of molecules around a smooth "
-            "fit (read counts rather than UMIs?): the molecular split then leaves each molecule's reads in both "
-            "halves, and MCV chooses too little denoising. Calibrate with `calibration='genes'`, which does not "
-            "split molecules (recorded in uns as 'sampling_dispersion')"
+            f"these counts vary {result.dispersion / result.split_dispersion:.1f}× as much as {assumed} around a "
+            "smooth fit (read counts rather than UMIs?): the split then leaves each molecule's reads in both "
+            "halves, and MCV chooses too little denoising. Calibrate with `sampling='negative_binomial'` (splits "
+            "each entry's reads as a negative binomial), or `calibration='genes'` (does not split molecules) "
+            "(recorded in uns as 'sampling_dispersion')"
         )
     edge = [name for name in result.grid_edge if axes is None or name in axes]
     if not edge:
@@ -498,18 +508,26 @@ class McvSetup(NamedTuple):
     train_scales: np.ndarray
     test_scales: np.ndarray
     conversion: DepthConversion
+    plan: SplitPlan
 
 
 def mcv_setup(
     totals: np.ndarray,
     max_count: float,
+    sample: Callable[[np.ndarray], sparse.csr_matrix],
     *,
     split_fraction: float,
     transform: TransformName,
     target_sum: float | None,
     loss: LossName,
+    sampling: str,
+    dispersion: float | None,
+    random_state: RandomState,
 ) -> McvSetup:
-    """Check the MCV settings against per-cell totals and tabulate the exact depth conversion."""
+    """Check the MCV settings against per-cell totals, plan the split and tabulate the exact depth conversion.
+
+    ``sample(keep)`` returns the counts of the cells of the dispersion check (a boolean mask).
+    """
     p = check_fraction(split_fraction)
     check_transform(transform)
     check_loss(loss)
@@ -522,6 +540,8 @@ def mcv_setup(
                 "deeper cells (e.g. `sc.pp.filter_cells(adata, min_counts=...)`)."
             )
             raise ValueError(msg)
+    keep = sample_cells(totals.size, random_state)
+    plan = plan_split(sampling, dispersion, sample(keep), totals[keep], random_state)
     train_scales = cell_scales(totals, target_sum, p)
     conversion = build_conversion(
         transform,
@@ -530,8 +550,9 @@ def mcv_setup(
         normalized=target_sum is not None,
         max_rate=1.5 * p * float(max_count) + 20.0,  # covers every plausible training rate
         loss=loss,
+        dispersion=plan.split_dispersion,
     )
-    return McvSetup(p, train_scales, cell_scales(totals, target_sum, 1.0 - p), conversion)
+    return McvSetup(p, train_scales, cell_scales(totals, target_sum, 1.0 - p), conversion, plan)
 
 
 def mcv_result(
@@ -547,7 +568,6 @@ def mcv_result(
     loss: LossName,
     random_state: RandomState,
     baseline: np.ndarray | None = None,
-    dispersion: float | None = None,
 ) -> CalibrationResult:
     """Return the MCV result from the summed losses (splits × grid values, and of no denoising), per matrix entry."""
     params = {
@@ -556,6 +576,7 @@ def mcv_result(
         "transform": transform,
         "target_sum": None if target_sum is None else float(target_sum),
         "loss": loss,
+        "sampling": "poisson" if setup.plan.fit is None else "negative_binomial",
         "random_state": seed_record(random_state),
     }
     return CalibrationResult(
@@ -566,7 +587,8 @@ def mcv_result(
         loss=losses / (shape[0] * shape[1]),
         params=params,
         baseline=None if baseline is None else baseline / (shape[0] * shape[1]),
-        dispersion=dispersion,
+        dispersion=setup.plan.dispersion,
+        split_dispersion=setup.plan.split_dispersion,
     )
 
 
@@ -584,6 +606,8 @@ def run_mcv(
     random_state: RandomState,
     chunk_size: int | None,
     bar: tqdm,
+    sampling: str = "poisson",
+    dispersion: float | None = None,
     totals: np.ndarray | None = None,
 ) -> CalibrationResult:
     """Molecular cross-validation of ``denoiser`` over ``grid`` on validated canonical-CSR ``counts``.
@@ -595,19 +619,20 @@ def run_mcv(
     setup = mcv_setup(
         totals,
         counts.data.max(),
+        lambda keep: counts if keep.all() else counts[keep],
         split_fraction=split_fraction,
         transform=transform,
         target_sum=target_sum,
         loss=loss,
+        sampling=sampling,
+        dispersion=dispersion,
+        random_state=random_state,
     )
     n_splits = check_positive_int(n_splits, "n_splits")
     grid = _checked_grid(denoiser, grid, counts.shape)
     blocks = chunk_rows(counts.shape[0], counts.shape[1], chunk_size)
     train_scales, test_scales = setup.train_scales, setup.test_scales
 
-    keep = sample_cells(counts.shape[0], random_state)
-    sample = counts if keep.all() else counts[keep]
-    dispersion = sampling_dispersion(sample, totals[keep], random_state)
     losses = np.zeros((n_splits, len(grid)))
     baseline = np.zeros(n_splits)
     add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known
@@ -618,7 +643,7 @@ def run_mcv(
     scorer = mse_scorer if loss == "mse" else None  # the Poisson loss is scored value by value
 
     for i in range(n_splits):
-        train, test = binomial_split(counts, setup.fraction, split_seed(random_state, Stream.MCV, i))
+        train, test = setup.plan.halves(counts, totals, setup.fraction, split_seed(random_state, Stream.MCV, i))
         values = transform_counts(train, transform, train_scales)
         sweep = denoiser.fit(values, grid)
         if i == 0:
@@ -652,7 +677,6 @@ def run_mcv(
         loss=loss,
         random_state=random_state,
         baseline=baseline,
-        dispersion=dispersion,
     )
 
 

@@ -34,18 +34,19 @@ datasets measured, 2.7 and 13.5 for reads amplified 2× and 8× on average.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+import numba
 import numpy as np
 from scipy import sparse
 
-from ._split import Stream, seed_sequence
+from ._split import Stream, beta_binomial_split, binomial_split, seed_sequence
 from ._transform import transformed
 
 if TYPE_CHECKING:
     from ._types import RandomState
 
-__all__ = ["DEPENDENT_HALVES", "sample_cells", "sampling_dispersion"]
+__all__ = ["DEPENDENT_HALVES", "SmoothFit", "SplitPlan", "plan_split", "sample_cells", "sampling_dispersion"]
 
 RANK = 10
 MAX_CELLS = 2_000
@@ -54,6 +55,9 @@ MIN_EXPECTED = 20.0
 MIN_GENES = 10
 DEPENDENT_HALVES = 1.5
 """Sampling dispersion above which the MCV halves count as dependent (variance 1.5× Poisson)."""
+POISSON_RESOLUTION = 1.1
+"""Estimates up to here read as Poisson (the split stays binomial): the check reads 1.02–1.04 on
+Poisson simulations, where the fit's own error adds to the variance, and 0.95–1.03 on UMI data."""
 _TARGET = 1e4
 _BLOCK_ELEMENTS = 2**19
 
@@ -69,6 +73,140 @@ def sample_cells(n_cells: int, random_state: RandomState) -> np.ndarray:
     rng = np.random.default_rng(seed_sequence(random_state, Stream.DISPERSION, 0))
     keep[rng.choice(n_cells, size=MAX_CELLS, replace=False)] = True
     return keep
+
+
+class SmoothFit(NamedTuple):
+    """A smooth fit of every entry's expected count that leaves the entry itself out.
+
+    A cell's scores are its counts per 10,000 on the fit genes, centred and projected on
+    rank-:data:`RANK` components; every gene's value is a linear function of the scores,
+    fitted by least squares over the sampled cells (on the fit genes this is the PCA
+    reconstruction). For an entry of a fit gene, the cell's scores are first taken without
+    that gene (its centred value times its loadings subtracted), so the entry's own noise
+    reaches its fit only through the components and coefficients (leverage ≈ 11 / cells):
+    neither the dispersion estimate nor the split's sizes follow the noise they measure.
+    """
+
+    position: np.ndarray
+    """Per gene: its column among the components, or -1 outside the fit genes."""
+    offset: np.ndarray
+    """``components @ centre`` (rank)."""
+    components: np.ndarray
+    """Rank × fit genes."""
+    coef: np.ndarray
+    """(1 + rank) × genes: each gene's intercept (its mean) and slope on every score."""
+    floor: np.ndarray
+    """Least value per gene (1 % of its mean), as a linear fit can fall below 0."""
+
+    def scores(self, values: sparse.csr_matrix) -> np.ndarray:
+        """Return the scores (cells × rank) of canonical-CSR counts per 10,000 ``values``, all fit genes in."""
+        out = np.empty((values.shape[0], self.offset.size))
+        _scores(values.indptr, values.indices, values.data, self.position, self.offset, self.components, out)
+        return out
+
+    def entry_means(self, counts: sparse.csr_matrix, totals: np.ndarray) -> np.ndarray:
+        """Return the expected count of every stored entry of canonical-CSR ``counts`` (cells with these ``totals``).
+
+        Row by row in a fixed order, so a cell's values do not depend on the block it comes in.
+        """
+        depth = np.asarray(totals, dtype=np.float64) / _TARGET
+        values = counts.data.astype(np.float64) / np.repeat(depth, np.diff(counts.indptr))
+        scores = self.scores(sparse.csr_matrix((values, counts.indices, counts.indptr), shape=counts.shape))
+        out = np.empty(counts.nnz)
+        _entry_means(
+            counts.indptr, counts.indices, values, depth, scores, self.position, self.components, self.coef, out
+        )
+        return np.maximum(out, self.floor[counts.indices] * np.repeat(depth, np.diff(counts.indptr)))
+
+
+@numba.njit(parallel=True, cache=True)
+def _scores(  # pragma: no cover - compiled
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    position: np.ndarray,
+    offset: np.ndarray,
+    components: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    for r in numba.prange(indptr.size - 1):
+        for k in range(offset.size):
+            out[r, k] = -offset[k]
+        for i in range(indptr[r], indptr[r + 1]):
+            g = position[indices[i]]
+            if g >= 0:
+                for k in range(offset.size):
+                    out[r, k] += data[i] * components[k, g]
+
+
+@numba.njit(parallel=True, cache=True)
+def _entry_means(  # pragma: no cover - compiled
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    values: np.ndarray,
+    depth: np.ndarray,
+    scores: np.ndarray,
+    position: np.ndarray,
+    components: np.ndarray,
+    coef: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    rank = scores.shape[1]
+    for r in numba.prange(indptr.size - 1):
+        for i in range(indptr[r], indptr[r + 1]):
+            j = indices[i]
+            g = position[j]
+            own = values[i] - coef[0, j]  # the entry's centred value, left out of the scores
+            value = coef[0, j]
+            for k in range(rank):
+                score = scores[r, k] - (own * components[k, g] if g >= 0 else 0.0)
+                value += score * coef[k + 1, j]
+            out[i] = value * depth[r]
+
+
+class SplitPlan(NamedTuple):
+    """How an MCV calibration splits its counts, decided once from the check's sample of cells."""
+
+    dispersion: float | None
+    """``φ`` measured by the check (None: too little data)."""
+    split_dispersion: float
+    """``φ`` the split assumes: 1 is binomial thinning (Poisson molecules)."""
+    fit: SmoothFit | None
+    """Expected counts of the entries, which set each entry's negative-binomial size."""
+
+    def halves(
+        self, counts: sparse.csr_matrix, totals: np.ndarray, fraction: float, seed: int, *, row_offset: int = 0
+    ) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        """Split canonical-CSR ``counts`` (cells with these ``totals``) into training and held-out halves.
+
+        With ``φ > 1`` each entry is thinned beta-binomially with negative-binomial size
+        ``m / (φ - 1)`` for its expected count ``m``: counts of variance ``φ m`` (amplified
+        reads) then split into halves that are uncorrelated given the cell, as molecules'
+        binomial halves are (README, "Read counts").
+        """
+        if self.split_dispersion <= 1.0:
+            return binomial_split(counts, fraction, seed, row_offset=row_offset)
+        size = self.fit.entry_means(counts, totals) / (self.split_dispersion - 1.0)
+        return beta_binomial_split(counts, fraction, seed, size, row_offset=row_offset)
+
+
+def plan_split(
+    sampling: str, dispersion: float | None, sample: sparse.csr_matrix, totals: np.ndarray, random_state: RandomState
+) -> SplitPlan:
+    """Measure the check on the sampled cells and decide the split (``sampling``, ``dispersion`` checked)."""
+    if sampling == "poisson":
+        return SplitPlan(sampling_dispersion(sample, totals, random_state), 1.0, None)
+    measured, fit = _fit(sample, totals, random_state)
+    if fit is None:
+        msg = (
+            "sampling='negative_binomial' needs each entry's expected count from a smooth fit, and these data are "
+            f"too small for it (more than {RANK + 1} cells and {MIN_GENES} genes with {MIN_EXPECTED:g} counts "
+            "or more); use sampling='poisson' or calibration='genes'."
+        )
+        raise ValueError(msg)
+    if dispersion is None:  # an estimate within the check's resolution of Poisson is Poisson
+        dispersion = measured if measured is not None and measured > POISSON_RESOLUTION else 1.0
+    return SplitPlan(measured, dispersion, fit)
 
 
 def sampling_dispersion(counts: sparse.csr_matrix, totals: np.ndarray, random_state: RandomState) -> float | None:
@@ -88,35 +226,58 @@ def sampling_dispersion(counts: sparse.csr_matrix, totals: np.ndarray, random_st
     The median over genes with enough counts; None when fewer than :data:`MIN_GENES` genes
     or too few cells allow the estimate.
     """
+    return _fit(counts, totals, random_state)[0]
+
+
+def _fit(
+    counts: sparse.csr_matrix, totals: np.ndarray, random_state: RandomState
+) -> tuple[float | None, SmoothFit | None]:
+    """Return ``φ`` and the :class:`SmoothFit` behind it; Nones when the data are too few."""
     totals = np.asarray(totals, dtype=np.float64)
     if (totals <= 0).any():  # cells without counts tell nothing (the calibration has dropped them already)
         counts, totals = counts[totals > 0], totals[totals > 0]
     if min(counts.shape) <= RANK + 1:
-        return None
+        return None, None
     gene_sums = np.asarray(counts.sum(axis=0)).ravel()
-    if counts.shape[1] > MAX_GENES:
-        genes = np.sort(np.argsort(-gene_sums, kind="stable")[:MAX_GENES])
-        counts, gene_sums = counts[:, genes], gene_sums[genes]
-    if np.count_nonzero(gene_sums >= MIN_EXPECTED) < MIN_GENES:
-        return None
-    from .denoisers import PCA
-
-    seed = int(seed_sequence(random_state, Stream.DISPERSION, 1).generate_state(1)[0])
+    genes = np.sort(np.argsort(-gene_sums, kind="stable")[:MAX_GENES])
+    if np.count_nonzero(gene_sums[genes] >= MIN_EXPECTED) < MIN_GENES:
+        return None, None
     values = transformed(counts, "none", _TARGET, totals=totals)
-    model = PCA(solver="randomized", random_state=seed).fit(values, np.array([RANK]))  # no genes × genes Gram
+    fit = _smooth_fit(values, genes, random_state)
+    scores = fit.scores(values)
+    counts, values = counts[:, genes], values[:, genes]
+    mean, slopes = fit.coef[0, genes], fit.coef[1:, genes]
+    own = np.einsum("kg,kg->g", fit.components, slopes)  # what a gene's own centred value adds to its fit
     n_cells, n_genes = counts.shape
     sums = np.zeros((5, n_genes))  # Σm, Σm², Σm³, Σe, Σe·m per gene, e = (x - m)²
     step = max(1, _BLOCK_ELEMENTS // n_genes)
     for start in range(0, n_cells, step):
         rows = slice(start, min(start + step, n_cells))
-        fit = np.maximum(model.predict(rows, RANK), 0.0).astype(np.float64) * (totals[rows, None] / _TARGET)
-        error = (counts[rows].toarray() - fit) ** 2
-        square = fit * fit
-        sums += [fit.sum(0), square.sum(0), (square * fit).sum(0), error.sum(0), (error * fit).sum(0)]
+        left_out = mean + scores[rows] @ slopes - (values[rows].toarray() - mean) * own
+        m = np.maximum(left_out, 0.0) * (totals[rows, None] / _TARGET)
+        error = (counts[rows].toarray() - m) ** 2
+        square = m * m
+        sums += [m.sum(0), square.sum(0), (square * m).sum(0), error.sum(0), (error * m).sum(0)]
     s1, s2, s3, e0, e1 = sums
     det = s1 * s3 - s2 * s2
     usable = (s1 >= MIN_EXPECTED) & (det > 1e-9 * s1 * s3)
     if np.count_nonzero(usable) < MIN_GENES:
-        return None
+        return None, None
     phi = (e0[usable] * s3[usable] - e1[usable] * s2[usable]) / det[usable]
-    return float(np.median(phi))
+    return float(np.median(phi)), fit
+
+
+def _smooth_fit(values: sparse.csr_matrix, genes: np.ndarray, random_state: RandomState) -> SmoothFit:
+    """Fit counts per 10,000 ``values`` of the sampled cells on ``genes``, and every gene on the fit's scores."""
+    from .denoisers.pca import centered_truncated_svd
+
+    rng = np.random.default_rng(seed_sequence(random_state, Stream.DISPERSION, 1))
+    mean, _, _, components = centered_truncated_svd(values[:, genes], RANK, rng=rng)  # randomised: no Gram
+    components = np.ascontiguousarray(components, dtype=np.float64)
+    position = np.full(values.shape[1], -1, dtype=np.int64)
+    position[genes] = np.arange(genes.size)
+    offset = components @ mean
+    fit = SmoothFit(position, offset, components, np.zeros((RANK + 1, values.shape[1])), np.zeros(values.shape[1]))
+    design = np.column_stack([np.ones(values.shape[0]), fit.scores(values)])
+    coef = np.linalg.solve(design.T @ design, np.asarray((values.T @ design).T))
+    return fit._replace(coef=coef, floor=np.maximum(0.01 * coef[0], 1e-8))

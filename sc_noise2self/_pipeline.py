@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from ._calibrate import CalibrationResult
     from ._genes import GeneMask
-    from ._types import ArrayLike, RandomState, Select, TransformName
+    from ._types import ArrayLike, RandomState, Sampling, Select, TransformName
     from ._validate import Counts
     from .denoisers import Denoiser
 
@@ -70,6 +70,8 @@ def pca(
     target_sum: float | None = 1e4,
     split_fraction: float = 0.9,
     n_splits: int = 1,
+    sampling: Sampling = "poisson",
+    dispersion: float | None = None,
     n_groups: int = 10,
     select: Select = "min",
     random_state: RandomState = 0,
@@ -133,6 +135,16 @@ def pca(
         MCV: expected share of each cell's molecules used for fitting.
     n_splits
         MCV: independent random splits; the choice minimises the mean loss.
+    sampling
+        MCV: how the counts were sampled, which decides how each cell's counts are split.
+        ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
+        ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into
+        several reads): each entry is thinned beta-binomially, so that counts whose variance
+        is ``dispersion`` times their mean split into uncorrelated halves (README, "Read counts").
+    dispersion
+        ``sampling="negative_binomial"``: the counts' variance over their mean given the
+        cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
+        ``sampling_dispersion``).
     n_groups
         Noise2Self: number of random gene groups.
     select
@@ -196,6 +208,8 @@ def pca(
             target_sum=target_sum,
             split_fraction=split_fraction,
             n_splits=n_splits,
+            sampling=sampling,
+            dispersion=dispersion,
             n_groups=n_groups,
             select=select,
             random_state=random_state,
@@ -251,6 +265,8 @@ def neighbors(
     target_sum: float | None = 1e4,
     split_fraction: float = 0.9,
     n_splits: int = 1,
+    sampling: Sampling = "poisson",
+    dispersion: float | None = None,
     n_groups: int = 10,
     method: Literal["umap", "gauss"] = "umap",
     transformer: Any = None,
@@ -312,6 +328,16 @@ def neighbors(
         MCV: expected share of each cell's molecules used for fitting.
     n_splits
         MCV: independent random splits; the choice minimises the mean loss.
+    sampling
+        MCV: how the counts were sampled, which decides how each cell's counts are split.
+        ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
+        ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into
+        several reads): each entry is thinned beta-binomially, so that counts whose variance
+        is ``dispersion`` times their mean split into uncorrelated halves (README, "Read counts").
+    dispersion
+        ``sampling="negative_binomial"``: the counts' variance over their mean given the
+        cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
+        ``sampling_dispersion``).
     n_groups
         Noise2Self: number of random gene groups.
     method
@@ -388,6 +414,8 @@ def neighbors(
             target_sum=target_sum,
             split_fraction=split_fraction,
             n_splits=n_splits,
+            sampling=sampling,
+            dispersion=dispersion,
             n_groups=n_groups,
             select=select,
             random_state=random_state,

@@ -28,16 +28,25 @@ import numba
 import numpy as np
 from scipy import sparse
 
-from ._validate import as_canonical_csr, check_count_values, check_fraction, check_known_chunks, check_positive_int
+from ._validate import (
+    as_canonical_csr,
+    check_count_values,
+    check_fraction,
+    check_known_chunks,
+    check_positive_int,
+    check_sampling,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._types import ArrayLike, RandomState, SplitScheme
+    from ._dispersion import SplitPlan
+    from ._types import ArrayLike, RandomState, Sampling, SplitScheme
 
 __all__ = [
     "CountSplit",
     "Stream",
+    "beta_binomial_split",
     "binomial_split",
     "multinomial_folds",
     "seed_sequence",
@@ -72,6 +81,8 @@ class CountSplit(NamedTuple):
     test: ArrayLike
     fraction: float
     """Expected share of each cell's molecules in ``train``."""
+    dispersion: float = 1.0
+    """Variance-to-mean ratio the split assumed: 1 for binomial thinning (Poisson molecules)."""
 
 
 def seed_sequence(random_state: RandomState, *key: int) -> np.random.SeedSequence:
@@ -110,6 +121,23 @@ def _mix(z: np.uint64) -> np.uint64:  # pragma: no cover - compiled
     return z ^ (z >> np.uint64(31))
 
 
+@numba.njit(inline="always")
+def _uniform(key: np.uint64, draw: int) -> float:  # pragma: no cover - compiled
+    """Return the ``draw``-th uniform in [0, 1) of the entry with ``key``."""
+    return np.float64(_mix(key + np.uint64(draw) * _GOLDEN) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@numba.njit(inline="always")
+def _invert(u: float, m: int, pmf: float, ratio: float) -> int:  # pragma: no cover - compiled
+    """Smallest ``j`` with ``P(K <= j) >= u`` for ``K ~ Bin(m, q)``; ``pmf = (1 - q)^m``, ``ratio = q / (1 - q)``."""
+    cdf, j = pmf, 0
+    while u > cdf and j < m:
+        pmf *= (m - j) / (j + 1.0) * ratio
+        j += 1
+        cdf += pmf
+    return j
+
+
 @numba.njit(parallel=True, cache=True)
 def _binomial_kernel(  # pragma: no cover - compiled
     indptr: np.ndarray,
@@ -138,14 +166,74 @@ def _binomial_kernel(  # pragma: no cover - compiled
             while left > 0:
                 m = min(left, _CHUNK)
                 draw += 1
-                u = np.float64(_mix(key + np.uint64(draw) * _GOLDEN) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-                pmf = first[m]
-                cdf, j = pmf, 0
-                while u > cdf and j < m:
-                    pmf *= (m - j) / (j + 1.0) * ratio
-                    j += 1
-                    cdf += pmf
-                k += j
+                k += _invert(_uniform(key, draw), m, first[m], ratio)
+                left -= m
+            out[i] = k
+
+
+_BETA_KEY = np.uint64(0xD1B54A32D192ED03)  # the Beta draws' own sequence of an entry's uniforms
+
+
+@numba.njit(inline="always")
+def _log_gamma_variate(shape: float, key: np.uint64, draw: int) -> tuple[float, int]:  # pragma: no cover
+    """``log G`` for ``G ~ Gamma(shape, 1)`` from the uniforms after ``draw`` (Marsaglia & Tsang, 2000).
+
+    Shapes below 1 use ``G(a) = G(a + 1) U^(1/a)`` in logs, so tiny shapes give very negative
+    logs instead of underflowing to 0. Returns the log and the last uniform used.
+    """
+    boost = 0.0
+    if shape < 1.0:
+        draw += 1
+        boost = np.log(max(_uniform(key, draw), 1e-300)) / shape
+        shape += 1.0
+    d = shape - 1.0 / 3.0
+    c = 1.0 / np.sqrt(9.0 * d)
+    while True:
+        draw += 3
+        u1 = max(_uniform(key, draw - 2), 1e-300)
+        x = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * _uniform(key, draw - 1))  # Box-Muller
+        v = 1.0 + c * x
+        if v <= 0.0:
+            continue
+        v = v * v * v
+        if np.log(max(_uniform(key, draw), 1e-300)) < 0.5 * x * x + d - d * v + d * np.log(v):
+            return np.log(d) + np.log(v) + boost, draw
+
+
+@numba.njit(parallel=True, cache=True)
+def _beta_binomial_kernel(  # pragma: no cover - compiled
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    n: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    seed: np.uint64,
+    row_offset: int,
+    n_genes: int,
+    out: np.ndarray,
+    share: np.ndarray,
+) -> None:
+    """``out[i] ~ Bin(n[i], P)``, ``P ~ Beta(a[i], b[i])`` for each stored entry, keyed by its position.
+
+    ``P`` (kept in ``share``) from two gamma variates, then the binomial by inversion as in
+    :func:`_binomial_kernel`, of ``min(P, 1 - P)`` (``out`` holds that draw: the caller
+    flips the entries with ``P > 1/2``).
+    """
+    for r in numba.prange(indptr.size - 1):
+        base = np.uint64(row_offset + r) * np.uint64(n_genes)
+        for i in range(indptr[r], indptr[r + 1]):
+            key = _mix(seed ^ _mix(base + np.uint64(indices[i])))
+            log_a, draw = _log_gamma_variate(a[i], key ^ _BETA_KEY, 0)
+            log_b, draw = _log_gamma_variate(b[i], key ^ _BETA_KEY, draw)
+            p = 1.0 / (1.0 + np.exp(log_b - log_a))
+            share[i] = p
+            q = min(p, 1.0 - p)
+            ratio = q / (1.0 - q)
+            left, k, draw = n[i], 0, 0
+            while left > 0:
+                m = min(left, _CHUNK)
+                draw += 1
+                k += _invert(_uniform(key, draw), m, np.exp(m * np.log1p(-q)), ratio)
                 left -= m
             out[i] = k
 
@@ -159,24 +247,46 @@ def _entry_keys(rows: np.ndarray, columns: np.ndarray, seed: np.uint64, n_genes:
     return out
 
 
-def _binomial(X: sparse.csr_matrix, n: np.ndarray, p: float, seed: int, row_offset: int) -> np.ndarray:
-    """``Bin(n, p)`` for the stored entries of canonical-CSR ``X`` (``n`` aligned with ``X.data``).
+def _draw_large(
+    X: sparse.csr_matrix, n: np.ndarray, q: float | np.ndarray, seed: int, row_offset: int, out: np.ndarray
+) -> None:
+    """``Bin(n, q)`` into ``out`` for the entries above :data:`_LARGE` molecules (``q`` scalar or per entry).
 
-    Entries above :data:`_LARGE` molecules (inversion would take ``n / 512`` uniforms) are
-    drawn by numpy's exact BTPE sampler from a Philox stream keyed by the entry's position,
-    so time does not grow with the largest count and the draw stays counter-based.
+    Inversion would take ``n / 512`` uniforms: these use numpy's exact BTPE sampler from a
+    Philox stream keyed by the entry's position, so time does not grow with the largest
+    count and the draw stays counter-based.
     """
-    q = min(p, 1.0 - p)
     large = np.flatnonzero(n > _LARGE)
+    if not large.size:
+        return
+    rows = row_offset + np.searchsorted(X.indptr, large, side="right") - 1
+    keys = _entry_keys(rows.astype(np.int64), X.indices[large].astype(np.int64), np.uint64(seed), X.shape[1])
+    shares = np.broadcast_to(q, n.shape)[large]
+    for i, key, share in zip(large, keys, shares, strict=True):
+        out[i] = np.random.Generator(np.random.Philox(key=int(key))).binomial(int(n[i]), float(share))
+
+
+def _binomial(X: sparse.csr_matrix, n: np.ndarray, p: float, seed: int, row_offset: int) -> np.ndarray:
+    """``Bin(n, p)`` for the stored entries of canonical-CSR ``X`` (``n`` aligned with ``X.data``)."""
+    q = min(p, 1.0 - p)
     out = np.empty(n.size, dtype=np.int64)
-    small = np.where(n > _LARGE, 0, n) if large.size else n  # the kernel draws nothing for the large ones
+    small = np.where(n > _LARGE, 0, n)  # the kernel draws nothing for the large ones
     _binomial_kernel(X.indptr, X.indices, small, q, np.uint64(seed), row_offset, X.shape[1], out)
-    if large.size:
-        rows = row_offset + np.searchsorted(X.indptr, large, side="right") - 1
-        keys = _entry_keys(rows.astype(np.int64), X.indices[large].astype(np.int64), np.uint64(seed), X.shape[1])
-        for i, key in zip(large, keys, strict=True):
-            out[i] = np.random.Generator(np.random.Philox(key=int(key))).binomial(int(n[i]), q)
+    _draw_large(X, n, q, seed, row_offset, out)
     return n - out if p > 0.5 else out
+
+
+def _beta_binomial(
+    X: sparse.csr_matrix, n: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int, row_offset: int
+) -> np.ndarray:
+    """``Bin(n, P)``, ``P ~ Beta(a, b)`` per stored entry of canonical-CSR ``X`` (all aligned with ``X.data``)."""
+    out = np.empty(n.size, dtype=np.int64)
+    share = np.empty(n.size)
+    small = np.where(n > _LARGE, 0, n)
+    a, b = (np.ascontiguousarray(v, dtype=np.float64) for v in (a, b))
+    _beta_binomial_kernel(X.indptr, X.indices, small, a, b, np.uint64(seed), row_offset, X.shape[1], out, share)
+    _draw_large(X, n, np.minimum(share, 1.0 - share), seed, row_offset, out)
+    return np.where(share > 0.5, n - out, out)
 
 
 def _with_data(X: sparse.csr_matrix, data: np.ndarray) -> sparse.csr_matrix:
@@ -200,18 +310,41 @@ def binomial_split(
     return _with_data(X, train.astype(X.dtype, copy=False)), _with_data(X, test.astype(X.dtype, copy=False))
 
 
+def beta_binomial_split(
+    X: sparse.csr_matrix, fraction: float, seed: int, size: np.ndarray, *, row_offset: int = 0
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """Thin canonical-CSR counts with overdispersion: ``train ~ BetaBinomial(X, p r, (1 - p) r)``.
+
+    ``size`` is the negative-binomial size ``r`` of each stored entry (aligned with
+    ``X.data``): for ``X ~ NB(r, π)`` the halves are independent ``NB(p r, π)`` and
+    ``NB((1 - p) r, π)`` (data thinning). Drawn like :func:`binomial_split`, keyed by position.
+    """
+    n = X.data.astype(np.int64, copy=False)
+    size = np.asarray(size, dtype=np.float64)
+    train = _beta_binomial(X, n, fraction * size, (1.0 - fraction) * size, seed, row_offset)
+    test = n - train
+    return _with_data(X, train.astype(X.dtype, copy=False)), _with_data(X, test.astype(X.dtype, copy=False))
+
+
 def multinomial_folds(
-    X: sparse.csr_matrix, n_folds: int, seeds: list[int], *, row_offset: int = 0
+    X: sparse.csr_matrix, n_folds: int, seeds: list[int], *, row_offset: int = 0, size: np.ndarray | None = None
 ) -> list[sparse.csr_matrix]:
     """Deal every molecule of canonical-CSR counts into one of ``n_folds`` equal-probability folds.
 
-    ``seeds`` holds one key per fold but the last (see :func:`split_seed`).
+    ``seeds`` holds one key per fold but the last (see :func:`split_seed`). With ``size``
+    (the negative-binomial size ``r`` of each stored entry), the deal is Dirichlet-multinomial
+    with parameters ``r / n_folds``: the folds of ``NB(r, π)`` counts are independent ``NB(r / n_folds, π)``.
     """
     left = X.data.astype(np.int64)
-    # Sequential binomials are the multinomial draw, without a (nnz × k) temporary.
+    # Sequential binomials (beta-binomials) are the multinomial (Dirichlet-multinomial) draw,
+    # without a (nnz × k) temporary.
     folds = []
     for j in range(n_folds - 1):
-        take = _binomial(X, left, 1.0 / (n_folds - j), seeds[j], row_offset)
+        if size is None:
+            take = _binomial(X, left, 1.0 / (n_folds - j), seeds[j], row_offset)
+        else:
+            share = np.asarray(size, dtype=np.float64) / n_folds
+            take = _beta_binomial(X, left, share, share * (n_folds - 1 - j), seeds[j], row_offset)
         left -= take
         folds.append(_with_data(X, take.astype(X.dtype, copy=False)))
     folds.append(_with_data(X, left.astype(X.dtype, copy=False)))
@@ -245,61 +378,92 @@ def _split_dask(X: Any, parts: Callable[[sparse.csr_matrix, int], list[sparse.cs
     return [X.map_blocks(part, which, dtype=X.dtype, meta=X._meta) for which in range(n)]
 
 
+def _plan(
+    X: Any, counts: sparse.csr_matrix | None, sampling: str, dispersion: float | None, random_state: RandomState
+) -> SplitPlan:
+    """Return the split plan (:mod:`sc_noise2self._dispersion`) for in-memory ``counts`` or the dask array ``X``."""
+    from ._dispersion import SplitPlan, plan_split, sample_cells
+
+    if sampling == "poisson":
+        return SplitPlan(None, 1.0, None)  # binomial: the check is the calibration's business
+    if counts is not None:
+        totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        keep = sample_cells(counts.shape[0], random_state)
+        sample = counts[keep]
+    else:
+        totals = np.asarray(X.sum(axis=1).compute(), dtype=np.float64).ravel()
+        keep = sample_cells(X.shape[0], random_state)
+        sample = as_canonical_csr(X[np.flatnonzero(keep)].compute())
+        check_count_values(sample, what="The count matrix")
+    return plan_split(sampling, dispersion, sample, totals[keep], random_state)
+
+
 def split_array(
     X: ArrayLike,
     *,
     split_fraction: float | None = None,
     n_splits: int = 1,
     scheme: SplitScheme = "binomial",
+    sampling: Sampling = "poisson",
+    dispersion: float | None = None,
     random_state: RandomState = 0,
 ) -> list[CountSplit]:
     """Split raw counts into training and test molecules; see :func:`sc_noise2self.pp.split_counts`."""
     n_splits = check_positive_int(n_splits, "n_splits")
+    sampling, dispersion = check_sampling(sampling, dispersion)
     lazy = type(X).__module__.split(".")[0] == "dask"
     check_known_chunks(X, "The count matrix")
     if lazy and len(X.shape) != 2:
         msg = f"Expected a 2-D cells × genes matrix, got an array of shape {X.shape}."
         raise ValueError(msg)
+    if scheme not in ("binomial", "multinomial"):
+        msg = f"scheme must be 'binomial' or 'multinomial', got {scheme!r}."
+        raise ValueError(msg)
+    if scheme == "multinomial" and split_fraction is not None:
+        msg = (
+            "With scheme='multinomial' the training share is (k-1)/k for k = n_splits folds; "
+            "leave split_fraction unset."
+        )
+        raise ValueError(msg)
+    if scheme == "multinomial" and n_splits < 2:
+        msg = "scheme='multinomial' needs n_splits >= 2 folds."
+        raise ValueError(msg)
+    fraction = check_fraction(0.9 if split_fraction is None else split_fraction) if scheme == "binomial" else None
     counts = None if lazy else as_canonical_csr(X)
     if not lazy:
         check_count_values(counts, what="The count matrix")
+    plan = _plan(X, counts, sampling, dispersion, random_state)
+
+    def sizes(block: sparse.csr_matrix) -> np.ndarray | None:  # each entry's negative-binomial size, or None
+        if plan.split_dispersion <= 1.0:
+            return None
+        totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+        return plan.fit.entry_means(block, totals) / (plan.split_dispersion - 1.0)
+
     if scheme == "binomial":
-        fraction = check_fraction(0.9 if split_fraction is None else split_fraction)
         splits = []
         for i in range(n_splits):
             seed = split_seed(random_state, Stream.SPLIT, i)
-            if lazy:
-                train, test = _split_dask(
-                    X, lambda c, start, seed=seed: binomial_split(c, fraction, seed, row_offset=start), 2
-                )
-            else:
-                train, test = (_like(X, half) for half in binomial_split(counts, fraction, seed))
-            splits.append(CountSplit(train, test, fraction))
+
+            def halves(block: sparse.csr_matrix, start: int, seed: int = seed) -> list[sparse.csr_matrix]:
+                totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+                return list(plan.halves(block, totals, fraction, seed, row_offset=start))
+
+            train, test = _split_dask(X, halves, 2) if lazy else (_like(X, half) for half in halves(counts, 0))
+            splits.append(CountSplit(train, test, fraction, plan.split_dispersion))
         return splits
-    if scheme == "multinomial":
-        if split_fraction is not None:
-            msg = (
-                "With scheme='multinomial' the training share is (k-1)/k for k = n_splits folds; "
-                "leave split_fraction unset."
-            )
-            raise ValueError(msg)
-        if n_splits < 2:
-            msg = "scheme='multinomial' needs n_splits >= 2 folds."
-            raise ValueError(msg)
-        seeds = [split_seed(random_state, Stream.FOLDS, j) for j in range(n_splits - 1)]
+    seeds = [split_seed(random_state, Stream.FOLDS, j) for j in range(n_splits - 1)]
 
-        def folds_of(block: sparse.csr_matrix, start: int) -> list[sparse.csr_matrix]:
-            folds = multinomial_folds(block, n_splits, seeds, row_offset=start)
-            trains = []
-            for fold in folds:
-                train = block - fold
-                train.eliminate_zeros()
-                train.sort_indices()
-                trains.append(train)
-            return trains + folds
+    def folds_of(block: sparse.csr_matrix, start: int) -> list[sparse.csr_matrix]:
+        folds = multinomial_folds(block, n_splits, seeds, row_offset=start, size=sizes(block))
+        trains = []
+        for fold in folds:
+            train = block - fold
+            train.eliminate_zeros()
+            train.sort_indices()
+            trains.append(train)
+        return trains + folds
 
-        parts = _split_dask(X, folds_of, 2 * n_splits) if lazy else [_like(X, p) for p in folds_of(counts, 0)]
-        fraction = (n_splits - 1) / n_splits
-        return [CountSplit(parts[j], parts[n_splits + j], fraction) for j in range(n_splits)]
-    msg = f"scheme must be 'binomial' or 'multinomial', got {scheme!r}."
-    raise ValueError(msg)
+    parts = _split_dask(X, folds_of, 2 * n_splits) if lazy else [_like(X, p) for p in folds_of(counts, 0)]
+    fraction = (n_splits - 1) / n_splits
+    return [CountSplit(parts[j], parts[n_splits + j], fraction, plan.split_dispersion) for j in range(n_splits)]

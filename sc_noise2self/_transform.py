@@ -109,8 +109,49 @@ def _log_poisson_large(x: np.ndarray, mu: np.ndarray) -> np.ndarray:
     return -mu * ((1 + d) * np.log1p(d) - d) - 0.5 * np.log(2 * np.pi * x) - stirlerr
 
 
-def expected_transform(mu: np.ndarray, scales: np.ndarray, transform: TransformName) -> np.ndarray:
+_NB_BLOCK_ELEMENTS = 2**21  # rates × counts of one block of the negative-binomial sums
+
+
+def _expected_negative_binomial(
+    mu: np.ndarray, scales: np.ndarray, func: Callable[[np.ndarray], np.ndarray], dispersion: float
+) -> np.ndarray:
+    """``E[T(s X)]`` for ``X ~ NB`` with mean ``μ`` and variance ``φ μ``: size ``μ / (φ - 1)``, ``π = 1 / φ``.
+
+    Summed over every count from ``μ - 12 sd`` to ``μ + 12 sd + 50 φ`` (``sd = √(φ μ)``; the
+    tail falls as ``(1 - 1/φ)^x``, so the rest is below 1e-20), in blocks of rates.
+    """
+    out = np.zeros((scales.size, mu.size))  # T(0) = 0 for μ = 0
+    order = np.argsort(mu)
+    order = order[mu[order] > 0]
+    log_keep, log_leave = -np.log(dispersion), np.log1p(-1.0 / dispersion)
+    start = 0
+    while start < order.size:
+        lo = max(0, int(np.floor(mu[order[start]] - 12 * np.sqrt(dispersion * mu[order[start]]))))
+        stop = start + 1
+        while stop < order.size:  # grow the block while its counts × rates stay small
+            m = mu[order[stop]]
+            hi = int(np.ceil(m + 12 * np.sqrt(dispersion * m) + 50 * dispersion))
+            if (stop + 1 - start) * (hi - lo + 1) > _NB_BLOCK_ELEMENTS:
+                break
+            stop += 1
+        block = order[start:stop]
+        m = mu[block][:, None]
+        hi = int(np.ceil(m.max() + 12 * np.sqrt(dispersion * m.max()) + 50 * dispersion))
+        k = np.arange(lo, hi + 1, dtype=np.float64)
+        size = m / (dispersion - 1.0)
+        pmf = np.exp(gammaln(k + size) - gammaln(size) - gammaln(k + 1) + size * log_keep + k * log_leave)
+        out[:, block] = (pmf @ func(np.outer(k, scales))).T
+        start = stop
+    return out
+
+
+def expected_transform(
+    mu: np.ndarray, scales: np.ndarray, transform: TransformName, dispersion: float = 1.0
+) -> np.ndarray:
     """``E[T(s X)]`` for ``X ~ Poisson(μ)``, one row per scale ``s``, one column per rate ``μ``.
+
+    With ``dispersion`` ``φ > 1``, ``X`` is negative binomial with variance ``φ μ`` instead
+    (:func:`_expected_negative_binomial`).
 
     Rates up to 400 sum the Poisson mass over every count within ``μ ± 10 sd`` (the rest
     is below 1e-20), in blocks of rates. Larger rates (sd ≥ 20) integrate the same sum's
@@ -123,6 +164,8 @@ def expected_transform(mu: np.ndarray, scales: np.ndarray, transform: TransformN
     mu = np.asarray(mu, dtype=np.float64)
     scales = np.atleast_1d(np.asarray(scales, dtype=np.float64))
     func = TRANSFORMS[transform]
+    if dispersion > 1.0:
+        return _expected_negative_binomial(mu, scales, func, dispersion)
     out = np.empty((scales.size, mu.size))
     order = np.argsort(mu)
     small = order[mu[order] <= _EXACT_MAX_RATE]
@@ -197,6 +240,7 @@ def build_conversion(
     max_rate: float,
     loss: LossName,
     test_fraction: float | None = None,
+    dispersion: float = 1.0,
 ) -> DepthConversion:
     """Tabulate the exact train→test conversion for one split.
 
@@ -219,6 +263,9 @@ def build_conversion(
         held-out Poisson rates on the count scale.
     test_fraction
         Expected share of molecules in the held-out half, ``1 - p`` unless given.
+    dispersion
+        ``φ``: both halves are negative binomial with variance ``φ`` times their mean (the
+        halves of :func:`~sc_noise2self._split.beta_binomial_split`); 1 is Poisson.
     """
     q = 1.0 - fraction if test_fraction is None else test_fraction
     ratio = q / fraction
@@ -228,7 +275,7 @@ def build_conversion(
 
     u = np.linspace(0.0, np.log1p(max_rate * max(1.0, ratio)), _N_RATE_GRID)
     mu = np.expm1(u)
-    f_train = expected_transform(mu, row_scales, transform)
+    f_train = expected_transform(mu, row_scales, transform, dispersion)
     y = np.linspace(0.0, f_train[:, -1].max(), _N_VALUE_GRID)
     # Rate of the training half for each prediction, per row (F is increasing in μ).
     train_rate = np.expm1(np.stack([np.interp(y, f_row, u) for f_row in f_train]))
@@ -237,7 +284,7 @@ def build_conversion(
         table = test_rate
     else:
         test_scales = row_scales / ratio if normalized else row_scales
-        f_test = expected_transform(mu, test_scales, transform)
+        f_test = expected_transform(mu, test_scales, transform, dispersion)
         table = np.stack([np.interp(np.log1p(r), u, f_row) for r, f_row in zip(test_rate, f_test, strict=True)])
     inv_step = (_N_VALUE_GRID - 1) / y[-1]
     if not (np.isfinite(table).all() and np.isfinite(inv_step) and inv_step > 0):

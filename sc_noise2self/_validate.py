@@ -276,6 +276,27 @@ def check_fraction(split_fraction: object) -> float:
     )
 
 
+MAX_DISPERSION = 1e6
+
+
+def check_sampling(sampling: object, dispersion: object) -> tuple[str, float | None]:
+    """Check the sampling model the split assumes and its dispersion (None: estimated from the data)."""
+    if sampling not in ("poisson", "negative_binomial"):
+        msg = (
+            f"sampling must be 'poisson' (UMI counts: molecules sampled independently) or 'negative_binomial' "
+            f"(read counts: each molecule amplified into several reads), got {sampling!r}."
+        )
+        raise ValueError(msg)
+    if dispersion is None:
+        return sampling, None
+    if sampling != "negative_binomial":
+        msg = (
+            "dispersion is the variance-to-mean ratio of sampling='negative_binomial'; pass that too, or leave it None."
+        )
+        raise ValueError(msg)
+    return sampling, check_number(dispersion, "dispersion", low=1.0, high=MAX_DISPERSION, example="2.5")
+
+
 MAX_TARGET_SUM = 1e12
 
 

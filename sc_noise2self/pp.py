@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from ._split import CountSplit
     from ._transform import ToCounts
-    from ._types import ArrayLike, LossName, RandomState, Select, SplitScheme, TransformName
+    from ._types import ArrayLike, LossName, RandomState, Sampling, Select, SplitScheme, TransformName
     from ._validate import Counts
     from .denoisers import Denoiser
     from .denoisers._base import GridValue
@@ -65,6 +65,8 @@ def denoise(
     grid: ArrayLike | None = None,
     split_fraction: float = 0.9,
     n_splits: int = 1,
+    sampling: Sampling = "poisson",
+    dispersion: float | None = None,
     n_groups: int = 10,
     transform: TransformName = "log1p",
     target_sum: float | None = 1e4,
@@ -115,6 +117,16 @@ def denoise(
         MCV: expected share of each cell's molecules used for fitting.
     n_splits
         MCV: independent random splits; the choice minimises the mean loss over splits.
+    sampling
+        MCV: how the counts were sampled, which decides how each cell's counts are split.
+        ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
+        ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into
+        several reads): each entry is thinned beta-binomially, so that counts whose variance
+        is ``dispersion`` times their mean split into uncorrelated halves (README, "Read counts").
+    dispersion
+        ``sampling="negative_binomial"``: the counts' variance over their mean given the
+        cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
+        ``sampling_dispersion``).
     n_groups
         Noise2Self: number of random gene groups.
     transform
@@ -233,6 +245,8 @@ def denoise(
             grid=grid,
             split_fraction=split_fraction,
             n_splits=n_splits,
+            sampling=sampling,
+            dispersion=dispersion,
             n_groups=n_groups,
             transform=transform,
             target_sum=target_sum,
@@ -413,6 +427,8 @@ def split_counts(
     split_fraction: float | None = None,
     n_splits: int = 1,
     scheme: SplitScheme = "binomial",
+    sampling: Sampling = "poisson",
+    dispersion: float | None = None,
     random_state: RandomState = 0,
     key_added: str = "split",
     overwrite: bool = False,
@@ -424,8 +440,11 @@ def split_counts(
     for every entry; ``n_splits`` independent repeats. ``"multinomial"`` deals every
     molecule into one of ``n_splits`` folds and returns, per fold, the other folds as
     training and the fold as held-out (k-fold). Under Poisson sampling both halves are
-    independent samples of the same cells. Only stored nonzeros are touched, so sparse
-    input stays sparse; one seed gives the same bytes for CSR, CSC and dense input.
+    independent samples of the same cells. With ``sampling="negative_binomial"`` (read
+    counts) the thinning is beta-binomial and the deal Dirichlet-multinomial, so counts
+    whose variance is ``dispersion`` times their mean split into uncorrelated parts. Only
+    stored nonzeros are touched, so sparse input stays sparse; one seed gives the same
+    bytes for CSR, CSC and dense input, and for any chunking of a dask array.
 
     Parameters
     ----------
@@ -441,6 +460,13 @@ def split_counts(
         Number of repeats (binomial) or folds (multinomial).
     scheme
         ``"binomial"`` or ``"multinomial"``.
+    sampling
+        ``"poisson"`` (UMI counts) or ``"negative_binomial"`` (read counts without UMIs):
+        see :func:`denoise`. Each entry's negative-binomial size is its expected count from
+        a smooth fit of a seeded sample of cells, over ``dispersion - 1``.
+    dispersion
+        ``sampling="negative_binomial"``: the counts' variance over their mean given the
+        cell; None estimates it.
     random_state
         Seed; split ``i`` does not depend on ``n_splits``. The draws are independent of
         those :func:`denoise` makes with the same seed, so a training part can be
@@ -459,8 +485,9 @@ def split_counts(
     ``(train, test, fraction)`` in the input's format. For AnnData, None (or a copy with ``copy=True``)
     and sets ``layers[f"{key_added}_train"]`` and ``layers[f"{key_added}_test"]``
     (suffixed ``_0``, ``_1``, … when there are several splits), and ``uns[key_added]``
-    (``scheme``, ``split_fraction``, ``n_splits``, ``random_state``, ``layer``, the layers
-    written); all at once, or nothing when an error occurs.
+    (``scheme``, ``split_fraction``, ``n_splits``, ``sampling``, ``dispersion`` (the one the
+    split assumed), ``random_state``, ``layer``, the layers written); all at once, or nothing
+    when an error occurs.
     """
     from anndata import AnnData
 
@@ -469,7 +496,13 @@ def split_counts(
             msg = "layer, overwrite and copy are only meaningful for AnnData input."
             raise ValueError(msg)
         return split_array(
-            data, split_fraction=split_fraction, n_splits=n_splits, scheme=scheme, random_state=random_state
+            data,
+            split_fraction=split_fraction,
+            n_splits=n_splits,
+            scheme=scheme,
+            sampling=sampling,
+            dispersion=dispersion,
+            random_state=random_state,
         )
     key_added = check_key(key_added)
     check_flag(copy, "copy")
@@ -485,7 +518,13 @@ def split_counts(
     names = [f"{key_added}_{part}{suffix}" for suffix in suffixes for part in ("train", "test")]
     check_targets(data, key_added, {"layers": names}, function="split_counts", read_layer=layer, overwrite=overwrite)
     splits = split_array(
-        counts, split_fraction=split_fraction, n_splits=n_splits, scheme=scheme, random_state=random_state
+        counts,
+        split_fraction=split_fraction,
+        n_splits=n_splits,
+        scheme=scheme,
+        sampling=sampling,
+        dispersion=dispersion,
+        random_state=random_state,
     )
     layers = {}
     for suffix, split in zip(suffixes, splits, strict=True):
@@ -495,6 +534,8 @@ def split_counts(
         "scheme": scheme,
         "split_fraction": splits[0].fraction,
         "n_splits": n,
+        "sampling": sampling,
+        "dispersion": splits[0].dispersion,
         "random_state": seed_record(random_state),
         "layer": layer,
         "version": package_version(),

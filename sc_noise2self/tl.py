@@ -29,6 +29,7 @@ from ._validate import (
     check_fraction,
     check_magnitude,
     check_positive_int,
+    check_sampling,
     check_target_sum,
     get_counts,
     prepare_counts,
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from tqdm import tqdm
 
-    from ._types import ArrayLike, LossName, RandomState, Select, TransformName
+    from ._types import ArrayLike, LossName, RandomState, Sampling, Select, TransformName
     from ._validate import Counts
     from .denoisers import Denoiser
 
@@ -58,6 +59,8 @@ def calibrate(
     grid: ArrayLike | None = None,
     split_fraction: float = 0.9,
     n_splits: int = 1,
+    sampling: Sampling = "poisson",
+    dispersion: float | None = None,
     n_groups: int = 10,
     transform: TransformName = "log1p",
     target_sum: float | None = 1e4,
@@ -101,6 +104,16 @@ def calibrate(
         MCV: expected share of each cell's molecules used for fitting.
     n_splits
         MCV: independent random splits; the choice minimises their mean loss.
+    sampling
+        MCV: how the counts were sampled, which decides how each cell's counts are split.
+        ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
+        ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into
+        several reads): each entry is thinned beta-binomially, so that counts whose variance
+        is ``dispersion`` times their mean split into uncorrelated halves (README, "Read counts").
+    dispersion
+        ``sampling="negative_binomial"``: the counts' variance over their mean given the
+        cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
+        ``sampling_dispersion``).
     n_groups
         Noise2Self: number of gene groups.
     transform
@@ -142,6 +155,8 @@ def calibrate(
             grid=grid,
             split_fraction=split_fraction,
             n_splits=n_splits,
+            sampling=sampling,
+            dispersion=dispersion,
             n_groups=n_groups,
             transform=transform,
             target_sum=target_sum,
@@ -190,6 +205,8 @@ def _run(
     chunk_size: int | None,
     bar: tqdm,
     select: Select = "min",
+    sampling: Sampling = "poisson",
+    dispersion: float | None = None,
     cell_totals: np.ndarray | None = None,
 ) -> tuple[Counts | BlockCounts, Denoiser, CalibrationResult]:
     """Validate, calibrate; return the prepared data, the denoiser and the result.
@@ -215,6 +232,10 @@ def _run(
         msg = f"empty must be 'error' or 'drop', got {empty!r}."
         raise ValueError(msg)
     check_select(select, n_repeats=n_splits, calibration=calibration)
+    sampling, dispersion = check_sampling(sampling, dispersion)
+    if calibration != "mcv" and (sampling != "poisson" or dispersion is not None):
+        msg = "sampling and dispersion decide how molecules are split: they apply to calibration='mcv' only."
+        raise ValueError(msg)
     matrix, what = _source(data, layer)
     name, denoiser = resolve_method(method, random_state)
     if is_blockwise(matrix):
@@ -241,6 +262,8 @@ def _run(
             random_state=random_state,
             chunk_size=chunk_size,
             bar=bar,
+            sampling=sampling,
+            dispersion=dispersion,
             **({} if totals is None else {"totals": totals}),
         )
     else:

@@ -66,27 +66,56 @@ def _sample(rng: np.random.Generator, profile: np.ndarray, mean_depth: float) ->
     return sparse.csr_matrix(counts[:, keep], dtype=np.int32), rates[:, keep]
 
 
-def amplify(rng: np.random.Generator, molecules: np.ndarray, mean_reads: float) -> np.ndarray:
-    """Reads from molecule counts: each molecule gives ``1 + Geometric`` reads, ``mean_reads`` on average."""
+def _log_series_parameter(mean_reads: float) -> float:
+    """``q`` of the logarithmic distribution with this mean, ``-q / ((1 - q) log(1 - q))`` (bisection)."""
+    lo, hi = 1e-12, 1 - 1e-12
+    for _ in range(100):
+        q = (lo + hi) / 2
+        lo, hi = (q, hi) if -q / ((1 - q) * np.log1p(-q)) < mean_reads else (lo, q)
+    return (lo + hi) / 2
+
+
+def amplify(rng: np.random.Generator, molecules: np.ndarray, mean_reads: float, law: str = "geometric") -> np.ndarray:
+    """Reads from molecule counts: each molecule gives ``mean_reads`` reads on average.
+
+    ``law="geometric"``: ``1 + Geometric`` reads per molecule, so ``φ = 2 mean_reads - 1``.
+    ``law="logarithmic"``: logarithmic-series reads per molecule, ``φ = 1 / (1 - q)``; Poisson
+    molecules amplified so are exactly negative binomial with size proportional to the rate.
+    """
+    if law == "logarithmic":
+        draws = rng.logseries(_log_series_parameter(mean_reads), size=int(molecules.sum()))
+        entry = np.repeat(np.arange(molecules.size), molecules.ravel().astype(np.int64))
+        return np.bincount(entry, weights=draws, minlength=molecules.size).astype(np.int64).reshape(molecules.shape)
     reads = molecules.copy()
     some = molecules > 0
     reads[some] += rng.negative_binomial(molecules[some], 1.0 / mean_reads)
     return reads
 
 
+def read_dispersion(mean_reads: float, law: str = "geometric") -> float:
+    """``φ = E[A²] / E[A]`` of the reads per molecule ``A`` under :func:`amplify`."""
+    return 2 * mean_reads - 1 if law == "geometric" else 1 / (1 - _log_series_parameter(mean_reads))
+
+
 def simulate_reads(
-    n_cells: int = 600, n_genes: int = 300, *, mean_depth: float = 200.0, mean_reads: float = 8.0, seed: int = 0
+    n_cells: int = 600,
+    n_genes: int = 300,
+    *,
+    mean_depth: float = 200.0,
+    mean_reads: float = 8.0,
+    law: str = "geometric",
+    seed: int = 0,
 ) -> Simulation:
     """Read counts without UMIs (Smart-seq2-like) from :func:`simulate_low_rank_poisson`'s molecules.
 
     True molecule rates λ from the low-rank model, molecules ~ Poisson(λ), each molecule
-    amplified into ``1 + Geometric`` reads (mean ``mean_reads``): the reads have variance
-    ``φ μ`` with ``φ = 2 mean_reads - 1`` given the cell. ``rates`` are the molecule rates;
-    draw more reads from them with :func:`amplify` for a ground truth.
+    amplified into reads by :func:`amplify` (``law``, ``mean_reads`` on average): the reads
+    have variance ``φ μ`` given the cell (:func:`read_dispersion`). ``rates`` are the molecule
+    rates; draw more reads from them with :func:`amplify` for a ground truth.
     """
     molecules = simulate_low_rank_poisson(n_cells, n_genes, mean_depth=mean_depth, seed=seed)
     rng = np.random.default_rng([seed, 1])
-    reads = amplify(rng, molecules.counts.toarray(), mean_reads)
+    reads = amplify(rng, molecules.counts.toarray(), mean_reads, law)
     keep = reads.sum(axis=0) > 0
     return Simulation(sparse.csr_matrix(reads[:, keep], dtype=np.int32), molecules.rates[:, keep])
 

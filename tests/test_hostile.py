@@ -163,7 +163,7 @@ STAGES = [
     pytest.param(stage, factored, id=f"{stage.rsplit('.', 1)[-1]}-{'factored' if factored else 'dense'}")
     for stage, modes in [
         ("sc_noise2self.tl.prepare_counts", (False, True)),
-        ("sc_noise2self._calibrate.binomial_split", (False, True)),
+        ("sc_noise2self._dispersion.binomial_split", (False, True)),
         ("sc_noise2self._calibrate.transform_counts", (False, True)),
         ("sc_noise2self.denoisers.pca.PCA.fit", (False, True)),
         ("sc_noise2self._calibrate.score_block", (False, True)),
@@ -448,6 +448,16 @@ BAD_DENOISE_ARGUMENTS = [
     ({"split_fraction": None}, "split_fraction must be a finite number"),
     ({"split_fraction": "0.9"}, "split_fraction must be a finite number"),
     ({"split_fraction": 1e-9}, "training part"),
+    ({"sampling": "nb"}, "sampling must be 'poisson'"),
+    ({"sampling": None}, "sampling must be 'poisson'"),
+    ({"sampling": ["negative_binomial"]}, "sampling must be 'poisson'"),
+    ({"dispersion": 2.0}, "pass that too"),
+    ({"sampling": "negative_binomial", "dispersion": 0.5}, "dispersion must be a finite number in \\[1, "),
+    ({"sampling": "negative_binomial", "dispersion": np.nan}, "dispersion must be a finite number"),
+    ({"sampling": "negative_binomial", "dispersion": "3"}, "dispersion must be a finite number"),
+    ({"sampling": "negative_binomial", "dispersion": True}, "dispersion must be a finite number"),
+    ({"sampling": "negative_binomial", "dispersion": 1e300}, "dispersion must be a finite number"),
+    ({"sampling": "negative_binomial", "calibration": "genes"}, "apply to calibration='mcv' only"),
     ({"target_sum": "1e4"}, "target_sum must be a finite number"),
     ({"target_sum": 1e300}, "target_sum must be a finite number"),
     ({"target_sum": np.nan}, "target_sum must be a finite number"),
@@ -477,7 +487,7 @@ BAD_DENOISE_ARGUMENTS = [
 @pytest.mark.parametrize(("kwargs", "match"), BAD_DENOISE_ARGUMENTS, ids=lambda v: str(v)[:40])
 def test_bad_arguments_are_refused_before_any_work(adata, monkeypatch, kwargs, match):
     before = adata.copy()
-    monkeypatch.setattr("sc_noise2self._calibrate.binomial_split", _failing(AssertionError))  # no split may start
+    monkeypatch.setattr("sc_noise2self._dispersion.binomial_split", _failing(AssertionError))  # no split may start
     with pytest.raises(ValueError, match=match):
         pp.denoise(adata, progress=kwargs.pop("progress", False), **kwargs)
     assert_same(adata, before)
