@@ -390,10 +390,13 @@ def _plan(
         totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
         keep = sample_cells(counts.shape[0], random_state)
         sample = counts[keep]
-    else:
-        totals = np.asarray(X.sum(axis=1).compute(), dtype=np.float64).ravel()
+    else:  # two passes over the blocks: the cells' totals, then the sampled cells
+        from ._blockwise import RowBlocks
+
+        blocks = RowBlocks(X, "The count matrix")
+        totals = np.concatenate(blocks.map(lambda block, _: np.asarray(block.sum(axis=1), dtype=np.float64).ravel()))
         keep = sample_cells(X.shape[0], random_state)
-        sample = as_canonical_csr(X[np.flatnonzero(keep)].compute())
+        sample = sparse.vstack(blocks.map(lambda block, rows: block[keep[rows]]), format="csr")
         check_count_values(sample, what="The count matrix")
     return plan_split(sampling, dispersion, sample, totals[keep], random_state)
 

@@ -137,3 +137,46 @@ def test_property_conversion_round_trips_expected_values(transform, p, lam, scal
         want = expected_transform((1 - p) * lam, [s / ratio], transform)
         got = conv(pred, np.array([s]))
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("transform", ["sqrt", "log1p", "none"])
+@pytest.mark.parametrize("dispersion", [1.5, 15.0])
+def test_negative_binomial_expectation_matches_direct_sum(transform, dispersion):
+    """E[T(s X)] for X ~ NB with mean μ and variance φ μ, against scipy's pmf summed far into the tail."""
+    mu = np.array([1e-4, 0.3, 3.0, 50.0, 400.0, 2500.0])
+    scales = np.array([0.5, 3.0])
+    got = expected_transform(mu, scales, transform, dispersion)
+    for i, m in enumerate(mu):
+        k = np.arange(int(m + 40 * np.sqrt(dispersion * m) + 200 * dispersion))
+        pmf = stats.nbinom.pmf(k, m / (dispersion - 1), 1 / dispersion)
+        want = [pmf @ TRANSFORMS[transform](s * k) for s in scales]
+        np.testing.assert_allclose(got[:, i], want, rtol=1e-10, atol=1e-14)
+    assert np.array_equal(expected_transform(np.zeros(1), scales, transform, dispersion), np.zeros((2, 1)))
+
+
+@pytest.mark.parametrize("transform", ["sqrt", "log1p"])
+def test_negative_binomial_conversion_is_unbiased_for_beta_binomial_halves(transform):
+    """NB counts split beta-binomially: converting E[T(s' x')] gives E[T(s'' x'')] of the held-out half."""
+    from sc_noise2self._split import beta_binomial_split, split_seed
+
+    rng = np.random.default_rng(1)
+    p, phi, n_draws = 0.8, 6.0, 40_000
+    lam = np.array([0.3, 2.0, 10.0, 60.0])
+    totals = np.array([800.0])
+    train_scales, test_scales = cell_scales(totals, 1e3, p), cell_scales(totals, 1e3, 1 - p)
+    conv = build_conversion(
+        transform, fraction=p, train_scales=train_scales, normalized=True, max_rate=400.0, loss="mse", dispersion=phi
+    )
+    pred = expected_transform(p * lam, train_scales, transform, phi)
+    converted = conv(pred, train_scales)[0]
+    size = np.broadcast_to(lam / (phi - 1), (n_draws, lam.size))
+    X = sparse.csr_matrix(rng.negative_binomial(size, 1 / phi))
+    _, held_out = beta_binomial_split(X, p, split_seed(0, 0, 0), size[X.nonzero()])
+    sample = TRANSFORMS[transform](test_scales[0] * held_out.toarray())
+    mean, sem = sample.mean(axis=0), sample.std(axis=0) / np.sqrt(n_draws)
+    assert np.all(np.abs(converted - mean) < 4 * sem + 2e-4 * np.abs(mean)), (converted, mean, sem)
+    # The Poisson table, which ignores the dispersion, is off by far more than the sampling error.
+    poisson = build_conversion(
+        transform, fraction=p, train_scales=train_scales, normalized=True, max_rate=400.0, loss="mse"
+    )(pred, train_scales)[0]
+    assert np.max(np.abs(poisson - mean) / sem) > 10
