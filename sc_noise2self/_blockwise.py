@@ -27,7 +27,7 @@ import numpy as np
 from scipy import sparse
 
 from ._calibrate import _checked_grid, add_steps, chunk_rows, mcv_result, mcv_setup
-from ._loss import held_out_target, score_block
+from ._loss import score_block
 from ._rows import CellSum, PartialSum, partial_sum
 from ._split import Stream, split_seed
 from ._transform import transform_counts, transformed
@@ -290,6 +290,7 @@ def run_mcv_blockwise(
     bar: tqdm,
     sampling: str = "poisson",
     dispersion: float | None = None,
+    depth: str = "held_out",
 ) -> CalibrationResult:
     """Molecular cross-validation on blockwise data; equals :func:`~sc_noise2self._calibrate.run_mcv`.
 
@@ -308,6 +309,7 @@ def run_mcv_blockwise(
         loss=loss,
         sampling=sampling,
         dispersion=dispersion,
+        depth=depth,
         random_state=random_state,
     )
     n_splits = check_positive_int(n_splits, "n_splits")
@@ -330,8 +332,14 @@ def run_mcv_blockwise(
             parts = []
             for part in chunk_rows(block.shape[0], block.shape[1], chunk_size):
                 cells = slice(rows.start + part.start, rows.start + part.stop)
-                target = held_out_target(
-                    test[part], setup.test_scales[cells], transform=transform, loss=loss, reused=True
+                target = setup.target(
+                    test[part],
+                    block[part],
+                    data.totals[cells],
+                    cells,
+                    transform=transform,
+                    loss=loss,
+                    reused=True,
                 )
 
                 def scored(pred: np.ndarray, cells: slice = cells, target: Any = target) -> np.ndarray:
@@ -360,6 +368,7 @@ def run_mcv_blockwise(
         transform=transform,
         target_sum=target_sum,
         loss=loss,
+        sampling=sampling,
         random_state=random_state,
         baseline=baseline,
     )

@@ -23,7 +23,7 @@ from ._dispersion import DEPENDENT_HALVES, SplitPlan, plan_split, sample_cells
 from ._loss import check_loss, held_out_target, row_scorer, score_block
 from ._rows import CellSum
 from ._split import Stream, seed_sequence, split_seed
-from ._transform import build_conversion, cell_scales, check_transform, transform_counts
+from ._transform import build_conversion, cell_scales, check_transform, output_depth, transform_counts
 from ._validate import check_flag, check_fraction, check_positive_int
 from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition, KNNAverage
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ._blockwise import BlockCounts
     from ._genes import GeneMask
     from ._loss import RowScorer
-    from ._transform import DepthConversion
+    from ._transform import DepthConversion, OutputDepth
     from ._types import ArrayLike, LossName, RandomState, Select, TransformName
     from ._validate import Counts
     from .denoisers._base import GridValue, ValueSweep
@@ -508,7 +508,29 @@ class McvSetup(NamedTuple):
     train_scales: np.ndarray
     test_scales: np.ndarray
     conversion: DepthConversion
+    """Training-depth predictions to the held-out part's depth, or to the output's (``depth="output"``)."""
     plan: SplitPlan
+    output: OutputDepth | None
+    """``depth="output"``: the map of held-out values to the output's depth."""
+    output_scales: np.ndarray
+    """Each cell's scale at full depth."""
+
+    def target(
+        self,
+        test: sparse.csr_matrix,
+        counts: sparse.csr_matrix,
+        totals: np.ndarray,
+        rows: slice,
+        *,
+        transform: TransformName,
+        loss: LossName,
+        reused: bool,
+    ) -> np.ndarray | sparse.csr_matrix:
+        """Return the held-out target of the cells ``rows`` (``test``: their held-out part, ``counts``: all of it)."""
+        if self.output is None:
+            return held_out_target(test, self.test_scales[rows], transform=transform, loss=loss, reused=reused)
+        held_out = held_out_target(test, self.test_scales[rows], transform=transform, loss=loss, reused=True)
+        return self.output(held_out, self.plan.fit.dense_means(counts, totals), self.output_scales[rows])
 
 
 def mcv_setup(
@@ -522,6 +544,7 @@ def mcv_setup(
     loss: LossName,
     sampling: str,
     dispersion: float | None,
+    depth: str,
     random_state: RandomState,
 ) -> McvSetup:
     """Check the MCV settings against per-cell totals, plan the split and tabulate the exact depth conversion.
@@ -542,7 +565,13 @@ def mcv_setup(
             raise ValueError(msg)
     keep = sample_cells(totals.size, random_state)
     plan = plan_split(sampling, dispersion, sample(keep), totals[keep], random_state)
-    train_scales = cell_scales(totals, target_sum, p)
+    if depth == "output" and plan.fit is None:
+        msg = (
+            "depth='output' centres its expansion on each entry's expected count from a smooth fit, and these "
+            "data are too small for it; use depth='held_out'."
+        )
+        raise ValueError(msg)
+    train_scales, output_scales = cell_scales(totals, target_sum, p), cell_scales(totals, target_sum)
     conversion = build_conversion(
         transform,
         fraction=p,
@@ -550,9 +579,20 @@ def mcv_setup(
         normalized=target_sum is not None,
         max_rate=1.5 * p * float(max_count) + 20.0,  # covers every plausible training rate
         loss=loss,
+        test_fraction=1.0 if depth == "output" else None,
         dispersion=plan.split_dispersion,
     )
-    return McvSetup(p, train_scales, cell_scales(totals, target_sum, 1.0 - p), conversion, plan)
+    output = None
+    if depth == "output":
+        output = output_depth(
+            transform,
+            fraction=p,
+            scales=output_scales,
+            normalized=target_sum is not None,
+            max_rate=1.5 * float(max_count) + 20.0,
+            dispersion=plan.split_dispersion,
+        )
+    return McvSetup(p, train_scales, cell_scales(totals, target_sum, 1.0 - p), conversion, plan, output, output_scales)
 
 
 def mcv_result(
@@ -566,6 +606,7 @@ def mcv_result(
     transform: TransformName,
     target_sum: float | None,
     loss: LossName,
+    sampling: str,
     random_state: RandomState,
     baseline: np.ndarray | None = None,
 ) -> CalibrationResult:
@@ -576,7 +617,8 @@ def mcv_result(
         "transform": transform,
         "target_sum": None if target_sum is None else float(target_sum),
         "loss": loss,
-        "sampling": "poisson" if setup.plan.fit is None else "negative_binomial",
+        "sampling": sampling,
+        "depth": "held_out" if setup.output is None else "output",
         "random_state": seed_record(random_state),
     }
     return CalibrationResult(
@@ -608,6 +650,7 @@ def run_mcv(
     bar: tqdm,
     sampling: str = "poisson",
     dispersion: float | None = None,
+    depth: str = "held_out",
     totals: np.ndarray | None = None,
 ) -> CalibrationResult:
     """Molecular cross-validation of ``denoiser`` over ``grid`` on validated canonical-CSR ``counts``.
@@ -626,12 +669,13 @@ def run_mcv(
         loss=loss,
         sampling=sampling,
         dispersion=dispersion,
+        depth=depth,
         random_state=random_state,
     )
     n_splits = check_positive_int(n_splits, "n_splits")
     grid = _checked_grid(denoiser, grid, counts.shape)
     blocks = chunk_rows(counts.shape[0], counts.shape[1], chunk_size)
-    train_scales, test_scales = setup.train_scales, setup.test_scales
+    train_scales = setup.train_scales
 
     losses = np.zeros((n_splits, len(grid)))
     baseline = np.zeros(n_splits)
@@ -649,13 +693,17 @@ def run_mcv(
         if i == 0:
             add_steps(bar, n_splits * _sweep_steps(sweep, blocks, grid, scorer))
         bar.update(1)
+        targets = _TargetCache(
+            lambda rows, reused, test=test: setup.target(
+                test[rows], counts[rows], totals[rows], rows, transform=transform, loss=loss, reused=reused
+            ),
+            keep=setup.output is not None,  # costly to map: kept for value-order sweeps, within a budget
+        )
         sums = _sweep_losses(
             sweep,
             blocks,
             len(grid),
-            prepare=lambda rows, reused, test=test: held_out_target(
-                test[rows], test_scales[rows], transform=transform, loss=loss, reused=reused
-            ),
+            prepare=targets,
             score=lambda rows, target, pred: score_block(
                 pred, target, conversion=setup.conversion, train_scales=train_scales[rows], loss=loss
             ),
@@ -675,9 +723,33 @@ def run_mcv(
         transform=transform,
         target_sum=target_sum,
         loss=loss,
+        sampling=sampling,
         random_state=random_state,
         baseline=baseline,
     )
+
+
+class _TargetCache:
+    """``prepare(rows, reused)`` for :func:`_sweep_losses`, keeping each block's target when ``keep`` (up to 256 MiB).
+
+    Value-order sweeps ask for every block's target once per grid value; the output-depth map
+    costs more than the scoring itself, so its targets are computed once while memory allows.
+    """
+
+    BUDGET = 2**28
+
+    def __init__(self, make: Callable[[slice, bool], Any], *, keep: bool) -> None:
+        self.make, self.keep, self.kept, self.size = make, keep, {}, 0
+
+    def __call__(self, rows: slice, reused: bool) -> Any:
+        key = (rows.start, rows.stop, reused)
+        if key in self.kept:
+            return self.kept[key]
+        target = self.make(rows, reused)
+        if self.keep and self.size + getattr(target, "nbytes", self.BUDGET) <= self.BUDGET:
+            self.kept[key] = target
+            self.size += target.nbytes
+        return target
 
 
 N_CELL_GROUPS = 5

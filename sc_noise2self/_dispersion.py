@@ -108,6 +108,21 @@ class SmoothFit(NamedTuple):
         _scores(values.indptr, values.indices, values.data, self.position, self.offset, self.components, out)
         return out
 
+    def dense_means(self, counts: sparse.csr_matrix, totals: np.ndarray) -> np.ndarray:
+        """Return the expected count of every entry (dense cells × genes) of canonical-CSR ``counts``.
+
+        As :meth:`entry_means`, zeros included (a zero's own value, 0, is left out too).
+        """
+        depth = np.asarray(totals, dtype=np.float64) / _TARGET
+        values = counts.data.astype(np.float64) / np.repeat(depth, np.diff(counts.indptr))
+        scores = self.scores(sparse.csr_matrix((values, counts.indices, counts.indptr), shape=counts.shape))
+        fit_genes = self.position >= 0
+        own = np.zeros(counts.shape[1])  # what a fit gene's own centred value adds to its fit
+        own[fit_genes] = np.einsum("kg,kg->g", self.components[:, self.position[fit_genes]], self.coef[1:, fit_genes])
+        out = np.empty(counts.shape)
+        _dense_means(counts.indptr, counts.indices, values, depth, scores, own, self.coef, self.floor, out)
+        return out
+
     def entry_means(self, counts: sparse.csr_matrix, totals: np.ndarray) -> np.ndarray:
         """Return the expected count of every stored entry of canonical-CSR ``counts`` (cells with these ``totals``).
 
@@ -144,6 +159,31 @@ def _scores(  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True)
+def _dense_means(  # pragma: no cover - compiled
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    values: np.ndarray,
+    depth: np.ndarray,
+    scores: np.ndarray,
+    own: np.ndarray,
+    coef: np.ndarray,
+    floor: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    rank = scores.shape[1]
+    for r in numba.prange(indptr.size - 1):
+        for j in range(out.shape[1]):  # an entry of 0: its centred value -mean left out
+            value = coef[0, j] * (1.0 + own[j])
+            for k in range(rank):
+                value += scores[r, k] * coef[k + 1, j]
+            out[r, j] = value
+        for i in range(indptr[r], indptr[r + 1]):
+            out[r, indices[i]] -= values[i] * own[indices[i]]
+        for j in range(out.shape[1]):
+            out[r, j] = max(out[r, j], floor[j]) * depth[r]
+
+
+@numba.njit(parallel=True, cache=True)
 def _entry_means(  # pragma: no cover - compiled
     indptr: np.ndarray,
     indices: np.ndarray,
@@ -176,7 +216,8 @@ class SplitPlan(NamedTuple):
     split_dispersion: float
     """``φ`` the split assumes: 1 is binomial thinning (Poisson molecules)."""
     fit: SmoothFit | None
-    """Expected counts of the entries, which set each entry's negative-binomial size."""
+    """Expected counts of the entries: each entry's negative-binomial size, and the output-depth
+    expansion's centre (None: too little data)."""
 
     def halves(
         self, counts: sparse.csr_matrix, totals: np.ndarray, fraction: float, seed: int, *, row_offset: int = 0
@@ -198,9 +239,9 @@ def plan_split(
     sampling: str, dispersion: float | None, sample: sparse.csr_matrix, totals: np.ndarray, random_state: RandomState
 ) -> SplitPlan:
     """Measure the check on the sampled cells and decide the split (``sampling``, ``dispersion`` checked)."""
-    if sampling == "poisson":
-        return SplitPlan(sampling_dispersion(sample, totals, random_state), 1.0, None)
     measured, fit = _fit(sample, totals, random_state)
+    if sampling == "poisson":
+        return SplitPlan(measured, 1.0, fit)
     if fit is None:
         msg = (
             "sampling='negative_binomial' needs each entry's expected count from a smooth fit, and these data are "

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from ._calibrate import CalibrationResult
     from ._genes import GeneMask
-    from ._types import ArrayLike, RandomState, Sampling, Select, TransformName
+    from ._types import ArrayLike, Depth, RandomState, Sampling, Select, TransformName
     from ._validate import Counts
     from .denoisers import Denoiser
 
@@ -72,6 +72,7 @@ def pca(
     n_splits: int = 1,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
+    depth: Depth = "held_out",
     n_groups: int = 10,
     select: Select = "min",
     random_state: RandomState = 0,
@@ -145,6 +146,13 @@ def pca(
         ``sampling="negative_binomial"``: the counts' variance over their mean given the
         cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
         ``sampling_dispersion``).
+    depth
+        MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
+        ``"held_out"``: the held-out part's own (the prediction converted exactly to it).
+        ``"output"``: the full data's, where the output is written — each held-out value is
+        carried there to first order around the entry's expected count from a smooth fit,
+        which weighs lowly expressed genes as the output's own error does (README, "The
+        error at the output's depth").
     n_groups
         Noise2Self: number of random gene groups.
     select
@@ -210,6 +218,7 @@ def pca(
             n_splits=n_splits,
             sampling=sampling,
             dispersion=dispersion,
+            depth=depth,
             n_groups=n_groups,
             select=select,
             random_state=random_state,
@@ -267,6 +276,7 @@ def neighbors(
     n_splits: int = 1,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
+    depth: Depth = "held_out",
     n_groups: int = 10,
     method: Literal["umap", "gauss"] = "umap",
     transformer: Any = None,
@@ -338,6 +348,13 @@ def neighbors(
         ``sampling="negative_binomial"``: the counts' variance over their mean given the
         cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
         ``sampling_dispersion``).
+    depth
+        MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
+        ``"held_out"``: the held-out part's own (the prediction converted exactly to it).
+        ``"output"``: the full data's, where the output is written — each held-out value is
+        carried there to first order around the entry's expected count from a smooth fit,
+        which weighs lowly expressed genes as the output's own error does (README, "The
+        error at the output's depth").
     n_groups
         Noise2Self: number of random gene groups.
     method
@@ -416,6 +433,7 @@ def neighbors(
             n_splits=n_splits,
             sampling=sampling,
             dispersion=dispersion,
+            depth=depth,
             n_groups=n_groups,
             select=select,
             random_state=random_state,

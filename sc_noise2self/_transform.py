@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 __all__ = [
     "TRANSFORMS",
     "DepthConversion",
+    "OutputDepth",
     "ToCounts",
     "build_conversion",
     "cell_scales",
     "expected_transform",
+    "output_depth",
     "to_counts",
     "transform_counts",
     "transformed",
@@ -188,6 +190,24 @@ def expected_transform(
     return out
 
 
+def _rows_for(row_scales: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower row index and interpolation weight in ``log s`` for each cell, rows evenly spaced in ``log s``."""
+    scales = np.asarray(scales, dtype=np.float64)
+    if row_scales.size == 1:
+        return np.zeros(scales.size, dtype=np.int64), np.zeros(scales.size)
+    log_rows = np.log(row_scales)
+    pos = (np.log(scales) - log_rows[0]) / (log_rows[1] - log_rows[0])
+    pos = np.clip(pos, 0, row_scales.size - 1)
+    idx = np.minimum(pos.astype(np.int64), row_scales.size - 2)
+    return idx, pos - idx
+
+
+def _scale_rows(scales: np.ndarray) -> np.ndarray:
+    """Scale rows of a table: one, or :data:`_N_SCALE_ROWS` evenly spaced in ``log s`` over the cells' range."""
+    s_lo, s_hi = float(np.min(scales)), float(np.max(scales))
+    return np.array([s_lo]) if s_hi <= s_lo * (1 + 1e-12) else np.geomspace(s_lo, s_hi, _N_SCALE_ROWS)
+
+
 class DepthConversion(NamedTuple):
     """Lookup table from a training-depth prediction to the held-out scale, per cell scale.
 
@@ -203,14 +223,7 @@ class DepthConversion(NamedTuple):
 
     def rows_for(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower row index and interpolation weight in ``log s`` for each cell."""
-        scales = np.asarray(scales, dtype=np.float64)
-        if self.row_scales.size == 1:
-            return np.zeros(scales.size, dtype=np.int64), np.zeros(scales.size)
-        log_rows = np.log(self.row_scales)
-        pos = (np.log(scales) - log_rows[0]) / (log_rows[1] - log_rows[0])
-        pos = np.clip(pos, 0, self.row_scales.size - 1)
-        idx = np.minimum(pos.astype(np.int64), self.row_scales.size - 2)
-        return idx, pos - idx
+        return _rows_for(self.row_scales, scales)
 
     def __call__(self, pred: np.ndarray, scales: np.ndarray) -> np.ndarray:
         """Convert predictions (cells × genes) for cells with training ``scales`` (NumPy path)."""
@@ -269,9 +282,7 @@ def build_conversion(
     """
     q = 1.0 - fraction if test_fraction is None else test_fraction
     ratio = q / fraction
-    s_lo, s_hi = float(np.min(train_scales)), float(np.max(train_scales))
-    n_rows = 1 if s_hi <= s_lo * (1 + 1e-12) else _N_SCALE_ROWS
-    row_scales = np.geomspace(s_lo, s_hi, n_rows) if n_rows > 1 else np.array([s_lo])
+    row_scales = _scale_rows(train_scales)
 
     u = np.linspace(0.0, np.log1p(max_rate * max(1.0, ratio)), _N_RATE_GRID)
     mu = np.expm1(u)
@@ -294,6 +305,78 @@ def build_conversion(
         )
         raise ValueError(msg)
     return DepthConversion(table=table, inv_step=inv_step, row_scales=row_scales)
+
+
+class OutputDepth(NamedTuple):
+    """Held-out values carried to the output's depth: ``t̃ = A(m) + R(m) · t''`` per entry.
+
+    A denoiser's output estimates ``G(λ) = E[T(s X)]``, ``X`` at the data's full depth; the
+    held-out value ``t'' = T(s'' x'')`` estimates ``H(λ) = E[T(s'' X'')]`` at the held-out
+    part's. No unbiased map from ``t''`` to ``G(λ)`` exists with useful variance, so it is
+    expanded to first order around ``m``, the entry's expected count from a smooth fit
+    that leaves the entry out: ``t̃ = G(m) + R(m) (t'' - H(m))`` with ``R = G' / H'``. Then
+    ``E[t̃] = G(λ) + O((λ - m)²)``, and ``t̃`` is linear in ``t''`` with coefficients that do
+    not depend on the setting, so its noise adds the same constant to every setting's loss.
+    ``offset`` is ``A = G - R H`` and ``slope`` is ``R``, tabulated on an even grid in
+    ``log1p(m)`` for rows of the output's scale ``s`` (interpolated in ``log s``).
+    """
+
+    offset: np.ndarray
+    slope: np.ndarray
+    inv_step: float
+    row_scales: np.ndarray
+
+    def __call__(self, target: np.ndarray, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        """Map dense held-out values (cells × genes) with expected counts ``means``; cells at output ``scales``."""
+        pos = np.minimum(np.log1p(np.maximum(means, 0.0)) * self.inv_step, self.offset.shape[1] - 1.0)
+        j = np.minimum(pos.astype(np.int64), self.offset.shape[1] - 2)
+        frac = pos - j
+        idx, weight = _rows_for(self.row_scales, scales)
+
+        def lookup(table: np.ndarray, r: np.ndarray) -> np.ndarray:
+            lo = table[r[:, None], j]
+            return lo + frac * (table[r[:, None], j + 1] - lo)
+
+        def value(table: np.ndarray) -> np.ndarray:
+            out = lookup(table, idx)
+            if self.row_scales.size > 1:
+                out += weight[:, None] * (lookup(table, idx + 1) - out)
+            return out
+
+        return value(self.offset) + value(self.slope) * target
+
+
+def output_depth(
+    transform: TransformName,
+    *,
+    fraction: float,
+    scales: np.ndarray,
+    normalized: bool,
+    max_rate: float,
+    dispersion: float = 1.0,
+) -> OutputDepth:
+    """Tabulate :class:`OutputDepth` for one split's held-out part (share ``1 - fraction``).
+
+    ``scales``: each cell's scale at full depth (the output's); the held-out part's is
+    ``s / (1 - p)`` when cells are depth-normalised, ``s`` otherwise. Rates up to ``max_rate``
+    (full depth); beyond, the last entry. ``dispersion``: the counts' variance over their
+    mean, as in :func:`build_conversion`.
+    """
+    q = 1.0 - fraction
+    row_scales = _scale_rows(scales)
+    u = np.linspace(0.0, np.log1p(max_rate), _N_RATE_GRID)
+    mu = np.expm1(u)
+    full = expected_transform(mu, row_scales, transform, dispersion)
+    held_out = expected_transform(q * mu, row_scales / q if normalized else row_scales, transform, dispersion)
+    slope = np.gradient(full, u, axis=1) / np.gradient(held_out, u, axis=1)  # G' / H', both in u
+    offset = full - slope * held_out
+    if not (np.isfinite(slope).all() and np.isfinite(offset).all()):
+        msg = (
+            f"The output-depth map for transform={transform!r} overflows at these counts and scales; "
+            "use a smaller target_sum (e.g. 1e4), or depth='held_out'."
+        )
+        raise ValueError(msg)
+    return OutputDepth(offset, slope, (_N_RATE_GRID - 1) / u[-1], row_scales)
 
 
 class ToCounts(NamedTuple):

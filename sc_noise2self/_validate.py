@@ -297,6 +297,20 @@ def check_sampling(sampling: object, dispersion: object) -> tuple[str, float | N
     return sampling, check_number(dispersion, "dispersion", low=1.0, high=MAX_DISPERSION, example="2.5")
 
 
+def check_depth(depth: object, *, calibration: str, loss: str) -> str:
+    """Check the depth the MCV error is measured at against the calibration and loss it needs."""
+    if depth not in ("held_out", "output"):
+        msg = f"depth must be 'held_out' or 'output', got {depth!r}."
+        raise ValueError(msg)
+    if depth == "output" and (calibration != "mcv" or loss != "mse"):
+        msg = (
+            "depth='output' carries the held-out half's values to the output's depth: it applies to "
+            "calibration='mcv' with loss='mse'."
+        )
+        raise ValueError(msg)
+    return depth
+
+
 MAX_TARGET_SUM = 1e12
 
 

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from ._split import CountSplit
     from ._transform import ToCounts
-    from ._types import ArrayLike, LossName, RandomState, Sampling, Select, SplitScheme, TransformName
+    from ._types import ArrayLike, Depth, LossName, RandomState, Sampling, Select, SplitScheme, TransformName
     from ._validate import Counts
     from .denoisers import Denoiser
     from .denoisers._base import GridValue
@@ -67,6 +67,7 @@ def denoise(
     n_splits: int = 1,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
+    depth: Depth = "held_out",
     n_groups: int = 10,
     transform: TransformName = "log1p",
     target_sum: float | None = 1e4,
@@ -127,6 +128,13 @@ def denoise(
         ``sampling="negative_binomial"``: the counts' variance over their mean given the
         cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
         ``sampling_dispersion``).
+    depth
+        MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
+        ``"held_out"``: the held-out part's own (the prediction converted exactly to it).
+        ``"output"``: the full data's, where the output is written — each held-out value is
+        carried there to first order around the entry's expected count from a smooth fit,
+        which weighs lowly expressed genes as the output's own error does (README, "The
+        error at the output's depth").
     n_groups
         Noise2Self: number of random gene groups.
     transform
@@ -247,6 +255,7 @@ def denoise(
             n_splits=n_splits,
             sampling=sampling,
             dispersion=dispersion,
+            depth=depth,
             n_groups=n_groups,
             transform=transform,
             target_sum=target_sum,

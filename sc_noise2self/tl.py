@@ -26,6 +26,7 @@ from ._score import score_denoising
 from ._split import seed_sequence
 from ._transform import check_transform, transformed
 from ._validate import (
+    check_depth,
     check_fraction,
     check_magnitude,
     check_positive_int,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from tqdm import tqdm
 
-    from ._types import ArrayLike, LossName, RandomState, Sampling, Select, TransformName
+    from ._types import ArrayLike, Depth, LossName, RandomState, Sampling, Select, TransformName
     from ._validate import Counts
     from .denoisers import Denoiser
 
@@ -61,6 +62,7 @@ def calibrate(
     n_splits: int = 1,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
+    depth: Depth = "held_out",
     n_groups: int = 10,
     transform: TransformName = "log1p",
     target_sum: float | None = 1e4,
@@ -114,6 +116,13 @@ def calibrate(
         ``sampling="negative_binomial"``: the counts' variance over their mean given the
         cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
         ``sampling_dispersion``).
+    depth
+        MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
+        ``"held_out"``: the held-out part's own (the prediction converted exactly to it).
+        ``"output"``: the full data's, where the output is written — each held-out value is
+        carried there to first order around the entry's expected count from a smooth fit,
+        which weighs lowly expressed genes as the output's own error does (README, "The
+        error at the output's depth").
     n_groups
         Noise2Self: number of gene groups.
     transform
@@ -157,6 +166,7 @@ def calibrate(
             n_splits=n_splits,
             sampling=sampling,
             dispersion=dispersion,
+            depth=depth,
             n_groups=n_groups,
             transform=transform,
             target_sum=target_sum,
@@ -207,6 +217,7 @@ def _run(
     select: Select = "min",
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
+    depth: Depth = "held_out",
     cell_totals: np.ndarray | None = None,
 ) -> tuple[Counts | BlockCounts, Denoiser, CalibrationResult]:
     """Validate, calibrate; return the prepared data, the denoiser and the result.
@@ -233,6 +244,7 @@ def _run(
         raise ValueError(msg)
     check_select(select, n_repeats=n_splits, calibration=calibration)
     sampling, dispersion = check_sampling(sampling, dispersion)
+    check_depth(depth, calibration=calibration, loss=loss)
     if calibration != "mcv" and (sampling != "poisson" or dispersion is not None):
         msg = "sampling and dispersion decide how molecules are split: they apply to calibration='mcv' only."
         raise ValueError(msg)
@@ -264,6 +276,7 @@ def _run(
             bar=bar,
             sampling=sampling,
             dispersion=dispersion,
+            depth=depth,
             **({} if totals is None else {"totals": totals}),
         )
     else:

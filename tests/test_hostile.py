@@ -458,6 +458,8 @@ BAD_DENOISE_ARGUMENTS = [
     ({"sampling": "negative_binomial", "dispersion": True}, "dispersion must be a finite number"),
     ({"sampling": "negative_binomial", "dispersion": 1e300}, "dispersion must be a finite number"),
     ({"sampling": "negative_binomial", "calibration": "genes"}, "apply to calibration='mcv' only"),
+    ({"depth": "Output"}, "depth must be 'held_out' or 'output'"),
+    ({"depth": "output", "loss": "poisson"}, "calibration='mcv' with loss='mse'"),
     ({"target_sum": "1e4"}, "target_sum must be a finite number"),
     ({"target_sum": 1e300}, "target_sum must be a finite number"),
     ({"target_sum": np.nan}, "target_sum must be a finite number"),
