@@ -28,7 +28,7 @@ rare cells). The fit: a rank-:data:`RANK` PCA of counts per 10,000 on up to
 the same for in-memory and blockwise data), times each cell's depth, with each entry's own
 value left out of its cell's scores (:class:`SmoothFit`): a fit that saw the entry would
 follow its noise and read low (12.9 for a true 15 at 600 × 300). Measured: 1.02–1.04 on
-Poisson simulations, 0.95–1.03 on the UMI datasets, within 8 % of the truth on reads.
+Poisson simulations, 0.95–1.03 on the UMI datasets, 0.87–1.03 times the truth on reads.
 
 The same fit gives the negative-binomial split (:class:`SplitPlan`): beta-binomial
 thinning with size ``r`` gives ``Cov(x', x'' | μ) = p (1 - p) (r (V - μ) - μ²) / (r + 1)``,
