@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sc_noise2self as n2s
 from sc_noise2self._transform import cell_scales, transformed
-from sc_noise2self.denoisers import PCA, Diffusion
-from tests.conftest import amplify, read_dispersion, simulate_reads
+from tests.conftest import amplify, grid_errors, read_dispersion, regret, simulate_reads
 
 PCA_GRID = np.arange(1, 31)
 DIFFUSION_GRID = n2s.tl.grid(t=range(9), n_neighbors=[5, 15, 30])
@@ -36,15 +35,7 @@ def truth_errors(sim, mean_reads: float, law: str, method: str) -> dict:
     rng = np.random.default_rng(123)
     truth = np.mean([np.log1p(scales * amplify(rng, rng.poisson(sim.rates), mean_reads, law)) for _ in range(32)], 0)
     values = transformed(sim.counts, "log1p", 1e4)
-    if method == "pca":
-        model = PCA(random_state=0).fit(values, PCA_GRID)
-        return {int(k): np.mean((pred - truth) ** 2) for k, pred in model.sweep_blocks(slice(None))}
-    model = Diffusion(random_state=0).fit(values, Diffusion().check_grid(DIFFUSION_GRID, sim.counts.shape))
-    return {tuple(v): np.mean((predict(slice(None)) - truth) ** 2) for v, predict in model.sweep_values()}
-
-
-def regret(errors: dict, best) -> float:
-    return errors[best if np.ndim(best) == 0 else tuple(best)] / min(errors.values())
+    return grid_errors(values, truth, method, PCA_GRID if method == "pca" else DIFFUSION_GRID)
 
 
 def main() -> None:

@@ -99,6 +99,8 @@ class SmoothFit(NamedTuple):
     """Rank × fit genes."""
     coef: np.ndarray
     """(1 + rank) × genes: each gene's intercept (its mean) and slope on every score."""
+    own: np.ndarray
+    """Per gene: what its own centred value adds to its fit through the scores (0 outside the fit genes)."""
     floor: np.ndarray
     """Least value per gene (1 % of its mean), as a linear fit can fall below 0."""
 
@@ -113,14 +115,8 @@ class SmoothFit(NamedTuple):
 
         As :meth:`entry_means`, zeros included (a zero's own value, 0, is left out too).
         """
-        depth = np.asarray(totals, dtype=np.float64) / _TARGET
-        values = counts.data.astype(np.float64) / np.repeat(depth, np.diff(counts.indptr))
-        scores = self.scores(sparse.csr_matrix((values, counts.indices, counts.indptr), shape=counts.shape))
-        fit_genes = self.position >= 0
-        own = np.zeros(counts.shape[1])  # what a fit gene's own centred value adds to its fit
-        own[fit_genes] = np.einsum("kg,kg->g", self.components[:, self.position[fit_genes]], self.coef[1:, fit_genes])
         out = np.empty(counts.shape)
-        _dense_means(counts.indptr, counts.indices, values, depth, scores, own, self.coef, self.floor, out)
+        _dense_means(*self._inputs(counts, totals), self.coef, self.own, self.floor, out)
         return out
 
     def entry_means(self, counts: sparse.csr_matrix, totals: np.ndarray) -> np.ndarray:
@@ -128,14 +124,16 @@ class SmoothFit(NamedTuple):
 
         Row by row in a fixed order, so a cell's values do not depend on the block it comes in.
         """
+        out = np.empty(counts.nnz)
+        _entry_means(*self._inputs(counts, totals), self.coef, self.own, self.floor, out)
+        return out
+
+    def _inputs(self, counts: sparse.csr_matrix, totals: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Return the rows' structure, counts per 10,000, depths (per 10,000) and scores, for the kernels."""
         depth = np.asarray(totals, dtype=np.float64) / _TARGET
         values = counts.data.astype(np.float64) / np.repeat(depth, np.diff(counts.indptr))
         scores = self.scores(sparse.csr_matrix((values, counts.indices, counts.indptr), shape=counts.shape))
-        out = np.empty(counts.nnz)
-        _entry_means(
-            counts.indptr, counts.indices, values, depth, scores, self.position, self.components, self.coef, out
-        )
-        return np.maximum(out, self.floor[counts.indices] * np.repeat(depth, np.diff(counts.indptr)))
+        return counts.indptr, counts.indices, values, depth, scores
 
 
 @numba.njit(parallel=True, cache=True)
@@ -158,6 +156,15 @@ def _scores(  # pragma: no cover - compiled
                     out[r, k] += data[i] * components[k, g]
 
 
+@numba.njit(inline="always")
+def _mean_of(r: int, j: int, value: float, scores: np.ndarray, coef: np.ndarray, own: np.ndarray) -> float:
+    """Fit of entry (r, j) whose counts per 10,000 are ``value``: the scores without its own centred value."""
+    out = coef[0, j] - own[j] * (value - coef[0, j])
+    for k in range(scores.shape[1]):
+        out += scores[r, k] * coef[k + 1, j]
+    return out
+
+
 @numba.njit(parallel=True, cache=True)
 def _dense_means(  # pragma: no cover - compiled
     indptr: np.ndarray,
@@ -165,22 +172,18 @@ def _dense_means(  # pragma: no cover - compiled
     values: np.ndarray,
     depth: np.ndarray,
     scores: np.ndarray,
-    own: np.ndarray,
     coef: np.ndarray,
+    own: np.ndarray,
     floor: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    rank = scores.shape[1]
+    """Write the expected count of every entry to ``out`` (cells × genes): zeros first, then the stored ones."""
     for r in numba.prange(indptr.size - 1):
-        for j in range(out.shape[1]):  # an entry of 0: its centred value -mean left out
-            value = coef[0, j] * (1.0 + own[j])
-            for k in range(rank):
-                value += scores[r, k] * coef[k + 1, j]
-            out[r, j] = value
-        for i in range(indptr[r], indptr[r + 1]):
-            out[r, indices[i]] -= values[i] * own[indices[i]]
         for j in range(out.shape[1]):
-            out[r, j] = max(out[r, j], floor[j]) * depth[r]
+            out[r, j] = max(_mean_of(r, j, 0.0, scores, coef, own), floor[j]) * depth[r]
+        for i in range(indptr[r], indptr[r + 1]):
+            j = indices[i]
+            out[r, j] = max(_mean_of(r, j, values[i], scores, coef, own), floor[j]) * depth[r]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -190,22 +193,16 @@ def _entry_means(  # pragma: no cover - compiled
     values: np.ndarray,
     depth: np.ndarray,
     scores: np.ndarray,
-    position: np.ndarray,
-    components: np.ndarray,
     coef: np.ndarray,
+    own: np.ndarray,
+    floor: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    rank = scores.shape[1]
+    """Write the expected counts of the stored entries to ``out`` (aligned with them)."""
     for r in numba.prange(indptr.size - 1):
         for i in range(indptr[r], indptr[r + 1]):
             j = indices[i]
-            g = position[j]
-            own = values[i] - coef[0, j]  # the entry's centred value, left out of the scores
-            value = coef[0, j]
-            for k in range(rank):
-                score = scores[r, k] - (own * components[k, g] if g >= 0 else 0.0)
-                value += score * coef[k + 1, j]
-            out[i] = value * depth[r]
+            out[i] = max(_mean_of(r, j, values[i], scores, coef, own), floor[j]) * depth[r]
 
 
 class SplitPlan(NamedTuple):
@@ -291,8 +288,7 @@ def _fit(
     fit = _smooth_fit(values, genes, random_state)
     scores = fit.scores(values)
     counts, values = counts[:, genes], values[:, genes]
-    mean, slopes = fit.coef[0, genes], fit.coef[1:, genes]
-    own = np.einsum("kg,kg->g", fit.components, slopes)  # what a gene's own centred value adds to its fit
+    mean, slopes, own = fit.coef[0, genes], fit.coef[1:, genes], fit.own[genes]
     n_cells, n_genes = counts.shape
     sums = np.zeros((5, n_genes))  # Σm, Σm², Σm³, Σe, Σe·m per gene, e = (x - m)²
     step = max(1, _BLOCK_ELEMENTS // n_genes)
@@ -322,7 +318,10 @@ def _smooth_fit(values: sparse.csr_matrix, genes: np.ndarray, random_state: Rand
     position = np.full(values.shape[1], -1, dtype=np.int64)
     position[genes] = np.arange(genes.size)
     offset = components @ mean
-    fit = SmoothFit(position, offset, components, np.zeros((RANK + 1, values.shape[1])), np.zeros(values.shape[1]))
+    empty = np.zeros(values.shape[1])
+    fit = SmoothFit(position, offset, components, np.zeros((RANK + 1, values.shape[1])), empty, empty)
     design = np.column_stack([np.ones(values.shape[0]), fit.scores(values)])
     coef = np.linalg.solve(design.T @ design, np.asarray((values.T @ design).T))
-    return fit._replace(coef=coef, floor=np.maximum(0.01 * coef[0], 1e-8))
+    own = np.zeros(values.shape[1])
+    own[genes] = np.einsum("kg,kg->g", components, coef[1:, genes])
+    return fit._replace(coef=coef, own=own, floor=np.maximum(0.01 * coef[0], 1e-8))

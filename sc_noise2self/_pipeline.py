@@ -35,6 +35,7 @@ from ._calibrate import (
     resolve_method,
     warn_about_choice,
 )
+from ._docs import shared_docs
 from ._genes import resolve_mask_var
 from ._output import check_key, check_targets, commit, writable
 from ._split import Stream, seed_sequence
@@ -57,6 +58,7 @@ __all__ = ["neighbors", "pca"]
 Calibration = Literal["mcv", "genes"]
 
 
+@shared_docs
 def pca(
     adata: AnnData,
     *,
@@ -136,23 +138,7 @@ def pca(
         MCV: expected share of each cell's molecules used for fitting.
     n_splits
         MCV: independent random splits; the choice minimises the mean loss.
-    sampling
-        MCV: how the counts were sampled, which decides how each cell's counts are split.
-        ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
-        ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into
-        several reads): each entry is thinned beta-binomially, so that counts whose variance
-        is ``dispersion`` times their mean split into uncorrelated halves (README, "Read counts").
-    dispersion
-        ``sampling="negative_binomial"``: the counts' variance over their mean given the
-        cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
-        ``sampling_dispersion``).
-    depth
-        MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
-        ``"held_out"``: the held-out part's own (the prediction converted exactly to it).
-        ``"output"``: the full data's, where the output is written — each held-out value is
-        carried there to first order around the entry's expected count from a smooth fit,
-        which weighs lowly expressed genes as the output's own error does (README, "The
-        error at the output's depth").
+    {mcv_sampling}
     n_groups
         Noise2Self: number of random gene groups.
     select
@@ -260,6 +246,7 @@ def pca(
     return adata if copy else None
 
 
+@shared_docs
 def neighbors(
     adata: AnnData,
     *,
@@ -338,23 +325,7 @@ def neighbors(
         MCV: expected share of each cell's molecules used for fitting.
     n_splits
         MCV: independent random splits; the choice minimises the mean loss.
-    sampling
-        MCV: how the counts were sampled, which decides how each cell's counts are split.
-        ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
-        ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into
-        several reads): each entry is thinned beta-binomially, so that counts whose variance
-        is ``dispersion`` times their mean split into uncorrelated halves (README, "Read counts").
-    dispersion
-        ``sampling="negative_binomial"``: the counts' variance over their mean given the
-        cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
-        ``sampling_dispersion``).
-    depth
-        MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
-        ``"held_out"``: the held-out part's own (the prediction converted exactly to it).
-        ``"output"``: the full data's, where the output is written — each held-out value is
-        carried there to first order around the entry's expected count from a smooth fit,
-        which weighs lowly expressed genes as the output's own error does (README, "The
-        error at the output's depth").
+    {mcv_sampling}
     n_groups
         Noise2Self: number of random gene groups.
     method

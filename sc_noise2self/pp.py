@@ -22,6 +22,7 @@ from ._calibrate import (
     seed_record,
     warn_about_choice,
 )
+from ._docs import shared_docs
 from ._genes import DEFAULT as DEFAULT_MASK
 from ._genes import GeneMask, extend_factors, resolve_mask_var
 from ._output import (
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["denoise", "neighbors", "pca", "split_counts"]
 
 
+@shared_docs
 def denoise(
     adata: AnnData,
     *,
@@ -118,23 +120,7 @@ def denoise(
         MCV: expected share of each cell's molecules used for fitting.
     n_splits
         MCV: independent random splits; the choice minimises the mean loss over splits.
-    sampling
-        MCV: how the counts were sampled, which decides how each cell's counts are split.
-        ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
-        ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into
-        several reads): each entry is thinned beta-binomially, so that counts whose variance
-        is ``dispersion`` times their mean split into uncorrelated halves (README, "Read counts").
-    dispersion
-        ``sampling="negative_binomial"``: the counts' variance over their mean given the
-        cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
-        ``sampling_dispersion``).
-    depth
-        MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
-        ``"held_out"``: the held-out part's own (the prediction converted exactly to it).
-        ``"output"``: the full data's, where the output is written — each held-out value is
-        carried there to first order around the entry's expected count from a smooth fit,
-        which weighs lowly expressed genes as the output's own error does (README, "The
-        error at the output's depth").
+    {mcv_sampling}
     n_groups
         Noise2Self: number of random gene groups.
     transform
@@ -500,19 +486,19 @@ def split_counts(
     """
     from anndata import AnnData
 
+    options = {
+        "split_fraction": split_fraction,
+        "n_splits": n_splits,
+        "scheme": scheme,
+        "sampling": sampling,
+        "dispersion": dispersion,
+        "random_state": random_state,
+    }
     if not isinstance(data, AnnData):
         if layer is not None or copy or overwrite:
             msg = "layer, overwrite and copy are only meaningful for AnnData input."
             raise ValueError(msg)
-        return split_array(
-            data,
-            split_fraction=split_fraction,
-            n_splits=n_splits,
-            scheme=scheme,
-            sampling=sampling,
-            dispersion=dispersion,
-            random_state=random_state,
-        )
+        return split_array(data, **options)
     key_added = check_key(key_added)
     check_flag(copy, "copy")
     counts = get_counts(data, layer)
@@ -526,15 +512,7 @@ def split_counts(
     suffixes = [""] if n == 1 else [f"_{i}" for i in range(n)]
     names = [f"{key_added}_{part}{suffix}" for suffix in suffixes for part in ("train", "test")]
     check_targets(data, key_added, {"layers": names}, function="split_counts", read_layer=layer, overwrite=overwrite)
-    splits = split_array(
-        counts,
-        split_fraction=split_fraction,
-        n_splits=n_splits,
-        scheme=scheme,
-        sampling=sampling,
-        dispersion=dispersion,
-        random_state=random_state,
-    )
+    splits = split_array(counts, **options)
     layers = {}
     for suffix, split in zip(suffixes, splits, strict=True):
         layers[f"{key_added}_train{suffix}"] = split.train

@@ -20,6 +20,7 @@ from ._calibrate import (
     run_mcv,
     warn_about_choice,
 )
+from ._docs import shared_docs
 from ._loss import check_loss
 from ._output import denoised_genes
 from ._score import score_denoising
@@ -51,6 +52,7 @@ __all__ = ["CalibrationResult", "calibrate", "denoised_genes", "grid", "score_de
 Calibration = Literal["mcv", "genes"]
 
 
+@shared_docs
 def calibrate(
     data: AnnData | ArrayLike,
     *,
@@ -106,23 +108,7 @@ def calibrate(
         MCV: expected share of each cell's molecules used for fitting.
     n_splits
         MCV: independent random splits; the choice minimises their mean loss.
-    sampling
-        MCV: how the counts were sampled, which decides how each cell's counts are split.
-        ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
-        ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into
-        several reads): each entry is thinned beta-binomially, so that counts whose variance
-        is ``dispersion`` times their mean split into uncorrelated halves (README, "Read counts").
-    dispersion
-        ``sampling="negative_binomial"``: the counts' variance over their mean given the
-        cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
-        ``sampling_dispersion``).
-    depth
-        MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
-        ``"held_out"``: the held-out part's own (the prediction converted exactly to it).
-        ``"output"``: the full data's, where the output is written — each held-out value is
-        carried there to first order around the entry's expected count from a smooth fit,
-        which weighs lowly expressed genes as the output's own error does (README, "The
-        error at the output's depth").
+    {mcv_sampling}
     n_groups
         Noise2Self: number of gene groups.
     transform

@@ -120,6 +120,26 @@ def simulate_reads(
     return Simulation(sparse.csr_matrix(reads[:, keep], dtype=np.int32), molecules.rates[:, keep])
 
 
+def grid_errors(values: sparse.csr_matrix, truth: np.ndarray, method: str, grid: np.ndarray) -> dict:
+    """Mean squared error against ``truth`` of the denoiser fitted on ``values``, at every grid value.
+
+    ``method``: ``"pca"`` (ranks; keys are ints) or ``"diffusion"`` (``(t, n_neighbors)`` rows; keys
+    are tuples), as ``result.best`` reads through :func:`regret`.
+    """
+    from sc_noise2self.denoisers import PCA, Diffusion
+
+    if method == "pca":
+        model = PCA(random_state=0).fit(values, np.asarray(grid))
+        return {int(k): float(np.mean((pred - truth) ** 2)) for k, pred in model.sweep_blocks(slice(None))}
+    model = Diffusion(random_state=0).fit(values, Diffusion().check_grid(grid, values.shape))
+    return {tuple(v): float(np.mean((predict(slice(None)) - truth) ** 2)) for v, predict in model.sweep_values()}
+
+
+def regret(errors: dict, best: object) -> float:
+    """Error at the chosen grid value over the best on the grid (:func:`grid_errors`)."""
+    return errors[best if np.ndim(best) == 0 else tuple(np.asarray(best).tolist())] / min(errors.values())
+
+
 @dataclass
 class ClusterSimulation(Simulation):
     labels: np.ndarray

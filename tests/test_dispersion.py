@@ -11,12 +11,13 @@ import sc_noise2self as n2s
 from sc_noise2self import _dispersion, tl
 from sc_noise2self._dispersion import DEPENDENT_HALVES, POISSON_RESOLUTION, sample_cells, sampling_dispersion
 from sc_noise2self._transform import cell_scales
-from sc_noise2self.denoisers import PCA, Diffusion
 
 from .conftest import (
     amplify,
+    grid_errors,
     read_dispersion,
     read_shared,
+    regret,
     simulate_clusters,
     simulate_low_rank_poisson,
     simulate_reads,
@@ -47,16 +48,11 @@ def _read_truth_errors(sim, mean_reads: float, law: str = "geometric", method: s
         truth += np.log1p(scales * amplify(rng, rng.poisson(sim.rates), mean_reads, law))
     truth /= n_draws
     values = n2s._transform.transformed(sim.counts, "log1p", 1e4)
-    if method == "pca":
-        pca = PCA(random_state=0).fit(values, GRID)
-        return {int(k): np.mean((pred - truth) ** 2) for k, pred in pca.sweep_blocks(slice(None))}
-    model = Diffusion(random_state=0).fit(values, Diffusion().check_grid(DIFFUSION_GRID, sim.counts.shape))
-    return {tuple(v): np.mean((predict(slice(None)) - truth) ** 2) for v, predict in model.sweep_values()}
+    return grid_errors(values, truth, method, GRID if method == "pca" else DIFFUSION_GRID)
 
 
 def _regret(errors: dict, result) -> float:
-    best = result.best if np.ndim(result.best) == 0 else tuple(result.best)
-    return errors[best] / min(errors.values())
+    return regret(errors, result.best)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -8,9 +8,8 @@ import pytest
 import sc_noise2self as n2s
 from sc_noise2self import tl
 from sc_noise2self._transform import cell_scales, expected_transform, output_depth, transformed
-from sc_noise2self.denoisers import PCA, Diffusion
 
-from .conftest import simulate_low_rank_poisson
+from .conftest import grid_errors, regret, simulate_low_rank_poisson
 
 DIFFUSION_GRID = n2s.tl.grid(t=range(9), n_neighbors=[5, 15, 30])
 
@@ -42,16 +41,7 @@ def test_the_map_is_unbiased_to_first_order(transform):
 def _truth_errors(sim, method: str, grid) -> dict:
     scales = cell_scales(np.asarray(sim.counts.sum(axis=1)).ravel(), 1e4)
     truth = np.stack([expected_transform(r, [s], "log1p")[0] for r, s in zip(sim.rates, scales, strict=True)])
-    values = transformed(sim.counts, "log1p", 1e4)
-    if method == "pca":
-        model = PCA(random_state=0).fit(values, grid)
-        return {int(k): np.mean((pred - truth) ** 2) for k, pred in model.sweep_blocks(slice(None))}
-    model = Diffusion(random_state=0).fit(values, Diffusion().check_grid(grid, sim.counts.shape))
-    return {tuple(v): np.mean((predict(slice(None)) - truth) ** 2) for v, predict in model.sweep_values()}
-
-
-def _regret(errors: dict, best) -> float:
-    return errors[best if np.ndim(best) == 0 else tuple(best)] / min(errors.values())
+    return grid_errors(transformed(sim.counts, "log1p", 1e4), truth, method, grid)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -62,7 +52,7 @@ def test_output_depth_removes_diffusions_lean_to_less_smoothing(seed):
     kwargs = {"method": "diffusion", "grid": DIFFUSION_GRID, "random_state": seed, "progress": False}
     held_out, output = tl.calibrate(sim.counts, **kwargs), tl.calibrate(sim.counts, depth="output", **kwargs)
     assert held_out.best[0] < min(errors, key=errors.get)[0]  # the bias, on every seed
-    assert _regret(errors, output.best) <= 1.02, (output.best, min(errors, key=errors.get))
+    assert regret(errors, output.best) <= 1.02, (output.best, min(errors, key=errors.get))
     assert output.params["depth"] == "output" and held_out.params["depth"] == "held_out"
 
 
@@ -72,7 +62,7 @@ def test_output_depth_pca_with_three_splits(seed):
     grid = np.arange(1, 31)
     errors = _truth_errors(sim, "pca", grid)
     result = tl.calibrate(sim.counts, grid=grid, n_splits=3, depth="output", random_state=seed, progress=False)
-    assert _regret(errors, result.best) <= 1.03, (result.best, min(errors, key=errors.get))
+    assert regret(errors, result.best) <= 1.03, (result.best, min(errors, key=errors.get))
 
 
 def test_output_depth_is_the_same_for_any_chunking_and_dask():

@@ -1,0 +1,39 @@
+"""Parameter descriptions that several public functions share: one text, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+F = TypeVar("F", bound="Callable")
+
+FRAGMENTS = {
+    "mcv_sampling": """    sampling
+        MCV: how the counts were sampled, which decides how each cell's counts are split.
+        ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
+        ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into
+        several reads): each entry is thinned beta-binomially, so that counts whose variance
+        is ``dispersion`` times their mean split into uncorrelated halves (README, "Read counts").
+    dispersion
+        ``sampling="negative_binomial"``: the counts' variance over their mean given the
+        cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
+        ``sampling_dispersion``).
+    depth
+        MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
+        ``"held_out"``: the held-out part's own (the prediction converted exactly to it).
+        ``"output"``: the full data's, where the output is written — each held-out value is
+        carried there to first order around the entry's expected count from a smooth fit,
+        which weighs lowly expressed genes as the output's own error does (README, "The
+        error at the output's depth").
+""",
+}
+
+
+def shared_docs(func: F) -> F:
+    """Put each ``    {name}`` line of ``func``'s docstring in place of :data:`FRAGMENTS` ``[name]``."""
+    for name, text in FRAGMENTS.items():
+        if func.__doc__ is not None:  # None under python -OO
+            func.__doc__ = func.__doc__.replace(f"    {{{name}}}\n", text)
+    return func
