@@ -10,7 +10,12 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound="Callable")
 
 FRAGMENTS = {
-    "mcv_sampling": """    sampling
+    "mcv_sampling": """    n_splits
+        MCV: independent random splits; the choice minimises their mean loss. None: 3 when
+        the held-out part is shallow — a median below 50 molecules per cell, e.g. fewer than
+        500 counts at ``split_fraction=0.9``, where one split's choice moves from split to
+        split — or with ``select="1se"``; otherwise 1 (``benchmarks/n_splits.py``).
+    sampling
         MCV: how the counts were sampled, which decides how each cell's counts are split.
         ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
         ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into

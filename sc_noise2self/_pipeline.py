@@ -71,7 +71,7 @@ def pca(
     transform: TransformName = "log1p",
     target_sum: float | None = 1e4,
     split_fraction: float = 0.9,
-    n_splits: int = 1,
+    n_splits: int | None = None,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
     depth: Depth = "held_out",
@@ -136,8 +136,6 @@ def pca(
         Counts per cell after depth normalisation; None keeps each cell's depth.
     split_fraction
         MCV: expected share of each cell's molecules used for fitting.
-    n_splits
-        MCV: independent random splits; the choice minimises the mean loss.
     {mcv_sampling}
     n_groups
         Noise2Self: number of random gene groups.
@@ -260,7 +258,7 @@ def neighbors(
     transform: TransformName = "log1p",
     target_sum: float | None = 1e4,
     split_fraction: float = 0.9,
-    n_splits: int = 1,
+    n_splits: int | None = None,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
     depth: Depth = "held_out",
@@ -323,8 +321,6 @@ def neighbors(
         Counts per cell after depth normalisation; None keeps each cell's depth.
     split_fraction
         MCV: expected share of each cell's molecules used for fitting.
-    n_splits
-        MCV: independent random splits; the choice minimises the mean loss.
     {mcv_sampling}
     n_groups
         Noise2Self: number of random gene groups.

@@ -66,7 +66,7 @@ def denoise(
     calibration: Literal["mcv", "genes"] = "mcv",
     grid: ArrayLike | None = None,
     split_fraction: float = 0.9,
-    n_splits: int = 1,
+    n_splits: int | None = None,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
     depth: Depth = "held_out",
@@ -118,8 +118,6 @@ def denoise(
         0..20, or ``(t, n_neighbors)`` pairs from :func:`sc_noise2self.tl.grid`.
     split_fraction
         MCV: expected share of each cell's molecules used for fitting.
-    n_splits
-        MCV: independent random splits; the choice minimises the mean loss over splits.
     {mcv_sampling}
     n_groups
         Noise2Self: number of random gene groups.

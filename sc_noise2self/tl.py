@@ -16,6 +16,7 @@ from ._calibrate import (
     check_select,
     progress_bar,
     resolve_method,
+    resolve_n_splits,
     run_genes,
     run_mcv,
     warn_about_choice,
@@ -61,7 +62,7 @@ def calibrate(
     calibration: Calibration = "mcv",
     grid: ArrayLike | None = None,
     split_fraction: float = 0.9,
-    n_splits: int = 1,
+    n_splits: int | None = None,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
     depth: Depth = "held_out",
@@ -106,8 +107,6 @@ def calibrate(
         ``(t, n_neighbors)`` pairs from :func:`grid`.
     split_fraction
         MCV: expected share of each cell's molecules used for fitting.
-    n_splits
-        MCV: independent random splits; the choice minimises their mean loss.
     {mcv_sampling}
     n_groups
         Noise2Self: number of gene groups.
@@ -191,7 +190,7 @@ def _run(
     calibration: Calibration,
     grid: ArrayLike | None,
     split_fraction: float,
-    n_splits: int,
+    n_splits: int | None,
     n_groups: int,
     transform: TransformName,
     target_sum: float | None,
@@ -211,29 +210,22 @@ def _run(
     ``cell_totals`` (one per cell of ``data``): the totals the depth normalisation divides
     by, when ``data`` holds only some of the genes (``mask_var``).
     """
-    if calibration not in ("mcv", "genes"):
-        msg = f"calibration must be 'mcv' or 'genes', got {calibration!r}."
-        raise ValueError(msg)
-    # Every setting is checked before the data are read.
-    check_transform(transform)
-    check_loss(loss)
-    check_fraction(split_fraction)
-    check_target_sum(target_sum)
-    check_positive_int(n_splits, "n_splits")
-    check_positive_int(n_groups, "n_groups")
-    if chunk_size is not None:
-        check_positive_int(chunk_size, "chunk_size")
-    if not isinstance(random_state, np.random.Generator):
-        seed_sequence(random_state)  # its checks only: a Generator would advance
-    if empty not in ("error", "drop"):
-        msg = f"empty must be 'error' or 'drop', got {empty!r}."
-        raise ValueError(msg)
-    check_select(select, n_repeats=n_splits, calibration=calibration)
-    sampling, dispersion = check_sampling(sampling, dispersion)
-    check_depth(depth, calibration=calibration, loss=loss)
-    if calibration != "mcv" and (sampling != "poisson" or dispersion is not None):
-        msg = "sampling and dispersion decide how molecules are split: they apply to calibration='mcv' only."
-        raise ValueError(msg)
+    sampling, dispersion = _check_settings(
+        calibration=calibration,
+        transform=transform,
+        loss=loss,
+        split_fraction=split_fraction,
+        target_sum=target_sum,
+        n_splits=n_splits,
+        n_groups=n_groups,
+        chunk_size=chunk_size,
+        random_state=random_state,
+        empty=empty,
+        select=select,
+        sampling=sampling,
+        dispersion=dispersion,
+        depth=depth,
+    )
     matrix, what = _source(data, layer)
     name, denoiser = resolve_method(method, random_state)
     if is_blockwise(matrix):
@@ -247,6 +239,10 @@ def _run(
         totals = cell_totals if data_counts.cells is None else cell_totals[data_counts.cells]
     if calibration == "mcv":
         blockwise = isinstance(data_counts, BlockCounts)
+        cell_counts = data_counts.totals if blockwise else np.asarray(data_counts.matrix.sum(axis=1)).ravel()
+        n_splits = resolve_n_splits(
+            n_splits, select=select, median_count=float(np.median(cell_counts)), split_fraction=split_fraction
+        )
         result = (run_mcv_blockwise if blockwise else run_mcv)(
             data_counts if blockwise else data_counts.matrix,
             denoiser,
@@ -292,6 +288,50 @@ def _run(
     check_finite_loss(result, denoiser)
     result.select = select
     return data_counts, denoiser, result
+
+
+def _check_settings(
+    *,
+    calibration: object,
+    transform: object,
+    loss: object,
+    split_fraction: object,
+    target_sum: object,
+    n_splits: object,
+    n_groups: object,
+    chunk_size: object,
+    random_state: object,
+    empty: object,
+    select: object,
+    sampling: object,
+    dispersion: object,
+    depth: object,
+) -> tuple[str, float | None]:
+    """Check every setting before the data are read; return ``sampling`` and ``dispersion`` as checked."""
+    if calibration not in ("mcv", "genes"):
+        msg = f"calibration must be 'mcv' or 'genes', got {calibration!r}."
+        raise ValueError(msg)
+    check_transform(transform)
+    check_loss(loss)
+    check_fraction(split_fraction)
+    check_target_sum(target_sum)
+    if n_splits is not None:
+        check_positive_int(n_splits, "n_splits")
+    check_positive_int(n_groups, "n_groups")
+    if chunk_size is not None:
+        check_positive_int(chunk_size, "chunk_size")
+    if not isinstance(random_state, np.random.Generator):
+        seed_sequence(random_state)  # its checks only: a Generator would advance
+    if empty not in ("error", "drop"):
+        msg = f"empty must be 'error' or 'drop', got {empty!r}."
+        raise ValueError(msg)
+    check_select(select, n_repeats=n_splits, calibration=calibration)
+    sampling, dispersion = check_sampling(sampling, dispersion)
+    check_depth(depth, calibration=calibration, loss=loss)
+    if calibration != "mcv" and (sampling != "poisson" or dispersion is not None):
+        msg = "sampling and dispersion decide how molecules are split: they apply to calibration='mcv' only."
+        raise ValueError(msg)
+    return sampling, dispersion
 
 
 def _log_dropped(cells: np.ndarray | None, genes: np.ndarray | None) -> None:
