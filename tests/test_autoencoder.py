@@ -79,7 +79,7 @@ def test_denoise_by_name_writes_layer_and_records_epochs(sim, tmp_path):
     n2s.pp.denoise(adata, method="autoencoder", grid=n2s.tl.grid(bottleneck=[4, 8], epochs=[1, 2]), progress=False)
     info = adata.uns["denoised"]
     assert info["method"] == "autoencoder" and info["grid_names"] == ["bottleneck", "epochs"]
-    assert info["loss"].shape == (1, 4) and adata.layers["denoised"].shape == adata.shape
+    assert info["loss"].shape == (info["params"]["n_splits"], 4) and adata.layers["denoised"].shape == adata.shape
     adata.write_h5ad(tmp_path / "ae.h5ad")
 
 

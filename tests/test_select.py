@@ -64,7 +64,7 @@ def test_noise2self_errors_come_from_gene_groups(simulation):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        pytest.param({"select": "1se"}, "n_splits=3", id="one split"),
+        pytest.param({"select": "1se", "n_splits": 1}, "n_splits=3", id="one split"),
         pytest.param({"select": "max"}, "select", id="unknown"),
         pytest.param({"select": None}, "select", id="None"),
     ],
@@ -74,6 +74,19 @@ def test_bad_select_is_refused_before_any_work(simulation, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pp.denoise(a, grid=[1, 2], progress=False, **kwargs)
     assert not a.uns and not a.layers
+
+
+def test_default_splits_follow_the_held_out_depth_and_the_rule():
+    """n_splits=None: three splits for a shallow held-out part or the 1-SE rule, one otherwise."""
+    deep = simulate_low_rank_poisson(seed=0).counts  # 600 counts per cell: 60 held out
+    shallow = simulate_low_rank_poisson(mean_depth=300.0, seed=0).counts  # 30 held out
+    assert tl.calibrate(deep, grid=[1, 2], progress=False).loss.shape[0] == 1
+    assert tl.calibrate(deep, grid=[1, 2], select="1se", progress=False).loss.shape[0] == 3
+    assert tl.calibrate(shallow, grid=[1, 2], progress=False).params["n_splits"] == 3
+    assert tl.calibrate(shallow, grid=[1, 2], n_splits=2, progress=False).params["n_splits"] == 2
+    assert tl.calibrate(shallow, grid=[1, 2], split_fraction=0.5, progress=False).params["n_splits"] == 1
+    with pytest.raises(ValueError, match="n_splits must be a positive integer"):
+        tl.calibrate(deep, grid=[1, 2], n_splits=0, progress=False)
 
 
 def test_uns_records_the_rule_the_errors_and_the_edge(simulation, tmp_path):
