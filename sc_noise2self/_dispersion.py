@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numba
 import numpy as np
 from scipy import sparse
+from threadpoolctl import threadpool_limits
 
 from ._split import Stream, beta_binomial_split, binomial_split, seed_sequence
 from ._transform import transformed
@@ -274,7 +275,18 @@ def sampling_dispersion(counts: sparse.csr_matrix, totals: np.ndarray, random_st
 def _fit(
     counts: sparse.csr_matrix, totals: np.ndarray, random_state: RandomState
 ) -> tuple[float | None, SmoothFit | None]:
-    """Return ``φ`` and the :class:`SmoothFit` behind it; Nones when the data are too few."""
+    """Return ``φ`` and the :class:`SmoothFit` behind it; Nones when the data are too few.
+
+    BLAS runs on one thread: its small products alternate with compiled kernels, and its
+    threads left spinning beside another busy process made the check ten times slower.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_on_one_thread(counts, totals, random_state)
+
+
+def _fit_on_one_thread(
+    counts: sparse.csr_matrix, totals: np.ndarray, random_state: RandomState
+) -> tuple[float | None, SmoothFit | None]:
     totals = np.asarray(totals, dtype=np.float64)
     if (totals <= 0).any():  # cells without counts tell nothing (the calibration has dropped them already)
         counts, totals = counts[totals > 0], totals[totals > 0]
