@@ -163,7 +163,12 @@ def test_every_mcv_writer_records_and_warns_once(monkeypatch):
     n2s.pp.denoise(adata, grid=GRID, sampling="negative_binomial", progress=False, key_added="nb")
     n2s.pp.pca(scanpy_like, layer="counts", grid=GRID, sampling="negative_binomial", progress=False, key_added="nb")
     n2s.pp.neighbors(
-        scanpy_like, layer="counts", sampling="negative_binomial", progress=False, key_added="nb_neighbors"
+        scanpy_like,
+        layer="counts",
+        grid=[5, 10],
+        sampling="negative_binomial",
+        progress=False,
+        key_added="nb_neighbors",
     )
     assert not [msg for msg in warned if "as much as" in msg]
     for record in adata.uns["nb"], scanpy_like.uns["nb"]["calibration"], scanpy_like.uns["nb_neighbors"]["calibration"]:
