@@ -144,6 +144,10 @@ class RowBlocks:
             return list(dask.compute(*self._tasks(fn)))
         return [self._apply(fn, self._source[rows], rows) for rows in self._slices]
 
+    def gather(self, keep: np.ndarray) -> sparse.csr_matrix:
+        """Return the cells ``keep`` marks (a boolean mask over the kept cells), in one pass, as one CSR matrix."""
+        return sparse.vstack(self.map(lambda block, rows: block[keep[rows]]), format="csr")
+
     def reduce(self, fn: Callable[[sparse.csr_matrix, slice], Any], merge: Callable[[Any, Any], Any]) -> Any:
         """``fn`` of every block, merged pairwise (a tree of merges under dask, so partials are freed early)."""
         if _is_dask(self._source):
@@ -301,8 +305,7 @@ def run_mcv_blockwise(
     setup = mcv_setup(
         data.totals,
         data.max_count,
-        # the cells of the sampling-dispersion check, by position
-        lambda keep: sparse.vstack(data.blocks.map(lambda block, rows: block[keep[rows]]), format="csr"),
+        data.blocks.gather,  # the cells of the sampling-dispersion check, by position
         split_fraction=split_fraction,
         transform=transform,
         target_sum=target_sum,

@@ -45,6 +45,7 @@ import numpy as np
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 
+from ._rows import sparse_dense_product
 from ._split import Stream, beta_binomial_split, binomial_split, seed_sequence
 from ._transform import transformed
 
@@ -92,12 +93,10 @@ class SmoothFit(NamedTuple):
     neither the dispersion estimate nor the split's sizes follow the noise they measure.
     """
 
-    position: np.ndarray
-    """Per gene: its column among the components, or -1 outside the fit genes."""
+    loadings: np.ndarray
+    """Genes × rank: the components on the fit genes, zero on the others."""
     offset: np.ndarray
-    """``components @ centre`` (rank)."""
-    components: np.ndarray
-    """Rank × fit genes."""
+    """``centre @ loadings`` (rank)."""
     coef: np.ndarray
     """(1 + rank) × genes: each gene's intercept (its mean) and slope on every score."""
     own: np.ndarray
@@ -107,9 +106,7 @@ class SmoothFit(NamedTuple):
 
     def scores(self, values: sparse.csr_matrix) -> np.ndarray:
         """Return the scores (cells × rank) of canonical-CSR counts per 10,000 ``values``, all fit genes in."""
-        out = np.empty((values.shape[0], self.offset.size))
-        _scores(values.indptr, values.indices, values.data, self.position, self.offset, self.components, out)
-        return out
+        return sparse_dense_product(values, self.loadings) - self.offset
 
     def dense_means(self, counts: sparse.csr_matrix, totals: np.ndarray) -> np.ndarray:
         """Return the expected count of every entry (dense cells × genes) of canonical-CSR ``counts``.
@@ -135,26 +132,6 @@ class SmoothFit(NamedTuple):
         values = counts.data.astype(np.float64) / np.repeat(depth, np.diff(counts.indptr))
         scores = self.scores(sparse.csr_matrix((values, counts.indices, counts.indptr), shape=counts.shape))
         return counts.indptr, counts.indices, values, depth, scores
-
-
-@numba.njit(parallel=True, cache=True)
-def _scores(  # pragma: no cover - compiled
-    indptr: np.ndarray,
-    indices: np.ndarray,
-    data: np.ndarray,
-    position: np.ndarray,
-    offset: np.ndarray,
-    components: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    for r in numba.prange(indptr.size - 1):
-        for k in range(offset.size):
-            out[r, k] = -offset[k]
-        for i in range(indptr[r], indptr[r + 1]):
-            g = position[indices[i]]
-            if g >= 0:
-                for k in range(offset.size):
-                    out[r, k] += data[i] * components[k, g]
 
 
 @numba.njit(inline="always")
@@ -227,10 +204,16 @@ class SplitPlan(NamedTuple):
         reads) then split into halves that are uncorrelated given the cell, as molecules'
         binomial halves are (README, "Read counts").
         """
-        if self.split_dispersion <= 1.0:
+        size = self.sizes(counts, totals)
+        if size is None:
             return binomial_split(counts, fraction, seed, row_offset=row_offset)
-        size = self.fit.entry_means(counts, totals) / (self.split_dispersion - 1.0)
         return beta_binomial_split(counts, fraction, seed, size, row_offset=row_offset)
+
+    def sizes(self, counts: sparse.csr_matrix, totals: np.ndarray) -> np.ndarray | None:
+        """Return each stored entry's negative-binomial size, ``m / (φ - 1)``; None for binomial thinning."""
+        if self.split_dispersion <= 1.0:
+            return None
+        return self.fit.entry_means(counts, totals) / (self.split_dispersion - 1.0)
 
 
 def plan_split(
@@ -326,14 +309,11 @@ def _smooth_fit(values: sparse.csr_matrix, genes: np.ndarray, random_state: Rand
 
     rng = np.random.default_rng(seed_sequence(random_state, Stream.DISPERSION, 1))
     mean, _, _, components = centered_truncated_svd(values[:, genes], RANK, rng=rng)  # randomised: no Gram
-    components = np.ascontiguousarray(components, dtype=np.float64)
-    position = np.full(values.shape[1], -1, dtype=np.int64)
-    position[genes] = np.arange(genes.size)
-    offset = components @ mean
+    loadings = np.zeros((values.shape[1], RANK))
+    loadings[genes] = components.T
     empty = np.zeros(values.shape[1])
-    fit = SmoothFit(position, offset, components, np.zeros((RANK + 1, values.shape[1])), empty, empty)
+    fit = SmoothFit(loadings, mean @ components.T, np.zeros((RANK + 1, values.shape[1])), empty, empty)
     design = np.column_stack([np.ones(values.shape[0]), fit.scores(values)])
     coef = np.linalg.solve(design.T @ design, np.asarray((values.T @ design).T))
-    own = np.zeros(values.shape[1])
-    own[genes] = np.einsum("kg,kg->g", components, coef[1:, genes])
+    own = np.einsum("gk,kg->g", loadings, coef[1:])  # zero outside the fit genes
     return fit._replace(coef=coef, own=own, floor=np.maximum(0.01 * coef[0], 1e-8))

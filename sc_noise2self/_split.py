@@ -378,6 +378,11 @@ def _split_dask(X: Any, parts: Callable[[sparse.csr_matrix, int], list[sparse.cs
     return [X.map_blocks(part, which, dtype=X.dtype, meta=X._meta) for which in range(n)]
 
 
+def _row_sums(counts: sparse.csr_matrix) -> np.ndarray:
+    """Each cell's total count (all genes: a block holds whole rows)."""
+    return np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+
+
 def _plan(
     X: Any, counts: sparse.csr_matrix | None, sampling: str, dispersion: float | None, random_state: RandomState
 ) -> SplitPlan:
@@ -386,19 +391,15 @@ def _plan(
 
     if sampling == "poisson":
         return SplitPlan(None, 1.0, None)  # binomial: the check is the calibration's business
+    keep = sample_cells(X.shape[0], random_state)
     if counts is not None:
-        totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-        keep = sample_cells(counts.shape[0], random_state)
         sample = counts[keep]
-    else:  # two passes over the blocks: the cells' totals, then the sampled cells
+    else:  # one pass over the blocks for the sampled cells
         from ._blockwise import RowBlocks
 
-        blocks = RowBlocks(X, "The count matrix")
-        totals = np.concatenate(blocks.map(lambda block, _: np.asarray(block.sum(axis=1), dtype=np.float64).ravel()))
-        keep = sample_cells(X.shape[0], random_state)
-        sample = sparse.vstack(blocks.map(lambda block, rows: block[keep[rows]]), format="csr")
+        sample = RowBlocks(X, "The count matrix").gather(keep)
         check_count_values(sample, what="The count matrix")
-    return plan_split(sampling, dispersion, sample, totals[keep], random_state)
+    return plan_split(sampling, dispersion, sample, _row_sums(sample), random_state)
 
 
 def split_array(
@@ -437,20 +438,13 @@ def split_array(
         check_count_values(counts, what="The count matrix")
     plan = _plan(X, counts, sampling, dispersion, random_state)
 
-    def sizes(block: sparse.csr_matrix) -> np.ndarray | None:  # each entry's negative-binomial size, or None
-        if plan.split_dispersion <= 1.0:
-            return None
-        totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
-        return plan.fit.entry_means(block, totals) / (plan.split_dispersion - 1.0)
-
     if scheme == "binomial":
         splits = []
         for i in range(n_splits):
             seed = split_seed(random_state, Stream.SPLIT, i)
 
             def halves(block: sparse.csr_matrix, start: int, seed: int = seed) -> list[sparse.csr_matrix]:
-                totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
-                return list(plan.halves(block, totals, fraction, seed, row_offset=start))
+                return list(plan.halves(block, _row_sums(block), fraction, seed, row_offset=start))
 
             train, test = _split_dask(X, halves, 2) if lazy else (_like(X, half) for half in halves(counts, 0))
             splits.append(CountSplit(train, test, fraction, plan.split_dispersion))
@@ -458,7 +452,7 @@ def split_array(
     seeds = [split_seed(random_state, Stream.FOLDS, j) for j in range(n_splits - 1)]
 
     def folds_of(block: sparse.csr_matrix, start: int) -> list[sparse.csr_matrix]:
-        folds = multinomial_folds(block, n_splits, seeds, row_offset=start, size=sizes(block))
+        folds = multinomial_folds(block, n_splits, seeds, row_offset=start, size=plan.sizes(block, _row_sums(block)))
         trains = []
         for fold in folds:
             train = block - fold
