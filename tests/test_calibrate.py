@@ -11,17 +11,15 @@ from scipy import sparse
 from sc_noise2self import pp, tl
 from sc_noise2self._split import Stream, binomial_split, split_seed
 from sc_noise2self._transform import cell_scales, expected_transform, transform_counts
-from sc_noise2self.denoisers import PCA
 
-from .conftest import simulate_low_rank_poisson
+from .conftest import grid_errors, simulate_low_rank_poisson
 
 
 def _truth_errors(sim, grid, transform, target_sum):
     """Ground-truth MSE of the full-data PCA denoiser at every rank: vs E[T(s x)], x ~ Poisson(λ)."""
     scales = cell_scales(np.asarray(sim.counts.sum(axis=1)).ravel(), target_sum)
     truth = np.stack([expected_transform(rates, [s], transform)[0] for rates, s in zip(sim.rates, scales, strict=True)])
-    pca = PCA(random_state=0).fit(transform_counts(sim.counts, transform, scales), grid)
-    return np.array([np.mean((pred - truth) ** 2) for _, pred in pca.sweep_blocks(slice(None))])
+    return np.array(list(grid_errors(transform_counts(sim.counts, transform, scales), truth, "pca", grid).values()))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -14,7 +14,7 @@ from sc_noise2self._transform import expected_transform, transformed
 from sc_noise2self.denoisers import Diffusion, ValueSweep
 from sc_noise2self.denoisers.diffusion import knn_graph, transition_matrix
 
-from .conftest import simulate_low_rank_poisson
+from .conftest import grid_errors, simulate_low_rank_poisson
 
 GRID_2D = n2s.tl.grid(t=range(11), n_neighbors=[5, 15, 30])
 
@@ -119,10 +119,7 @@ def test_grid_checks():
 
 def _truth_errors(sim, grid):
     truth = expected_transform(sim.rates.ravel(), [1.0], "sqrt")[0].reshape(sim.rates.shape)
-    model = Diffusion(random_state=0).fit(
-        transformed(sim.counts, "sqrt", None), Diffusion().check_grid(grid, sim.counts.shape)
-    )
-    return {v: np.mean((predict(slice(None)) - truth) ** 2) for v, predict in model.sweep_values()}
+    return grid_errors(transformed(sim.counts, "sqrt", None), truth, "diffusion", grid)
 
 
 def test_mcv_choice_is_near_the_oracle(simulation):

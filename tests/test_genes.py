@@ -12,7 +12,7 @@ from sc_noise2self._calibrate import random_groups
 from sc_noise2self._transform import expected_transform, transformed
 from sc_noise2self.denoisers import PCA, BlockSweep, Diffusion
 
-from .conftest import simulate_low_rank_poisson
+from .conftest import grid_errors, simulate_low_rank_poisson
 
 
 def _predictions(sweep, n_cells):
@@ -47,8 +47,7 @@ def test_changing_a_cells_held_out_genes_leaves_its_prediction_unchanged(simulat
 
 def _pca_truth_errors(sim, grid):
     truth = expected_transform(sim.rates.ravel(), [1.0], "sqrt")[0].reshape(sim.rates.shape)
-    pca = PCA(random_state=0).fit(transformed(sim.counts, "sqrt", None), grid)
-    return np.array([np.mean((pred - truth) ** 2) for _, pred in pca.sweep_blocks(slice(None))])
+    return np.array(list(grid_errors(transformed(sim.counts, "sqrt", None), truth, "pca", grid).values()))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
