@@ -25,7 +25,7 @@ from ._rows import CellSum
 from ._split import Stream, seed_sequence, split_seed
 from ._transform import build_conversion, cell_scales, check_transform, output_depth, transform_counts
 from ._validate import check_flag, check_fraction, check_positive_int
-from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition, KNNAverage
+from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition, KNNAverage, MaskedPartition
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -181,6 +181,8 @@ class CalibrationResult:
     split_dispersion
         MCV: the variance-to-mean ratio the split assumed: 1 for binomial thinning
         (``sampling="poisson"``), ``φ`` for ``sampling="negative_binomial"``.
+    gene_groups
+        The gene partition (a group index per gene) of ``calibration="genes"``; None for MCV.
     """
 
     method: str
@@ -193,6 +195,7 @@ class CalibrationResult:
     select: Select = "min"
     dispersion: float | None = None
     split_dispersion: float = 1.0
+    gene_groups: np.ndarray | None = None
 
     @property
     def dependent_halves(self) -> bool:
@@ -802,7 +805,8 @@ def run_genes(
     if not 2 <= n_groups <= n_genes:
         msg = f"n_groups must lie in 2..{n_genes} (the number of genes), got {n_groups}."
         raise ValueError(msg)
-    if not isinstance(denoiser, GenePartition):
+    masked = isinstance(denoiser, MaskedPartition)
+    if not (masked or isinstance(denoiser, GenePartition)):
         msg = f"method {method!r} has no J-invariant form; calibrate it with calibration='mcv'."
         raise ValueError(msg)
     blocks = chunk_rows(n_cells, n_genes, chunk_size)
@@ -812,25 +816,28 @@ def run_genes(
     fitted_on = (n_cells - int(np.bincount(cell_groups).max()), n_genes - int(np.bincount(groups).max()))
     grid = _checked_grid(denoiser, grid, fitted_on)
 
-    losses = np.zeros((n_groups, len(grid)))
-    add_steps(bar, n_groups)
-    for g in range(n_groups):
-        held_out = groups == g
-        sweep = denoiser.held_out_genes(values, held_out, cell_groups, grid)
-        if g == 0:
-            add_steps(bar, n_groups * _sweep_steps(sweep, blocks, grid, plain_errors))
-        bar.update(1)
-        columns = values[:, held_out]
-        losses[g] = _sweep_losses(
-            sweep,
-            blocks,
-            len(grid),
-            prepare=lambda rows, _, columns=columns: columns[rows].toarray(),
-            score=lambda _rows, target, pred: np.sum((pred - target) ** 2, axis=1),
-            bar=bar,
-            n_entries=n_cells * int(held_out.sum()),
-            scorer=plain_errors,
-        )
+    if masked:
+        losses = _masked_losses(denoiser.fit_masked(values, groups, grid), values, groups, blocks, len(grid), bar)
+    else:
+        losses = np.zeros((n_groups, len(grid)))
+        add_steps(bar, n_groups)
+        for g in range(n_groups):
+            held_out = groups == g
+            sweep = denoiser.held_out_genes(values, held_out, cell_groups, grid)
+            if g == 0:
+                add_steps(bar, n_groups * _sweep_steps(sweep, blocks, grid, plain_errors))
+            bar.update(1)
+            columns = values[:, held_out]
+            losses[g] = _sweep_losses(
+                sweep,
+                blocks,
+                len(grid),
+                prepare=lambda rows, _, columns=columns: columns[rows].toarray(),
+                score=lambda _rows, target, pred: np.sum((pred - target) ** 2, axis=1),
+                bar=bar,
+                n_entries=n_cells * int(held_out.sum()),
+                scorer=plain_errors,
+            )
     params = {**params, "n_groups": n_groups, "random_state": seed_record(random_state)}
     return CalibrationResult(
         method=method,
@@ -839,13 +846,49 @@ def run_genes(
         grid=grid,
         loss=losses / (n_cells * n_genes / n_groups),
         params=params,
+        gene_groups=groups,
     )
 
 
-def refit(values: sparse.csr_matrix, denoiser: Denoiser, value: GridValue) -> Denoiser:
-    """Fit ``denoiser`` on all the (transformed) data at one grid value."""
+def _masked_losses(
+    sweep: ValueSweep, values: sparse.csr_matrix, groups: np.ndarray, blocks: list[slice], n_values: int, bar: tqdm
+) -> np.ndarray:
+    """Return the squared error of a masked sweep's J-invariant predictions, per gene group (rows) and grid value."""
+    order = np.argsort(groups, kind="stable")
+    starts = np.searchsorted(groups[order], np.arange(groups.max() + 1))
+    losses = np.zeros((starts.size, n_values))
+    add_steps(bar, n_values)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for j, (value, predict) in enumerate(sweep.sweep_values()):
+            total = CellSum(starts.size)
+            for rows in blocks:
+                errors = (predict(rows).astype(np.float64) - values[rows].toarray()) ** 2
+                total.add(rows.start, np.add.reduceat(errors[:, order], starts, axis=1))
+            losses[:, j] = total.total()
+            train = getattr(predict, "train_loss", None)
+            loss = losses[:, j].sum() / (values.shape[0] * values.shape[1])
+            bar.set_postfix_str(
+                f"{value}: loss {loss:.5g}" + ("" if train is None else f", train {train:.5g}"), refresh=False
+            )
+            bar.update(1)
+    return losses
+
+
+def refit(
+    values: sparse.csr_matrix, denoiser: Denoiser, value: GridValue, gene_groups: np.ndarray | None = None
+) -> Denoiser:
+    """Fit ``denoiser`` on all the (transformed) data at one grid value.
+
+    ``gene_groups``: the partition of ``calibration="genes"``; a :class:`MaskedPartition`
+    denoiser is refitted by the same masked training, so its output is the J-invariant
+    function that was calibrated.
+    """
     grid = np.array([value])
-    denoiser.fit(values, denoiser.check_grid(grid if grid.ndim == 1 else grid.reshape(1, -1), values.shape))
+    grid = denoiser.check_grid(grid if grid.ndim == 1 else grid.reshape(1, -1), values.shape)
+    if gene_groups is not None and isinstance(denoiser, MaskedPartition):
+        denoiser.fit_masked(values, gene_groups, grid)
+    else:
+        denoiser.fit(values, grid)
     return denoiser
 
 

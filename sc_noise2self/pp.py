@@ -264,6 +264,7 @@ def denoise(
             chunk_size=chunk_size,
             n_cells=adata.n_obs,
             genes=genes,
+            gene_groups=result.gene_groups,
         )
         bar.update(1)
     uns = calibration_record(result, data, genes, layer, denoiser)
@@ -318,8 +319,12 @@ def _outputs(
     chunk_size: int | None,
     n_cells: int,
     genes: GeneMask | None,
+    gene_groups: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Refit at the chosen value on all counts; return every output, checked finite, per AnnData slot."""
+    """Refit at the chosen value on all counts; return every output, checked finite, per AnnData slot.
+
+    ``gene_groups``: the partition of ``calibration="genes"``, for a denoiser refitted by masked training.
+    """
     counts = _to_counts(data, transform, target_sum, genes) if scale == "counts" else None
     columns = data.genes  # the genes the output's columns come from (None: all)
     if isinstance(data, BlockCounts):
@@ -327,7 +332,7 @@ def _outputs(
     else:
         totals = None if genes is None else genes.kept_totals(data.cells)
         values = transformed(data.matrix, transform, target_sum, totals=totals)
-        fitted = refit(values, denoiser, best)
+        fitted = refit(values, denoiser, best, gene_groups)
         if genes is not None:  # fitted on the masked genes: every other gene through the low-rank output
             factors = extend_factors(
                 fitted.factors(best), genes, data.genes, data.cells, transform=transform, target_sum=target_sum

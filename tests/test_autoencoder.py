@@ -89,8 +89,6 @@ def test_sweep_protocol_and_grid_checks(sim):
     np.testing.assert_array_equal(model.check_grid([[8, 2], [4, 3], [4, 1]], (10, 50)), [[4, 1], [4, 3], [8, 2]])
     with pytest.raises(ValueError, match=r"bottleneck values must lie in 1\.\.50"):
         model.check_grid([[80, 1]], (10, 50))
-    with pytest.raises(ValueError, match="no J-invariant form"):
-        n2s.tl.calibrate(sim.counts, method=model, calibration="genes", grid=[1], progress=False)
     with pytest.raises(ValueError, match="device must be"):
         Autoencoder(device="tpu").fit(sim.counts, np.array([1]))
 
@@ -120,3 +118,122 @@ def test_training_never_allocates_the_dense_matrix():
         tracemalloc.stop()
     dense = n_cells * n_genes * 4  # float32
     assert peak < dense / 10, f"peak {peak / 2**20:.0f} MiB vs dense {dense / 2**20:.0f} MiB"
+
+
+# -- Noise2Self: masked training over a gene partition (calibration="genes") -------------------------
+
+OVERFITTING = {"bottleneck": 64, "hidden": (512,), "dropout": 0.0, "batch_size": 16, "learning_rate": 3e-3}
+
+
+def _masked_errors(model, values, truth, groups, grid):
+    """Truth error and Noise2Self loss of the masked network's J-invariant output after every epoch."""
+    model.fit_masked(values, groups, model.check_grid(grid, values.shape))
+    dense = values.toarray()
+    errors, losses = {}, {}
+    for value, predict in model.sweep_values():
+        pred = predict(slice(None))
+        errors[value], losses[value] = float(np.mean((pred - truth) ** 2)), float(np.mean((pred - dense) ** 2))
+    return errors, losses
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_masked_choice_is_near_the_oracle_and_stops_early(seed):
+    # the network of the early-stopping test: trained long enough it fits the noise, so the optimum is interior
+    sim = simulate_low_rank_poisson(400, 120, 6, mean_depth=500.0, seed=seed)
+    truth = expected_transform(sim.rates.ravel(), [1.0], "sqrt")[0].reshape(sim.rates.shape)
+    result = n2s.tl.calibrate(
+        sim.counts,
+        method=Autoencoder(**OVERFITTING, device="cpu"),
+        calibration="genes",
+        grid=range(1, 41),
+        transform="sqrt",
+        target_sum=None,
+        progress=False,
+    )
+    assert result.calibration == "genes" and result.loss.shape == (10, 40)
+    errors, losses = _masked_errors(
+        Autoencoder(**OVERFITTING, device="cpu"),
+        transformed(sim.counts, "sqrt", None),
+        truth,
+        result.gene_groups,
+        range(1, 41),
+    )
+    np.testing.assert_allclose(result.loss_mean, list(losses.values()), rtol=1e-6)  # the engine scores the same output
+    assert errors[result.best] <= 1.10 * min(errors.values()), (result.best, min(errors, key=errors.get))
+    assert result.best < 40 and errors[40] > 1.05 * min(errors.values())  # it stopped before the noise was learned
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean", "donor"])
+def test_masked_output_is_exactly_j_invariant(sim, fill):
+    from sc_noise2self.denoisers._ae_train import infer
+
+    values = transformed(sim.counts, "sqrt", None)
+    groups = np.arange(values.shape[1]) % 7
+    model = Autoencoder(**SMALL, device="cpu", mask_fill=fill).fit_masked(values, groups, np.array([2]))
+    _, predict = next(iter(model.sweep_values()))
+    before = predict(slice(None))
+    cell, group = 5, 3
+    changed = values.tolil()
+    changed[cell, groups == group] = np.linspace(0.0, 40.0, int((groups == group).sum()))
+    after = infer(
+        predict.module, changed.tocsr(), slice(None), batch_size=1024, device=model.device_, masker=model.masker_
+    )
+    assert np.array_equal(after[cell, groups == group], before[cell, groups == group])
+    assert not np.array_equal(after[cell, groups != group], before[cell, groups != group])  # the others did read them
+
+
+def test_denoise_with_the_gene_partition_writes_the_masked_network_and_is_reproducible(sim, tmp_path):
+    outputs = []
+    for _ in range(2):
+        adata = ad.AnnData(sim.counts.copy())
+        n2s.pp.denoise(
+            adata,
+            method=Autoencoder(**SMALL, device="cpu"),
+            calibration="genes",
+            grid=[1, 2, 3],
+            n_groups=5,
+            progress=False,
+        )
+        outputs.append(adata)
+    info = outputs[0].uns["denoised"]
+    assert info["calibration"] == "genes" and info["params"]["n_groups"] == 5
+    assert outputs[0].layers["denoised"].tobytes() == outputs[1].layers["denoised"].tobytes()
+    # the refit is the calibrated function: masked training on all data, J-invariant output
+    values = transformed(sim.counts, "log1p", 1e4)
+    result = n2s.tl.calibrate(
+        sim.counts,
+        method=Autoencoder(**SMALL, device="cpu"),
+        calibration="genes",
+        grid=[1, 2, 3],
+        n_groups=5,
+        progress=False,
+    )
+    model = Autoencoder(**SMALL, device="cpu").fit_masked(values, result.gene_groups, np.array([result.best]))
+    np.testing.assert_array_equal(outputs[0].layers["denoised"], model.predict(slice(None), result.best))
+    outputs[0].write_h5ad(tmp_path / "masked.h5ad")
+
+
+def test_masked_training_denoises_values_that_are_not_counts(sim):
+    logged = np.log1p(sim.counts.toarray() / sim.counts.sum(axis=1).A * 1e4)
+    adata = ad.AnnData(sparse.csr_matrix(logged))
+    n2s.pp.denoise(
+        adata,
+        method=Autoencoder(**SMALL, device="cpu"),
+        calibration="genes",
+        grid=[1, 5],
+        transform="none",
+        target_sum=None,
+        progress=False,
+    )
+    assert np.isfinite(adata.layers["denoised"]).all() and adata.layers["denoised"].shape == logged.shape
+    with pytest.raises(ValueError, match="not raw counts"):
+        n2s.pp.denoise(adata, method=Autoencoder(**SMALL, device="cpu"), calibration="mcv", grid=[1], progress=False)
+
+
+@pytest.mark.parametrize("fill", ["median", None, 0, "ZERO"])
+def test_bad_mask_fill_is_refused_before_any_work(sim, fill):
+    adata = ad.AnnData(sim.counts.copy())
+    before = adata.copy()
+    with pytest.raises(ValueError, match="mask_fill must be one of"):
+        n2s.pp.denoise(adata, method=Autoencoder(mask_fill=fill), calibration="genes", progress=False)
+    assert adata.layers.keys() == before.layers.keys() and adata.uns.keys() == before.uns.keys()

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from ._base import BlockSweep, Blockwise, CellGraph, Denoiser, GenePartition, LowRank, RowProjection, ValueSweep
+from ._base import (
+    BlockSweep,
+    Blockwise,
+    CellGraph,
+    Denoiser,
+    GenePartition,
+    LowRank,
+    MaskedPartition,
+    RowProjection,
+    ValueSweep,
+)
 from .diffusion import Diffusion
 from .knn import KNNAverage
 from .pca import PCA
@@ -28,6 +38,7 @@ __all__ = [
     "GenePartition",
     "KNNAverage",
     "LowRank",
+    "MaskedPartition",
     "RowProjection",
     "ValueSweep",
 ]

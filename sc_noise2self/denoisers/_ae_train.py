@@ -11,6 +11,7 @@ import torch
 if TYPE_CHECKING:
     from scipy import sparse
 
+    from ._ae_mask import Masker
     from ._ae_module import AutoencoderModule
 
 __all__ = ["infer", "resolve_device", "to_device", "train_epoch"]
@@ -51,17 +52,24 @@ def train_epoch(
     batch_size: int,
     rng: np.random.Generator,
     device: torch.device,
+    masker: Masker | None = None,
 ) -> float:
-    """One pass over the cells in a random order; returns the mean training MSE."""
+    """One pass over the cells in a random order; returns the mean training MSE.
+
+    With a ``masker`` (Noise2Self), each cell of a minibatch has one random gene group
+    hidden in its input, and the loss is the MSE on the hidden entries only.
+    """
     module.train()
     order = rng.permutation(X.shape[0])
     total, seen = 0.0, 0
     for start in range(0, order.size, batch_size):
         rows = np.sort(order[start : start + batch_size])  # sorted rows slice CSR faster
         batch = to_device(X, rows, device)
+        inputs, hidden = (batch, None) if masker is None else masker.hide_random(X, rows, batch, rng)
         with _autocast(device):
-            out = module(batch)
-        loss = torch.mean((out.float() - batch) ** 2)
+            out = module(inputs)
+        squared = (out.float() - batch) ** 2
+        loss = torch.mean(squared) if hidden is None else torch.sum(squared * hidden) / hidden.sum().clamp(min=1.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -79,12 +87,14 @@ def infer(
     batch_size: int,
     device: torch.device,
     cache: dict[int, np.ndarray] | None = None,
+    masker: Masker | None = None,
 ) -> np.ndarray:
     """Reconstruction of cells ``rows`` (float32), computed batch by batch.
 
     Batches sit at fixed positions (cells ``i * batch_size`` onwards), whatever ``rows``
     is, so a cell's output does not depend on how the caller blocks the cells. ``cache``
-    keeps the last batch computed, for a caller that asks for consecutive blocks.
+    keeps the last batch computed, for a caller that asks for consecutive blocks. With a
+    ``masker``, each gene group is predicted from the input with that group hidden.
     """
     module.eval()
     start, stop, _ = rows.indices(X.shape[0])
@@ -94,11 +104,25 @@ def infer(
         if cache is not None and b in cache:
             block = cache[b]
         else:
-            with _autocast(device):
-                block = module(to_device(X, slice(lo, hi), device)).float().cpu().numpy()
+            block = _forward(module, X, lo, hi, device, masker)
             if cache is not None:
                 cache.clear()
                 cache[b] = block
         a, z = max(lo, start), min(hi, stop)
         out[a - start : z - start] = block[a - lo : z - lo]
     return out
+
+
+def _forward(
+    module: AutoencoderModule, X: sparse.csr_matrix, lo: int, hi: int, device: torch.device, masker: Masker | None
+) -> np.ndarray:
+    """Return the network's output for cells ``lo:hi``; J-invariant (a pass per gene group) with a ``masker``."""
+    batch = to_device(X, slice(lo, hi), device)
+    with _autocast(device):
+        if masker is None:
+            return module(batch).float().cpu().numpy()
+        stand_in = masker.stand_in(X, np.arange(lo, hi), batch)
+        out = np.empty(batch.shape, dtype=np.float32)
+        for g, columns in enumerate(masker.columns):
+            out[:, columns] = module(masker.hide_group(g, batch, stand_in))[:, columns].float().cpu().numpy()
+        return out

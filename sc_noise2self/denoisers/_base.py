@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from .._types import ArrayLike
 
-__all__ = ["BlockSweep", "Blockwise", "Denoiser", "GenePartition", "LowRank", "ValueSweep"]
+__all__ = ["BlockSweep", "Blockwise", "Denoiser", "GenePartition", "LowRank", "MaskedPartition", "ValueSweep"]
 
 GridValue = int | tuple[int, ...]
 
@@ -120,6 +120,21 @@ class GenePartition(Protocol):
         minimiser as the loss against the truth. ``cell_groups`` (a group index per
         cell) lets a method learn from the other groups' values of the masked genes.
         """
+
+
+@runtime_checkable
+class MaskedPartition(Protocol):
+    """A denoiser trained by masking (Noise2Self's own loop) over a fixed partition of the genes.
+
+    One fit serves every gene group: training hides random groups in its inputs, and the
+    fitted sweep's predictions are J-invariant for the whole partition — each group
+    predicted from an input where that group is hidden. The calibration scores every gene
+    at once, and the final output after ``calibration="genes"`` is the same J-invariant
+    function refitted on all the data.
+    """
+
+    def fit_masked(self, X: ArrayLike, groups: np.ndarray, grid: np.ndarray) -> BlockSweep | ValueSweep:
+        """Fit by masked training over ``groups`` (a group index per gene), preparing every value of ``grid``."""
 
 
 @runtime_checkable
