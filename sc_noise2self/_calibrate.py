@@ -25,7 +25,16 @@ from ._rows import CellSum
 from ._split import Stream, seed_sequence, split_seed
 from ._transform import build_conversion, cell_scales, check_transform, output_depth, transform_counts
 from ._validate import check_flag, check_fraction, check_positive_int
-from .denoisers import PCA, BlockSweep, Denoiser, Diffusion, GenePartition, KNNAverage, MaskedPartition
+from .denoisers import (
+    PCA,
+    BlockSweep,
+    CountModel,
+    Denoiser,
+    Diffusion,
+    GenePartition,
+    KNNAverage,
+    MaskedPartition,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -708,7 +717,7 @@ def run_mcv(
     for i in range(n_splits):
         train, test = setup.plan.halves(counts, totals, setup.fraction, split_seed(random_state, Stream.MCV, i))
         values = transform_counts(train, transform, train_scales)
-        sweep = denoiser.fit(values, grid)
+        sweep = fit_on_counts(denoiser, values, grid, counts=train, scales=train_scales, transform=transform)
         if i == 0:
             add_steps(bar, n_splits * _sweep_steps(sweep, blocks, grid, scorer))
         bar.update(1)
@@ -874,19 +883,41 @@ def _masked_losses(
     return losses
 
 
+def fit_on_counts(
+    denoiser: Denoiser,
+    values: sparse.csr_matrix,
+    grid: np.ndarray,
+    *,
+    counts: sparse.csr_matrix,
+    scales: np.ndarray,
+    transform: TransformName,
+) -> BlockSweep | ValueSweep:
+    """Fit ``denoiser`` on ``values = T(scales · counts)``, handing a :class:`CountModel` the counts too."""
+    if isinstance(denoiser, CountModel):
+        return denoiser.fit_counts(values, grid, counts=counts, scales=scales, transform=transform)
+    return denoiser.fit(values, grid)
+
+
 def refit(
-    values: sparse.csr_matrix, denoiser: Denoiser, value: GridValue, gene_groups: np.ndarray | None = None
+    values: sparse.csr_matrix,
+    denoiser: Denoiser,
+    value: GridValue,
+    gene_groups: np.ndarray | None = None,
+    counts: tuple[sparse.csr_matrix, np.ndarray, TransformName] | None = None,
 ) -> Denoiser:
     """Fit ``denoiser`` on all the (transformed) data at one grid value.
 
     ``gene_groups``: the partition of ``calibration="genes"``; a :class:`MaskedPartition`
     denoiser is refitted by the same masked training, so its output is the J-invariant
-    function that was calibrated.
+    function that was calibrated. ``counts``: ``(counts, scales, transform)`` behind
+    ``values``, for a :class:`CountModel`.
     """
     grid = np.array([value])
     grid = denoiser.check_grid(grid if grid.ndim == 1 else grid.reshape(1, -1), values.shape)
     if gene_groups is not None and isinstance(denoiser, MaskedPartition):
         denoiser.fit_masked(values, gene_groups, grid)
+    elif counts is not None:
+        fit_on_counts(denoiser, values, grid, counts=counts[0], scales=counts[1], transform=counts[2])
     else:
         denoiser.fit(values, grid)
     return denoiser

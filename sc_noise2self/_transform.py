@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 __all__ = [
     "TRANSFORMS",
     "DepthConversion",
+    "ExpectedValues",
     "OutputDepth",
     "ToCounts",
     "build_conversion",
     "cell_scales",
     "expected_transform",
+    "expected_values",
     "output_depth",
     "to_counts",
     "transform_counts",
@@ -328,22 +330,73 @@ class OutputDepth(NamedTuple):
 
     def __call__(self, target: np.ndarray, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
         """Map dense held-out values (cells × genes) with expected counts ``means``; cells at output ``scales``."""
-        pos = np.minimum(np.log1p(np.maximum(means, 0.0)) * self.inv_step, self.offset.shape[1] - 1.0)
-        j = np.minimum(pos.astype(np.int64), self.offset.shape[1] - 2)
-        frac = pos - j
-        idx, weight = _rows_for(self.row_scales, scales)
+        at = _RatePositions.of(means, scales, self.inv_step, self.offset.shape[1], self.row_scales)
+        return at.value(self.offset) + at.value(self.slope) * target
 
-        def lookup(table: np.ndarray, r: np.ndarray) -> np.ndarray:
-            lo = table[r[:, None], j]
-            return lo + frac * (table[r[:, None], j + 1] - lo)
 
-        def value(table: np.ndarray) -> np.ndarray:
-            out = lookup(table, idx)
-            if self.row_scales.size > 1:
-                out += weight[:, None] * (lookup(table, idx + 1) - out)
-            return out
+class _RatePositions(NamedTuple):
+    """Where rates (cells × genes) fall in a table over an even ``log1p(μ)`` grid with per-scale rows."""
 
-        return value(self.offset) + value(self.slope) * target
+    j: np.ndarray
+    frac: np.ndarray
+    idx: np.ndarray
+    weight: np.ndarray
+    several_rows: bool
+
+    @classmethod
+    def of(
+        cls, rates: np.ndarray, scales: np.ndarray, inv_step: float, n: int, row_scales: np.ndarray
+    ) -> _RatePositions:
+        """Positions of ``rates`` of cells with ``scales``; rates past the grid take its last entry."""
+        pos = np.minimum(np.log1p(np.maximum(rates, 0.0)) * inv_step, n - 1.0)
+        j = np.minimum(pos.astype(np.int64), n - 2)
+        idx, weight = _rows_for(row_scales, scales)
+        return cls(j, pos - j, idx, weight, row_scales.size > 1)
+
+    def value(self, table: np.ndarray) -> np.ndarray:
+        """Interpolate ``table`` (rows × rate grid) at these positions, linearly in both directions."""
+
+        def lookup(r: np.ndarray) -> np.ndarray:
+            lo = table[r[:, None], self.j]
+            return lo + self.frac * (table[r[:, None], self.j + 1] - lo)
+
+        out = lookup(self.idx)
+        if self.several_rows:
+            out += self.weight[:, None] * (lookup(self.idx + 1) - out)
+        return out
+
+
+class ExpectedValues(NamedTuple):
+    """Rates → ``E[T(s X)]``, ``X ~ Poisson(μ)``: the transformed value of a predicted rate ``μ``.
+
+    What a denoiser that predicts rates (the autoencoder with a count likelihood) outputs, so
+    that its output reads like every other method's and the depth conversion inverts it back
+    to ``μ``. Tabulated on an even grid in ``log1p(μ)`` for rows of the cells' scales
+    (interpolated in ``log s``); the identity transform is computed exactly (``s μ``).
+    """
+
+    transform: str
+    table: np.ndarray
+    inv_step: float
+    row_scales: np.ndarray
+
+    def __call__(self, rates: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        """Return ``E[T(s X)]`` for ``rates`` (cells × genes) of cells with ``scales``."""
+        rates = np.asarray(rates, dtype=np.float64)
+        if self.transform == "none":
+            return rates * np.asarray(scales, dtype=np.float64)[:, None]
+        at = _RatePositions.of(rates, scales, self.inv_step, self.table.shape[1], self.row_scales)
+        return at.value(self.table)
+
+
+def expected_values(transform: TransformName, *, scales: np.ndarray, max_rate: float) -> ExpectedValues:
+    """Tabulate :class:`ExpectedValues` for cells with these ``scales`` and rates up to ``max_rate``."""
+    row_scales = _scale_rows(scales)
+    if transform == "none":
+        return ExpectedValues(transform, np.zeros((1, 2)), 1.0, row_scales)
+    u = np.linspace(0.0, np.log1p(max_rate), _N_RATE_GRID)
+    table = expected_transform(np.expm1(u), row_scales, transform)
+    return ExpectedValues(transform, table, (_N_RATE_GRID - 1) / u[-1], row_scales)
 
 
 def output_depth(

@@ -38,7 +38,7 @@ from ._output import (
 from ._pipeline import neighbors, pca
 from ._rows import low_rank_rows
 from ._split import split_array
-from ._transform import to_counts, transformed
+from ._transform import cell_scales, to_counts, transformed
 from ._validate import check_flag, check_positive_int, get_counts
 from .denoisers import LowRank
 from .tl import _run
@@ -332,7 +332,11 @@ def _outputs(
     else:
         totals = None if genes is None else genes.kept_totals(data.cells)
         values = transformed(data.matrix, transform, target_sum, totals=totals)
-        fitted = refit(values, denoiser, best, gene_groups)
+        behind = None  # the counts behind the values, for a denoiser trained on counts
+        if data.is_counts:
+            cell_totals = np.asarray(data.matrix.sum(axis=1)).ravel() if totals is None else totals
+            behind = (data.matrix, cell_scales(cell_totals, target_sum), transform)
+        fitted = refit(values, denoiser, best, gene_groups, behind)
         if genes is not None:  # fitted on the masked genes: every other gene through the low-rank output
             factors = extend_factors(
                 fitted.factors(best), genes, data.genes, data.cells, transform=transform, target_sum=target_sum

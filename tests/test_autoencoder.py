@@ -15,7 +15,7 @@ import sc_noise2self as n2s  # noqa: E402
 from sc_noise2self._transform import expected_transform, transformed  # noqa: E402
 from sc_noise2self.denoisers import Autoencoder, ValueSweep  # noqa: E402
 
-from .conftest import simulate_low_rank_poisson  # noqa: E402
+from .conftest import regret, simulate_low_rank_poisson  # noqa: E402
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
@@ -237,3 +237,101 @@ def test_bad_mask_fill_is_refused_before_any_work(sim, fill):
     with pytest.raises(ValueError, match="mask_fill must be one of"):
         n2s.pp.denoise(adata, method=Autoencoder(mask_fill=fill), calibration="genes", progress=False)
     assert adata.layers.keys() == before.layers.keys() and adata.uns.keys() == before.uns.keys()
+
+
+# -- count likelihoods: a decoder of rates trained on the counts ----------------------------------
+
+
+@pytest.mark.parametrize(("likelihood", "loss"), [("poisson", "mse"), ("negative_binomial", "poisson")])
+def test_count_decoder_mcv_choice_is_near_the_oracle(likelihood, loss):
+    sim = simulate_low_rank_poisson(400, 120, 6, mean_depth=500.0, seed=1)
+    grid = n2s.tl.grid(bottleneck=[6, 24], epochs=range(1, 41))
+    model = Autoencoder(**SMALL, device="cpu", likelihood=likelihood)
+    values, scales = transformed(sim.counts, "log1p", 1e4), 1e4 / np.asarray(sim.counts.sum(axis=1)).ravel()
+    truth = np.stack([expected_transform(r, [s], "log1p")[0] for r, s in zip(sim.rates, scales, strict=True)])
+    model.fit_counts(values, model.check_grid(grid, values.shape), counts=sim.counts, scales=scales, transform="log1p")
+    errors = {value: float(np.mean((predict(slice(None)) - truth) ** 2)) for value, predict in model.sweep_values()}
+    result = n2s.tl.calibrate(
+        sim.counts,
+        method=Autoencoder(**SMALL, device="cpu", likelihood=likelihood),
+        grid=grid,
+        loss=loss,
+        progress=False,
+    )
+    assert regret(errors, result.best) <= 1.05, (result.best, min(errors, key=errors.get))
+    # trained on counts, the decoder beats the squared-error network's best on Poisson data
+    normal = Autoencoder(**SMALL, device="cpu").fit(values, model.check_grid(grid, values.shape))
+    best_normal = min(float(np.mean((predict(slice(None)) - truth) ** 2)) for _, predict in normal.sweep_values())
+    assert min(errors.values()) < best_normal
+
+
+def test_count_likelihoods_match_scipy():
+    from scipy import stats
+
+    from sc_noise2self.denoisers._ae_train import negative_log_likelihood
+
+    x = torch.tensor([[0.0, 1.0, 7.0, 40.0]], dtype=torch.float64)
+    mu = torch.tensor([[0.3, 2.0, 5.0, 60.0]], dtype=torch.float64)
+    theta = torch.tensor([0.5, 2.0, 10.0, 1e3], dtype=torch.float64)
+    constant = torch.lgamma(x + 1)  # left out of both
+    poisson = negative_log_likelihood(x, torch.log(mu), "poisson") + constant
+    np.testing.assert_allclose(poisson.numpy(), -stats.poisson.logpmf(x.numpy(), mu.numpy()), rtol=1e-12)
+    nb = negative_log_likelihood(x, torch.log(mu), "negative_binomial", torch.log(theta)) + constant
+    p = (theta / (theta + mu)).numpy()
+    np.testing.assert_allclose(nb.numpy(), -stats.nbinom.logpmf(x.numpy(), theta.numpy(), p), rtol=1e-10)
+
+
+def test_count_decoder_writes_expected_transformed_rates_and_is_reproducible(sim, tmp_path):
+    outputs = []
+    for _ in range(2):
+        adata = ad.AnnData(sim.counts.copy())
+        model = Autoencoder(**SMALL, device="cpu", likelihood="negative_binomial")
+        n2s.pp.denoise(adata, method=model, grid=[1, 3], progress=False)
+        outputs.append(adata)
+    layer = outputs[0].layers["denoised"]
+    assert layer.tobytes() == outputs[1].layers["denoised"].tobytes()
+    # the refit on all counts: rates μ = total · softmax(logits), written as E[log1p(s X)] with X ~ Poisson(μ)
+    best = int(outputs[0].uns["denoised"]["best"])
+    totals = np.asarray(sim.counts.sum(axis=1), dtype=np.float64).ravel()
+    values = transformed(sim.counts, "log1p", 1e4)
+    model = Autoencoder(**SMALL, device="cpu", likelihood="negative_binomial")
+    model.fit_counts(values, np.array([best]), counts=sim.counts, scales=1e4 / totals, transform="log1p")
+    _, predict = next(iter(model.sweep_values()))
+    assert predict(slice(None)).tobytes() == layer.tobytes()
+    with torch.no_grad():
+        logits = predict.module.eval()(torch.from_numpy(values.toarray().astype(np.float32))).double()
+    rates = (totals[:, None] * torch.softmax(logits, dim=1).numpy())[:20]
+    exact = np.stack([expected_transform(r, [1e4 / t], "log1p")[0] for r, t in zip(rates, totals[:20], strict=True)])
+    np.testing.assert_allclose(layer[:20], exact, atol=2e-5)
+    assert hasattr(predict.module, "log_theta")
+    outputs[0].write_h5ad(tmp_path / "nb.h5ad")
+
+
+def test_expected_values_table_matches_the_exact_sums():
+    from sc_noise2self._transform import expected_values
+
+    rng = np.random.default_rng(0)
+    scales = rng.uniform(0.5, 20.0, size=30)
+    rates = rng.gamma(0.3, 30.0, size=(30, 50))
+    for transform in ("log1p", "sqrt", "none"):
+        table = expected_values(transform, scales=scales, max_rate=float(rates.max()))
+        exact = np.stack([expected_transform(r, [s], transform)[0] for r, s in zip(rates, scales, strict=True)])
+        np.testing.assert_allclose(table(rates, scales), exact, rtol=1e-4, atol=1e-6)
+        assert table(np.zeros((2, 3)), scales[:2]).max() == 0.0
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", None, "Poisson", 1])
+def test_bad_likelihood_is_refused_before_any_work(sim, likelihood):
+    adata = ad.AnnData(sim.counts.copy())
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        n2s.pp.denoise(adata, method=Autoencoder(likelihood=likelihood), progress=False)
+    assert not adata.layers and not adata.uns
+
+
+def test_count_decoder_needs_the_counts(sim):
+    adata = ad.AnnData(sim.counts.copy())
+    with pytest.raises(ValueError, match="needs the molecule split"):
+        n2s.pp.denoise(adata, method=Autoencoder(**SMALL, likelihood="poisson"), calibration="genes", progress=False)
+    assert not adata.layers and not adata.uns
+    with pytest.raises(ValueError, match="trains on raw counts"):
+        Autoencoder(likelihood="poisson").fit(transformed(sim.counts, "sqrt", None), np.array([1]))

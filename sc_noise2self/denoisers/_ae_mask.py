@@ -17,10 +17,7 @@ import torch
 if TYPE_CHECKING:
     from scipy import sparse
 
-__all__ = ["FILLS", "Masker"]
-
-FILLS = ("zero", "mean", "donor")
-"""What replaces hidden values: zero, the gene's mean over cells, or the value of another (fixed) cell."""
+__all__ = ["Masker"]
 
 
 class Masker:
@@ -31,7 +28,8 @@ class Masker:
     groups
         Group index of every gene, ``0..n_groups-1``.
     fill
-        One of :data:`FILLS`.
+        What replaces hidden values: ``"zero"``, ``"mean"`` (the gene's mean over cells) or
+        ``"donor"`` (the value of another cell).
     X
         The data the network trains on (cells × genes, CSR); gives the gene means.
     seed

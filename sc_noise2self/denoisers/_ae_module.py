@@ -28,8 +28,9 @@ class SeededDropout(nn.Module):
 class AutoencoderModule(nn.Module):
     """MLP autoencoder: genes → hidden layers → bottleneck → hidden layers (mirrored) → genes.
 
-    Hidden layers use ReLU and dropout; the bottleneck and the output are linear, so the
-    output lives on the same (transformed) scale as the input.
+    Hidden layers use ReLU and dropout; the bottleneck and the output are linear: the
+    output is on the input's (transformed) scale, or, for a count likelihood, the logits
+    of each gene's share of the cell's counts (the training loop makes them rates).
 
     Parameters
     ----------
@@ -43,10 +44,20 @@ class AutoencoderModule(nn.Module):
         Dropout probability after every hidden layer.
     generator
         Source of the initial weights and of dropout masks (CPU generator).
+    gene_dispersion
+        Whether to learn a per-gene inverse dispersion ``θ`` (``log_theta``, starting at
+        ``θ = 1``) for a negative-binomial likelihood.
     """
 
     def __init__(
-        self, n_genes: int, bottleneck: int, hidden: tuple[int, ...], dropout: float, generator: torch.Generator
+        self,
+        n_genes: int,
+        bottleneck: int,
+        hidden: tuple[int, ...],
+        dropout: float,
+        generator: torch.Generator,
+        *,
+        gene_dispersion: bool = False,
     ) -> None:
         super().__init__()
         widths = [n_genes, *hidden]
@@ -66,6 +77,8 @@ class AutoencoderModule(nn.Module):
                 nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
                 bound = 1 / math.sqrt(layer.in_features)
                 nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+        if gene_dispersion:
+            self.log_theta = nn.Parameter(torch.zeros(n_genes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ._ae_mask import Masker
     from ._ae_module import AutoencoderModule
 
-__all__ = ["infer", "resolve_device", "to_device", "train_epoch"]
+__all__ = ["CountTargets", "infer", "negative_log_likelihood", "resolve_device", "to_device", "train_epoch"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,6 +44,40 @@ def _autocast(device: torch.device) -> torch.autocast | nullcontext:
     return nullcontext()
 
 
+class CountTargets(NamedTuple):
+    """What a count likelihood trains against: the raw counts and each cell's library size."""
+
+    likelihood: str
+    counts: sparse.csr_matrix
+    library: np.ndarray
+    """Each cell's total count (float64); the decoder's rates are ``library · softmax(output)``."""
+
+
+def log_rates(out: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+    """``log μ`` of the decoder's rates ``μ = library · softmax(out)`` (an empty cell's stay finite)."""
+    return torch.log_softmax(out, dim=1) + torch.log(library.clamp(min=1e-8))[:, None]
+
+
+def negative_log_likelihood(
+    counts: torch.Tensor, log_mu: torch.Tensor, likelihood: str, log_theta: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return the negative log-likelihood of each entry under Poisson(μ) or NB(μ, θ) (θ per gene).
+
+    Both leave out ``lgamma(x + 1)``, which depends on neither μ nor θ.
+    """
+    if likelihood == "poisson":
+        return torch.exp(log_mu) - counts * log_mu
+    # NB: -[lgamma(x+θ) - lgamma(θ) + θ log(θ/(θ+μ)) + x log(μ/(θ+μ))], in logs for stability
+    theta = torch.exp(log_theta)[None, :]
+    log_total = torch.logaddexp(log_theta[None, :], log_mu)
+    return (
+        torch.lgamma(theta)
+        - torch.lgamma(counts + theta)
+        - theta * (log_theta[None, :] - log_total)
+        - counts * (log_mu - log_total)
+    )
+
+
 def train_epoch(
     module: AutoencoderModule,
     X: sparse.csr_matrix,
@@ -53,11 +87,14 @@ def train_epoch(
     rng: np.random.Generator,
     device: torch.device,
     masker: Masker | None = None,
+    targets: CountTargets | None = None,
 ) -> float:
-    """One pass over the cells in a random order; returns the mean training MSE.
+    """One pass over the cells in a random order; returns the mean training loss per entry.
 
-    With a ``masker`` (Noise2Self), each cell of a minibatch has one random gene group
-    hidden in its input, and the loss is the MSE on the hidden entries only.
+    The loss is the MSE against the input itself, or with ``targets`` the negative
+    log-likelihood of the counts under the decoder's rates. With a ``masker``
+    (Noise2Self), each cell of a minibatch has one random gene group hidden in its
+    input, and the loss is taken on the hidden entries only.
     """
     module.train()
     order = rng.permutation(X.shape[0])
@@ -68,8 +105,15 @@ def train_epoch(
         inputs, hidden = (batch, None) if masker is None else masker.hide_random(X, rows, batch, rng)
         with _autocast(device):
             out = module(inputs)
-        squared = (out.float() - batch) ** 2
-        loss = torch.mean(squared) if hidden is None else torch.sum(squared * hidden) / hidden.sum().clamp(min=1.0)
+        if targets is None:
+            per_entry = (out.float() - batch) ** 2
+        else:
+            library = torch.from_numpy(targets.library[rows].astype(np.float32)).to(device)
+            log_mu = log_rates(out.float(), library)
+            per_entry = negative_log_likelihood(
+                to_device(targets.counts, rows, device), log_mu, targets.likelihood, getattr(module, "log_theta", None)
+            )
+        loss = torch.mean(per_entry) if hidden is None else torch.sum(per_entry * hidden) / hidden.sum().clamp(min=1.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -40,7 +40,16 @@ if TYPE_CHECKING:
 
     from .._types import ArrayLike
 
-__all__ = ["BlockSweep", "Blockwise", "Denoiser", "GenePartition", "LowRank", "MaskedPartition", "ValueSweep"]
+__all__ = [
+    "BlockSweep",
+    "Blockwise",
+    "CountModel",
+    "Denoiser",
+    "GenePartition",
+    "LowRank",
+    "MaskedPartition",
+    "ValueSweep",
+]
 
 GridValue = int | tuple[int, ...]
 
@@ -120,6 +129,22 @@ class GenePartition(Protocol):
         minimiser as the loss against the truth. ``cell_groups`` (a group index per
         cell) lets a method learn from the other groups' values of the masked genes.
         """
+
+
+@runtime_checkable
+class CountModel(Protocol):
+    """A denoiser that may train on the raw counts behind the normalised data (a count likelihood).
+
+    The engine calls ``fit_counts`` instead of ``fit`` wherever the counts are at hand (each
+    MCV split's training part, the refit on all counts). The output stays on the
+    transformed scale, ``E[T(s X)]`` of the predicted rates, so it is scored and written
+    like every other method's.
+    """
+
+    def fit_counts(
+        self, X: ArrayLike, grid: np.ndarray, *, counts: Any, scales: np.ndarray, transform: str
+    ) -> BlockSweep | ValueSweep:
+        """Fit on ``X = T(scales · counts)`` (``counts``: CSR), preparing every value of ``grid``."""
 
 
 @runtime_checkable

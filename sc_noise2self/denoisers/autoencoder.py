@@ -14,7 +14,6 @@ from scipy import sparse
 
 from .._split import seed_sequence
 from .._validate import check_int_grid, check_number, check_positive_int
-from ._ae_mask import FILLS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -26,6 +25,10 @@ __all__ = ["Autoencoder", "require_torch"]
 
 _MAX_EPOCHS = 10_000
 _INFER_BATCH = 1024  # cells per inference batch, fixed so that outputs do not depend on batch_size
+LIKELIHOODS = ("normal", "poisson", "negative_binomial")
+"""The training loss: squared error on the transformed scale, or a count likelihood of the decoder's rates."""
+FILLS = ("zero", "mean", "donor")
+"""What stands in for hidden genes in masked training: zero, the gene's mean, or another cell's value."""
 
 
 def require_torch() -> None:
@@ -82,6 +85,14 @@ class Autoencoder:
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. On CUDA the forward pass
         runs in bfloat16 autocast and batches are copied from pinned memory asynchronously.
+    likelihood
+        The training loss: ``"normal"`` (squared error on the transformed scale), or a count
+        likelihood, ``"poisson"`` or ``"negative_binomial"`` (a learned dispersion per gene):
+        the decoder then predicts each gene's share of the cell's counts, its rates are
+        that share times the cell's total, and it is trained on the raw counts. Its output
+        is the expected transformed value of those rates, ``E[T(s X)]`` with
+        ``X ~ Poisson(μ)`` — what every method estimates, so MCV scores it like the others
+        (``loss="poisson"`` scores it on the count scale). MCV only.
     mask_fill
         Noise2Self training (``calibration="genes"``) only: what stands in for a hidden
         gene group in the input — ``"zero"``, ``"mean"`` (the gene's mean over cells), or
@@ -101,6 +112,7 @@ class Autoencoder:
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         device: str = "auto",
+        likelihood: str = "normal",
         mask_fill: str = "zero",
         random_state: object = 0,
     ) -> None:
@@ -111,6 +123,7 @@ class Autoencoder:
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.device = device
+        self.likelihood = likelihood
         self.mask_fill = mask_fill
         self.random_state = random_state
 
@@ -118,7 +131,8 @@ class Autoencoder:
         return (
             f"Autoencoder(bottleneck={self.bottleneck}, hidden={self.hidden}, dropout={self.dropout}, "
             f"batch_size={self.batch_size}, learning_rate={self.learning_rate}, weight_decay={self.weight_decay}, "
-            f"device={self.device!r}, mask_fill={self.mask_fill!r}, random_state={self.random_state!r})"
+            f"device={self.device!r}, likelihood={self.likelihood!r}, mask_fill={self.mask_fill!r}, "
+            f"random_state={self.random_state!r})"
         )
 
     # -- grid ---------------------------------------------------------------------------
@@ -148,6 +162,9 @@ class Autoencoder:
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         ):
             msg = f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}."
+            raise ValueError(msg)
+        if not isinstance(self.likelihood, str) or self.likelihood not in LIKELIHOODS:
+            msg = f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}."
             raise ValueError(msg)
         if not isinstance(self.mask_fill, str) or self.mask_fill not in FILLS:
             msg = f"mask_fill must be one of {FILLS}, got {self.mask_fill!r}."
@@ -190,6 +207,41 @@ class Autoencoder:
         self.train_loss_: dict[tuple[int, int], float] = {}
         self._trained: tuple[tuple[int, int], _Predictor] | None = None
         self.masker_ = None
+        self.targets_ = None
+        self.expected_ = None
+        if self.likelihood != "normal":
+            msg = (
+                f"likelihood={self.likelihood!r} trains on raw counts, which this fit was not given: calibrate "
+                "it with `tl.calibrate` or `pp.denoise` (calibration='mcv'), or call `fit_counts`."
+            )
+            raise ValueError(msg)
+        return self
+
+    def fit_counts(
+        self, X: ArrayLike, grid: np.ndarray, *, counts: sparse.csr_matrix, scales: np.ndarray, transform: str
+    ) -> Self:
+        """Fit on the normalised data ``X`` with the raw ``counts`` behind it (``X = T(scales · counts)``).
+
+        A count likelihood trains against ``counts`` and outputs ``E[T(s X)]`` of its rates
+        for each cell's scale ``s``; with ``likelihood="normal"`` this is :meth:`fit`.
+        """
+        from ._ae_train import CountTargets
+
+        likelihood, self.likelihood = self.likelihood, "normal"
+        try:
+            self.fit(X, grid)
+        finally:
+            self.likelihood = likelihood
+        if likelihood != "normal":
+            from .._transform import expected_values
+
+            counts = sparse.csr_matrix(counts, dtype=np.float32)
+            library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+            self.targets_ = CountTargets(likelihood, counts, library)
+            self.expected_ = (
+                expected_values(transform, scales=scales, max_rate=float(library.max()) + 1.0),
+                np.asarray(scales, dtype=np.float64),
+            )
         return self
 
     def fit_masked(self, X: ArrayLike, groups: np.ndarray, grid: np.ndarray) -> Self:
@@ -201,6 +253,12 @@ class Autoencoder:
         """
         from ._ae_mask import Masker
 
+        if self.likelihood != "normal":
+            msg = (
+                f"likelihood={self.likelihood!r} needs the molecule split (its rates are trained on counts): use "
+                "calibration='mcv', or likelihood='normal' with calibration='genes'."
+            )
+            raise ValueError(msg)
         self.fit(X, grid)
         self.masker_ = Masker(groups, self.mask_fill, self.X_, self._seed(0))
         return self
@@ -218,7 +276,14 @@ class Autoencoder:
         seed = self._seed(width)
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):  # nn.Linear draws a first init from the global RNG
-            module = AutoencoderModule(self.X_.shape[1], width, tuple(self.hidden), self.dropout, generator)
+            module = AutoencoderModule(
+                self.X_.shape[1],
+                width,
+                tuple(self.hidden),
+                self.dropout,
+                generator,
+                gene_dispersion=self.likelihood == "negative_binomial",
+            )
         module.to(self.device_)
         optimizer = torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         rng = np.random.default_rng(seed)
@@ -232,6 +297,7 @@ class Autoencoder:
                 rng=rng,
                 device=self.device_,
                 masker=self.masker_,
+                targets=self.targets_,
             )
             self.train_loss_[(width, epoch)] = loss
             if epoch in wanted:
@@ -240,9 +306,16 @@ class Autoencoder:
     def _infer(self, module: object, rows: slice, cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
         from ._ae_train import infer
 
-        return infer(
+        out = infer(
             module, self.X_, rows, batch_size=_INFER_BATCH, device=self.device_, cache=cache, masker=self.masker_
         )
+        if self.targets_ is None:
+            return out
+        # the decoder's rates, library · softmax(logits), as expected transformed values
+        expected, scales = self.expected_
+        shares = np.exp(out - out.max(axis=1, keepdims=True), dtype=np.float64)
+        rates = shares * (self.targets_.library[rows] / shares.sum(axis=1))[:, None]
+        return expected(rates, scales[rows]).astype(np.float32)
 
     def _value(self, width: int, epoch: int) -> int | tuple[int, int]:
         return int(epoch) if self.grid_.ndim == 1 else (int(width), int(epoch))
