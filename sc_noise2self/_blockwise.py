@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from scipy import sparse
 
-from ._calibrate import _checked_grid, add_steps, chunk_rows, mcv_result, mcv_setup
+from ._calibrate import _checked_grid, add_steps, check_finite_output, chunk_rows, mcv_result, mcv_setup
 from ._loss import score_block
 from ._rows import CellSum, PartialSum, partial_sum
 from ._split import Stream, split_seed
-from ._transform import transform_counts, transformed
+from ._transform import cell_scales, transform_counts, transformed
 from ._validate import (
     as_canonical_csr,
     check_count_values,
@@ -55,10 +55,14 @@ if TYPE_CHECKING:
 __all__ = [
     "BlockCounts",
     "RowBlocks",
+    "StreamSource",
+    "check_streaming",
     "is_blockwise",
     "prepare_blocks",
     "refit_blockwise",
+    "refit_streaming",
     "run_mcv_blockwise",
+    "run_mcv_streaming",
 ]
 
 _BACKED_BLOCK_ELEMENTS = 2**24  # cells per block of a backed matrix × genes
@@ -143,6 +147,47 @@ class RowBlocks:
 
             return list(dask.compute(*self._tasks(fn)))
         return [self._apply(fn, self._source[rows], rows) for rows in self._slices]
+
+    def load(self, indices: list[int], fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
+        """``fn`` of the blocks at ``indices`` (into :meth:`kept_bounds`), in that order, computed together."""
+        if _is_dask(self._source):
+            import dask
+
+            tasks = self._tasks(fn)
+            return list(dask.compute(*(tasks[i] for i in indices)))
+        return [self._apply(fn, self._source[self._slices[i]], self._slices[i]) for i in indices]
+
+    def kept_bounds(self) -> list[slice]:
+        """Each block's cells among the kept cells (empty slices for blocks without kept cells)."""
+        return [slice(int(self._kept_before[r.start]), int(self._kept_before[r.stop])) for r in self._slices]
+
+    def lazy(self, fn: Callable[[sparse.csr_matrix, slice], np.ndarray], n_columns: int) -> Any:
+        """Dask array of ``fn`` over every block (a float32 row per kept cell, 0 for dropped cells), computed on use.
+
+        ``fn(block, rows)`` gets the block's kept cells and genes as for :meth:`map`; backed
+        input is read from its file when a block is computed.
+        """
+        import dask
+        import dask.array as da
+
+        def full(block: Any, rows: slice) -> np.ndarray:
+            out = np.zeros((rows.stop - rows.start, n_columns), dtype=np.float32)
+            kept = np.ones(out.shape[0], dtype=bool) if self.cells is None else self.cells[rows]
+            if kept.any():
+                values = self._apply(fn, block, rows)
+                columns = slice(None) if self.genes is None else np.flatnonzero(self.genes)
+                out[np.ix_(np.flatnonzero(kept), np.arange(n_columns)[columns])] = values
+            return out
+
+        if _is_dask(self._source):
+            sources = self._source.to_delayed().ravel()
+        else:
+            sources = [dask.delayed(self._source.__getitem__)(rows) for rows in self._slices]
+        parts = [
+            da.from_delayed(dask.delayed(full)(b, rows), shape=(rows.stop - rows.start, n_columns), dtype=np.float32)
+            for b, rows in zip(sources, self._slices, strict=True)
+        ]
+        return da.concatenate(parts, axis=0)
 
     def gather(self, keep: np.ndarray) -> sparse.csr_matrix:
         """Return the cells ``keep`` marks (a boolean mask over the kept cells), in one pass, as one CSR matrix."""
@@ -243,11 +288,14 @@ def check_blockwise_request(denoiser: Denoiser, method: str, calibration: str) -
             "calibration='mcv'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
         )
         raise ValueError(msg)
-    if not (isinstance(denoiser, Blockwise) and isinstance(denoiser, CellGraph | RowProjection)):
+    if not (
+        check_streaming(denoiser)
+        or (isinstance(denoiser, Blockwise) and isinstance(denoiser, CellGraph | RowProjection))
+    ):
         msg = (
             f"method {method!r} needs the data in memory; dask or backed input is calibrated block by block with "
-            "method='pca' or 'diffusion'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the "
-            "dask array)."
+            "method='pca', 'diffusion' or 'autoencoder'. Load the data first (`adata = adata.to_memory()`, or "
+            "`.compute()` the dask array)."
         )
         raise ValueError(msg)
 
@@ -393,3 +441,197 @@ def refit_blockwise(
     scores = data.blocks.map(lambda b, _: model.row_scores(values(b), value).astype(np.float32))
     offset, loadings = model.loadings(value)
     return offset, np.concatenate(scores), loadings
+
+
+# -- Denoisers trained by streaming minibatches (the autoencoder) -----------------------------------
+
+
+class StreamSource:
+    """Training data read block by block: :meth:`load` returns a buffer of blocks for the training loop.
+
+    ``fn(block, rows)`` returns a block's ``(values, counts)``: the network's input and the
+    counts behind it. Blocks without kept cells are left out.
+    """
+
+    def __init__(self, blocks: RowBlocks, fn: Callable[[sparse.csr_matrix, slice], tuple[Any, Any]]) -> None:
+        self.blocks, self.fn = blocks, fn
+        kept = blocks.kept_bounds()
+        self.index = [i for i, rows in enumerate(kept) if rows.stop > rows.start]
+        self.bounds = [kept[i] for i in self.index]
+
+    def load(self, blocks: list[int]) -> Any:
+        """Return the cells of ``blocks`` (indices into ``bounds``) as one buffer, in that order."""
+        from .denoisers._ae_train import Buffer
+
+        parts = self.blocks.load([self.index[b] for b in blocks], self.fn)
+        rows = np.concatenate([np.arange(self.bounds[b].start, self.bounds[b].stop) for b in blocks])
+        return Buffer(
+            sparse.vstack([p[0] for p in parts], format="csr"), sparse.vstack([p[1] for p in parts], format="csr"), rows
+        )
+
+
+def check_streaming(denoiser: Denoiser) -> bool:
+    """Whether ``denoiser`` trains from streamed blocks (it has ``fit_stream``)."""
+    return callable(getattr(denoiser, "fit_stream", None))
+
+
+def run_mcv_streaming(
+    data: BlockCounts,
+    denoiser: Denoiser,
+    *,
+    method: str,
+    grid: ArrayLike | None,
+    split_fraction: float,
+    n_splits: int,
+    transform: TransformName,
+    target_sum: float | None,
+    loss: LossName,
+    random_state: RandomState,
+    chunk_size: int | None,
+    bar: tqdm,
+    sampling: str = "poisson",
+    dispersion: float | None = None,
+    depth: str = "held_out",
+) -> CalibrationResult:
+    """Molecular cross-validation of a streaming denoiser on blockwise data (one pass per epoch and per score).
+
+    Each block's split is redrawn whenever the block is read (keyed by cell and gene, so
+    always the same); the network lives in this process, and dask only reads and splits
+    blocks. Equals :func:`~sc_noise2self._calibrate.run_mcv` for the same seed when the
+    in-memory denoiser trains from the same blocks (``block_cells``).
+    """
+    shape = data.shape
+    setup = mcv_setup(
+        data.totals,
+        data.max_count,
+        data.blocks.gather,
+        split_fraction=split_fraction,
+        transform=transform,
+        target_sum=target_sum,
+        loss=loss,
+        sampling=sampling,
+        dispersion=dispersion,
+        depth=depth,
+        random_state=random_state,
+    )
+    n_splits = check_positive_int(n_splits, "n_splits")
+    grid = _checked_grid(denoiser, grid, shape)
+    losses, baseline = np.zeros((n_splits, len(grid))), np.zeros(n_splits)
+    add_steps(bar, n_splits * (len(grid) + 1))
+    for i in range(n_splits):
+        seed = split_seed(random_state, Stream.MCV, i)
+
+        def halves(block: sparse.csr_matrix, rows: slice, seed: int = seed) -> tuple[Any, Any, Any]:
+            train, test = setup.plan.halves(block, data.totals[rows], setup.fraction, seed, row_offset=rows.start)
+            return transform_counts(train, transform, setup.train_scales[rows]), train, test
+
+        def scored(block: sparse.csr_matrix, rows: slice, halves: Callable = halves) -> tuple[Any, ...]:
+            values, train, test = halves(block, rows)
+            return values, train, test, block
+
+        source = StreamSource(data.blocks, lambda b, r, halves=halves: halves(b, r)[:2])
+        sweep = denoiser.fit_stream(
+            source,
+            grid,
+            shape=shape,
+            scales=setup.train_scales,
+            transform=transform,
+            max_rate=float(data.totals.max()) + 1.0,
+        )
+        bar.update(1)
+        for j, (_, predict) in enumerate(sweep.sweep_values()):
+            sums = _stream_scores(data, source, scored, predict, setup, chunk_size, transform, loss, first=j == 0)
+            losses[i, j] = sums[0]
+            if j == 0:
+                baseline[i] = sums[1]
+            bar.update(1)
+    return mcv_result(
+        losses,
+        denoiser,
+        grid,
+        shape,
+        setup,
+        method=method,
+        transform=transform,
+        target_sum=target_sum,
+        loss=loss,
+        sampling=sampling,
+        random_state=random_state,
+        baseline=baseline,
+    )
+
+
+def _stream_scores(
+    data: BlockCounts,
+    source: StreamSource,
+    scored: Callable[[sparse.csr_matrix, slice], tuple[Any, ...]],
+    predict: Any,
+    setup: Any,
+    chunk_size: int | None,
+    transform: TransformName,
+    loss: LossName,
+    *,
+    first: bool,
+) -> np.ndarray:
+    """Return the summed held-out loss of ``predict`` (and, when ``first``, of no denoising) over every block.
+
+    Targets are sparse, scored once each, as the in-memory engine scores a sweep in value order.
+    """
+    total = CellSum(1 + first)
+    for b, rows in enumerate(source.bounds):
+        (parts,) = data.blocks.load([source.index[b]], scored)
+        values, train, test, block = parts
+        pred = predict.block(values, train, rows)
+        for part in chunk_rows(block.shape[0], block.shape[1], chunk_size):
+            cells = slice(rows.start + part.start, rows.start + part.stop)
+            target = setup.target(
+                test[part], block[part], data.totals[cells], cells, transform=transform, loss=loss, reused=False
+            )
+            columns = [pred[part]] + ([values[part].toarray()] if first else [])
+            per_cell = [
+                score_block(p, target, conversion=setup.conversion, train_scales=setup.train_scales[cells], loss=loss)
+                for p in columns
+            ]
+            total.add(cells.start, np.stack(per_cell, axis=1))
+    return total.total()
+
+
+def refit_streaming(
+    data: BlockCounts,
+    denoiser: Denoiser,
+    value: GridValue,
+    *,
+    transform: TransformName,
+    target_sum: float | None,
+    counts: Any = None,
+) -> Any:
+    """Train on all counts at ``value``, block by block; return the output as a lazy dask layer (cells × genes).
+
+    Each block of the layer is computed when it is used, from its counts and the trained
+    networks (kept in this process); ``counts`` (a :class:`~sc_noise2self._transform.ToCounts`)
+    maps it to expected counts.
+    """
+
+    def values(block: sparse.csr_matrix, rows: slice) -> tuple[Any, Any]:
+        return transformed(block, transform, target_sum), block
+
+    source = StreamSource(data.blocks, values)
+    grid = np.array([value])
+    denoiser.fit_stream(
+        source,
+        denoiser.check_grid(grid if grid.ndim == 1 else grid.reshape(1, -1), data.shape),
+        shape=data.shape,
+        scales=cell_scales(data.totals, target_sum),
+        transform=transform,
+        max_rate=float(data.totals.max()) + 1.0,
+    )
+
+    def output(block: sparse.csr_matrix, rows: slice) -> np.ndarray:
+        out = denoiser.predict_block(*values(block, rows), rows, value)
+        return out if counts is None else counts(out, rows)
+
+    # train now, and check every block's output once: computing the lazy layer only runs the networks
+    for index in source.index:
+        (block,) = data.blocks.load([index], lambda b, r: (b, r))
+        check_finite_output((output(*block),), value, denoiser)
+    return data.blocks.lazy(output, data.blocks.shape[1])

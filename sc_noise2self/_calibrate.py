@@ -717,7 +717,15 @@ def run_mcv(
     for i in range(n_splits):
         train, test = setup.plan.halves(counts, totals, setup.fraction, split_seed(random_state, Stream.MCV, i))
         values = transform_counts(train, transform, train_scales)
-        sweep = fit_on_counts(denoiser, values, grid, counts=train, scales=train_scales, transform=transform)
+        sweep = fit_on_counts(
+            denoiser,
+            values,
+            grid,
+            counts=train,
+            scales=train_scales,
+            transform=transform,
+            max_rate=float(totals.max()) + 1.0,  # as the blockwise engine, which cannot see the halves' totals first
+        )
         if i == 0:
             add_steps(bar, n_splits * _sweep_steps(sweep, blocks, grid, scorer))
         bar.update(1)
@@ -891,10 +899,14 @@ def fit_on_counts(
     counts: sparse.csr_matrix,
     scales: np.ndarray,
     transform: TransformName,
+    max_rate: float | None = None,
 ) -> BlockSweep | ValueSweep:
-    """Fit ``denoiser`` on ``values = T(scales · counts)``, handing a :class:`CountModel` the counts too."""
+    """Fit ``denoiser`` on ``values = T(scales · counts)``, handing a :class:`CountModel` the counts too.
+
+    ``max_rate``: the largest rate a count model's output table must cover (default: the largest total).
+    """
     if isinstance(denoiser, CountModel):
-        return denoiser.fit_counts(values, grid, counts=counts, scales=scales, transform=transform)
+        return denoiser.fit_counts(values, grid, counts=counts, scales=scales, transform=transform, max_rate=max_rate)
     return denoiser.fit(values, grid)
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from . import _logging as logg
-from ._blockwise import BlockCounts, is_blockwise, refit_blockwise
+from ._blockwise import BlockCounts, check_streaming, is_blockwise, refit_blockwise, refit_streaming
 from ._calibrate import (
     add_steps,
     bar_label,
@@ -216,13 +216,14 @@ def denoise(
     _, denoiser = resolve_method(method, random_state)
     blockwise = is_blockwise(get_counts(adata, layer))
     genes = _gene_mask(adata, mask_var, layer, denoiser, blockwise=blockwise, calibration=calibration)
-    factored = blockwise or not _dense_fits(adata, denoiser, max_dense_bytes)
-    if factored:
+    streamed = blockwise and check_streaming(denoiser)  # the autoencoder on dask or backed input: a lazy layer
+    factored = not streamed and (blockwise or not _dense_fits(adata, denoiser, max_dense_bytes))
+    if factored or streamed:
         require_dask("Blockwise input or factored output (a lazy layer)")
     check_targets(
         adata,
         key_added,
-        _targets(key_added, factored=factored, drop=empty == "drop"),
+        _targets(key_added, factored=factored, streamed=streamed, drop=empty == "drop"),
         function="denoise",
         read_layer=layer,
         overwrite=overwrite,
@@ -268,7 +269,7 @@ def denoise(
         )
         bar.update(1)
     uns = calibration_record(result, data, genes, layer, denoiser)
-    uns["output"] = "factored" if factored else "dense"
+    uns["output"] = "factored" if factored else "lazy" if streamed else "dense"
     uns["scale"] = scale
     uns["n_genes_fitted"] = int(adata.n_vars if genes is None else genes.mask.sum())
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
@@ -296,8 +297,10 @@ _DESCRIPTIONS = {
 }
 
 
-def _targets(key: str, *, factored: bool, drop: bool) -> dict[str, list[str]]:
+def _targets(key: str, *, factored: bool, drop: bool, streamed: bool = False) -> dict[str, list[str]]:
     """Names ``denoise`` may write, per slot."""
+    if streamed:
+        return {"layers": [key], "obs": [f"{key}_kept"]} if drop else {"layers": [key]}
     if not factored:
         return {"layers": [key]}
     targets = {"layers": [key], "obsm": [f"{key}_scores"], "varm": [f"{key}_loadings"], "var": [f"{key}_offset"]}
@@ -327,6 +330,8 @@ def _outputs(
     """
     counts = _to_counts(data, transform, target_sum, genes) if scale == "counts" else None
     columns = data.genes  # the genes the output's columns come from (None: all)
+    if isinstance(data, BlockCounts) and check_streaming(denoiser):
+        return _streamed_outputs(data, denoiser, best, key=key, transform=transform, target_sum=target_sum, scale=scale)
     if isinstance(data, BlockCounts):
         factors = refit_blockwise(data, denoiser, best, transform=transform, target_sum=target_sum)
     else:
@@ -358,6 +363,28 @@ def _outputs(
             layer[rows] = counts(layer[rows], rows)
         check_finite_output((layer,), best, denoiser)
     return {"layers": {key: layer}}
+
+
+def _streamed_outputs(
+    data: BlockCounts,
+    denoiser: Denoiser,
+    best: GridValue,
+    *,
+    key: str,
+    transform: TransformName,
+    target_sum: float | None,
+    scale: str,
+) -> dict[str, dict[str, Any]]:
+    """Train on all blocks at the chosen value; the output is a lazy layer that runs the networks block by block."""
+    counts = None
+    if scale == "counts":  # the lazy layer's blocks come by kept cell
+        _to_counts(data, transform, target_sum, None)  # its checks
+        counts = to_counts(transform, data.totals, target_sum, data.max_count, None)
+    layer = refit_streaming(data, denoiser, best, transform=transform, target_sum=target_sum, counts=counts)
+    outputs: dict[str, dict[str, Any]] = {"layers": {key: layer}}
+    if data.cells is not None:
+        outputs["obs"] = {f"{key}_kept": data.cells}
+    return outputs
 
 
 def _low_rank_dense(factors: tuple[np.ndarray, np.ndarray, np.ndarray], chunk_size: int | None) -> np.ndarray:

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from . import _logging as logg
-from ._blockwise import BlockCounts, check_blockwise_request, is_blockwise, prepare_blocks, run_mcv_blockwise
+from ._blockwise import (
+    BlockCounts,
+    check_blockwise_request,
+    check_streaming,
+    is_blockwise,
+    prepare_blocks,
+    run_mcv_blockwise,
+    run_mcv_streaming,
+)
 from ._calibrate import (
     CalibrationResult,
     bar_label,
@@ -243,7 +251,8 @@ def _run(
         n_splits = resolve_n_splits(
             n_splits, select=select, median_count=float(np.median(cell_counts)), split_fraction=split_fraction
         )
-        result = (run_mcv_blockwise if blockwise else run_mcv)(
+        engine = (run_mcv_streaming if check_streaming(denoiser) else run_mcv_blockwise) if blockwise else run_mcv
+        result = engine(
             data_counts if blockwise else data_counts.matrix,
             denoiser,
             method=name,

@@ -335,3 +335,28 @@ def test_count_decoder_needs_the_counts(sim):
     assert not adata.layers and not adata.uns
     with pytest.raises(ValueError, match="trains on raw counts"):
         Autoencoder(likelihood="poisson").fit(transformed(sim.counts, "sqrt", None), np.array([1]))
+
+
+# -- refit noise: the mean of several networks -----------------------------------------------------
+
+
+def test_n_fits_writes_the_mean_of_networks_from_their_own_seeds(sim):
+    values = transformed(sim.counts, "sqrt", None)
+    one = Autoencoder(**SMALL, device="cpu").fit(values, np.array([2]))
+    three = Autoencoder(**SMALL, device="cpu", n_fits=3).fit(values, np.array([2]))
+    first = one.predict(slice(None), 2)
+    three.predict(slice(0, 1), 2)  # trains the three networks
+    members = [member(slice(None)) for member in three._trained[1].members]
+    assert members[0].tobytes() == first.tobytes()  # the first network is the one n_fits=1 trains
+    assert not np.array_equal(members[1], members[0])  # the others have their own seeds
+    mean = three.predict(slice(None), 2)
+    np.testing.assert_allclose(mean, np.mean(members, axis=0), rtol=1e-6)
+    np.testing.assert_array_equal(three.predict(slice(100, 250), 2), mean[100:250])  # any blocking
+
+
+@pytest.mark.parametrize("n_fits", [0, -1, 1.5, True, None])
+def test_bad_n_fits_is_refused_before_any_work(sim, n_fits):
+    adata = ad.AnnData(sim.counts.copy())
+    with pytest.raises(ValueError, match="n_fits must be a positive integer"):
+        n2s.pp.denoise(adata, method=Autoencoder(n_fits=n_fits), progress=False)
+    assert not adata.layers and not adata.uns

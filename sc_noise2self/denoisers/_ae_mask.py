@@ -31,7 +31,7 @@ class Masker:
         What replaces hidden values: ``"zero"``, ``"mean"`` (the gene's mean over cells) or
         ``"donor"`` (the value of another cell).
     X
-        The data the network trains on (cells × genes, CSR); gives the gene means.
+        The data the network trains on (cells × genes, CSR): the gene means, and the donors' values.
     seed
         Seed of the donor cells (``fill="donor"``): a fixed permutation of the cells
         without fixed points, so that the stand-ins do not depend on minibatches or blocks.
@@ -42,6 +42,7 @@ class Masker:
         self.n_groups = int(self.groups.max()) + 1
         self.fill = fill
         self.columns = [np.flatnonzero(self.groups == g) for g in range(self.n_groups)]
+        self.X = X
         self.means = torch.from_numpy(np.asarray(X.mean(axis=0), dtype=np.float32).ravel())
         n_cells = X.shape[0]
         shift = np.random.default_rng(seed).permutation(n_cells)
@@ -49,22 +50,22 @@ class Masker:
         self.donors = np.empty(n_cells, dtype=np.int64)
         self.donors[shift] = np.roll(shift, -1)
 
-    def stand_in(self, X: sparse.csr_matrix, rows: np.ndarray, batch: torch.Tensor) -> torch.Tensor:
+    def stand_in(self, rows: np.ndarray, batch: torch.Tensor) -> torch.Tensor:
         """Values that replace hidden entries of the cells ``rows`` (a dense batch like ``batch``)."""
         if self.fill == "zero":
             return torch.zeros_like(batch)
         if self.fill == "mean":
             return self.means.to(batch.device).expand_as(batch)
-        donors = torch.from_numpy(np.asarray(X[self.donors[rows]].toarray(), dtype=np.float32))
+        donors = torch.from_numpy(np.asarray(self.X[self.donors[rows]].toarray(), dtype=np.float32))
         return donors.to(batch.device)
 
     def hide_random(
-        self, X: sparse.csr_matrix, rows: np.ndarray, batch: torch.Tensor, rng: np.random.Generator
+        self, rows: np.ndarray, batch: torch.Tensor, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Hide one random group per cell; return the input and the mask of hidden entries (1.0 where hidden)."""
         chosen = torch.from_numpy(rng.integers(self.n_groups, size=rows.size))
         hidden = (torch.from_numpy(self.groups)[None, :] == chosen[:, None]).to(batch.device)
-        return torch.where(hidden, self.stand_in(X, rows, batch), batch), hidden.to(batch.dtype)
+        return torch.where(hidden, self.stand_in(rows, batch), batch), hidden.to(batch.dtype)
 
     def hide_group(self, g: int, batch: torch.Tensor, stand_in: torch.Tensor) -> torch.Tensor:
         """Return the input with group ``g`` hidden in every cell."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -14,7 +14,18 @@ if TYPE_CHECKING:
     from ._ae_mask import Masker
     from ._ae_module import AutoencoderModule
 
-__all__ = ["CountTargets", "infer", "negative_log_likelihood", "resolve_device", "to_device", "train_epoch"]
+__all__ = [
+    "Buffer",
+    "MemorySource",
+    "batch_edges",
+    "block_bounds",
+    "buffers",
+    "infer",
+    "negative_log_likelihood",
+    "resolve_device",
+    "to_device",
+    "train_epoch",
+]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,13 +55,48 @@ def _autocast(device: torch.device) -> torch.autocast | nullcontext:
     return nullcontext()
 
 
-class CountTargets(NamedTuple):
-    """What a count likelihood trains against: the raw counts and each cell's library size."""
+class Buffer(NamedTuple):
+    """Cells of one or more blocks, read together and shuffled among themselves."""
 
-    likelihood: str
-    counts: sparse.csr_matrix
-    library: np.ndarray
-    """Each cell's total count (float64); the decoder's rates are ``library · softmax(output)``."""
+    values: sparse.csr_matrix
+    """The network's input (normalised values), rows in buffer order."""
+    counts: sparse.csr_matrix | None
+    """The raw counts behind them, for a count likelihood."""
+    rows: np.ndarray
+    """Each row's position among all cells."""
+
+
+class MemorySource:
+    """Training data in memory, in blocks of cells (one block unless the caller sets bounds)."""
+
+    def __init__(self, values: sparse.csr_matrix, counts: sparse.csr_matrix | None, bounds: list[slice]) -> None:
+        self.values, self.counts, self.bounds = values, counts, bounds
+
+    def load(self, blocks: list[int]) -> Buffer:
+        """Return the cells of ``blocks`` (indices into ``bounds``), in that order."""
+        if len(self.bounds) == 1:
+            return Buffer(self.values, self.counts, np.arange(self.values.shape[0]))
+        rows = np.concatenate([np.arange(self.bounds[b].start, self.bounds[b].stop) for b in blocks])
+        return Buffer(self.values[rows], None if self.counts is None else self.counts[rows], rows)
+
+
+def block_bounds(n_cells: int, block_cells: int | None) -> list[slice]:
+    """Blocks of ``block_cells`` cells (one block of all cells for None)."""
+    step = n_cells if block_cells is None else block_cells
+    return [slice(a, min(a + step, n_cells)) for a in range(0, n_cells, max(1, step))]
+
+
+def buffers(order: np.ndarray, bounds: list[slice], buffer_cells: int) -> list[list[int]]:
+    """Group blocks, in ``order``, into buffers of at least ``buffer_cells`` cells (the last may hold fewer)."""
+    groups: list[list[int]] = [[]]
+    size = 0
+    for b in order:
+        if size >= buffer_cells:
+            groups.append([])
+            size = 0
+        groups[-1].append(int(b))
+        size += bounds[b].stop - bounds[b].start
+    return groups
 
 
 def log_rates(out: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
@@ -80,45 +126,57 @@ def negative_log_likelihood(
 
 def train_epoch(
     module: AutoencoderModule,
-    X: sparse.csr_matrix,
+    source: MemorySource | Any,
     optimizer: torch.optim.Optimizer,
     *,
     batch_size: int,
+    buffer_cells: int,
     rng: np.random.Generator,
     device: torch.device,
     masker: Masker | None = None,
-    targets: CountTargets | None = None,
+    likelihood: str = "normal",
 ) -> float:
     """One pass over the cells in a random order; returns the mean training loss per entry.
 
-    The loss is the MSE against the input itself, or with ``targets`` the negative
-    log-likelihood of the counts under the decoder's rates. With a ``masker``
-    (Noise2Self), each cell of a minibatch has one random gene group hidden in its
-    input, and the loss is taken on the hidden entries only.
+    The order is drawn block by block, so that data read from disk or dask in blocks of
+    cells is read once per epoch: the blocks in a random order, grouped into buffers of at
+    least ``buffer_cells`` cells, each buffer's cells in a random order, cut into
+    minibatches. With one block this is a random order of all cells. The same blocks and
+    seed give the same minibatches whatever holds the data (``source.load(blocks)``).
+
+    The loss is the MSE against the input itself, or with a count ``likelihood`` the
+    negative log-likelihood of the counts under the decoder's rates (the cell's total
+    count times the decoder's softmax). With a ``masker`` (Noise2Self), each cell of a
+    minibatch has one random gene group hidden in its input, and the loss is taken on
+    the hidden entries only.
     """
     module.train()
-    order = rng.permutation(X.shape[0])
+    n_blocks = len(source.bounds)
+    order = rng.permutation(n_blocks) if n_blocks > 1 else np.zeros(1, dtype=np.int64)
     total, seen = 0.0, 0
-    for start in range(0, order.size, batch_size):
-        rows = np.sort(order[start : start + batch_size])  # sorted rows slice CSR faster
-        batch = to_device(X, rows, device)
-        inputs, hidden = (batch, None) if masker is None else masker.hide_random(X, rows, batch, rng)
-        with _autocast(device):
-            out = module(inputs)
-        if targets is None:
-            per_entry = (out.float() - batch) ** 2
-        else:
-            library = torch.from_numpy(targets.library[rows].astype(np.float32)).to(device)
-            log_mu = log_rates(out.float(), library)
-            per_entry = negative_log_likelihood(
-                to_device(targets.counts, rows, device), log_mu, targets.likelihood, getattr(module, "log_theta", None)
+    for blocks in buffers(order, source.bounds, buffer_cells):
+        buffer = source.load(blocks)
+        shuffled = rng.permutation(buffer.values.shape[0])
+        for start in range(0, shuffled.size, batch_size):
+            local = np.sort(shuffled[start : start + batch_size])  # sorted rows slice CSR faster
+            batch = to_device(buffer.values, local, device)
+            inputs, hidden = (batch, None) if masker is None else masker.hide_random(buffer.rows[local], batch, rng)
+            with _autocast(device):
+                out = module(inputs)
+            if likelihood == "normal":
+                per_entry = (out.float() - batch) ** 2
+            else:
+                counts = to_device(buffer.counts, local, device)
+                log_mu = log_rates(out.float(), counts.sum(dim=1))
+                per_entry = negative_log_likelihood(counts, log_mu, likelihood, getattr(module, "log_theta", None))
+            loss = (
+                torch.mean(per_entry) if hidden is None else torch.sum(per_entry * hidden) / hidden.sum().clamp(min=1.0)
             )
-        loss = torch.mean(per_entry) if hidden is None else torch.sum(per_entry * hidden) / hidden.sum().clamp(min=1.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * rows.size
-        seen += rows.size
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * local.size
+            seen += local.size
     return total / seen
 
 
@@ -132,19 +190,26 @@ def infer(
     device: torch.device,
     cache: dict[int, np.ndarray] | None = None,
     masker: Masker | None = None,
+    bounds: list[slice] | None = None,
 ) -> np.ndarray:
     """Reconstruction of cells ``rows`` (float32), computed batch by batch.
 
-    Batches sit at fixed positions (cells ``i * batch_size`` onwards), whatever ``rows``
-    is, so a cell's output does not depend on how the caller blocks the cells. ``cache``
-    keeps the last batch computed, for a caller that asks for consecutive blocks. With a
-    ``masker``, each gene group is predicted from the input with that group hidden.
+    Batches sit at fixed positions — every ``batch_size`` cells from the start of each
+    block of ``bounds`` (one block by default) — whatever ``rows`` is, so a cell's output
+    does not depend on how the caller asks for cells, and data held in blocks elsewhere
+    (dask, disk) gives the same bytes block by block. ``cache`` keeps the last batch
+    computed, for a caller that asks for consecutive blocks. With a ``masker``, each gene
+    group is predicted from the input with that group hidden.
     """
     module.eval()
     start, stop, _ = rows.indices(X.shape[0])
     out = np.empty((stop - start, X.shape[1]), dtype=np.float32)
-    for b in range(start // batch_size, -(-stop // batch_size)):
-        lo, hi = b * batch_size, min((b + 1) * batch_size, X.shape[0])
+    edges = batch_edges(X.shape[0], batch_size, bounds)
+    first = int(np.searchsorted(edges, start, side="right")) - 1
+    for b in range(first, len(edges) - 1):
+        lo, hi = int(edges[b]), int(edges[b + 1])
+        if lo >= stop:
+            break
         if cache is not None and b in cache:
             block = cache[b]
         else:
@@ -157,6 +222,13 @@ def infer(
     return out
 
 
+def batch_edges(n_cells: int, batch_size: int, bounds: list[slice] | None) -> np.ndarray:
+    """Start of every inference batch (and the end): each block cut every ``batch_size`` cells."""
+    bounds = [slice(0, n_cells)] if bounds is None else bounds
+    starts = [np.arange(b.start, b.stop, batch_size) for b in bounds if b.stop > b.start]
+    return np.r_[np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64), n_cells].astype(np.int64)
+
+
 def _forward(
     module: AutoencoderModule, X: sparse.csr_matrix, lo: int, hi: int, device: torch.device, masker: Masker | None
 ) -> np.ndarray:
@@ -165,7 +237,7 @@ def _forward(
     with _autocast(device):
         if masker is None:
             return module(batch).float().cpu().numpy()
-        stand_in = masker.stand_in(X, np.arange(lo, hi), batch)
+        stand_in = masker.stand_in(np.arange(lo, hi), batch)
         out = np.empty(batch.shape, dtype=np.float32)
         for g, columns in enumerate(masker.columns):
             out[:, columns] = module(masker.hide_group(g, batch, stand_in))[:, columns].float().cpu().numpy()

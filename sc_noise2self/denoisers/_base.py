@@ -142,9 +142,19 @@ class CountModel(Protocol):
     """
 
     def fit_counts(
-        self, X: ArrayLike, grid: np.ndarray, *, counts: Any, scales: np.ndarray, transform: str
+        self,
+        X: ArrayLike,
+        grid: np.ndarray,
+        *,
+        counts: Any,
+        scales: np.ndarray,
+        transform: str,
+        max_rate: float | None = None,
     ) -> BlockSweep | ValueSweep:
-        """Fit on ``X = T(scales · counts)`` (``counts``: CSR), preparing every value of ``grid``."""
+        """Fit on ``X = T(scales · counts)`` (``counts``: CSR), preparing every value of ``grid``.
+
+        ``max_rate``: the largest rate the output must cover (default: the largest total).
+        """
 
 
 @runtime_checkable

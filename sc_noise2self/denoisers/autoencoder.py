@@ -17,7 +17,7 @@ from .._validate import check_int_grid, check_number, check_positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from typing import Self
+    from typing import Any, Self
 
     from .._types import ArrayLike
 
@@ -45,12 +45,40 @@ def require_torch() -> None:
 
 
 class _Predictor:
+    """One trained network's output: for cells of the fitted data (``__call__``) or for a block read elsewhere."""
+
     def __init__(self, owner: Autoencoder, module: object, train_loss: float) -> None:
         self.owner, self.module, self.train_loss = owner, module, train_loss
         self._cache: dict[int, np.ndarray] = {}
 
     def __call__(self, rows: slice) -> np.ndarray:
         return self.owner._infer(self.module, rows, self._cache)
+
+    def block(self, values: sparse.csr_matrix, counts: sparse.csr_matrix | None, rows: slice) -> np.ndarray:
+        """Output for a block of cells ``rows`` given as its values (and counts, for a count likelihood)."""
+        return self.owner._infer_block(self.module, values, counts, rows)
+
+
+class _Ensemble:
+    """The mean output of several networks trained alike from different seeds (``n_fits``)."""
+
+    def __init__(self, members: list[_Predictor]) -> None:
+        self.members = members
+
+    def _mean(self, outputs: Iterator[np.ndarray]) -> np.ndarray:
+        first = next(outputs)
+        if len(self.members) == 1:
+            return first
+        total = first.astype(np.float64)
+        for out in outputs:  # in member order: the same bytes on every call
+            total += out
+        return (total / len(self.members)).astype(np.float32)
+
+    def __call__(self, rows: slice) -> np.ndarray:
+        return self._mean(member(rows) for member in self.members)
+
+    def block(self, values: sparse.csr_matrix, counts: sparse.csr_matrix | None, rows: slice) -> np.ndarray:
+        return self._mean(member.block(values, counts, rows) for member in self.members)
 
 
 class Autoencoder:
@@ -93,6 +121,19 @@ class Autoencoder:
         is the expected transformed value of those rates, ``E[T(s X)]`` with
         ``X ~ Poisson(μ)`` — what every method estimates, so MCV scores it like the others
         (``loss="poisson"`` scores it on the count scale). MCV only.
+    n_fits
+        Networks trained (from different seeds) and averaged in the output after the
+        calibration. One network's output varies with its seed about as much as between
+        neighbouring settings; the mean of a few is stable (``benchmarks/autoencoder_refit.py``).
+        The calibration trains one network per bottleneck width.
+    block_cells
+        In memory: train from blocks of this many cells, as from dask chunks or a backed
+        file (None: one block, a random order of all cells each epoch). Dask and backed
+        input are read in their own blocks; with the same blocks and seed the two give the
+        same network and output.
+    buffer_cells
+        When training from several blocks: blocks are read in a random order into buffers
+        of at least this many cells, whose cells are shuffled among themselves.
     mask_fill
         Noise2Self training (``calibration="genes"``) only: what stands in for a hidden
         gene group in the input — ``"zero"``, ``"mean"`` (the gene's mean over cells), or
@@ -113,6 +154,9 @@ class Autoencoder:
         weight_decay: float = 0.0,
         device: str = "auto",
         likelihood: str = "normal",
+        n_fits: int = 1,
+        block_cells: int | None = None,
+        buffer_cells: int = 16_384,
         mask_fill: str = "zero",
         random_state: object = 0,
     ) -> None:
@@ -124,6 +168,9 @@ class Autoencoder:
         self.weight_decay = weight_decay
         self.device = device
         self.likelihood = likelihood
+        self.n_fits = n_fits
+        self.block_cells = block_cells
+        self.buffer_cells = buffer_cells
         self.mask_fill = mask_fill
         self.random_state = random_state
 
@@ -131,7 +178,8 @@ class Autoencoder:
         return (
             f"Autoencoder(bottleneck={self.bottleneck}, hidden={self.hidden}, dropout={self.dropout}, "
             f"batch_size={self.batch_size}, learning_rate={self.learning_rate}, weight_decay={self.weight_decay}, "
-            f"device={self.device!r}, likelihood={self.likelihood!r}, mask_fill={self.mask_fill!r}, "
+            f"device={self.device!r}, likelihood={self.likelihood!r}, n_fits={self.n_fits}, "
+            f"block_cells={self.block_cells}, buffer_cells={self.buffer_cells}, mask_fill={self.mask_fill!r}, "
             f"random_state={self.random_state!r})"
         )
 
@@ -156,6 +204,10 @@ class Autoencoder:
             raise ValueError(msg)
         check_number(self.dropout, "dropout", low=0.0, high=1.0, open_high=True, example="0.1")
         check_positive_int(self.batch_size, "batch_size")
+        check_positive_int(self.n_fits, "n_fits")
+        if self.block_cells is not None:
+            check_positive_int(self.block_cells, "block_cells")
+        check_positive_int(self.buffer_cells, "buffer_cells")
         check_number(self.learning_rate, "learning_rate", low=0.0, open_low=True, example="1e-3")
         check_number(self.weight_decay, "weight_decay", low=0.0, example="0")
         if not isinstance(self.device, str) or not (
@@ -199,50 +251,92 @@ class Autoencoder:
     # -- fitting ------------------------------------------------------------------------
     def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
         """Keep the (normalised) data and the grid; training happens during the sweep."""
-        from ._ae_train import resolve_device
-
-        self.device_ = resolve_device(self.device)
-        self.X_ = sparse.csr_matrix(X, dtype=np.float32)
-        self.grid_ = np.asarray(grid)
-        self.train_loss_: dict[tuple[int, int], float] = {}
-        self._trained: tuple[tuple[int, int], _Predictor] | None = None
-        self.masker_ = None
-        self.targets_ = None
-        self.expected_ = None
         if self.likelihood != "normal":
             msg = (
                 f"likelihood={self.likelihood!r} trains on raw counts, which this fit was not given: calibrate "
                 "it with `tl.calibrate` or `pp.denoise` (calibration='mcv'), or call `fit_counts`."
             )
             raise ValueError(msg)
-        return self
+        return self._prepare(sparse.csr_matrix(X, dtype=np.float32), None, grid)
 
     def fit_counts(
-        self, X: ArrayLike, grid: np.ndarray, *, counts: sparse.csr_matrix, scales: np.ndarray, transform: str
+        self,
+        X: ArrayLike,
+        grid: np.ndarray,
+        *,
+        counts: sparse.csr_matrix,
+        scales: np.ndarray,
+        transform: str,
+        max_rate: float | None = None,
     ) -> Self:
         """Fit on the normalised data ``X`` with the raw ``counts`` behind it (``X = T(scales · counts)``).
 
         A count likelihood trains against ``counts`` and outputs ``E[T(s X)]`` of its rates
-        for each cell's scale ``s``; with ``likelihood="normal"`` this is :meth:`fit`.
+        for each cell's scale ``s`` (tabulated up to ``max_rate``, by default the largest
+        total count); with ``likelihood="normal"`` this is :meth:`fit`.
         """
-        from ._ae_train import CountTargets
-
-        likelihood, self.likelihood = self.likelihood, "normal"
-        try:
-            self.fit(X, grid)
-        finally:
-            self.likelihood = likelihood
-        if likelihood != "normal":
-            from .._transform import expected_values
-
-            counts = sparse.csr_matrix(counts, dtype=np.float32)
-            library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-            self.targets_ = CountTargets(likelihood, counts, library)
-            self.expected_ = (
-                expected_values(transform, scales=scales, max_rate=float(library.max()) + 1.0),
-                np.asarray(scales, dtype=np.float64),
-            )
+        if self.likelihood == "normal":
+            return self.fit(X, grid)
+        counts = sparse.csr_matrix(counts, dtype=np.float32)
+        self._prepare(sparse.csr_matrix(X, dtype=np.float32), counts, grid)
+        self.library_ = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        self._expect(scales, transform, float(self.library_.max()) + 1.0 if max_rate is None else max_rate)
         return self
+
+    def fit_stream(
+        self,
+        source: Any,
+        grid: np.ndarray,
+        *,
+        shape: tuple[int, int],
+        scales: np.ndarray,
+        transform: str,
+        max_rate: float,
+    ) -> Self:
+        """Fit on data read block by block (dask or on disk): ``source.bounds`` and ``source.load(blocks)``.
+
+        ``source.bounds`` are the blocks' cells (slices in cell order) and ``source.load``
+        returns a :class:`~._ae_train.Buffer` of the listed blocks. Each epoch reads every
+        block once (see :func:`~._ae_train.train_epoch`); the sweep's predictors and
+        :meth:`predict_block` work on one block at a time. With the same blocks
+        (``block_cells`` in memory) and seed, training and output are the same bytes as in
+        memory.
+        """
+        self._prepare(None, None, grid, source=source, shape=shape)
+        if self.likelihood != "normal":
+            self._expect(scales, transform, max_rate)
+        return self
+
+    def _prepare(
+        self,
+        X: sparse.csr_matrix | None,
+        counts: sparse.csr_matrix | None,
+        grid: np.ndarray,
+        *,
+        source: Any = None,
+        shape: tuple[int, int] | None = None,
+    ) -> Self:
+        from ._ae_train import MemorySource, block_bounds, resolve_device
+
+        self.device_ = resolve_device(self.device)
+        self.X_ = X
+        self.shape_ = X.shape if shape is None else shape
+        self.grid_ = np.asarray(grid)
+        self.train_loss_: dict[tuple[int, int], float] = {}
+        self._trained: tuple[tuple[int, int], _Ensemble] | None = None
+        self.masker_ = None
+        self.expected_ = None
+        self.library_ = None
+        if source is None:
+            source = MemorySource(X, counts, block_bounds(X.shape[0], self.block_cells))
+        self.source_ = source
+        return self
+
+    def _expect(self, scales: np.ndarray, transform: str, max_rate: float) -> None:
+        from .._transform import expected_values
+
+        scales = np.asarray(scales, dtype=np.float64)
+        self.expected_ = (expected_values(transform, scales=scales, max_rate=max_rate), scales)
 
     def fit_masked(self, X: ArrayLike, groups: np.ndarray, grid: np.ndarray) -> Self:
         """Prepare Noise2Self training over the gene partition ``groups`` (a group index per gene).
@@ -263,21 +357,22 @@ class Autoencoder:
         self.masker_ = Masker(groups, self.mask_fill, self.X_, self._seed(0))
         return self
 
-    def _seed(self, width: int) -> int:
-        return int(seed_sequence(self.random_state, width).generate_state(1)[0])
+    def _seed(self, width: int, member: int = 0) -> int:
+        key = (width,) if member == 0 else (width, member)
+        return int(seed_sequence(self.random_state, *key).generate_state(1)[0])
 
-    def _training(self, width: int, epochs: np.ndarray) -> Iterator[tuple[int, object]]:
-        """Train one network of this width; yield it after every epoch listed."""
+    def _training(self, width: int, epochs: np.ndarray, member: int = 0) -> Iterator[tuple[int, object]]:
+        """Train one network of this width (``member`` of an ensemble); yield it after every epoch listed."""
         import torch
 
         from ._ae_module import AutoencoderModule
         from ._ae_train import train_epoch
 
-        seed = self._seed(width)
+        seed = self._seed(width, member)
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):  # nn.Linear draws a first init from the global RNG
             module = AutoencoderModule(
-                self.X_.shape[1],
+                self.shape_[1],
                 width,
                 tuple(self.hidden),
                 self.dropout,
@@ -291,13 +386,14 @@ class Autoencoder:
         for epoch in range(1, int(epochs.max()) + 1):
             loss = train_epoch(
                 module,
-                self.X_,
+                self.source_,
                 optimizer,
                 batch_size=self.batch_size,
+                buffer_cells=self.buffer_cells,
                 rng=rng,
                 device=self.device_,
                 masker=self.masker_,
-                targets=self.targets_,
+                likelihood=self.likelihood,
             )
             self.train_loss_[(width, epoch)] = loss
             if epoch in wanted:
@@ -306,15 +402,35 @@ class Autoencoder:
     def _infer(self, module: object, rows: slice, cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
         from ._ae_train import infer
 
+        bounds = self.source_.bounds
         out = infer(
-            module, self.X_, rows, batch_size=_INFER_BATCH, device=self.device_, cache=cache, masker=self.masker_
+            module,
+            self.X_,
+            rows,
+            batch_size=_INFER_BATCH,
+            device=self.device_,
+            cache=cache,
+            masker=self.masker_,
+            bounds=bounds if len(bounds) > 1 else None,
         )
-        if self.targets_ is None:
+        return out if self.expected_ is None else self._expected(out, self.library_[rows], rows)
+
+    def _infer_block(
+        self, module: object, values: sparse.csr_matrix, counts: sparse.csr_matrix | None, rows: slice
+    ) -> np.ndarray:
+        from ._ae_train import infer
+
+        values = sparse.csr_matrix(values, dtype=np.float32)
+        out = infer(module, values, slice(None), batch_size=_INFER_BATCH, device=self.device_)
+        if self.expected_ is None:
             return out
-        # the decoder's rates, library · softmax(logits), as expected transformed values
+        return self._expected(out, np.asarray(counts.sum(axis=1), dtype=np.float64).ravel(), rows)
+
+    def _expected(self, logits: np.ndarray, library: np.ndarray, rows: slice) -> np.ndarray:
+        """Return the decoder's rates, ``library · softmax(logits)``, as expected transformed values."""
         expected, scales = self.expected_
-        shares = np.exp(out - out.max(axis=1, keepdims=True), dtype=np.float64)
-        rates = shares * (self.targets_.library[rows] / shares.sum(axis=1))[:, None]
+        shares = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
+        rates = shares * (library / shares.sum(axis=1))[:, None]
         return expected(rates, scales[rows]).astype(np.float32)
 
     def _value(self, width: int, epoch: int) -> int | tuple[int, int]:
@@ -330,11 +446,24 @@ class Autoencoder:
             for epoch, module in self._training(width, epochs):
                 yield self._value(width, epoch), _Predictor(self, module, self.train_loss_[(width, epoch)])
 
-    def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
-        """Reconstruction of cells ``rows`` by the network trained to ``value`` (trained on first use)."""
+    def _ensemble(self, value: int | tuple[int, int]) -> _Ensemble:
+        """Return the ``n_fits`` networks trained to ``value`` (trained on first use)."""
         width, epoch = (self.bottleneck, value) if np.ndim(value) == 0 else tuple(value)
         key = (int(width), int(epoch))
         if self._trained is None or self._trained[0] != key:
-            for _, module in self._training(key[0], np.array([key[1]])):
-                self._trained = (key, _Predictor(self, module, self.train_loss_[(key[0], key[1])]))
-        return self._trained[1](rows)
+            members = []
+            for member in range(self.n_fits):
+                for _, module in self._training(key[0], np.array([key[1]]), member):
+                    members.append(_Predictor(self, module, self.train_loss_[key]))
+            self._trained = (key, _Ensemble(members))
+        return self._trained[1]
+
+    def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
+        """Output for cells ``rows`` of the ``n_fits`` networks trained to ``value`` (trained on first use)."""
+        return self._ensemble(value)(rows)
+
+    def predict_block(
+        self, values: sparse.csr_matrix, counts: sparse.csr_matrix | None, rows: slice, value: int | tuple[int, int]
+    ) -> np.ndarray:
+        """Output for a block of cells ``rows`` read elsewhere (after :meth:`fit_stream`): its values and counts."""
+        return self._ensemble(value).block(values, counts, rows)
