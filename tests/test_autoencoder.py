@@ -360,3 +360,27 @@ def test_bad_n_fits_is_refused_before_any_work(sim, n_fits):
     with pytest.raises(ValueError, match="n_fits must be a positive integer"):
         n2s.pp.denoise(adata, method=Autoencoder(n_fits=n_fits), progress=False)
     assert not adata.layers and not adata.uns
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("autocast", [True, False], ids=["bf16", "fp32"])
+def test_cuda_masked_and_count_training(autocast):
+    sim = simulate_low_rank_poisson(400, 120, 6, mean_depth=500.0, seed=0)
+    settings = {**SMALL, "device": "cuda", "autocast": autocast}
+    truth = expected_transform(sim.rates.ravel(), [1.0], "sqrt")[0].reshape(sim.rates.shape)
+    values = transformed(sim.counts, "sqrt", None)
+    grid = range(1, 31)
+    result = n2s.tl.calibrate(
+        sim.counts,
+        method=Autoencoder(**settings),
+        calibration="genes",
+        grid=grid,
+        transform="sqrt",
+        target_sum=None,
+        progress=False,
+    )
+    errors, _ = _masked_errors(Autoencoder(**settings), values, truth, result.gene_groups, grid)
+    assert errors[result.best] <= 1.10 * min(errors.values())
+    adata = ad.AnnData(sim.counts.copy())
+    n2s.pp.denoise(adata, method=Autoencoder(**settings, likelihood="negative_binomial"), grid=[1, 5], progress=False)
+    assert np.isfinite(adata.layers["denoised"]).all()

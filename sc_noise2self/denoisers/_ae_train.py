@@ -49,8 +49,8 @@ def to_device(X: sparse.csr_matrix, rows: np.ndarray | slice, device: torch.devi
     return batch
 
 
-def _autocast(device: torch.device) -> torch.autocast | nullcontext:
-    if device.type == "cuda":
+def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast | nullcontext:
+    if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return nullcontext()
 
@@ -135,6 +135,7 @@ def train_epoch(
     device: torch.device,
     masker: Masker | None = None,
     likelihood: str = "normal",
+    autocast: bool = True,
 ) -> float:
     """One pass over the cells in a random order; returns the mean training loss per entry.
 
@@ -161,7 +162,7 @@ def train_epoch(
             local = np.sort(shuffled[start : start + batch_size])  # sorted rows slice CSR faster
             batch = to_device(buffer.values, local, device)
             inputs, hidden = (batch, None) if masker is None else masker.hide_random(buffer.rows[local], batch, rng)
-            with _autocast(device):
+            with _autocast(device, autocast):
                 out = module(inputs)
             if likelihood == "normal":
                 per_entry = (out.float() - batch) ** 2
@@ -191,6 +192,7 @@ def infer(
     cache: dict[int, np.ndarray] | None = None,
     masker: Masker | None = None,
     bounds: list[slice] | None = None,
+    autocast: bool = True,
 ) -> np.ndarray:
     """Reconstruction of cells ``rows`` (float32), computed batch by batch.
 
@@ -213,7 +215,7 @@ def infer(
         if cache is not None and b in cache:
             block = cache[b]
         else:
-            block = _forward(module, X, lo, hi, device, masker)
+            block = _forward(module, X, lo, hi, device, masker, autocast)
             if cache is not None:
                 cache.clear()
                 cache[b] = block
@@ -230,11 +232,17 @@ def batch_edges(n_cells: int, batch_size: int, bounds: list[slice] | None) -> np
 
 
 def _forward(
-    module: AutoencoderModule, X: sparse.csr_matrix, lo: int, hi: int, device: torch.device, masker: Masker | None
+    module: AutoencoderModule,
+    X: sparse.csr_matrix,
+    lo: int,
+    hi: int,
+    device: torch.device,
+    masker: Masker | None,
+    autocast: bool = True,
 ) -> np.ndarray:
     """Return the network's output for cells ``lo:hi``; J-invariant (a pass per gene group) with a ``masker``."""
     batch = to_device(X, slice(lo, hi), device)
-    with _autocast(device):
+    with _autocast(device, autocast):
         if masker is None:
             return module(batch).float().cpu().numpy()
         stand_in = masker.stand_in(np.arange(lo, hi), batch)

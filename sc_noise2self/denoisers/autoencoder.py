@@ -13,7 +13,7 @@ import numpy as np
 from scipy import sparse
 
 from .._split import seed_sequence
-from .._validate import check_int_grid, check_number, check_positive_int
+from .._validate import check_flag, check_int_grid, check_number, check_positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -111,8 +111,10 @@ class Autoencoder:
     weight_decay
         Adam's L2 penalty.
     device
-        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. On CUDA the forward pass
-        runs in bfloat16 autocast and batches are copied from pinned memory asynchronously.
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. On CUDA batches are
+        copied from pinned memory asynchronously.
+    autocast
+        On CUDA, run the forward pass in bfloat16 autocast (losses and outputs in float32).
     likelihood
         The training loss: ``"normal"`` (squared error on the transformed scale), or a count
         likelihood, ``"poisson"`` or ``"negative_binomial"`` (a learned dispersion per gene):
@@ -153,6 +155,7 @@ class Autoencoder:
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         device: str = "auto",
+        autocast: bool = True,
         likelihood: str = "normal",
         n_fits: int = 1,
         block_cells: int | None = None,
@@ -167,6 +170,7 @@ class Autoencoder:
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.device = device
+        self.autocast = autocast
         self.likelihood = likelihood
         self.n_fits = n_fits
         self.block_cells = block_cells
@@ -178,7 +182,7 @@ class Autoencoder:
         return (
             f"Autoencoder(bottleneck={self.bottleneck}, hidden={self.hidden}, dropout={self.dropout}, "
             f"batch_size={self.batch_size}, learning_rate={self.learning_rate}, weight_decay={self.weight_decay}, "
-            f"device={self.device!r}, likelihood={self.likelihood!r}, n_fits={self.n_fits}, "
+            f"device={self.device!r}, autocast={self.autocast}, likelihood={self.likelihood!r}, n_fits={self.n_fits}, "
             f"block_cells={self.block_cells}, buffer_cells={self.buffer_cells}, mask_fill={self.mask_fill!r}, "
             f"random_state={self.random_state!r})"
         )
@@ -204,6 +208,7 @@ class Autoencoder:
             raise ValueError(msg)
         check_number(self.dropout, "dropout", low=0.0, high=1.0, open_high=True, example="0.1")
         check_positive_int(self.batch_size, "batch_size")
+        check_flag(self.autocast, "autocast")
         check_positive_int(self.n_fits, "n_fits")
         if self.block_cells is not None:
             check_positive_int(self.block_cells, "block_cells")
@@ -394,6 +399,7 @@ class Autoencoder:
                 device=self.device_,
                 masker=self.masker_,
                 likelihood=self.likelihood,
+                autocast=self.autocast,
             )
             self.train_loss_[(width, epoch)] = loss
             if epoch in wanted:
@@ -411,6 +417,7 @@ class Autoencoder:
             device=self.device_,
             cache=cache,
             masker=self.masker_,
+            autocast=self.autocast,
             bounds=bounds if len(bounds) > 1 else None,
         )
         return out if self.expected_ is None else self._expected(out, self.library_[rows], rows)
@@ -421,7 +428,7 @@ class Autoencoder:
         from ._ae_train import infer
 
         values = sparse.csr_matrix(values, dtype=np.float32)
-        out = infer(module, values, slice(None), batch_size=_INFER_BATCH, device=self.device_)
+        out = infer(module, values, slice(None), batch_size=_INFER_BATCH, device=self.device_, autocast=self.autocast)
         if self.expected_ is None:
             return out
         return self._expected(out, np.asarray(counts.sum(axis=1), dtype=np.float64).ravel(), rows)
