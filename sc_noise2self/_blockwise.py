@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from tqdm import tqdm
 
-    from ._calibrate import CalibrationResult
+    from ._calibrate import CalibrationResult, McvSetup
     from ._types import ArrayLike, LossName, RandomState, TransformName
     from .denoisers import Denoiser
     from .denoisers._base import GridValue
@@ -62,7 +62,6 @@ __all__ = [
     "refit_blockwise",
     "refit_streaming",
     "run_mcv_blockwise",
-    "run_mcv_streaming",
 ]
 
 _BACKED_BLOCK_ELEMENTS = 2**24  # cells per block of a backed matrix × genes
@@ -346,10 +345,15 @@ def run_mcv_blockwise(
 ) -> CalibrationResult:
     """Molecular cross-validation on blockwise data; equals :func:`~sc_noise2self._calibrate.run_mcv`.
 
-    The bar counts two passes over the blocks per split (fit, score).
+    Each split is redrawn block by block whenever a block is read (keyed by cell and gene,
+    so always the same). A :class:`~sc_noise2self.denoisers.Blockwise` denoiser is fitted
+    from merged block statistics and scored in one more pass (two passes per split on the
+    bar); a streaming one (the autoencoder, ``fit_stream``) trains from buffers of blocks,
+    one pass per epoch, and each grid value is scored in one pass (a step per value).
     """
     shape = data.shape
-    model = _blockwise_denoiser(denoiser, shape[1], method)
+    streaming = check_streaming(denoiser)
+    model = denoiser if streaming else _blockwise_denoiser(denoiser, shape[1], method)
     setup = mcv_setup(
         data.totals,
         data.max_count,
@@ -365,50 +369,20 @@ def run_mcv_blockwise(
     )
     n_splits = check_positive_int(n_splits, "n_splits")
     grid = _checked_grid(model, grid, shape)
+    split = _streamed_split if streaming else _statistics_split
 
     losses, baseline = np.zeros((n_splits, len(grid))), np.zeros(n_splits)
-    add_steps(bar, 2 * n_splits)
+    add_steps(bar, n_splits * (len(grid) + 1 if streaming else 2))
     for i in range(n_splits):
         seed = split_seed(random_state, Stream.MCV, i)
 
-        def halves(block: sparse.csr_matrix, rows: slice, seed: int = seed) -> tuple[Any, Any]:
+        def halves(block: sparse.csr_matrix, rows: slice, seed: int = seed) -> tuple[Any, Any, Any]:
+            """Return the block's training values, training counts and held-out counts."""
             train, test = setup.plan.halves(block, data.totals[rows], setup.fraction, seed, row_offset=rows.start)
-            return transform_counts(train, transform, setup.train_scales[rows]), test
+            return transform_counts(train, transform, setup.train_scales[rows]), train, test
 
-        _fit_blockwise(model, data.blocks, lambda b, r, halves=halves: halves(b, r)[0], grid)
-        bar.update(1)
-
-        def score(block: sparse.csr_matrix, rows: slice) -> list[PartialSum]:
-            values, test = halves(block, rows)
-            parts = []
-            for part in chunk_rows(block.shape[0], block.shape[1], chunk_size):
-                cells = slice(rows.start + part.start, rows.start + part.stop)
-                target = setup.target(
-                    test[part],
-                    block[part],
-                    data.totals[cells],
-                    cells,
-                    transform=transform,
-                    loss=loss,
-                    reused=True,
-                )
-
-                def scored(pred: np.ndarray, cells: slice = cells, target: Any = target) -> np.ndarray:
-                    return score_block(
-                        pred, target, conversion=setup.conversion, train_scales=setup.train_scales[cells], loss=loss
-                    )
-
-                per_cell = [scored(pred) for _, pred in model.sweep_rows(values[part], cells)]
-                per_cell.append(scored(values[part].toarray()))  # no denoising: the training part itself
-                parts.append(partial_sum(cells.start, np.stack(per_cell, axis=1)))
-            return parts
-
-        total = CellSum(len(grid) + 1)
-        for part in itertools.chain.from_iterable(data.blocks.map(score)):
-            total.add_partial(part)
-        sums = total.total()
+        sums = split(model, data, halves, grid, setup, chunk_size=chunk_size, transform=transform, loss=loss, bar=bar)
         losses[i], baseline[i] = sums[:-1], sums[-1]
-        bar.update(1)
     return mcv_result(
         losses,
         model,
@@ -423,6 +397,51 @@ def run_mcv_blockwise(
         random_state=random_state,
         baseline=baseline,
     )
+
+
+def _statistics_split(
+    model: Blockwise,
+    data: BlockCounts,
+    halves: Callable[[sparse.csr_matrix, slice], tuple[Any, Any, Any]],
+    grid: np.ndarray,
+    setup: McvSetup,
+    *,
+    chunk_size: int | None,
+    transform: TransformName,
+    loss: LossName,
+    bar: tqdm,
+) -> np.ndarray:
+    """One split: fit from merged block statistics, then score each block from its own rows.
+
+    Returns the summed loss per grid value, and last that of no denoising.
+    """
+    _fit_blockwise(model, data.blocks, lambda b, r: halves(b, r)[0], grid)
+    bar.update(1)
+
+    def score(block: sparse.csr_matrix, rows: slice) -> list[PartialSum]:
+        values, _, test = halves(block, rows)
+        parts = []
+        for part in chunk_rows(block.shape[0], block.shape[1], chunk_size):
+            cells = slice(rows.start + part.start, rows.start + part.stop)
+            target = setup.target(
+                test[part], block[part], data.totals[cells], cells, transform=transform, loss=loss, reused=True
+            )
+
+            def scored(pred: np.ndarray, cells: slice = cells, target: Any = target) -> np.ndarray:
+                return score_block(
+                    pred, target, conversion=setup.conversion, train_scales=setup.train_scales[cells], loss=loss
+                )
+
+            per_cell = [scored(pred) for _, pred in model.sweep_rows(values[part], cells)]
+            per_cell.append(scored(values[part].toarray()))  # no denoising: the training part itself
+            parts.append(partial_sum(cells.start, np.stack(per_cell, axis=1)))
+        return parts
+
+    total = CellSum(len(grid) + 1)
+    for part in itertools.chain.from_iterable(data.blocks.map(score)):
+        total.add_partial(part)
+    bar.update(1)
+    return total.total()
 
 
 def refit_blockwise(
@@ -475,90 +494,47 @@ def check_streaming(denoiser: Denoiser) -> bool:
     return callable(getattr(denoiser, "fit_stream", None))
 
 
-def run_mcv_streaming(
+def _streamed_split(
+    model: Denoiser,
     data: BlockCounts,
-    denoiser: Denoiser,
+    halves: Callable[[sparse.csr_matrix, slice], tuple[Any, Any, Any]],
+    grid: np.ndarray,
+    setup: McvSetup,
     *,
-    method: str,
-    grid: ArrayLike | None,
-    split_fraction: float,
-    n_splits: int,
-    transform: TransformName,
-    target_sum: float | None,
-    loss: LossName,
-    random_state: RandomState,
     chunk_size: int | None,
+    transform: TransformName,
+    loss: LossName,
     bar: tqdm,
-    sampling: str = "poisson",
-    dispersion: float | None = None,
-    depth: str = "held_out",
-) -> CalibrationResult:
-    """Molecular cross-validation of a streaming denoiser on blockwise data (one pass per epoch and per score).
+) -> np.ndarray:
+    """One split of a streaming denoiser: train from buffers of blocks, score every grid value in one pass.
 
-    Each block's split is redrawn whenever the block is read (keyed by cell and gene, so
-    always the same); the network lives in this process, and dask only reads and splits
-    blocks. Equals :func:`~sc_noise2self._calibrate.run_mcv` for the same seed when the
-    in-memory denoiser trains from the same blocks (``block_cells``).
+    The network lives in this process; dask only reads and splits blocks. Equals the
+    in-memory calibration for the same seed when the in-memory denoiser trains from the
+    same blocks (``block_cells``). Returns the summed loss per grid value, and last that of
+    no denoising (scored in the first value's pass).
     """
-    shape = data.shape
-    setup = mcv_setup(
-        data.totals,
-        data.max_count,
-        data.blocks.gather,
-        split_fraction=split_fraction,
-        transform=transform,
-        target_sum=target_sum,
-        loss=loss,
-        sampling=sampling,
-        dispersion=dispersion,
-        depth=depth,
-        random_state=random_state,
-    )
-    n_splits = check_positive_int(n_splits, "n_splits")
-    grid = _checked_grid(denoiser, grid, shape)
-    losses, baseline = np.zeros((n_splits, len(grid))), np.zeros(n_splits)
-    add_steps(bar, n_splits * (len(grid) + 1))
-    for i in range(n_splits):
-        seed = split_seed(random_state, Stream.MCV, i)
-
-        def halves(block: sparse.csr_matrix, rows: slice, seed: int = seed) -> tuple[Any, Any, Any]:
-            train, test = setup.plan.halves(block, data.totals[rows], setup.fraction, seed, row_offset=rows.start)
-            return transform_counts(train, transform, setup.train_scales[rows]), train, test
-
-        def scored(block: sparse.csr_matrix, rows: slice, halves: Callable = halves) -> tuple[Any, ...]:
-            values, train, test = halves(block, rows)
-            return values, train, test, block
-
-        source = StreamSource(data.blocks, lambda b, r, halves=halves: halves(b, r)[:2])
-        sweep = denoiser.fit_stream(
-            source,
-            grid,
-            shape=shape,
-            scales=setup.train_scales,
-            transform=transform,
-            max_rate=float(data.totals.max()) + 1.0,
-        )
-        bar.update(1)
-        for j, (_, predict) in enumerate(sweep.sweep_values()):
-            sums = _stream_scores(data, source, scored, predict, setup, chunk_size, transform, loss, first=j == 0)
-            losses[i, j] = sums[0]
-            if j == 0:
-                baseline[i] = sums[1]
-            bar.update(1)
-    return mcv_result(
-        losses,
-        denoiser,
+    source = StreamSource(data.blocks, lambda b, r: halves(b, r)[:2])
+    sweep = model.fit_stream(
+        source,
         grid,
-        shape,
-        setup,
-        method=method,
+        shape=data.shape,
+        scales=setup.train_scales,
         transform=transform,
-        target_sum=target_sum,
-        loss=loss,
-        sampling=sampling,
-        random_state=random_state,
-        baseline=baseline,
+        max_rate=float(data.totals.max()) + 1.0,
     )
+    bar.update(1)
+
+    def scored(block: sparse.csr_matrix, rows: slice) -> tuple[Any, ...]:
+        return (*halves(block, rows), block)
+
+    sums = np.zeros(len(grid) + 1)
+    for j, (_, predict) in enumerate(sweep.sweep_values()):
+        part = _stream_scores(data, source, scored, predict, setup, chunk_size, transform, loss, first=j == 0)
+        sums[j] = part[0]
+        if j == 0:
+            sums[-1] = part[1]
+        bar.update(1)
+    return sums
 
 
 def _stream_scores(
@@ -566,7 +542,7 @@ def _stream_scores(
     source: StreamSource,
     scored: Callable[[sparse.csr_matrix, slice], tuple[Any, ...]],
     predict: Any,
-    setup: Any,
+    setup: McvSetup,
     chunk_size: int | None,
     transform: TransformName,
     loss: LossName,

@@ -11,11 +11,9 @@ from . import _logging as logg
 from ._blockwise import (
     BlockCounts,
     check_blockwise_request,
-    check_streaming,
     is_blockwise,
     prepare_blocks,
     run_mcv_blockwise,
-    run_mcv_streaming,
 )
 from ._calibrate import (
     CalibrationResult,
@@ -251,8 +249,7 @@ def _run(
         n_splits = resolve_n_splits(
             n_splits, select=select, median_count=float(np.median(cell_counts)), split_fraction=split_fraction
         )
-        engine = (run_mcv_streaming if check_streaming(denoiser) else run_mcv_blockwise) if blockwise else run_mcv
-        result = engine(
+        result = (run_mcv_blockwise if blockwise else run_mcv)(
             data_counts if blockwise else data_counts.matrix,
             denoiser,
             method=name,

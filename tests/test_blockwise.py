@@ -153,13 +153,13 @@ def test_blockwise_errors_say_what_to_do_and_leave_adata_untouched(counts):
     good = ad.AnnData(_dask(counts, (100, -1)))
     for kwargs, message in (
         ({"calibration": "genes"}, "needs the data in memory"),
-        ({"method": n2s.denoisers.Autoencoder()}, "needs the data in memory"),
+        ({"method": n2s.denoisers.KNNAverage()}, "needs the data in memory"),
         ({"method": n2s.denoisers.PCA(solver="randomized")}, "covariance"),
     ):
         with pytest.raises(ValueError, match=message):
             n2s.pp.denoise(good, progress=False, **kwargs)
     # what cannot run blockwise is refused before the data are read: here, before the bad block
-    for kwargs in ({"calibration": "genes"}, {"method": n2s.denoisers.Autoencoder()}):
+    for kwargs in ({"calibration": "genes"}, {"method": n2s.denoisers.KNNAverage()}):
         with pytest.raises(ValueError, match="needs the data in memory"):
             n2s.pp.denoise(lazy, progress=False, **kwargs)
     assert not good.layers and not good.uns and not good.obsm
