@@ -285,7 +285,7 @@ def test_count_decoder_writes_expected_transformed_rates_and_is_reproducible(sim
     outputs = []
     for _ in range(2):
         adata = ad.AnnData(sim.counts.copy())
-        model = Autoencoder(**SMALL, device="cpu", likelihood="negative_binomial")
+        model = Autoencoder(**SMALL, device="cpu", likelihood="negative_binomial", n_fits=1)
         n2s.pp.denoise(adata, method=model, grid=[1, 3], progress=False)
         outputs.append(adata)
     layer = outputs[0].layers["denoised"]
@@ -294,7 +294,7 @@ def test_count_decoder_writes_expected_transformed_rates_and_is_reproducible(sim
     best = int(outputs[0].uns["denoised"]["best"])
     totals = np.asarray(sim.counts.sum(axis=1), dtype=np.float64).ravel()
     values = transformed(sim.counts, "log1p", 1e4)
-    model = Autoencoder(**SMALL, device="cpu", likelihood="negative_binomial")
+    model = Autoencoder(**SMALL, device="cpu", likelihood="negative_binomial", n_fits=1)
     model.fit_counts(values, np.array([best]), counts=sim.counts, scales=1e4 / totals, transform="log1p")
     _, predict = next(iter(model.sweep_values()))
     assert predict(slice(None)).tobytes() == layer.tobytes()
@@ -342,7 +342,7 @@ def test_count_decoder_needs_the_counts(sim):
 
 def test_n_fits_writes_the_mean_of_networks_from_their_own_seeds(sim):
     values = transformed(sim.counts, "sqrt", None)
-    one = Autoencoder(**SMALL, device="cpu").fit(values, np.array([2]))
+    one = Autoencoder(**SMALL, device="cpu", n_fits=1).fit(values, np.array([2]))
     three = Autoencoder(**SMALL, device="cpu", n_fits=3).fit(values, np.array([2]))
     first = one.predict(slice(None), 2)
     three.predict(slice(0, 1), 2)  # trains the three networks
