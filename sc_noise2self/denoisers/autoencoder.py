@@ -142,7 +142,7 @@ class Autoencoder:
         Noise2Self training (``calibration="genes"``) only: what stands in for a hidden
         gene group in the input — ``"zero"``, ``"mean"`` (the gene's mean over cells), or
         ``"donor"`` (the values of another cell, fixed per cell). Zero gave the lowest
-        error against the truth on the simulator (``benchmarks/masked_autoencoder.py``).
+        error against the truth on the simulator (``benchmarks/autoencoder_calibration.py``).
     random_state
         Seed of the weights, dropout and batch order; training on CPU is deterministic.
     """
