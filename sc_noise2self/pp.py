@@ -100,7 +100,8 @@ def denoise(
     adata
         Annotated data matrix with raw UMI counts (cells × genes), sparse or dense. A
         dask array (chunks along cells) or a backed AnnData is calibrated block by block
-        without loading it (PCA or diffusion, ``calibration="mcv"``); the output is then factored.
+        without loading it (``calibration="mcv"``): PCA and diffusion output is then
+        factored; the autoencoder trains from streamed blocks and its layer is lazy.
     method
         ``"pca"``, ``"diffusion"``, ``"knn"`` (:class:`~sc_noise2self.denoisers.KNNAverage`), ``"autoencoder"``,
         or a :class:`~sc_noise2self.denoisers.Denoiser`
@@ -198,9 +199,10 @@ def denoise(
         itself), ``select``, ``best`` (the chosen value), ``best_min`` (the minimum's),
         ``grid_edge`` (the axes on which the choice is the largest value swept, comma-separated;
         empty when none),
-        ``params`` (every setting, including ``layer``), ``output`` (``"dense"`` or
-        ``"factored"``), ``scale`` (``"transformed"`` or ``"counts"``), ``outputs`` (the
-        names written, per slot) and the package ``version``.
+        ``params`` (every setting, including ``layer``), ``output`` (``"dense"``,
+        ``"factored"`` or ``"lazy"``: a dask layer that runs the autoencoder block by
+        block), ``scale`` (``"transformed"`` or ``"counts"``), ``outputs`` (the names
+        written, per slot) and the package ``version``.
     """
     key_added = check_key(key_added)
     if scale not in ("transformed", "counts"):
@@ -328,10 +330,10 @@ def _outputs(
 
     ``gene_groups``: the partition of ``calibration="genes"``, for a denoiser refitted by masked training.
     """
-    counts = _to_counts(data, transform, target_sum, genes) if scale == "counts" else None
-    columns = data.genes  # the genes the output's columns come from (None: all)
     if isinstance(data, BlockCounts) and check_streaming(denoiser):
         return _streamed_outputs(data, denoiser, best, key=key, transform=transform, target_sum=target_sum, scale=scale)
+    counts = _to_counts(data, transform, target_sum, genes) if scale == "counts" else None
+    columns = data.genes  # the genes the output's columns come from (None: all)
     if isinstance(data, BlockCounts):
         factors = refit_blockwise(data, denoiser, best, transform=transform, target_sum=target_sum)
     else:
@@ -376,10 +378,7 @@ def _streamed_outputs(
     scale: str,
 ) -> dict[str, dict[str, Any]]:
     """Train on all blocks at the chosen value; the output is a lazy layer that runs the networks block by block."""
-    counts = None
-    if scale == "counts":  # the lazy layer's blocks come by kept cell
-        _to_counts(data, transform, target_sum, None)  # its checks
-        counts = to_counts(transform, data.totals, target_sum, data.max_count, None)
+    counts = _to_counts(data, transform, target_sum, None, by_kept_cell=True) if scale == "counts" else None
     layer = refit_streaming(data, denoiser, best, transform=transform, target_sum=target_sum, counts=counts)
     outputs: dict[str, dict[str, Any]] = {"layers": {key: layer}}
     if data.cells is not None:
@@ -397,9 +396,17 @@ def _low_rank_dense(factors: tuple[np.ndarray, np.ndarray, np.ndarray], chunk_si
 
 
 def _to_counts(
-    data: Counts | BlockCounts, transform: TransformName, target_sum: float | None, genes: GeneMask | None
+    data: Counts | BlockCounts,
+    transform: TransformName,
+    target_sum: float | None,
+    genes: GeneMask | None,
+    *,
+    by_kept_cell: bool = False,
 ) -> ToCounts:
-    """Return the map from the output's transformed scale to expected counts, for the cells calibrated."""
+    """Return the map from the output's transformed scale to expected counts, for the cells calibrated.
+
+    Its rows are the input's cells, or with ``by_kept_cell`` the kept cells only.
+    """
     if not data.is_counts:
         msg = "scale='counts' maps the output back to counts, which needs raw counts as input; use scale='transformed'."
         raise ValueError(msg)
@@ -409,7 +416,7 @@ def _to_counts(
         totals, max_count = data.totals, data.max_count
     else:
         totals, max_count = np.asarray(data.matrix.sum(axis=1), dtype=np.float64).ravel(), data.matrix.data.max()
-    return to_counts(transform, totals, target_sum, max_count, data.cells)
+    return to_counts(transform, totals, target_sum, max_count, None if by_kept_cell else data.cells)
 
 
 def _gene_mask(
