@@ -135,3 +135,65 @@ def test_lazy_layer_survives_h5ad(counts, tmp_path):
     back = ad.read_h5ad(tmp_path / "out.h5ad")
     np.testing.assert_array_equal(back.layers["denoised"], np.asarray(lazy.layers["denoised"].compute()))
     assert back.uns["denoised"]["output"] == "lazy"
+
+
+def test_block_cells_beyond_the_cells_is_one_block(counts):
+    results = [
+        n2s.tl.calibrate(counts, method=Autoencoder(**SMALL, **extra), grid=GRID, progress=False).loss
+        for extra in ({}, {"block_cells": 10_000})
+    ]
+    np.testing.assert_array_equal(*results)
+
+
+def test_interrupted_streaming_leaves_the_anndata_untouched(counts, monkeypatch):
+    from sc_noise2self.denoisers import _ae_train
+
+    lazy = ad.AnnData(da.from_array(counts, chunks=(100, -1)))
+    calls = {"n": 0}
+    train = _ae_train.train_epoch
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(_ae_train, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        n2s.pp.denoise(lazy, method=Autoencoder(**SMALL), grid=GRID, progress=False)
+    assert not lazy.layers and not lazy.uns and lazy.obs.columns.empty
+
+
+@pytest.mark.parametrize("autocast", ["yes", 1, None])
+def test_bad_autocast_is_refused(counts, autocast):
+    adata = ad.AnnData(counts.copy())
+    with pytest.raises(ValueError, match="autocast must be True or False"):
+        n2s.pp.denoise(adata, method=Autoencoder(autocast=autocast), progress=False)
+    assert not adata.layers and not adata.uns
+
+
+def test_count_decoder_on_raw_counts_without_a_transform(counts):
+    adata = ad.AnnData(counts.copy())
+    model = Autoencoder(**SMALL, likelihood="poisson", n_fits=1)
+    n2s.pp.denoise(adata, method=model, grid=GRID, transform="none", target_sum=None, progress=False)
+    out = adata.layers["denoised"]
+    assert np.isfinite(out).all() and (out >= 0).all()
+    # with no transform the output is the rate itself: each cell's rates sum to its total count
+    np.testing.assert_allclose(out.sum(axis=1), np.asarray(counts.sum(axis=1)).ravel(), rtol=1e-4)
+
+
+def test_masked_training_on_scaled_values_with_negatives(counts):
+    logged = np.log1p(counts.toarray() / counts.sum(axis=1).A * 1e4)
+    scaled = (logged - logged.mean(axis=0)) / (logged.std(axis=0) + 1e-6)  # as sc.pp.scale leaves it
+    adata = ad.AnnData(scaled.astype(np.float32))
+    n2s.pp.denoise(
+        adata,
+        method=Autoencoder(**SMALL, mask_fill="mean"),
+        calibration="genes",
+        grid=[1, 2],
+        transform="none",
+        target_sum=None,
+        select="1se",
+        progress=False,
+    )
+    assert np.isfinite(adata.layers["denoised"]).all() and adata.uns["denoised"]["select"] == "1se"
