@@ -13,6 +13,10 @@ best setting's. Printed:
    its calibration and its output are the same function, so one run gives both.
 2. ``calibration="mcv"`` with ``likelihood`` normal / poisson / negative_binomial, scored
    with ``loss="mse"`` and ``loss="poisson"``.
+3. ``calibration="mcv"``, squared-error network, ``depth="held_out"`` (the default) against
+   ``depth="output"`` (the error at the output's depth, issue 15).
+
+``--only N`` runs one part.
 """
 
 from __future__ import annotations
@@ -100,11 +104,40 @@ def likelihoods(transform: str) -> None:
                 )
 
 
+def depths(transform: str) -> None:
+    print(f"\n### MCV, squared-error network, the depth of the error, {transform}\n")
+    print("| depth | seed | chosen | best on the grid | regret | time (s) |")
+    print("|---|---|---|---|---|---|")
+    for seed in SEEDS:
+        counts, values, _, truth = simulation(seed, transform)
+        model = Autoencoder(**SMALL).fit(values, GRID)
+        errors = {v: float(np.mean((p(slice(None)) - truth) ** 2)) for v, p in model.sweep_values()}
+        for depth in ("held_out", "output"):
+            start = time.perf_counter()
+            result = n2s.tl.calibrate(
+                counts,
+                method=Autoencoder(**SMALL),
+                grid=GRID,
+                transform=transform,
+                target_sum=SCALES[transform],
+                depth=depth,
+                progress=False,
+            )
+            best = tuple(int(v) for v in result.best)
+            print(
+                f"| {depth} | {seed} | {best} | {min(errors, key=errors.get)} | {regret(errors, best):.3f} | "
+                f"{time.perf_counter() - start:.0f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
-    for transform in SCALES:
-        masked(transform)
-    for transform in SCALES:
-        likelihoods(transform)
+    parts = {1: masked, 2: likelihoods, 3: depths}
+    only = int(sys.argv[sys.argv.index("--only") + 1]) if "--only" in sys.argv else None
+    for number, part in parts.items():
+        if only in (None, number):
+            for transform in SCALES:
+                part(transform)
 
 
 if __name__ == "__main__":
