@@ -112,11 +112,13 @@ def denoise(
         Name of the output layer and of the ``uns`` entry.
     calibration
         ``"mcv"`` (molecular cross-validation, needs counts) or ``"genes"``
-        (Noise2Self gene partition, any values).
+        (Noise2Self gene partition, any values; the autoencoder then trains by masking).
     grid
         Values to sweep. PCA: numbers of components, default 1..20, then steps up to
         100 (capped by ``min(n_cells, n_genes) - 1``). Diffusion: times ``t``, default
         0..20, or ``(t, n_neighbors)`` pairs from :func:`sc_noise2self.tl.grid`.
+        Autoencoder: epochs, or ``(bottleneck, epochs)`` pairs (default widths 4..128 ×
+        epochs 1..20).
     split_fraction
         MCV: expected share of each cell's molecules used for fitting.
     {mcv_sampling}
