@@ -39,7 +39,7 @@ from ._validate import (
     check_positive_int,
     nonzero_counts,
 )
-from .denoisers import Blockwise, CellGraph, RowProjection
+from .denoisers import Blockwise, CellGraph, RowProjection, Streaming
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -490,8 +490,8 @@ class StreamSource:
 
 
 def check_streaming(denoiser: Denoiser) -> bool:
-    """Whether ``denoiser`` trains from streamed blocks (it has ``fit_stream``)."""
-    return callable(getattr(denoiser, "fit_stream", None))
+    """Whether ``denoiser`` trains from streamed blocks (:class:`~sc_noise2self.denoisers.Streaming`)."""
+    return isinstance(denoiser, Streaming)
 
 
 def _streamed_split(

@@ -12,6 +12,7 @@ from ._base import (
     LowRank,
     MaskedPartition,
     RowProjection,
+    Streaming,
     ValueSweep,
 )
 from .diffusion import Diffusion
@@ -42,5 +43,6 @@ __all__ = [
     "LowRank",
     "MaskedPartition",
     "RowProjection",
+    "Streaming",
     "ValueSweep",
 ]

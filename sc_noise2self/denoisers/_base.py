@@ -48,6 +48,7 @@ __all__ = [
     "GenePartition",
     "LowRank",
     "MaskedPartition",
+    "Streaming",
     "ValueSweep",
 ]
 
@@ -170,6 +171,33 @@ class MaskedPartition(Protocol):
 
     def fit_masked(self, X: ArrayLike, groups: np.ndarray, grid: np.ndarray) -> BlockSweep | ValueSweep:
         """Fit by masked training over ``groups`` (a group index per gene), preparing every value of ``grid``."""
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """A denoiser trained from minibatches streamed out of blocks of cells (dask or backed input).
+
+    ``source.bounds`` lists the blocks' cells and ``source.load(blocks)`` reads several
+    blocks at once (values and the counts behind them), so that an epoch reads every block
+    once. The fitted sweep's predictors score one block at a time (``predict.block(values,
+    counts, rows)``), and after the refit :meth:`predict_block` gives the output of any
+    block, which the engine wraps in a lazy layer.
+    """
+
+    def fit_stream(
+        self,
+        source: Any,
+        grid: np.ndarray,
+        *,
+        shape: tuple[int, int],
+        scales: np.ndarray,
+        transform: str,
+        max_rate: float,
+    ) -> ValueSweep:
+        """Fit from ``source``, preparing every value of ``grid`` (``shape``: kept cells × genes)."""
+
+    def predict_block(self, values: Any, counts: Any, rows: slice, value: GridValue) -> np.ndarray:
+        """Output for the block of cells ``rows`` from its values and counts, at one grid value."""
 
 
 @runtime_checkable
