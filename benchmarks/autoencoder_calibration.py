@@ -48,6 +48,20 @@ def simulation(seed: int, transform: str) -> tuple:
     return sim.counts, transformed(sim.counts, transform, SCALES[transform]), scales, truth
 
 
+def sweep_errors(model: Autoencoder, truth: np.ndarray) -> dict:
+    """Truth error of the fitted sweep's network at every grid value."""
+    return {v: float(np.mean((p(slice(None)) - truth) ** 2)) for v, p in model.sweep_values()}
+
+
+def choose(counts: object, transform: str, method: Autoencoder, **settings: object) -> tuple[object, tuple, float]:
+    """Calibrate ``method`` on ``counts``; return the result, its choice and the seconds it took."""
+    start = time.perf_counter()
+    result = n2s.tl.calibrate(
+        counts, method=method, grid=GRID, transform=transform, target_sum=SCALES[transform], progress=False, **settings
+    )
+    return result, tuple(int(v) for v in result.best), time.perf_counter() - start
+
+
 def masked(transform: str) -> None:
     print(f"\n### Noise2Self masked training, {transform}\n")
     print("| mask_fill | seed | chosen | best on the grid | regret | truth error at the choice | time (s) |")
@@ -55,20 +69,10 @@ def masked(transform: str) -> None:
     for fill in ("zero", "mean", "donor"):
         for seed in SEEDS:
             counts, values, _, truth = simulation(seed, transform)
-            start = time.perf_counter()
-            result = n2s.tl.calibrate(
-                counts,
-                method=Autoencoder(**SMALL, mask_fill=fill),
-                calibration="genes",
-                grid=GRID,
-                transform=transform,
-                target_sum=SCALES[transform],
-                progress=False,
+            result, best, seconds = choose(counts, transform, Autoencoder(**SMALL, mask_fill=fill), calibration="genes")
+            errors = sweep_errors(
+                Autoencoder(**SMALL, mask_fill=fill).fit_masked(values, result.gene_groups, GRID), truth
             )
-            seconds = time.perf_counter() - start
-            model = Autoencoder(**SMALL, mask_fill=fill).fit_masked(values, result.gene_groups, GRID)
-            errors = {v: float(np.mean((p(slice(None)) - truth) ** 2)) for v, p in model.sweep_values()}
-            best = tuple(int(v) for v in result.best)
             print(
                 f"| {fill} | {seed} | {best} | {min(errors, key=errors.get)} | {regret(errors, best):.3f} | "
                 f"{errors[best]:.4f} | {seconds:.0f} |",
@@ -84,24 +88,14 @@ def likelihoods(transform: str) -> None:
         for seed in SEEDS:
             counts, values, scales, truth = simulation(seed, transform)
             model = Autoencoder(**SMALL, likelihood=likelihood)
-            model.fit_counts(values, GRID, counts=counts, scales=scales, transform=transform)
-            errors = {v: float(np.mean((p(slice(None)) - truth) ** 2)) for v, p in model.sweep_values()}
+            errors = sweep_errors(
+                model.fit_counts(values, GRID, counts=counts, scales=scales, transform=transform), truth
+            )
             for loss in ("mse", "poisson"):
-                start = time.perf_counter()
-                result = n2s.tl.calibrate(
-                    counts,
-                    method=Autoencoder(**SMALL, likelihood=likelihood),
-                    grid=GRID,
-                    transform=transform,
-                    target_sum=SCALES[transform],
-                    loss=loss,
-                    progress=False,
-                )
-                best = tuple(int(v) for v in result.best)
+                _, best, seconds = choose(counts, transform, Autoencoder(**SMALL, likelihood=likelihood), loss=loss)
                 print(
                     f"| {likelihood} | {loss} | {seed} | {best} | {min(errors, key=errors.get)} | "
-                    f"{regret(errors, best):.3f} | {errors[best]:.4f} / {min(errors.values()):.4f} | "
-                    f"{time.perf_counter() - start:.0f} |",
+                    f"{regret(errors, best):.3f} | {errors[best]:.4f} / {min(errors.values()):.4f} | {seconds:.0f} |",
                     flush=True,
                 )
 
@@ -112,23 +106,12 @@ def depths(transform: str) -> None:
     print("|---|---|---|---|---|---|")
     for seed in SEEDS:
         counts, values, _, truth = simulation(seed, transform)
-        model = Autoencoder(**SMALL).fit(values, GRID)
-        errors = {v: float(np.mean((p(slice(None)) - truth) ** 2)) for v, p in model.sweep_values()}
+        errors = sweep_errors(Autoencoder(**SMALL).fit(values, GRID), truth)
         for depth in ("held_out", "output"):
-            start = time.perf_counter()
-            result = n2s.tl.calibrate(
-                counts,
-                method=Autoencoder(**SMALL),
-                grid=GRID,
-                transform=transform,
-                target_sum=SCALES[transform],
-                depth=depth,
-                progress=False,
-            )
-            best = tuple(int(v) for v in result.best)
+            _, best, seconds = choose(counts, transform, Autoencoder(**SMALL), depth=depth)
             print(
                 f"| {depth} | {seed} | {best} | {min(errors, key=errors.get)} | {regret(errors, best):.3f} | "
-                f"{time.perf_counter() - start:.0f} |",
+                f"{seconds:.0f} |",
                 flush=True,
             )
 
@@ -155,19 +138,10 @@ def outputs(transform: str) -> None:
             model = Autoencoder(**SMALL, likelihood=likelihood, n_fits=3)
             model.fit_counts(values, GRID, counts=counts, scales=scales, transform=transform)
             errors = ensemble_errors(model, truth)
-            start = time.perf_counter()
-            result = n2s.tl.calibrate(
-                counts,
-                method=Autoencoder(**SMALL, likelihood=likelihood),
-                grid=GRID,
-                transform=transform,
-                target_sum=SCALES[transform],
-                progress=False,
-            )
-            best = tuple(int(v) for v in result.best)
+            _, best, seconds = choose(counts, transform, Autoencoder(**SMALL, likelihood=likelihood))
             print(
                 f"| {likelihood} | {seed} | {best} | {min(errors, key=errors.get)} | {regret(errors, best):.3f} | "
-                f"{errors[best]:.4f} / {min(errors.values()):.4f} | {time.perf_counter() - start:.0f} |",
+                f"{errors[best]:.4f} / {min(errors.values()):.4f} | {seconds:.0f} |",
                 flush=True,
             )
 
