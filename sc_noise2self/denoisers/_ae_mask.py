@@ -46,7 +46,7 @@ class Masker:
         self.means = torch.from_numpy(np.asarray(X.mean(axis=0), dtype=np.float32).ravel())
         n_cells = X.shape[0]
         shift = np.random.default_rng(seed).permutation(n_cells)
-        # cell order[i] takes the values of cell order[i + 1]: a single cycle, so nobody is their own donor
+        # cell shift[i] takes the values of cell shift[i + 1]: a single cycle, so nobody is their own donor
         self.donors = np.empty(n_cells, dtype=np.int64)
         self.donors[shift] = np.roll(shift, -1)
 
