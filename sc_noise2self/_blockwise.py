@@ -42,7 +42,7 @@ from ._validate import (
 from .denoisers import Blockwise, CellGraph, RowProjection, Streaming
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Literal
 
     from tqdm import tqdm
@@ -113,6 +113,7 @@ class RowBlocks:
             bounds = np.r_[np.arange(0, self.shape[0], step), self.shape[0]]
         self._source = X
         self._slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+        self._delayed: list[Any] | None = None
         self.cells: np.ndarray | None = None
         self.genes: np.ndarray | None = None
         self._kept_before = np.arange(self.shape[0] + 1)
@@ -132,28 +133,33 @@ class RowBlocks:
         start = int(self._kept_before[rows.start])
         return fn(as_canonical_csr(block), slice(start, start + block.shape[0]))
 
-    def _tasks(self, fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
-        """One dask task per block (dask input)."""
+    def _blocks(self) -> list[Any]:
+        """Return the dask array's blocks as delayed objects, made once (streamed training asks per block)."""
+        if self._delayed is None:
+            self._delayed = list(self._source.to_delayed().ravel())
+        return self._delayed
+
+    def __getstate__(self) -> dict[str, Any]:
+        # tasks carry this object to dask's workers: the delayed blocks (the whole graph again) stay here
+        return {**self.__dict__, "_delayed": None}
+
+    def _tasks(self, fn: Callable[[sparse.csr_matrix, slice], Any], indices: Iterable[int]) -> list[Any]:
+        """One dask task per block at ``indices`` (dask input)."""
         import dask
 
-        blocks = self._source.to_delayed().ravel()
-        return [dask.delayed(self._apply)(fn, b, rows) for b, rows in zip(blocks, self._slices, strict=True)]
+        blocks = self._blocks()
+        return [dask.delayed(self._apply)(fn, blocks[i], self._slices[i]) for i in indices]
 
     def map(self, fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
         """``fn`` of every block, in block order."""
-        if _is_dask(self._source):
-            import dask
+        return self.load(range(len(self._slices)), fn)
 
-            return list(dask.compute(*self._tasks(fn)))
-        return [self._apply(fn, self._source[rows], rows) for rows in self._slices]
-
-    def load(self, indices: list[int], fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
+    def load(self, indices: Iterable[int], fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
         """``fn`` of the blocks at ``indices`` (into :meth:`kept_bounds`), in that order, computed together."""
         if _is_dask(self._source):
             import dask
 
-            tasks = self._tasks(fn)
-            return list(dask.compute(*(tasks[i] for i in indices)))
+            return list(dask.compute(*self._tasks(fn, indices)))
         return [self._apply(fn, self._source[self._slices[i]], self._slices[i]) for i in indices]
 
     def kept_bounds(self) -> list[slice]:
@@ -179,7 +185,7 @@ class RowBlocks:
             return out
 
         if _is_dask(self._source):
-            sources = self._source.to_delayed().ravel()
+            sources = self._blocks()
         else:
             sources = [dask.delayed(self._source.__getitem__)(rows) for rows in self._slices]
         parts = [
@@ -197,7 +203,7 @@ class RowBlocks:
         if _is_dask(self._source):
             import dask
 
-            parts = self._tasks(fn)
+            parts = self._tasks(fn, range(len(self._slices)))
             while len(parts) > 1:
                 parts = [dask.delayed(_merge_all)(merge, parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]
             return dask.compute(parts[0])[0]

@@ -453,16 +453,20 @@ def _sweep_losses(
             for rows in blocks:
                 total.add(rows.start, score(rows, prepare(rows, dense), predict(rows)))
             losses[j] = total.total()[0]
-            train = getattr(predict, "train_loss", None)
-            shown = f"{value}: loss {losses[j] / n_entries:.5g}" + ("" if train is None else f", train {train:.5g}")
-            bar.set_postfix_str(shown, refresh=False)
-            bar.update(1)
+            _show_value(bar, value, losses[j] / n_entries, predict)
         if unchanged is not None:
             total = CellSum(1)
             for rows in blocks:
                 total.add(rows.start, score(rows, prepare(rows, dense), unchanged(rows)))
             losses[-1] = total.total()[0]
     return losses
+
+
+def _show_value(bar: tqdm, value: GridValue, loss: float, predict: Callable[[slice], np.ndarray]) -> None:
+    """Advance the bar past one grid value, showing its loss per entry and the predictor's training loss if any."""
+    train = getattr(predict, "train_loss", None)
+    bar.set_postfix_str(f"{value}: loss {loss:.5g}" + ("" if train is None else f", train {train:.5g}"), refresh=False)
+    bar.update(1)
 
 
 def plain_errors(_rows: slice, target: np.ndarray) -> np.ndarray:
@@ -882,12 +886,7 @@ def _masked_losses(
                 errors = (predict(rows).astype(np.float64) - values[rows].toarray()) ** 2
                 total.add(rows.start, np.add.reduceat(errors[:, order], starts, axis=1))
             losses[:, j] = total.total()
-            train = getattr(predict, "train_loss", None)
-            loss = losses[:, j].sum() / (values.shape[0] * values.shape[1])
-            bar.set_postfix_str(
-                f"{value}: loss {loss:.5g}" + ("" if train is None else f", train {train:.5g}"), refresh=False
-            )
-            bar.update(1)
+            _show_value(bar, value, losses[:, j].sum() / (values.shape[0] * values.shape[1]), predict)
     return losses
 
 

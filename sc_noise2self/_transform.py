@@ -331,40 +331,8 @@ class OutputDepth(NamedTuple):
 
     def __call__(self, target: np.ndarray, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
         """Map dense held-out values (cells × genes) with expected counts ``means``; cells at output ``scales``."""
-        at = _RatePositions.of(means, scales, self.inv_step, self.offset.shape[1], self.row_scales)
-        return at.value(self.offset) + at.value(self.slope) * target
-
-
-class _RatePositions(NamedTuple):
-    """Where rates (cells × genes) fall in a table over an even ``log1p(μ)`` grid with per-scale rows."""
-
-    j: np.ndarray
-    frac: np.ndarray
-    idx: np.ndarray
-    weight: np.ndarray
-    several_rows: bool
-
-    @classmethod
-    def of(
-        cls, rates: np.ndarray, scales: np.ndarray, inv_step: float, n: int, row_scales: np.ndarray
-    ) -> _RatePositions:
-        """Positions of ``rates`` of cells with ``scales``; rates past the grid take its last entry."""
-        pos = np.minimum(np.log1p(np.maximum(rates, 0.0)) * inv_step, n - 1.0)
-        j = np.minimum(pos.astype(np.int64), n - 2)
-        idx, weight = _rows_for(row_scales, scales)
-        return cls(j, pos - j, idx, weight, row_scales.size > 1)
-
-    def value(self, table: np.ndarray) -> np.ndarray:
-        """Interpolate ``table`` (rows × rate grid) at these positions, linearly in both directions."""
-
-        def lookup(r: np.ndarray) -> np.ndarray:
-            lo = table[r[:, None], self.j]
-            return lo + self.frac * (table[r[:, None], self.j + 1] - lo)
-
-        out = lookup(self.idx)
-        if self.several_rows:
-            out += self.weight[:, None] * (lookup(self.idx + 1) - out)
-        return out
+        at = (means, scales, self.inv_step, self.row_scales)
+        return _table_at_rates(self.offset, *at) + _table_at_rates(self.slope, *at) * target
 
 
 class ExpectedValues(NamedTuple):
@@ -386,16 +354,26 @@ class ExpectedValues(NamedTuple):
         rates = np.asarray(rates, dtype=np.float64)
         if self.transform == "none":
             return rates * np.asarray(scales, dtype=np.float64)[:, None]
-        idx, weight = _rows_for(self.row_scales, scales)
-        out = np.empty(rates.shape)
-        _rate_lookup(np.ascontiguousarray(rates), idx, weight, np.ascontiguousarray(self.table), self.inv_step, out)
-        return out
+        return _table_at_rates(self.table, rates, scales, self.inv_step, self.row_scales)
+
+
+def _table_at_rates(
+    table: np.ndarray, rates: np.ndarray, scales: np.ndarray, inv_step: float, row_scales: np.ndarray
+) -> np.ndarray:
+    """Interpolate ``table`` (scale rows × an even ``log1p(μ)`` grid) at ``rates`` (cells × genes).
+
+    Each cell's row is placed by its scale (linear in ``log s``), each rate in the row
+    linearly in ``log1p(μ)``; rates past the grid take its last entry. One compiled
+    parallel pass over the cells.
+    """
+    idx, weight = _rows_for(row_scales, scales)
+    out = np.empty(np.shape(rates))
+    _rate_lookup(np.ascontiguousarray(rates, dtype=np.float64), idx, weight, np.ascontiguousarray(table), inv_step, out)
+    return out
 
 
 @numba.njit(cache=True, parallel=True)
 def _rate_lookup(rates, idx, weight, table, inv_step, out):  # pragma: no cover - compiled
-    # Bilinear lookup of a table over an even log1p(rate) grid (columns) and scale rows, a cell per row:
-    # the compiled form of _RatePositions.value, one parallel region for a whole block.
     n = table.shape[1]
     several = table.shape[0] > 1
     for i in numba.prange(rates.shape[0]):

@@ -38,7 +38,7 @@ from ._output import (
 from ._pipeline import neighbors, pca
 from ._rows import low_rank_rows
 from ._split import split_array
-from ._transform import cell_scales, to_counts, transformed
+from ._transform import cell_scales, to_counts, transform_counts
 from ._validate import check_flag, check_positive_int, get_counts
 from .denoisers import LowRank
 from .tl import _run
@@ -339,12 +339,14 @@ def _outputs(
     if isinstance(data, BlockCounts):
         factors = refit_blockwise(data, denoiser, best, transform=transform, target_sum=target_sum)
     else:
-        totals = None if genes is None else genes.kept_totals(data.cells)
-        values = transformed(data.matrix, transform, target_sum, totals=totals)
-        behind = None  # the counts behind the values, for a denoiser trained on counts
-        if data.is_counts:
-            cell_totals = np.asarray(data.matrix.sum(axis=1)).ravel() if totals is None else totals
-            behind = (data.matrix, cell_scales(cell_totals, target_sum), transform)
+        totals = (
+            np.asarray(data.matrix.sum(axis=1), dtype=np.float64).ravel()
+            if genes is None
+            else genes.kept_totals(data.cells)
+        )
+        scales = cell_scales(totals, target_sum)
+        values = transform_counts(data.matrix, transform, scales)
+        behind = (data.matrix, scales, transform) if data.is_counts else None  # for a denoiser trained on counts
         fitted = refit(values, denoiser, best, gene_groups, behind)
         if genes is not None:  # fitted on the masked genes: every other gene through the low-rank output
             factors = extend_factors(

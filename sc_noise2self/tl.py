@@ -8,13 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from . import _logging as logg
-from ._blockwise import (
-    BlockCounts,
-    check_blockwise_request,
-    is_blockwise,
-    prepare_blocks,
-    run_mcv_blockwise,
-)
+from ._blockwise import BlockCounts, check_blockwise_request, is_blockwise, prepare_blocks, run_mcv_blockwise
 from ._calibrate import (
     CalibrationResult,
     bar_label,

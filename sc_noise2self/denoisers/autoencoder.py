@@ -410,7 +410,6 @@ class Autoencoder:
     def _infer(self, module: object, rows: slice, cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
         from ._ae_train import infer
 
-        bounds = self.source_.bounds
         out = infer(
             module,
             self.X_,
@@ -420,7 +419,7 @@ class Autoencoder:
             cache=cache,
             masker=self.masker_,
             autocast=self.autocast,
-            bounds=bounds if len(bounds) > 1 else None,
+            bounds=self.source_.bounds,
         )
         return out if self.expected_ is None else self._expected(out, self.library_[rows], rows)
 
