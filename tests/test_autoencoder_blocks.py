@@ -197,3 +197,17 @@ def test_masked_training_on_scaled_values_with_negatives(counts):
         progress=False,
     )
     assert np.isfinite(adata.layers["denoised"]).all() and adata.uns["denoised"]["select"] == "1se"
+
+
+def test_lazy_output_refuses_names_the_user_owns_and_replaces_its_own(counts):
+    dense = counts.toarray()
+    dense[5] = 0  # an empty cell: the kept-cells column is written too
+    lazy = ad.AnnData(da.from_array(sparse.csr_matrix(dense), chunks=(100, -1)))
+    lazy.obs["denoised_kept"] = "user's"
+    with pytest.raises(ValueError, match="denoised_kept"):
+        n2s.pp.denoise(lazy, method=Autoencoder(**SMALL), grid=GRID, progress=False)
+    assert not lazy.layers and not lazy.uns and list(lazy.obs["denoised_kept"].unique()) == ["user's"]
+    del lazy.obs["denoised_kept"]
+    for grid in (GRID, [1]):  # a second run replaces what the first wrote
+        n2s.pp.denoise(lazy, method=Autoencoder(**SMALL), grid=grid, progress=False)
+    assert lazy.uns["denoised"]["grid"].ndim == 1 and lazy.obs["denoised_kept"].sum() == dense.shape[0] - 1
