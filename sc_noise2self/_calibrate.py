@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from . import _logging as logg
 from ._dispersion import DEPENDENT_HALVES, SplitPlan, plan_split, sample_cells
-from ._loss import check_loss, held_out_target, row_scorer, score_block
+from ._loss import check_loss, held_out_target, row_scorer, row_squared_errors, score_block
 from ._rows import CellSum
 from ._split import Stream, seed_sequence, split_seed
 from ._transform import build_conversion, cell_scales, check_transform, output_depth, transform_counts
@@ -848,13 +848,13 @@ def run_genes(
             if g == 0:
                 add_steps(bar, n_groups * _sweep_steps(sweep, blocks, grid, plain_errors))
             bar.update(1)
-            columns = values[:, held_out]
+            columns = values[:, held_out].toarray()  # dense once: a value-order sweep reads it at every value
             losses[g] = _sweep_losses(
                 sweep,
                 blocks,
                 len(grid),
-                prepare=lambda rows, _, columns=columns: columns[rows].toarray(),
-                score=lambda _rows, target, pred: np.sum((pred - target) ** 2, axis=1),
+                prepare=lambda rows, _, columns=columns: columns[rows],
+                score=lambda _rows, target, pred: row_squared_errors(pred, target),
                 bar=bar,
                 n_entries=n_cells * int(held_out.sum()),
                 scorer=plain_errors,

@@ -25,7 +25,16 @@ if TYPE_CHECKING:
     from ._transform import DepthConversion
     from ._types import LossName, TransformName
 
-__all__ = ["LOSSES", "POISSON_FLOOR", "RowScorer", "held_out_target", "row_scorer", "score_block", "squared_error_row"]
+__all__ = [
+    "LOSSES",
+    "POISSON_FLOOR",
+    "RowScorer",
+    "held_out_target",
+    "row_scorer",
+    "row_squared_errors",
+    "score_block",
+    "squared_error_row",
+]
 
 LOSSES = ("mse", "poisson")
 POISSON_FLOOR = 1e-6
@@ -85,6 +94,23 @@ def _squares(flat, n, row, weight, pred, target, inv_step, dense):
                 d -= target[g]
             acc += d * d
     return acc
+
+
+@numba.njit(parallel=True, cache=True)
+def _row_squared_errors(pred, target, out):  # pragma: no cover - compiled
+    for c in numba.prange(pred.shape[0]):
+        acc = 0.0
+        for g in range(pred.shape[1]):
+            d = pred[c, g] - target[c, g]
+            acc += d * d
+        out[c] = acc
+
+
+def row_squared_errors(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Return the summed squared difference of each row of two dense blocks (genes in order; rows in parallel)."""
+    out = np.empty(pred.shape[0])
+    _row_squared_errors(np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64), out)
+    return out
 
 
 @numba.njit(cache=True, inline="always", fastmath=_FAST)

@@ -45,6 +45,35 @@ def test_changing_a_cells_held_out_genes_leaves_its_prediction_unchanged(simulat
     assert any(not np.array_equal(after[v], before[v]) for v in before)
 
 
+def test_diffusion_walks_that_avoid_a_cell_group_match_a_plain_reference(simulation):
+    """Each cell group's walk (columns of the group removed, rows renormalised), stepped in float64 by scipy."""
+    X = transformed(simulation.counts, "sqrt", None)
+    n_cells, n_genes = X.shape
+    genes = random_groups(n_genes, 10, 0, 3) == 0
+    cells = random_groups(n_cells, 5, 0, 4)
+    denoiser = Diffusion(n_comps=20, random_state=0)
+    grid = denoiser.check_grid(n2s.tl.grid(t=[0, 1, 3], n_neighbors=[1, 15]), X.shape)
+    predictions = _predictions(denoiser.held_out_genes(X, genes, cells, grid), n_cells)
+    embedding = denoiser._held_out_pca.other_genes_scores(X, genes, denoiser.n_pcs)
+    target = X[:, genes].toarray()
+    checked_stranded = False
+    for k, P in denoiser._operators(embedding, grid).items():
+        for c in range(5):
+            inside, outside = cells == c, (cells != c).astype(float)
+            kept = P @ sparse.diags(outside)
+            sums = np.asarray(kept.sum(axis=1)).ravel()
+            walk = sparse.diags(np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)) @ kept
+            fallback = target[cells != c].mean(axis=0)
+            for t in (0, 1, 3):
+                expected = np.linalg.matrix_power(walk.toarray(), t) @ target
+                expected[inside & (sums == 0)] = fallback  # cells whose every neighbour is in their group
+                checked_stranded |= t > 0 and bool(np.any(inside & (sums == 0)))
+                if t == 0:
+                    expected[inside] = fallback
+                np.testing.assert_allclose(predictions[(t, k)][inside], expected[inside], rtol=2e-5, atol=1e-5)
+    assert checked_stranded  # k = 1 leaves some cells with neighbours in their own group only
+
+
 def _pca_truth_errors(sim, grid):
     truth = expected_transform(sim.rates.ravel(), [1.0], "sqrt")[0].reshape(sim.rates.shape)
     return np.array(list(grid_errors(transformed(sim.counts, "sqrt", None), truth, "pca", grid).values()))

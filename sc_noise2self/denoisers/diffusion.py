@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import numba
 import numpy as np
 from scipy import sparse
+from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from .._output import default_max_dense_bytes
-from .._rows import low_rank_rows, low_rank_sweep_losses, sparse_dense_product
+from .._rows import low_rank_rows, low_rank_sweep_losses
 from .._validate import check_int_grid, check_number, check_positive_int
 from .pca import (
     AUTO_MAX_GENES,
@@ -92,12 +94,57 @@ def transition_matrix(
     return sparse.csr_matrix(sparse.diags(1.0 / np.asarray(affinity.sum(axis=1)).ravel()) @ affinity)
 
 
-def _without_columns(P: sparse.csr_matrix, drop: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
-    """``P`` with the columns of cells ``drop`` removed and rows renormalised; rows left empty are flagged."""
-    kept = P @ sparse.diags((~drop).astype(np.float64))
-    sums = np.asarray(kept.sum(axis=1)).ravel()
-    empty = sums == 0
-    return sparse.csr_matrix(sparse.diags(np.where(empty, 0.0, 1.0 / np.where(empty, 1.0, sums))) @ kept), empty
+def _avoiding_scales(P: sparse.csr_matrix, cell_groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per cell and cell group ``c``: 1 / (the cell's transition weight to cells outside ``c``), 0 where it has none."""
+    outside = np.zeros((P.shape[0], n_groups))
+    rows = np.repeat(np.arange(P.shape[0]), np.diff(P.indptr))
+    for c in range(n_groups):
+        keep = cell_groups[P.indices] != c
+        outside[:, c] = np.bincount(rows[keep], weights=P.data[keep], minlength=P.shape[0])
+    return np.where(outside > 0, 1.0 / np.where(outside > 0, outside, 1.0), 0.0)
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def _axpy(acc, weight, source):  # pragma: no cover - compiled
+    # Not inlined: on its own, the loop is vectorised (fused multiply-adds, the same in every row).
+    for j in range(acc.size):
+        acc[j] += weight * source[j]
+
+
+@numba.njit(parallel=True, cache=True)
+def _avoiding_step(indptr, indices, weights, cell_groups, scales, states, out, own_only):  # pragma: no cover
+    # states[q, c]: cell q's state on the walk that never enters cell group c (states[q, 0]
+    # for every walk when states has one column: the first step). A step of that walk reads
+    # only cells outside c, so a cell of group c never reads its own values. Each row sums
+    # its stored entries in index order, whatever the values or the threads. ``own_only``
+    # (the last step): each cell's state on its own group's walk only, all that is read after.
+    shared = states.shape[1] == 1
+    for r in numba.prange(indptr.size - 1):
+        acc = out[r]
+        mine = cell_groups[r]
+        acc[:] = 0.0
+        for p in range(indptr[r], indptr[r + 1]):
+            q = indices[p]
+            weight = weights[p]
+            source = states[q]
+            own = cell_groups[q]
+            for c in range(acc.shape[0]):
+                if c != own and (c == mine or not own_only):
+                    _axpy(acc[c], weight, source[0 if shared else c])
+        for c in range(acc.shape[0]):
+            scale = np.float32(scales[r, c])
+            for j in range(acc.shape[1]):
+                acc[c, j] *= scale
+
+
+@numba.njit(parallel=True, cache=True)
+def _own_walks(states, cell_groups, cells, out):  # pragma: no cover - compiled
+    # Row r of the states is cell cells[r]; its prediction is its state on its own group's walk.
+    for r in numba.prange(states.shape[0]):
+        row = out[cells[r]]
+        source = states[r, cell_groups[r]]
+        for j in range(row.size):
+            row[j] = source[j]
 
 
 class _ValueSweep:
@@ -368,8 +415,10 @@ class Diffusion:
         The graph comes from the other genes only. A cell group's prediction diffuses the
         held-out genes over the walk that never enters the group (its columns removed,
         rows renormalised), so it reads only other groups' held-out values. ``t = 0``
-        predicts the other groups' mean. Memory: one dense cells × held-out-genes array
-        per cell group.
+        predicts the other groups' mean. The walks of every cell group take each step
+        together, in float32, in one pass over the graph (:func:`_avoiding_step`), with
+        cells in an order that keeps neighbours close in memory. Memory: two float32
+        arrays of cells × cell groups × held-out genes.
         """
         grid = np.asarray(grid)
         n_pcs = min(self.n_pcs, min(X.shape[0], X.shape[1] - int(np.count_nonzero(genes))) - 1)
@@ -380,23 +429,37 @@ class Diffusion:
         operators = self._operators(embedding, grid)
         target = _as_float(X)[:, genes]
         target = target.toarray() if sparse.issparse(target) else target
-        groups = [cell_groups == c for c in range(int(cell_groups.max()) + 1)]
-        members = [np.flatnonzero(g) for g in groups]
-        fallbacks = [target[~g].mean(axis=0) for g in groups]  # the other groups' mean
+        n_groups = int(cell_groups.max()) + 1
+        members = [np.flatnonzero(cell_groups == c) for c in range(n_groups)]
+        fallbacks = [target[cell_groups != c].mean(axis=0) for c in range(n_groups)]  # the other groups' mean
 
         def steps() -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
             for k, P in operators.items():
-                walks = [_without_columns(P, g) for g in groups]
-                stranded = [inside[empty[inside]] for inside, (_, empty) in zip(members, walks, strict=True)]
-                states, done = [target] * len(groups), 0
-                for t in self._times(grid, k):
-                    for _ in range(int(t) - done):
-                        states = [sparse_dense_product(W, y) for (W, _), y in zip(walks, states, strict=True)]
+                # Cells in reverse Cuthill-McKee order: neighbours' states lie close in memory.
+                cells = reverse_cuthill_mckee(P, symmetric_mode=False)
+                walk = P[cells][:, cells].tocsr()
+                walk.sort_indices()
+                groups = np.ascontiguousarray(cell_groups[cells], dtype=np.int32)
+                scales = _avoiding_scales(walk, groups, n_groups)
+                stranded = np.zeros(len(cells), dtype=bool)
+                stranded[cells] = scales[np.arange(len(cells)), groups] == 0
+                weights = walk.data.astype(np.float32)
+                states = np.ascontiguousarray(target[cells, None, :], dtype=np.float32)
+                buffers, done = [np.empty((len(cells), n_groups, target.shape[1]), np.float32) for _ in range(2)], 0
+                times = self._times(grid, k)
+                for t in times:
+                    for step in range(done, int(t)):
+                        out = buffers[0] if states is not buffers[0] else buffers[1]
+                        last = step == int(times[-1]) - 1
+                        _avoiding_step(walk.indptr, walk.indices, weights, groups, scales, states, out, last)
+                        states = out
                     done = int(t)
                     pred = np.empty_like(target)
-                    for inside, lost, fallback, y in zip(members, stranded, fallbacks, states, strict=True):
-                        pred[inside] = fallback if t == 0 else y[inside]
-                        pred[lost] = fallback
+                    if t > 0:
+                        _own_walks(states, groups, cells.astype(np.int64), pred)
+                    for c, inside in enumerate(members):
+                        lost = inside if t == 0 else inside[stranded[inside]]
+                        pred[lost] = fallbacks[c]
                     yield self._value(grid, t, k), lambda rows, pred=pred: pred[rows]
 
         return _ValueSweep(steps)

@@ -143,7 +143,9 @@ def covariance_svd(stats: GramStats, n_comps: int) -> tuple[np.ndarray, np.ndarr
 
 def centred_scores(X: ArrayLike, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
     """``(X - mean) @ components.T`` without centring a sparse ``X``."""
-    return np.asarray(X @ components.T) - mean @ components.T
+    loadings = np.ascontiguousarray(components.T)
+    product = sparse_dense_product(sparse.csr_matrix(X), loadings) if sparse.issparse(X) else np.asarray(X @ loadings)
+    return product - mean @ loadings
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
