@@ -2,11 +2,18 @@
 
 Run: ``.venv/bin/python benchmarks/contention.py`` (not CI). Users run calibrations on shared
 nodes and laptops with other work going on; this measures what that does to us, side by side
-in one run. Each configuration runs in a fresh process with ``OMP_NUM_THREADS``,
+in one run. Each timed calibration runs in a fresh process with ``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS`` and ``NUMBA_NUM_THREADS`` set to the thread count; the kernels are
 compiled on a small matrix first, outside the timing. "Loaded" starts a competitor before the
-timing — another process running the same calibration in a loop with the same thread count
-(CPU-bound, as a second user's job would be) — and stops it after.
+timing and stops it after: ``--competitor same`` (default) another process running the same
+calibration in a loop (a second user of this package); ``--competitor blas`` a process
+multiplying matrices with BLAS (another program). The competitor has the same threads in every
+configuration (``--competitor-threads``, by default one per core), so that the 1- and 2-thread
+runs meet the same load. ``--adapt`` sets ``sc_noise2self.settings.adapt_threads = True`` in
+every process (measured and competitor; trees without the setting ignore it). ``--repeats N``
+times each configuration N times (the competitor kept running) and reports the median.
+``--baseline PATH`` also times the package found at PATH (a checkout of an older commit, put
+first on ``PYTHONPATH``) in every configuration, right after this tree.
 
 Data: ``pca_sweep.simulate`` (20,000 × 2,000 by default, ~1,500 UMIs per cell, sparse), ``sqrt``
 of raw counts; PCA over ranks 1..100, diffusion over t = 0..20. Prints a Markdown table and the
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -25,11 +33,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 _WORKER = """
-import sys, time
+import os, sys, time
 sys.path.insert(0, {here!r})
 import numpy as np
 from pca_sweep import simulate
 import sc_noise2self as n2s
+if os.environ.get("CONTENTION_ADAPT") == "1" and hasattr(n2s, "settings"):  # trees before it have no setting
+    n2s.settings.adapt_threads = True
 method, cells, genes, loop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "loop"
 grid = np.arange(1, 101) if method == "pca" else np.arange(21)
 scale = {{"transform": "sqrt", "target_sum": None}}
@@ -44,36 +54,68 @@ while True:
 """
 
 
-def _run(method: str, threads: int, cells: int, genes: int, *, loaded: bool) -> float:
+_BLAS = """
+import numpy as np
+a = np.random.default_rng(0).random((1500, 1500))
+while True:
+    a = a @ a
+    a /= np.abs(a).max()
+"""
+
+
+def _env(threads: int, tree: str | None, *, adapt: bool) -> dict[str, str]:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(threads),
         "OPENBLAS_NUM_THREADS": str(threads),
         "NUMBA_NUM_THREADS": str(threads),
+        "CONTENTION_ADAPT": "1" if adapt else "0",
     }
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([tree, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def _timed(method: str, threads: int, cells: int, genes: int, tree: str | None, *, adapt: bool) -> float:
     code = _WORKER.format(here=str(HERE))
-    competitor = None
-    if loaded:
-        competitor = subprocess.Popen(
-            [sys.executable, "-c", code, method, str(cells), str(genes), "loop"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(15)  # let it get past its compile and data and into the calibration
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code, method, str(cells), str(genes), "once"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    finally:
-        if competitor is not None:
-            competitor.kill()
-            competitor.wait()
+    done = subprocess.run(
+        [sys.executable, "-c", code, method, str(cells), str(genes), "once"],
+        env=_env(threads, tree, adapt=adapt),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(done.stdout.strip().splitlines()[-1])
+
+
+def _configuration(args: argparse.Namespace, method: str, threads: int, *, loaded: bool) -> dict[str | None, float]:
+    """Median time of each tree (this one: None; ``--baseline``) in one configuration.
+
+    Loaded, each tree runs beside its own competitor: with ``--competitor same`` a copy of that
+    tree's calibration, so that a tree that adapts to a busy machine meets itself.
+    """
+    medians = {}
+    for tree in [None, *([args.baseline] if args.baseline else [])]:
+        competitor = None
+        if loaded:
+            code = _BLAS if args.competitor == "blas" else _WORKER.format(here=str(HERE))
+            competitor = subprocess.Popen(
+                [sys.executable, "-c", code, method, str(args.cells), str(args.genes), "loop"],
+                env=_env(args.competitor_threads, tree, adapt=args.adapt),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(15)  # let it get past its compile and data and into its work
+        try:
+            times = [
+                _timed(method, threads, args.cells, args.genes, tree, adapt=args.adapt) for _ in range(args.repeats)
+            ]
+        finally:
+            if competitor is not None:
+                competitor.kill()
+                competitor.wait()
+        medians[tree] = statistics.median(times)
+    return medians
 
 
 def main() -> None:
@@ -81,22 +123,34 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=20_000)
     parser.add_argument("--genes", type=int, default=2_000)
     parser.add_argument("--methods", nargs="+", default=["pca", "diffusion"])
+    parser.add_argument("--competitor", choices=["same", "blas"], default="same")
+    parser.add_argument("--competitor-threads", type=int, default=os.cpu_count(), help="the same in all runs")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--adapt", action="store_true", help="settings.adapt_threads = True (competitor too)")
+    parser.add_argument("--baseline", default=None, help="a checkout of another commit, timed beside this tree")
     args = parser.parse_args()
-    print(f"{args.cells:,} cells x {args.genes:,} genes, {os.cpu_count()} cores\n")
-    print("| method | threads | alone (s) | loaded (s) | loaded / alone |")
-    print("|---|---|---|---|---|")
-    times: dict[tuple[str, int, bool], float] = {}
+    print(
+        f"{args.cells:,} cells x {args.genes:,} genes, {os.cpu_count()} cores, competitor: {args.competitor} "
+        f"({args.competitor_threads} threads), median of {args.repeats}, adapt_threads={args.adapt}\n"
+    )
+    trees = {None: "this tree", **({args.baseline: "baseline"} if args.baseline else {})}
+    print("| tree | method | threads | alone (s) | loaded (s) | loaded / alone |")
+    print("|---|---|---|---|---|---|")
+    times: dict[tuple[str | None, str, int, bool], float] = {}
     for method in args.methods:
         for threads in (1, 2):
             for loaded in (False, True):
-                times[method, threads, loaded] = _run(method, threads, args.cells, args.genes, loaded=loaded)
-            alone, busy = times[method, threads, False], times[method, threads, True]
-            print(f"| {method} | {threads} | {alone:.1f} | {busy:.1f} | {busy / alone:.2f} |", flush=True)
+                for tree, seconds in _configuration(args, method, threads, loaded=loaded).items():
+                    times[tree, method, threads, loaded] = seconds
+            for tree, name in trees.items():
+                alone, busy = times[tree, method, threads, False], times[tree, method, threads, True]
+                print(f"| {name} | {method} | {threads} | {alone:.1f} | {busy:.1f} | {busy / alone:.2f} |", flush=True)
     print()
-    for method in args.methods:
-        for loaded in (False, True):
-            ratio = times[method, 2, loaded] / times[method, 1, loaded]
-            print(f"{method}, {'loaded' if loaded else 'alone'}: 2 threads / 1 thread = {ratio:.2f}")
+    for tree, name in trees.items():
+        for method in args.methods:
+            for loaded in (False, True):
+                ratio = times[tree, method, 2, loaded] / times[tree, method, 1, loaded]
+                print(f"{name}, {method}, {'loaded' if loaded else 'alone'}: 2 threads / 1 thread = {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from __future__ import annotations
 from . import datasets, denoisers, pl, pp, tl
 from ._calibrate import CalibrationResult, package_version
 from ._split import CountSplit
+from ._threads import settings
 
 __version__ = package_version()
 
-__all__ = ["CalibrationResult", "CountSplit", "__version__", "datasets", "denoisers", "pl", "pp", "tl"]
+__all__ = ["CalibrationResult", "CountSplit", "__version__", "datasets", "denoisers", "pl", "pp", "settings", "tl"]

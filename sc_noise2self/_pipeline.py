@@ -39,6 +39,7 @@ from ._docs import shared_docs
 from ._genes import resolve_mask_var
 from ._output import check_key, check_targets, commit, writable
 from ._split import Stream, seed_sequence
+from ._threads import adapts_threads
 from ._transform import transformed
 from ._validate import check_flag, get_counts
 from .tl import _run
@@ -58,6 +59,7 @@ __all__ = ["neighbors", "pca"]
 Calibration = Literal["mcv", "genes"]
 
 
+@adapts_threads
 @shared_docs
 def pca(
     adata: AnnData,
@@ -244,6 +246,7 @@ def pca(
     return adata if copy else None
 
 
+@adapts_threads
 @shared_docs
 def neighbors(
     adata: AnnData,

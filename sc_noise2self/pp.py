@@ -38,6 +38,7 @@ from ._output import (
 from ._pipeline import neighbors, pca
 from ._rows import low_rank_rows
 from ._split import split_array
+from ._threads import adapts_threads
 from ._transform import cell_scales, to_counts, transform_counts
 from ._validate import check_flag, check_positive_int, get_counts
 from .denoisers import LowRank
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["denoise", "neighbors", "pca", "split_counts"]
 
 
+@adapts_threads
 @shared_docs
 def denoise(
     adata: AnnData,
@@ -460,6 +462,7 @@ def _dense_fits(adata: AnnData, denoiser: Denoiser, max_dense_bytes: int | None)
     return False
 
 
+@adapts_threads
 def split_counts(
     data: AnnData | ArrayLike,
     *,

@@ -26,6 +26,7 @@ from ._loss import check_loss
 from ._output import denoised_genes
 from ._score import score_denoising
 from ._split import seed_sequence
+from ._threads import adapts_threads
 from ._transform import check_transform, transformed
 from ._validate import (
     check_depth,
@@ -53,6 +54,7 @@ __all__ = ["CalibrationResult", "calibrate", "denoised_genes", "grid", "score_de
 Calibration = Literal["mcv", "genes"]
 
 
+@adapts_threads
 @shared_docs
 def calibrate(
     data: AnnData | ArrayLike,
