@@ -1,4 +1,4 @@
-"""A busy machine (``settings.adapt_threads``): fewer threads where other processes hold the cores, never more than allowed."""
+"""``settings.adapt_threads``: fewer threads where other processes hold the cores, never more than allowed."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def test_a_process_held_to_some_cores_is_left_alone(monkeypatch):
 
 @pytest.mark.parametrize("value", [1, 0, "yes", None, np.array([True])])
 def test_the_setting_takes_only_booleans(value):
-    with pytest.raises(ValueError, match="settings.adapt_threads must be True or False"):
+    with pytest.raises(ValueError, match=r"settings\.adapt_threads must be True or False"):
         n2s.settings.adapt_threads = value
     assert n2s.settings.adapt_threads is False
 
