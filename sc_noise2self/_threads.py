@@ -140,7 +140,7 @@ def adapted_threads() -> Iterator[int]:
         yield threads
         return
     fewer = max(1, free)
-    logg.info(f"    other processes keep {threads - free} of the cores busy: running on {fewer} thread(s)")
+    logg.info(f"    other processes leave {free} core(s) free: running on {fewer} thread(s) instead of {threads}")
     pools = [pool for pool in ThreadpoolController().lib_controllers if pool.num_threads > fewer]
     before = [pool.num_threads for pool in pools]
     numba.set_num_threads(fewer)

@@ -88,6 +88,19 @@ def test_busy_cores_lower_numba_and_blas_threads_within_the_call_only(machine, t
     assert _blas_threads() == blas
 
 
+def test_stepping_down_is_logged(machine, two_threads, monkeypatch):
+    said = []
+    monkeypatch.setattr(_threads.logg, "info", said.append)
+    machine["running"] = [3]
+    with adapted_threads():
+        pass
+    assert said == ["    other processes leave 0 core(s) free: running on 1 thread(s) instead of 2"]
+    machine["running"] = [1]
+    with adapted_threads():
+        pass
+    assert len(said) == 1  # nothing to say on an idle machine
+
+
 def test_an_idle_machine_keeps_every_thread(machine, two_threads):
     machine["running"] = [1]
     with adapted_threads() as threads:
