@@ -9,8 +9,8 @@ set (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``, ``threadpoolctl``), and r
 depend on the number of threads (``tests/test_determinism.py``), so only the time changes.
 
 Off by default: measured in ``benchmarks/contention.py``, it makes two calibrations sharing
-two cores each 26–30 % faster, but one calibration beside a program that keeps its own
-threads busy (BLAS products) 13–15 % slower, since it then takes a smaller share of the cores.
+two cores each take 26–31 % less time, but one calibration beside a program that keeps its own
+threads busy (BLAS products) 14–16 % more, since it then takes a smaller share of the cores.
 It does nothing where this process may run on only some of the machine's cores (a cpuset, as
 batch schedulers give), because ``procs_running`` counts every core's threads.
 """
