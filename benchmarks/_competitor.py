@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-_COMPETITOR = """
+BLAS_LOOP = """
+# A program that keeps its BLAS threads busy, as another user's job would.
 import numpy as np
 a = np.random.default_rng(0).random((1500, 1500))
 while True:
@@ -26,7 +27,7 @@ def competing(loaded: bool) -> Iterator[None]:
     if not loaded:
         yield
         return
-    competitor = subprocess.Popen([sys.executable, "-c", _COMPETITOR])
+    competitor = subprocess.Popen([sys.executable, "-c", BLAS_LOOP])
     time.sleep(5)  # past its start-up, into its products
     try:
         yield

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _competitor import BLAS_LOOP  # noqa: E402
 
 _WORKER = """
 import os, sys, time
@@ -51,15 +53,6 @@ while True:
     if not loop:
         print(f"{{time.perf_counter() - start:.3f}}")
         break
-"""
-
-
-_BLAS = """
-import numpy as np
-a = np.random.default_rng(0).random((1500, 1500))
-while True:
-    a = a @ a
-    a /= np.abs(a).max()
 """
 
 
@@ -98,7 +91,7 @@ def _configuration(args: argparse.Namespace, method: str, threads: int, *, loade
     for tree in [None, *([args.baseline] if args.baseline else [])]:
         competitor = None
         if loaded:
-            code = _BLAS if args.competitor == "blas" else _WORKER.format(here=str(HERE))
+            code = BLAS_LOOP if args.competitor == "blas" else _WORKER.format(here=str(HERE))
             competitor = subprocess.Popen(
                 [sys.executable, "-c", code, method, str(args.cells), str(args.genes), "loop"],
                 env=_env(args.competitor_threads, tree, adapt=args.adapt),
