@@ -848,12 +848,11 @@ def run_genes(
             if g == 0:
                 add_steps(bar, n_groups * _sweep_steps(sweep, blocks, grid, plain_errors))
             bar.update(1)
-            columns = values[:, held_out].toarray()  # dense once: a value-order sweep reads it at every value
             losses[g] = _sweep_losses(
                 sweep,
                 blocks,
                 len(grid),
-                prepare=lambda rows, _, columns=columns: columns[rows],
+                prepare=_held_out_blocks(values[:, held_out], once=not _block_order(sweep, plain_errors)),
                 score=lambda _rows, target, pred: row_squared_errors(pred, target),
                 bar=bar,
                 n_entries=n_cells * int(held_out.sum()),
@@ -869,6 +868,17 @@ def run_genes(
         params=params,
         gene_groups=groups,
     )
+
+
+def _held_out_blocks(columns: sparse.csr_matrix, *, once: bool) -> Callable[[slice, bool], np.ndarray]:
+    """Return ``prepare`` for the held-out genes: each block made dense when asked, or all at ``once``.
+
+    ``once`` suits a sweep that reads every block at every grid value (value order).
+    """
+    if once:
+        dense = columns.toarray()
+        return lambda rows, _: dense[rows]
+    return lambda rows, _: columns[rows].toarray()
 
 
 def _masked_losses(

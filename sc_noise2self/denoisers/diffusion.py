@@ -432,6 +432,7 @@ class Diffusion:
         n_groups = int(cell_groups.max()) + 1
         members = [np.flatnonzero(cell_groups == c) for c in range(n_groups)]
         fallbacks = [target[cell_groups != c].mean(axis=0) for c in range(n_groups)]  # the other groups' mean
+        held_out, n_cells = target.astype(np.float32), target.shape[0]  # the walks' start; target is not kept
 
         def steps() -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
             for k, P in operators.items():
@@ -444,9 +445,10 @@ class Diffusion:
                 stranded = np.zeros(len(cells), dtype=bool)
                 stranded[cells] = scales[np.arange(len(cells)), groups] == 0
                 weights = walk.data.astype(np.float32)
-                states = np.ascontiguousarray(target[cells, None, :], dtype=np.float32)
-                buffers, done = [np.empty((len(cells), n_groups, target.shape[1]), np.float32) for _ in range(2)], 0
-                times = self._times(grid, k)
+                states = np.ascontiguousarray(held_out[cells, None, :])
+                buffers = [np.empty((n_cells, n_groups, held_out.shape[1]), np.float32) for _ in range(2)]
+                order = cells.astype(np.int64)
+                times, done = self._times(grid, k), 0
                 for t in times:
                     for step in range(done, int(t)):
                         out = buffers[0] if states is not buffers[0] else buffers[1]
@@ -454,9 +456,9 @@ class Diffusion:
                         _avoiding_step(walk.indptr, walk.indices, weights, groups, scales, states, out, last)
                         states = out
                     done = int(t)
-                    pred = np.empty_like(target)
+                    pred = np.empty(held_out.shape)
                     if t > 0:
-                        _own_walks(states, groups, cells.astype(np.int64), pred)
+                        _own_walks(states, groups, order, pred)
                     for c, inside in enumerate(members):
                         lost = inside if t == 0 else inside[stranded[inside]]
                         pred[lost] = fallbacks[c]
