@@ -12,6 +12,7 @@ from scipy.sparse.csgraph import reverse_cuthill_mckee
 from .._output import default_max_dense_bytes
 from .._rows import low_rank_rows, low_rank_sweep_losses
 from .._validate import check_int_grid, check_number, check_positive_int
+from ._search import exact_neighbours
 from .pca import (
     AUTO_MAX_GENES,
     PCA,
@@ -39,20 +40,23 @@ EXACT_MAX_CELLS = 100_000  # neighbor_search="auto" searches exactly up to this 
 
 
 def knn_graph(
-    embedding: np.ndarray, n_neighbors: int, *, method: Literal["exact", "approximate"] = "exact", seed: int = 0
+    embedding: np.ndarray,
+    n_neighbors: int,
+    *,
+    method: Literal["exact", "approximate"] = "exact",
+    seed: int = 0,
+    seeds: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distances and indices of each cell's ``n_neighbors`` nearest other cells.
 
-    ``"exact"``: scikit-learn's search (its cost grows with cells squared in 30
-    dimensions). ``"approximate"``: pynndescent's NN-descent, seeded (the same seed
-    gives the same graph); its speed and the share of exact neighbours it finds are
+    ``"exact"``: a compiled brute-force search (:func:`~sc_noise2self.denoisers._search.exact_neighbours`;
+    its cost grows with cells squared), ``seeds`` being cells likely near each one (they
+    speed it up). ``"approximate"``: pynndescent's NN-descent, seeded by ``seed`` (the same
+    seed gives the same graph); its speed and the share of exact neighbours it finds are
     measured in ``benchmarks/diffusion_sweep.py``.
     """
     if method == "exact":
-        from sklearn.neighbors import NearestNeighbors
-
-        nn = NearestNeighbors(n_neighbors=n_neighbors).fit(embedding)
-        return nn.kneighbors()  # without X: a cell is not its own neighbour
+        return exact_neighbours(embedding, n_neighbors, seeds=seeds)
     from pynndescent import NNDescent
 
     index = NNDescent(embedding, n_neighbors=n_neighbors + 1, random_state=seed, n_jobs=-1)

@@ -1,0 +1,154 @@
+"""Exact nearest-neighbour search in a low-dimensional embedding (PCA scores).
+
+Each cell's ``n_neighbors`` nearest *other* cells by Euclidean distance, as scikit-learn's
+``NearestNeighbors(n_neighbors).fit(X).kneighbors()`` gives them, in one compiled parallel
+pass over tiles of cells:
+
+1. candidates: a tile's squared distances to every cell up to a per-query constant,
+   ``|x_j|²/2 - q·x_j``, from one single-threaded float32 BLAS product per tile (the
+   embedding centred first, which leaves distances alone and keeps float32 accurate), and
+   the ``n_neighbors + MARGIN`` smallest kept in a max-heap by a threshold scan — a
+   vectorised count against the current worst candidate, and a heap update only where
+   it is beaten;
+2. exact order: the candidates' squared distances recomputed in float64 from the
+   coordinates (a fixed sum per pair) and sorted, ties by cell index; the first
+   ``n_neighbors`` are returned.
+
+The float32 stage only has to keep every true neighbour among the ``MARGIN`` extra
+candidates, which fails only when more than ``MARGIN`` cells lie within float32 rounding
+(~1e-6 relative) of the last neighbour's distance; the returned distances and order are
+then those of float64 arithmetic. ``seeds`` (each cell's neighbours in a similar
+embedding: the previous gene group, fewer components) only set the threshold early; they
+change the time, not the neighbours, except among cells at exactly equal distances.
+Tiles depend on the number of cells only, and BLAS runs on one thread inside numba's
+workers, so the result does not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+__all__ = ["MARGIN", "exact_neighbours"]
+
+MARGIN = 8
+"""Candidates kept beyond ``n_neighbors`` by the float32 stage, for the float64 re-ranking."""
+
+_TILE_BYTES = 2**23  # a tile's float32 distance block (tile × cells), per thread
+
+
+@numba.njit(cache=True, inline="always")
+def _replace_worst(values, cells, value, cell):  # pragma: no cover - compiled
+    # ``values`` is a max-heap (its root the worst candidate kept): the root gives way to
+    # the new candidate, which sinks to its place. Returns the new worst.
+    size = values.size
+    p = 0
+    while True:
+        child = 2 * p + 1
+        if child >= size:
+            break
+        if child + 1 < size and values[child + 1] > values[child]:
+            child += 1
+        if values[child] <= value:
+            break
+        values[p] = values[child]
+        cells[p] = cells[child]
+        p = child
+    values[p] = value
+    cells[p] = cell
+    return values[0]
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "reassoc"})
+def _candidates(points, points_t, half_norms, seeds, tile, out):  # pragma: no cover - compiled
+    n = points.shape[0]
+    kept = out.shape[1]
+    for t in numba.prange((n + tile - 1) // tile):
+        start = t * tile
+        stop = min(start + tile, n)
+        products = np.dot(points[start:stop], points_t)
+        values = np.empty(kept, np.float32)
+        cells = np.empty(kept, np.int64)
+        seen = np.full(n, -1, np.int64)  # seen[j] == cell: j is already a candidate of cell (a seed)
+        for r in range(stop - start):
+            me = start + r
+            row = products[r]
+            values[:] = np.inf
+            cells[:] = -1
+            worst = np.float32(np.inf)
+            seen[me] = me
+            for q in range(seeds.shape[1]):
+                j = seeds[me, q]
+                if j >= 0 and seen[j] != me:
+                    seen[j] = me
+                    v = half_norms[j] - row[j]
+                    if v < worst:
+                        worst = _replace_worst(values, cells, v, j)
+            for j0 in range(0, n, 16):
+                j1 = min(j0 + 16, n)
+                beaten = 0
+                for j in range(j0, j1):  # vectorised: is any of these 16 cells a candidate?
+                    beaten += (half_norms[j] - row[j]) < worst
+                if beaten:
+                    for j in range(j0, j1):
+                        v = half_norms[j] - row[j]
+                        if v < worst and seen[j] != me:
+                            worst = _replace_worst(values, cells, v, j)
+            out[me] = cells
+
+
+@numba.njit(parallel=True, cache=True)
+def _rerank(points, candidates, distances, indices):  # pragma: no cover - compiled
+    # Exact float64 squared distances of the candidates (each a fixed sum over the
+    # coordinates in order), sorted by (distance, cell); the first k are kept.
+    k = indices.shape[1]
+    for i in numba.prange(points.shape[0]):
+        cells = candidates[i]
+        squared = np.empty(cells.size)
+        for q in range(cells.size):
+            acc = 0.0
+            for c in range(points.shape[1]):
+                d = points[i, c] - points[cells[q], c]
+                acc += d * d
+            squared[q] = acc
+        order = np.argsort(cells)  # then a stable sort by distance: ties by cell index
+        order = order[np.argsort(squared[order], kind="mergesort")]
+        for q in range(k):
+            distances[i, q] = np.sqrt(squared[order[q]])
+            indices[i, q] = cells[order[q]]
+
+
+def exact_neighbours(
+    embedding: np.ndarray, n_neighbors: int, *, seeds: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return distances (float64) and indices (int64) of each cell's ``n_neighbors`` nearest other cells.
+
+    ``embedding`` is cells × dimensions; ``n_neighbors`` < cells. Rows are sorted by
+    distance, ties by cell index. ``seeds`` (cells × any, cell indices, ``-1`` for none)
+    are cells likely to be near each cell; they make the search faster, never different
+    (see the module's notes).
+    """
+    points = np.asarray(embedding, dtype=np.float64)
+    n = points.shape[0]
+    if not 0 < n_neighbors < n:
+        msg = f"n_neighbors must be between 1 and the number of cells - 1 ({n - 1}), got {n_neighbors}."
+        raise ValueError(msg)
+    if not np.isfinite(points).all():
+        msg = "The embedding holds NaN or infinite values; neighbours cannot be found."
+        raise ValueError(msg)
+    points = np.ascontiguousarray(points - points.mean(axis=0))
+    single = points.astype(np.float32)
+    half_norms = (0.5 * np.einsum("ij,ij->i", points, points)).astype(np.float32)
+    seeds = np.full((n, 0), -1, np.int64) if seeds is None else np.ascontiguousarray(seeds, dtype=np.int64)
+    if seeds.shape[0] != n or (seeds.size and seeds.max() >= n):
+        msg = f"seeds must have one row per cell and hold cell indices below {n}."
+        raise ValueError(msg)
+    candidates = np.empty((n, min(n_neighbors + MARGIN, n - 1)), np.int64)
+    tile = int(np.clip(_TILE_BYTES // (4 * n), 8, 128))
+    with threadpool_limits(limits=1, user_api="blas"):
+        _candidates(single, np.ascontiguousarray(single.T), half_norms, seeds, tile, candidates)
+    distances = np.empty((n, n_neighbors))
+    indices = np.empty((n, n_neighbors), np.int64)
+    _rerank(points, candidates, distances, indices)
+    return distances, indices
