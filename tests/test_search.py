@@ -40,7 +40,7 @@ def test_matches_float64_brute_force(n, d, k):
 
 
 def test_far_from_the_origin_and_between_scales():
-    """Centring first keeps the float32 stage accurate for coordinates far from zero (raw PCA scores are centred, others may not be)."""
+    """Coordinates far from zero and on very different scales: centring keeps the float32 stage accurate."""
     points = _clustered(800, 20, offset=1e4)
     points[:, :3] *= 1e3
     _, indices = exact_neighbours(points, 15)
