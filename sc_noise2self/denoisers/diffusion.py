@@ -187,7 +187,7 @@ class Diffusion:
     decay
         Exponent of the adaptive kernel.
     neighbor_search
-        ``"exact"`` (scikit-learn), ``"approximate"`` (pynndescent, seeded) or
+        ``"exact"`` (compiled brute force), ``"approximate"`` (pynndescent, seeded) or
         ``"auto"``: exact up to 100,000 cells, approximate above.
     random_state
         Seed of the randomised SVD (used above 4,096 genes; below, the PCA is exact, see

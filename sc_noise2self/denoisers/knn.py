@@ -153,7 +153,7 @@ class KNNAverage:
         Principal components of the embedding the neighbours are found in, when the grid
         is over ``n_neighbors`` only.
     neighbor_search
-        ``"exact"`` (scikit-learn), ``"approximate"`` (pynndescent, seeded) or
+        ``"exact"`` (compiled brute force), ``"approximate"`` (pynndescent, seeded) or
         ``"auto"``: exact up to 100,000 cells, approximate above.
     random_state
         Seed of the randomised SVD (above 4,096 genes) and of the approximate search.
