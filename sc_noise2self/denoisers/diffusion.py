@@ -272,17 +272,26 @@ class Diffusion:
     def _value(self, grid: np.ndarray, t: int, k: int) -> int | tuple[int, int]:
         return int(t) if grid.ndim == 1 else (int(t), int(k))
 
-    def _operators(self, embedding: np.ndarray, grid: np.ndarray) -> dict[int, sparse.csr_matrix]:
+    def _operators(self, embedding: np.ndarray, grid: np.ndarray, cell_groups: int = 1) -> dict[int, sparse.csr_matrix]:
+        """Return the walk of every ``n_neighbors`` of the grid, from one neighbour search.
+
+        With ``cell_groups`` > 1 (the gene partition, whose walks never enter one of that
+        many groups of cells), each graph lists ``ceil(k · groups / (groups - 1))``
+        neighbours, so that a cell keeps about ``k`` of them outside any one group — as many
+        as the output's graph averages over.
+        """
         ks = self._neighbour_counts(grid)
         self.check_params()
         method = self.neighbor_search
         if method == "auto":
             method = "exact" if len(embedding) <= EXACT_MAX_CELLS else "approximate"
         seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))
-        distances, indices = knn_graph(embedding, int(ks.max()), method=method, seed=seed)
+        listed = {int(k): int(k) if cell_groups < 2 else -(-int(k) * cell_groups // (cell_groups - 1)) for k in ks}
+        listed = {k: min(n, len(embedding) - 1) for k, n in listed.items()}
+        distances, indices = knn_graph(embedding, max(listed.values()), method=method, seed=seed)
         return {
-            int(k): transition_matrix(distances[:, :k], indices[:, :k], kernel=self.kernel, decay=self.decay)
-            for k in ks
+            k: transition_matrix(distances[:, :n], indices[:, :n], kernel=self.kernel, decay=self.decay)
+            for k, n in listed.items()
         }
 
     def _embed(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -418,11 +427,14 @@ class Diffusion:
 
         The graph comes from the other genes only. A cell group's prediction diffuses the
         held-out genes over the walk that never enters the group (its columns removed,
-        rows renormalised), so it reads only other groups' held-out values. ``t = 0``
-        predicts the other groups' mean. The walks of every cell group take each step
-        together, in float32, in one pass over the graph (:func:`_avoiding_step`), with
-        cells in an order that keeps neighbours close in memory. Memory: two float32
-        arrays of cells × cell groups × held-out genes.
+        rows renormalised), so it reads only other groups' held-out values. That walk
+        loses the neighbours in the cell's own group (a fifth, with five groups): the graph
+        lists proportionally more (:meth:`_operators`), so each step averages over about as
+        many cells as the output's walk does, and the calibrated ``(t, n_neighbors)`` means
+        what it means for the output. ``t = 0`` predicts the other groups' mean. The walks
+        of every cell group take each step together, in float32, in one pass over the graph
+        (:func:`_avoiding_step`), with cells in an order that keeps neighbours close in
+        memory. Memory: two float32 arrays of cells × cell groups × held-out genes.
         """
         grid = np.asarray(grid)
         n_pcs = min(self.n_pcs, min(X.shape[0], X.shape[1] - int(np.count_nonzero(genes))) - 1)
@@ -430,10 +442,10 @@ class Diffusion:
         if pca is None or pca.random_state != self.random_state:  # one PCA: its Gram matrix serves every group
             self._held_out_pca = PCA(random_state=self.random_state)
         embedding = self._held_out_pca.other_genes_scores(X, genes, n_pcs)
-        operators = self._operators(embedding, grid)
+        n_groups = int(cell_groups.max()) + 1
+        operators = self._operators(embedding, grid, cell_groups=n_groups)
         target = _as_float(X)[:, genes]
         target = target.toarray() if sparse.issparse(target) else target
-        n_groups = int(cell_groups.max()) + 1
         members = [np.flatnonzero(cell_groups == c) for c in range(n_groups)]
         fallbacks = [target[cell_groups != c].mean(axis=0) for c in range(n_groups)]  # the other groups' mean
         held_out, n_cells = target.astype(np.float32), target.shape[0]  # the walks' start; target is not kept
