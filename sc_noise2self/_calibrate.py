@@ -818,8 +818,9 @@ def run_genes(
     ``values`` are the (transformed) data the denoiser works on. For a J-invariant
     prediction the error against the data differs from the error against the truth by
     a constant (the noise variance), so both have the same minimiser over the grid.
-    Cells are also split into ``N_CELL_GROUPS`` random groups, so that a method may learn
-    the held-out genes from the other cell groups (cross-fitting).
+    Cells are also split into random groups (``N_CELL_GROUPS``, or the method's own
+    ``n_cell_groups``), so that a method may learn the held-out genes from the other cell
+    groups (cross-fitting).
     """
     n_cells, n_genes = values.shape
     n_groups = check_positive_int(n_groups, "n_groups")
@@ -832,7 +833,8 @@ def run_genes(
         raise ValueError(msg)
     blocks = chunk_rows(n_cells, n_genes, chunk_size)
     groups = random_groups(n_genes, n_groups, random_state, Stream.GENE_GROUPS)
-    cell_groups = random_groups(n_cells, min(N_CELL_GROUPS, n_cells), random_state, Stream.CELL_GROUPS)
+    n_cell_groups = getattr(denoiser, "n_cell_groups", N_CELL_GROUPS)
+    cell_groups = random_groups(n_cells, min(n_cell_groups, n_cells), random_state, Stream.CELL_GROUPS)
     # Each prediction is fitted on the other genes and the other cell groups: the grid must fit those.
     fitted_on = (n_cells - int(np.bincount(cell_groups).max()), n_genes - int(np.bincount(groups).max()))
     grid = _checked_grid(denoiser, grid, fitted_on)

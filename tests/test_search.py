@@ -55,15 +55,22 @@ def test_agrees_with_scikit_learn():
     np.testing.assert_allclose(distances, want_distances, rtol=1e-9)
 
 
-def test_seeds_change_the_time_not_the_answer():
-    points = _clustered(1_500, 12, seed=1)
-    plain = exact_neighbours(points, 25)
+@pytest.mark.parametrize("data", ["clustered", "equally near cells"])
+def test_seeds_change_the_time_not_a_bit_of_the_answer(data):
+    """The candidates are the smallest in a total order (value, cell): no seed can pick among ties."""
     rng = np.random.default_rng(0)
+    if data == "clustered":
+        points = _clustered(1_500, 12, seed=1)
+    else:  # many cells at exactly equal distances, more than the margin
+        points = rng.integers(0, 3, size=(1_500, 4)).astype(float)
+    plain = exact_neighbours(points, 25)
     n = len(points)
     cases = {
         "true neighbours": plain[1],
-        "fewer components": exact_neighbours(points[:, :4], 25)[1],
+        "reversed": plain[1][:, ::-1],
+        "fewer components": exact_neighbours(points[:, :2], 25)[1],
         "random cells, self and -1": np.where(rng.random((n, 40)) < 0.2, -1, rng.integers(n, size=(n, 40))),
+        "the last cells": np.broadcast_to(np.arange(n - 40, n), (n, 40)),
         "itself only": np.arange(n)[:, None],
         "one cell repeated": np.zeros((n, 60), dtype=np.int64),
         "empty": np.empty((n, 0), dtype=np.int64),

@@ -128,7 +128,9 @@ class GenePartition(Protocol):
         The prediction for a cell's masked genes must not depend on the values of those
         genes in that cell, so that the loss against the data itself has the same
         minimiser as the loss against the truth. ``cell_groups`` (a group index per
-        cell) lets a method learn from the other groups' values of the masked genes.
+        cell) lets a method learn from the other groups' values of the masked genes; a
+        method may set a class attribute ``n_cell_groups`` to ask for that many groups
+        (default 5).
         """
 
 

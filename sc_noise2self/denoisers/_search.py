@@ -17,9 +17,11 @@ pass over tiles of cells:
 The float32 stage only has to keep every true neighbour among the ``MARGIN`` extra
 candidates, which fails only when more than ``MARGIN`` cells lie within float32 rounding
 (~1e-6 relative) of the last neighbour's distance; the returned distances and order are
-then those of float64 arithmetic. ``seeds`` (each cell's neighbours in a similar
-embedding: the previous gene group, fewer components) only set the threshold early; they
-change the time, not the neighbours, except among cells at exactly equal distances.
+then those of float64 arithmetic. The candidates are the smallest in a total order
+(value, then cell index), so they are a function of the embedding alone: ``seeds`` (each
+cell's neighbours in a similar embedding — the previous gene group, fewer components) put
+near cells in the heap first, so that the scan rarely has to update it; they change the
+time, never a bit of the answer (which the gene partition's J-invariance relies on).
 Tiles depend on the number of cells only, and BLAS runs on one thread inside numba's
 workers, so the result does not depend on the thread count.
 """
@@ -39,62 +41,72 @@ _TILE_BYTES = 2**23  # a tile's float32 distance block (tile × cells), per thre
 
 
 @numba.njit(cache=True, inline="always")
+def _before(value, cell, other_value, other_cell):  # pragma: no cover - compiled
+    # The candidates' total order: by value, ties by cell index.
+    return value < other_value or (value == other_value and cell < other_cell)
+
+
+@numba.njit(cache=True, inline="always")
 def _replace_worst(values, cells, value, cell):  # pragma: no cover - compiled
-    # ``values`` is a max-heap (its root the worst candidate kept): the root gives way to
-    # the new candidate, which sinks to its place. Returns the new worst.
+    # ``values``/``cells`` form a max-heap in the total order (its root the worst candidate
+    # kept): the root gives way to the new candidate, which sinks to its place.
     size = values.size
     p = 0
     while True:
         child = 2 * p + 1
         if child >= size:
             break
-        if child + 1 < size and values[child + 1] > values[child]:
+        if child + 1 < size and _before(values[child], cells[child], values[child + 1], cells[child + 1]):
             child += 1
-        if values[child] <= value:
+        if not _before(value, cell, values[child], cells[child]):
             break
         values[p] = values[child]
         cells[p] = cells[child]
         p = child
     values[p] = value
     cells[p] = cell
-    return values[0]
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "reassoc"})
 def _candidates(points, points_t, half_norms, seeds, tile, out):  # pragma: no cover - compiled
+    # Each cell's ``kept`` smallest (value, cell) pairs, value = |x_j|²/2 - q·x_j: a pure
+    # function of the embedding, whatever the seeds (they only fill the heap early) or the
+    # order of the scan.
     n = points.shape[0]
     kept = out.shape[1]
+    seeded = seeds.shape[1] > 0
     for t in numba.prange((n + tile - 1) // tile):
         start = t * tile
         stop = min(start + tile, n)
         products = np.dot(points[start:stop], points_t)
         values = np.empty(kept, np.float32)
         cells = np.empty(kept, np.int64)
-        seen = np.full(n, -1, np.int64)  # seen[j] == cell: j is already a candidate of cell (a seed)
+        seen = np.full(n if seeded else 0, -1, np.int64)  # seen[j] == me: seed j is in me's heap
         for r in range(stop - start):
             me = start + r
             row = products[r]
             values[:] = np.inf
-            cells[:] = -1
-            worst = np.float32(np.inf)
-            seen[me] = me
-            for q in range(seeds.shape[1]):
-                j = seeds[me, q]
-                if j >= 0 and seen[j] != me:
-                    seen[j] = me
-                    v = half_norms[j] - row[j]
-                    if v < worst:
-                        worst = _replace_worst(values, cells, v, j)
+            cells[:] = n  # after every real cell in the order
+            if seeded:
+                seen[me] = me
+                for q in range(seeds.shape[1]):
+                    j = seeds[me, q]
+                    if j >= 0 and seen[j] != me:
+                        seen[j] = me
+                        v = half_norms[j] - row[j]
+                        if _before(v, j, values[0], cells[0]):
+                            _replace_worst(values, cells, v, j)
             for j0 in range(0, n, 16):
                 j1 = min(j0 + 16, n)
+                worst = values[0]
                 beaten = 0
-                for j in range(j0, j1):  # vectorised: is any of these 16 cells a candidate?
-                    beaten += (half_norms[j] - row[j]) < worst
+                for j in range(j0, j1):  # vectorised: may any of these 16 cells be kept?
+                    beaten += (half_norms[j] - row[j]) <= worst
                 if beaten:
                     for j in range(j0, j1):
                         v = half_norms[j] - row[j]
-                        if v < worst and seen[j] != me:
-                            worst = _replace_worst(values, cells, v, j)
+                        if _before(v, j, values[0], cells[0]) and j != me and not (seeded and seen[j] == me):
+                            _replace_worst(values, cells, v, j)
             out[me] = cells
 
 

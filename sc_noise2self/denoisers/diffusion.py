@@ -194,6 +194,14 @@ class Diffusion:
         :class:`~sc_noise2self.denoisers.PCA`) and of the approximate neighbour search.
     """
 
+    n_cell_groups = 3
+    """Cell groups of the gene partition (:meth:`held_out_genes`): each diffusion step moves
+    one walk per group, and each walk loses a group's share of every neighbourhood, which
+    the graph makes up by listing ``groups / (groups - 1)`` times the neighbours. Three
+    groups move two walks through each neighbour instead of four (with five) over 1.5×
+    instead of 1.25× the edges: 40 % less work per step, the same choices on the simulators
+    (``tests/test_genes.py``, ``benchmarks/genes_cost.py``)."""
+
     def __init__(
         self,
         *,
@@ -212,6 +220,10 @@ class Diffusion:
         self.decay = decay
         self.neighbor_search = neighbor_search
         self.random_state = random_state
+
+    def __getstate__(self) -> dict:
+        """Pickle without the last neighbour search's indices (kept only to seed the next gene group's)."""
+        return {key: value for key, value in self.__dict__.items() if key != "_last_neighbours"}
 
     def __repr__(self) -> str:
         return (
@@ -272,13 +284,16 @@ class Diffusion:
     def _value(self, grid: np.ndarray, t: int, k: int) -> int | tuple[int, int]:
         return int(t) if grid.ndim == 1 else (int(t), int(k))
 
-    def _operators(self, embedding: np.ndarray, grid: np.ndarray, cell_groups: int = 1) -> dict[int, sparse.csr_matrix]:
+    def _operators(
+        self, embedding: np.ndarray, grid: np.ndarray, cell_groups: int = 1, seeds: np.ndarray | None = None
+    ) -> dict[int, sparse.csr_matrix]:
         """Return the walk of every ``n_neighbors`` of the grid, from one neighbour search.
 
         With ``cell_groups`` > 1 (the gene partition, whose walks never enter one of that
         many groups of cells), each graph lists ``ceil(k · groups / (groups - 1))``
         neighbours, so that a cell keeps about ``k`` of them outside any one group — as many
-        as the output's graph averages over.
+        as the output's graph averages over. ``seeds`` speed up an exact search (its answer
+        does not depend on them); the neighbours found are kept in ``_last_neighbours``.
         """
         ks = self._neighbour_counts(grid)
         self.check_params()
@@ -288,7 +303,8 @@ class Diffusion:
         seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))
         listed = {int(k): int(k) if cell_groups < 2 else -(-int(k) * cell_groups // (cell_groups - 1)) for k in ks}
         listed = {k: min(n, len(embedding) - 1) for k, n in listed.items()}
-        distances, indices = knn_graph(embedding, max(listed.values()), method=method, seed=seed)
+        distances, indices = knn_graph(embedding, max(listed.values()), method=method, seed=seed, seeds=seeds)
+        self._last_neighbours = indices
         return {
             k: transition_matrix(distances[:, :n], indices[:, :n], kernel=self.kernel, decay=self.decay)
             for k, n in listed.items()
@@ -302,7 +318,7 @@ class Diffusion:
         """Build the graph(s) on the top ``n_pcs`` components of ``X`` and keep its top ``n_comps``."""
         X = _as_float(X)
         self.grid_ = np.asarray(grid)
-        self._held_out_pca = None
+        self._held_out_pca = self._last_neighbours = None
         self.mean_, scores, self.components_ = self._embed(X, min(self.n_comps, min(X.shape) - 1))
         return self._fit_graph(scores)
 
@@ -428,8 +444,8 @@ class Diffusion:
         The graph comes from the other genes only. A cell group's prediction diffuses the
         held-out genes over the walk that never enters the group (its columns removed,
         rows renormalised), so it reads only other groups' held-out values. That walk
-        loses the neighbours in the cell's own group (a fifth, with five groups): the graph
-        lists proportionally more (:meth:`_operators`), so each step averages over about as
+        loses the neighbours in the cell's own group (a third, with :attr:`n_cell_groups`
+        groups): the graph lists proportionally more (:meth:`_operators`), so each step averages over about as
         many cells as the output's walk does, and the calibrated ``(t, n_neighbors)`` means
         what it means for the output. ``t = 0`` predicts the other groups' mean. The walks
         of every cell group take each step together, in float32, in one pass over the graph
@@ -443,7 +459,11 @@ class Diffusion:
             self._held_out_pca = PCA(random_state=self.random_state)
         embedding = self._held_out_pca.other_genes_scores(X, genes, n_pcs)
         n_groups = int(cell_groups.max()) + 1
-        operators = self._operators(embedding, grid, cell_groups=n_groups)
+        # The previous gene group's neighbours seed this group's search: near cells first, the
+        # same answer (a function of this embedding alone, so J-invariance holds), less time.
+        seeds = getattr(self, "_last_neighbours", None)
+        seeds = seeds if seeds is not None and len(seeds) == len(embedding) else None
+        operators = self._operators(embedding, grid, cell_groups=n_groups, seeds=seeds)
         target = _as_float(X)[:, genes]
         target = target.toarray() if sparse.issparse(target) else target
         members = [np.flatnonzero(cell_groups == c) for c in range(n_groups)]
