@@ -199,8 +199,8 @@ class Diffusion:
     one walk per group, and each walk loses a group's share of every neighbourhood, which
     the graph makes up by listing ``groups / (groups - 1)`` times the neighbours. Three
     groups move two walks through each neighbour instead of four (with five) over 1.5×
-    instead of 1.25× the edges: 40 % less work per step, the same choices on the simulators
-    (``tests/test_genes.py``, ``benchmarks/genes_cost.py``)."""
+    instead of 1.25× the edges: 40 % less work per step, and chose as five groups did on
+    every simulator tried (``benchmarks/README.md``, ``genes_cost.py``)."""
 
     def __init__(
         self,
@@ -445,9 +445,10 @@ class Diffusion:
         held-out genes over the walk that never enters the group (its columns removed,
         rows renormalised), so it reads only other groups' held-out values. That walk
         loses the neighbours in the cell's own group (a third, with :attr:`n_cell_groups`
-        groups): the graph lists proportionally more (:meth:`_operators`), so each step averages over about as
-        many cells as the output's walk does, and the calibrated ``(t, n_neighbors)`` means
-        what it means for the output. ``t = 0`` predicts the other groups' mean. The walks
+        groups): the graph lists proportionally more (:meth:`_operators`), so each step
+        averages over about as many cells as the output's walk does, and the calibrated
+        ``(t, n_neighbors)`` means what it means for the output. ``t = 0`` predicts the
+        other groups' mean. The walks
         of every cell group take each step together, in float32, in one pass over the graph
         (:func:`_avoiding_step`), with cells in an order that keeps neighbours close in
         memory. Memory: two float32 arrays of cells × cell groups × held-out genes.
