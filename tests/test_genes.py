@@ -107,8 +107,8 @@ def test_diffusion_gene_partition_choice_is_near_the_oracle(simulation):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_diffusion_gene_partition_matches_the_outputs_neighbourhood_on_deep_data(seed):
-    """Deep cells (2,000 UMIs), where little smoothing is best: the walks that avoid a cell group lose a
-    fifth of each neighbourhood, and without a wider graph chose one step too many (regret 1.13-1.14)."""
+    """Deep cells (2,000 UMIs), where little smoothing is best: the walks that avoid a cell group lose that
+    group's share of each neighbourhood, and without a wider graph chose one step too many (regret 1.13-1.14)."""
     sim = simulate_low_rank_poisson(2_500, 800, mean_depth=2_000.0, seed=seed)
     grid = n2s.tl.grid(t=range(9), n_neighbors=[5, 15, 30])
     scales = cell_scales(np.asarray(sim.counts.sum(axis=1)).ravel(), 1e4)
@@ -118,6 +118,20 @@ def test_diffusion_gene_partition_matches_the_outputs_neighbourhood_on_deep_data
         sim.counts, method="diffusion", calibration="genes", grid=grid, random_state=seed, progress=False
     )
     assert regret(errors, result.best) <= 1.10, (result.best, min(errors, key=errors.get))
+
+
+@pytest.mark.parametrize(("method", "cls", "groups"), [("diffusion", Diffusion, 3), ("pca", PCA, 5)])
+def test_a_method_sets_its_number_of_cell_groups(simulation, monkeypatch, method, cls, groups):
+    seen = []
+    original = cls.held_out_genes
+
+    def spy(self, X, genes, cell_groups, grid):
+        seen.append(int(cell_groups.max()) + 1)
+        return original(self, X, genes, cell_groups, grid)
+
+    monkeypatch.setattr(cls, "held_out_genes", spy)
+    n2s.tl.calibrate(simulation.counts, method=method, calibration="genes", grid=[1, 2], progress=False)
+    assert set(seen) == {groups} and len(seen) == 10
 
 
 def test_gene_partition_works_on_values_that_are_not_counts(simulation):
