@@ -62,19 +62,22 @@ def test_diffusion_walks_that_avoid_a_cell_group_match_a_plain_reference(simulat
     distances, indices = knn_graph(embedding, 19)
     for k, listed in ((1, 2), (15, 19)):  # ceil(k * 5 / 4): about k neighbours outside any one group
         assert (operators[k] != transition_matrix(distances[:, :listed], indices[:, :listed])).nnz == 0
+    # t = 0: the J-invariant rank-20 PCA reconstruction (n_comps), as the PCA gene partition predicts it.
+    rank = PCA(random_state=0).held_out_genes(X, genes, cells, np.array([denoiser.n_comps]))
+    (_, reconstruction), *_ = rank.sweep_blocks(slice(None))
     for k, P in operators.items():
         for c in range(5):
             inside, outside = cells == c, (cells != c).astype(float)
             kept = P @ sparse.diags(outside)
             sums = np.asarray(kept.sum(axis=1)).ravel()
             walk = sparse.diags(np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)) @ kept
-            fallback = target[cells != c].mean(axis=0)
             for t in (0, 1, 3):
                 expected = np.linalg.matrix_power(walk.toarray(), t) @ target
-                expected[inside & (sums == 0)] = fallback  # cells whose every neighbour is in their group
-                checked_stranded |= t > 0 and bool(np.any(inside & (sums == 0)))
+                stranded = inside & (sums == 0)  # cells whose every neighbour is in their group
+                expected[stranded] = reconstruction[stranded]
+                checked_stranded |= t > 0 and bool(np.any(stranded))
                 if t == 0:
-                    expected[inside] = fallback
+                    expected[inside] = reconstruction[inside]
                 np.testing.assert_allclose(predictions[(t, k)][inside], expected[inside], rtol=2e-5, atol=1e-5)
     assert checked_stranded  # k = 1 leaves some cells with neighbours in their own group only
 
@@ -132,6 +135,19 @@ def test_a_method_sets_its_number_of_cell_groups(simulation, monkeypatch, method
     monkeypatch.setattr(cls, "held_out_genes", spy)
     n2s.tl.calibrate(simulation.counts, method=method, calibration="genes", grid=[1, 2], progress=False)
     assert set(seen) == {groups} and len(seen) == 10
+
+
+def test_diffusion_gene_partition_can_choose_no_smoothing_on_very_deep_cells():
+    """At 100,000 UMIs no smoothing (t = 0, the PCA reconstruction) is best; the gene partition's t = 0 is that
+    reconstruction's J-invariant form (it predicted the other cell groups' mean, never chosen: regret 1.49)."""
+    sim = simulate_low_rank_poisson(600, 300, mean_depth=100_000.0, seed=0)
+    grid = n2s.tl.grid(t=range(5), n_neighbors=[5, 15, 30])
+    scales = cell_scales(np.asarray(sim.counts.sum(axis=1)).ravel(), 1e4)
+    truth = np.stack([expected_transform(r, [s], "log1p")[0] for r, s in zip(sim.rates, scales, strict=True)])
+    errors = grid_errors(transformed(sim.counts, "log1p", 1e4), truth, "diffusion", grid)
+    assert min(errors, key=errors.get)[0] == 0
+    result = n2s.tl.calibrate(sim.counts, method="diffusion", calibration="genes", grid=grid, progress=False)
+    assert result.best[0] == 0 and regret(errors, result.best) <= 1.02
 
 
 def test_gene_partition_works_on_values_that_are_not_counts(simulation):

@@ -18,6 +18,7 @@ from .pca import (
     PCA,
     GramStats,
     _as_float,
+    _cross_fitted_regression,
     centred_scores,
     covariance_svd,
     gram_stats,
@@ -149,6 +150,16 @@ def _own_walks(states, cell_groups, cells, out):  # pragma: no cover - compiled
         source = states[r, cell_groups[r]]
         for j in range(row.size):
             row[j] = source[j]
+
+
+def _cross_fitted_prediction(scores: np.ndarray, target: np.ndarray, cell_groups: np.ndarray) -> np.ndarray:
+    """Each cell's ``target`` regressed on all of ``scores``, the regression learnt from the other cell groups."""
+    coefs, offsets, loadings = _cross_fitted_regression(scores, target, cell_groups)
+    out = np.empty(target.shape)
+    for c, (offset, load) in enumerate(zip(offsets, loadings, strict=True)):
+        inside = cell_groups == c
+        out[inside] = offset + coefs[inside] @ load
+    return out
 
 
 class _ValueSweep:
@@ -447,8 +458,10 @@ class Diffusion:
         loses the neighbours in the cell's own group (a third, with :attr:`n_cell_groups`
         groups): the graph lists proportionally more (:meth:`_operators`), so each step
         averages over about as many cells as the output's walk does, and the calibrated
-        ``(t, n_neighbors)`` means what it means for the output. ``t = 0`` predicts the
-        other groups' mean. The walks
+        ``(t, n_neighbors)`` means what it means for the output. ``t = 0``, like the
+        output's, is the rank-``n_comps`` PCA reconstruction, here J-invariant: the held-out
+        genes regressed on the other genes' components, learnt from the other cell groups
+        (as :meth:`PCA.held_out_genes <sc_noise2self.denoisers.PCA.held_out_genes>` does). The walks
         of every cell group take each step together, in float32, in one pass over the graph
         (:func:`_avoiding_step`), with cells in an order that keeps neighbours close in
         memory. Memory: two float32 arrays of cells × cell groups × held-out genes.
@@ -458,8 +471,11 @@ class Diffusion:
         pca = getattr(self, "_held_out_pca", None)
         if pca is None or pca.random_state != self.random_state:  # one PCA: its Gram matrix serves every group
             self._held_out_pca = PCA(random_state=self.random_state)
-        embedding = self._held_out_pca.other_genes_scores(X, genes, n_pcs)
         n_groups = int(cell_groups.max()) + 1
+        n_other = X.shape[1] - int(np.count_nonzero(genes))
+        n_comps = min(self.n_comps, n_other - 1, X.shape[0] - int(np.bincount(cell_groups).max()) - 1)
+        scores = self._held_out_pca.other_genes_scores(X, genes, max(n_pcs, n_comps))
+        embedding = scores[:, :n_pcs]
         # The previous gene group's neighbours seed this group's search: near cells first, the
         # same answer (a function of this embedding alone, so J-invariance holds), less time.
         seeds = getattr(self, "_last_neighbours", None)
@@ -467,8 +483,14 @@ class Diffusion:
         operators = self._operators(embedding, grid, cell_groups=n_groups, seeds=seeds)
         target = _as_float(X)[:, genes]
         target = target.toarray() if sparse.issparse(target) else target
-        members = [np.flatnonzero(cell_groups == c) for c in range(n_groups)]
-        fallbacks = [target[cell_groups != c].mean(axis=0) for c in range(n_groups)]  # the other groups' mean
+        # t = 0 (and a cell whose every neighbour is in its own group): the rank-n_comps PCA
+        # reconstruction the output starts from, in its J-invariant form — the held-out genes
+        # regressed on the other genes' components, learnt from the other cell groups.
+        reconstruction = _cross_fitted_prediction(scores[:, :n_comps], target, cell_groups) if n_comps > 0 else None
+        if reconstruction is None:  # no component to regress on: the other groups' mean
+            reconstruction = np.empty(target.shape)
+            for c in range(n_groups):
+                reconstruction[cell_groups == c] = target[cell_groups != c].mean(axis=0)
         held_out, n_cells = target.astype(np.float32), target.shape[0]  # the walks' start; target is not kept
 
         def steps() -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
@@ -493,12 +515,12 @@ class Diffusion:
                         _avoiding_step(walk.indptr, walk.indices, weights, groups, scales, states, out, last)
                         states = out
                     done = int(t)
-                    pred = np.empty(held_out.shape)
-                    if t > 0:
+                    if t == 0:
+                        pred = reconstruction
+                    else:
+                        pred = np.empty(held_out.shape)
                         _own_walks(states, groups, order, pred)
-                    for c, inside in enumerate(members):
-                        lost = inside if t == 0 else inside[stranded[inside]]
-                        pred[lost] = fallbacks[c]
+                        pred[stranded] = reconstruction[stranded]
                     yield self._value(grid, t, k), lambda rows, pred=pred: pred[rows]
 
         return _ValueSweep(steps)
