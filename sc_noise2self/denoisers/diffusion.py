@@ -491,6 +491,7 @@ class Diffusion:
             reconstruction = np.empty(target.shape)
             for c in range(n_groups):
                 reconstruction[cell_groups == c] = target[cell_groups != c].mean(axis=0)
+        reconstruction.flags.writeable = False  # every t = 0 of the grid reads this one array
         held_out, n_cells = target.astype(np.float32), target.shape[0]  # the walks' start; target is not kept
 
         def steps() -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
