@@ -18,7 +18,7 @@ from .pca import (
     PCA,
     GramStats,
     _as_float,
-    _cross_fitted_regression,
+    _cross_fitted_prediction,
     centred_scores,
     covariance_svd,
     gram_stats,
@@ -150,16 +150,6 @@ def _own_walks(states, cell_groups, cells, out):  # pragma: no cover - compiled
         source = states[r, cell_groups[r]]
         for j in range(row.size):
             row[j] = source[j]
-
-
-def _cross_fitted_prediction(scores: np.ndarray, target: np.ndarray, cell_groups: np.ndarray) -> np.ndarray:
-    """Each cell's ``target`` regressed on all of ``scores``, the regression learnt from the other cell groups."""
-    coefs, offsets, loadings = _cross_fitted_regression(scores, target, cell_groups)
-    out = np.empty(target.shape)
-    for c, (offset, load) in enumerate(zip(offsets, loadings, strict=True)):
-        inside = cell_groups == c
-        out[inside] = offset + coefs[inside] @ load
-    return out
 
 
 class _ValueSweep:
@@ -329,7 +319,7 @@ class Diffusion:
         """Build the graph(s) on the top ``n_pcs`` components of ``X`` and keep its top ``n_comps``."""
         X = _as_float(X)
         self.grid_ = np.asarray(grid)
-        self._held_out_pca = self._last_neighbours = None
+        self._held_out_pca = None
         self.mean_, scores, self.components_ = self._embed(X, min(self.n_comps, min(X.shape) - 1))
         return self._fit_graph(scores)
 
@@ -467,12 +457,12 @@ class Diffusion:
         memory. Memory: two float32 arrays of cells × cell groups × held-out genes.
         """
         grid = np.asarray(grid)
-        n_pcs = min(self.n_pcs, min(X.shape[0], X.shape[1] - int(np.count_nonzero(genes))) - 1)
+        n_other = X.shape[1] - int(np.count_nonzero(genes))
+        n_pcs = min(self.n_pcs, min(X.shape[0], n_other) - 1)
         pca = getattr(self, "_held_out_pca", None)
         if pca is None or pca.random_state != self.random_state:  # one PCA: its Gram matrix serves every group
             self._held_out_pca = PCA(random_state=self.random_state)
         n_groups = int(cell_groups.max()) + 1
-        n_other = X.shape[1] - int(np.count_nonzero(genes))
         n_comps = min(self.n_comps, n_other - 1, X.shape[0] - int(np.bincount(cell_groups).max()) - 1)
         scores = self._held_out_pca.other_genes_scores(X, genes, max(n_pcs, n_comps))
         embedding = scores[:, :n_pcs]
@@ -486,8 +476,9 @@ class Diffusion:
         # t = 0 (and a cell whose every neighbour is in its own group): the rank-n_comps PCA
         # reconstruction the output starts from, in its J-invariant form — the held-out genes
         # regressed on the other genes' components, learnt from the other cell groups.
-        reconstruction = _cross_fitted_prediction(scores[:, :n_comps], target, cell_groups) if n_comps > 0 else None
-        if reconstruction is None:  # no component to regress on: the other groups' mean
+        if n_comps > 0:
+            reconstruction = _cross_fitted_prediction(scores[:, :n_comps], target, cell_groups)
+        else:  # no component to regress on: the other groups' mean
             reconstruction = np.empty(target.shape)
             for c in range(n_groups):
                 reconstruction[cell_groups == c] = target[cell_groups != c].mean(axis=0)

@@ -486,6 +486,19 @@ def _cross_fitted_regression(
     return coefs, offsets, loadings
 
 
+def _cross_fitted_prediction(scores: np.ndarray, target: np.ndarray, cell_groups: np.ndarray) -> np.ndarray:
+    """Each cell's ``target`` regressed on all columns of ``scores``, learnt from the other cell groups.
+
+    The highest rank of :func:`_cross_fitted_regression`, for every cell at once.
+    """
+    coefs, offsets, loadings = _cross_fitted_regression(scores, target, cell_groups)
+    out = np.empty(target.shape)
+    for c, (offset, load) in enumerate(zip(offsets, loadings, strict=True)):
+        inside = cell_groups == c
+        out[inside] = offset + coefs[inside] @ load
+    return out
+
+
 class _GroupedRankSweep:
     """Like :class:`_RankSweep`, with offsets and loadings of its own for each cell group."""
 
