@@ -833,7 +833,10 @@ def run_genes(
         raise ValueError(msg)
     blocks = chunk_rows(n_cells, n_genes, chunk_size)
     groups = random_groups(n_genes, n_groups, random_state, Stream.GENE_GROUPS)
-    n_cell_groups = getattr(denoiser, "n_cell_groups", N_CELL_GROUPS)
+    n_cell_groups = check_positive_int(getattr(denoiser, "n_cell_groups", N_CELL_GROUPS), "n_cell_groups")
+    if n_cell_groups < 2:
+        msg = f"{type(denoiser).__name__}.n_cell_groups must be at least 2 (cross-fitting), got {n_cell_groups}."
+        raise ValueError(msg)
     cell_groups = random_groups(n_cells, min(n_cell_groups, n_cells), random_state, Stream.CELL_GROUPS)
     # Each prediction is fitted on the other genes and the other cell groups: the grid must fit those.
     fitted_on = (n_cells - int(np.bincount(cell_groups).max()), n_genes - int(np.bincount(groups).max()))

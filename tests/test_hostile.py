@@ -567,3 +567,14 @@ def test_counts_in_raw_are_pointed_to(adata):
     adata.raw = adata.copy()
     with pytest.raises(ValueError, match=r"Layer 'raw' not found .*adata.raw.to_adata\(\)"):
         pp.denoise(adata, layer="raw", progress=False)
+
+
+@pytest.mark.parametrize("groups", [1, 0, -2, "3", 2.5, True, None], ids=repr)
+def test_a_methods_bad_number_of_cell_groups_is_refused(adata, groups):
+    """``n_cell_groups`` (a method's class attribute for the gene partition) set to an odd value on an instance."""
+    method = Diffusion()
+    method.n_cell_groups = groups
+    before = adata.copy()
+    with pytest.raises(ValueError, match="n_cell_groups must be"):
+        pp.denoise(adata, method=method, calibration="genes", grid=[0, 1], progress=False)
+    assert_same(adata, before)
