@@ -347,7 +347,7 @@ def run_mcv_blockwise(
     bar: tqdm,
     sampling: str = "poisson",
     dispersion: float | None = None,
-    depth: str = "held_out",
+    depth: str | None = None,
 ) -> CalibrationResult:
     """Molecular cross-validation on blockwise data; equals :func:`~sc_noise2self._calibrate.run_mcv`.
 

@@ -576,7 +576,7 @@ def mcv_setup(
     loss: LossName,
     sampling: str,
     dispersion: float | None,
-    depth: str,
+    depth: str | None,
     random_state: RandomState,
 ) -> McvSetup:
     """Check the MCV settings against per-cell totals, plan the split and tabulate the exact depth conversion.
@@ -597,6 +597,8 @@ def mcv_setup(
             raise ValueError(msg)
     keep = sample_cells(totals.size, random_state)
     plan = plan_split(sampling, dispersion, sample(keep), totals[keep], random_state)
+    if depth is None:  # the output's depth wherever it is defined
+        depth = "output" if loss == "mse" and plan.fit is not None else "held_out"
     if depth == "output" and plan.fit is None:
         msg = (
             "depth='output' centres its expansion on each entry's expected count from a smooth fit, and these "
@@ -682,7 +684,7 @@ def run_mcv(
     bar: tqdm,
     sampling: str = "poisson",
     dispersion: float | None = None,
-    depth: str = "held_out",
+    depth: str | None = None,
     totals: np.ndarray | None = None,
 ) -> CalibrationResult:
     """Molecular cross-validation of ``denoiser`` over ``grid`` on validated canonical-CSR ``counts``.
@@ -737,7 +739,8 @@ def run_mcv(
             lambda rows, reused, test=test: setup.target(
                 test[rows], counts[rows], totals[rows], rows, transform=transform, loss=loss, reused=reused
             ),
-            keep=setup.output is not None,  # costly to map: kept for value-order sweeps, within a budget
+            # costly to map, and asked for once per grid value in value order: kept there, within a budget
+            keep=setup.output is not None and not _block_order(sweep, scorer),
         )
         sums = _sweep_losses(
             sweep,

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     best, grid, loss = info["best"], info["grid"], info["loss_mean"]
     print(f"Molecular cross-validation over {grid.size} ranks ({grid[0]}..{grid[-1]}), {args.n_splits} splits:")
     print(f"  chosen number of principal components: {best}")
-    print(f"  held-out MSE (log1p of counts per 10,000, scanpy's scale) at the minimum: {loss.min():.6f}")
+    depth = "the data's full depth" if info["params"]["depth"] == "output" else "the held-out part's depth"
+    print(f"  held-out MSE (log1p of counts per 10,000, scanpy's scale; at {depth}) at the minimum: {loss.min():.6f}")
     print(f"  (rank {grid[0]}: {loss[0]:.6f}, rank {grid[-1]}: {loss[-1]:.6f})")
     print(f"  time: {elapsed:.1f} s")
 

@@ -27,11 +27,13 @@ FRAGMENTS = {
         ``sampling_dispersion``).
     depth
         MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
-        ``"held_out"``: the held-out part's own (the prediction converted exactly to it).
         ``"output"``: the full data's, where the output is written — each held-out value is
         carried there to first order around the entry's expected count from a smooth fit,
         which weighs lowly expressed genes as the output's own error does (README, "The
-        error at the output's depth").
+        error at the output's depth"). ``"held_out"``: the held-out part's own (the
+        prediction converted exactly to it), which leans to less denoising. None (default):
+        ``"output"``, or ``"held_out"`` where the output's is undefined (``loss="poisson"``,
+        or data too small for the smooth fit). The choice is recorded in ``params``.
 """,
 }
 

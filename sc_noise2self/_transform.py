@@ -14,12 +14,14 @@ known Poisson depth.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+import functools
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numba
 import numpy as np
 from scipy import sparse
 from scipy.special import gammaln, xlogy
+from threadpoolctl import threadpool_limits
 
 from ._validate import check_target_sum
 
@@ -168,9 +170,15 @@ def expected_transform(
     """
     mu = np.asarray(mu, dtype=np.float64)
     scales = np.atleast_1d(np.asarray(scales, dtype=np.float64))
-    func = TRANSFORMS[transform]
-    if dispersion > 1.0:
-        return _expected_negative_binomial(mu, scales, func, dispersion)
+    # One BLAS thread: a threaded product sums in an order that depends on the thread count,
+    # and these tables decide the calibration's losses to the last bit.
+    with threadpool_limits(limits=1, user_api="blas"):
+        if dispersion > 1.0:
+            return _expected_negative_binomial(mu, scales, TRANSFORMS[transform], dispersion)
+        return _expected_poisson(mu, scales, TRANSFORMS[transform])
+
+
+def _expected_poisson(mu: np.ndarray, scales: np.ndarray, func: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     out = np.empty((scales.size, mu.size))
     order = np.argsort(mu)
     small = order[mu[order] <= _EXACT_MAX_RATE]
@@ -211,6 +219,27 @@ def _scale_rows(scales: np.ndarray) -> np.ndarray:
     return np.array([s_lo]) if s_hi <= s_lo * (1 + 1e-12) else np.geomspace(s_lo, s_hi, _N_SCALE_ROWS)
 
 
+def _rebuilt(recipe: tuple[Any, ...]) -> Any:
+    """Unpickle a table from its recipe: built once per process (:func:`_build_once`)."""
+    return _build_once(recipe)
+
+
+@functools.lru_cache(maxsize=8)
+def _build_once(recipe: tuple[Any, ...]) -> Any:
+    builder, kwargs = recipe
+    kwargs = dict(kwargs)
+    span = np.array(kwargs.pop("span"))
+    if builder == "conversion":
+        return build_conversion(train_scales=span, **kwargs)
+    return output_depth(scales=span, **kwargs)
+
+
+def _recipe(builder: str, scales: np.ndarray, **kwargs: Any) -> tuple[Any, ...]:
+    """Return what rebuilds a table: its builder and arguments, the cells' scales reduced to their range."""
+    span = np.array([np.min(scales), np.max(scales)], dtype=np.float64)
+    return builder, tuple(sorted({**kwargs, "span": tuple(span.tolist())}.items()))
+
+
 class DepthConversion(NamedTuple):
     """Lookup table from a training-depth prediction to the held-out scale, per cell scale.
 
@@ -218,11 +247,20 @@ class DepthConversion(NamedTuple):
     training scale is ``row_scales[i]``: the expected transformed held-out value (MSE) or
     the held-out Poisson rate (Poisson loss). Cells between two rows are interpolated in
     ``log s``.
+
+    It pickles as its ``recipe`` (bytes, not the table's megabytes) and is rebuilt once per
+    process, to the same bytes: dask sends it to every worker with the scoring tasks.
     """
 
     table: np.ndarray
     inv_step: float
     row_scales: np.ndarray
+    recipe: tuple[Any, ...] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.recipe is None:
+            return DepthConversion, tuple(self)
+        return _rebuilt, (self.recipe,)
 
     def rows_for(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower row index and interpolation weight in ``log s`` for each cell."""
@@ -283,6 +321,17 @@ def build_conversion(
         ``φ``: both halves are negative binomial with variance ``φ`` times their mean (the
         halves of :func:`~sc_noise2self._split.beta_binomial_split`); 1 is Poisson.
     """
+    recipe = _recipe(
+        "conversion",
+        train_scales,
+        transform=transform,
+        fraction=fraction,
+        normalized=normalized,
+        max_rate=float(max_rate),
+        loss=loss,
+        test_fraction=test_fraction,
+        dispersion=float(dispersion),
+    )
     q = 1.0 - fraction if test_fraction is None else test_fraction
     ratio = q / fraction
     row_scales = _scale_rows(train_scales)
@@ -307,7 +356,7 @@ def build_conversion(
             "use a smaller target_sum (e.g. 1e4)."
         )
         raise ValueError(msg)
-    return DepthConversion(table=table, inv_step=inv_step, row_scales=row_scales)
+    return DepthConversion(table=table, inv_step=inv_step, row_scales=row_scales, recipe=recipe)
 
 
 class OutputDepth(NamedTuple):
@@ -328,6 +377,13 @@ class OutputDepth(NamedTuple):
     slope: np.ndarray
     inv_step: float
     row_scales: np.ndarray
+    recipe: tuple[Any, ...] | None = None
+    """What rebuilds it: it pickles as this and is rebuilt once per process (as :class:`DepthConversion`)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.recipe is None:
+            return OutputDepth, tuple(self)
+        return _rebuilt, (self.recipe,)
 
     def __call__(self, target: np.ndarray, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
         """Map dense held-out values (cells × genes) with expected counts ``means``; cells at output ``scales``."""
@@ -415,6 +471,15 @@ def output_depth(
     (full depth); beyond, the last entry. ``dispersion``: the counts' variance over their
     mean, as in :func:`build_conversion`.
     """
+    recipe = _recipe(
+        "output_depth",
+        scales,
+        transform=transform,
+        fraction=fraction,
+        normalized=normalized,
+        max_rate=float(max_rate),
+        dispersion=float(dispersion),
+    )
     q = 1.0 - fraction
     row_scales = _scale_rows(scales)
     u = np.linspace(0.0, np.log1p(max_rate), _N_RATE_GRID)
@@ -429,7 +494,7 @@ def output_depth(
             "use a smaller target_sum (e.g. 1e4), or depth='held_out'."
         )
         raise ValueError(msg)
-    return OutputDepth(offset, slope, (_N_RATE_GRID - 1) / u[-1], row_scales)
+    return OutputDepth(offset, slope, (_N_RATE_GRID - 1) / u[-1], row_scales, recipe)
 
 
 class ToCounts(NamedTuple):

@@ -297,10 +297,10 @@ def check_sampling(sampling: object, dispersion: object) -> tuple[str, float | N
     return sampling, check_number(dispersion, "dispersion", low=1.0, high=MAX_DISPERSION, example="2.5")
 
 
-def check_depth(depth: object, *, calibration: str, loss: str) -> str:
+def check_depth(depth: object, *, calibration: str, loss: str) -> str | None:
     """Check the depth the MCV error is measured at against the calibration and loss it needs."""
-    if depth not in ("held_out", "output"):
-        msg = f"depth must be 'held_out' or 'output', got {depth!r}."
+    if depth is not None and (not isinstance(depth, str) or depth not in ("held_out", "output")):
+        msg = f"depth must be 'held_out', 'output' or None (the output's where it applies), got {depth!r}."
         raise ValueError(msg)
     if depth == "output" and (calibration != "mcv" or loss != "mse"):
         msg = (

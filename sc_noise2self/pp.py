@@ -71,7 +71,7 @@ def denoise(
     n_splits: int | None = None,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
-    depth: Depth = "held_out",
+    depth: Depth | None = None,
     n_groups: int = 10,
     transform: TransformName = "log1p",
     target_sum: float | None = 1e4,

@@ -67,7 +67,7 @@ def calibrate(
     n_splits: int | None = None,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
-    depth: Depth = "held_out",
+    depth: Depth | None = None,
     n_groups: int = 10,
     transform: TransformName = "log1p",
     target_sum: float | None = 1e4,
@@ -204,7 +204,7 @@ def _run(
     select: Select = "min",
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
-    depth: Depth = "held_out",
+    depth: Depth | None = None,
     cell_totals: np.ndarray | None = None,
 ) -> tuple[Counts | BlockCounts, Denoiser, CalibrationResult]:
     """Validate, calibrate; return the prepared data, the denoiser and the result.

@@ -17,7 +17,8 @@ def test_bundled_pbmc_is_raw_counts():
 def test_bundled_pbmc_end_to_end():
     adata = n2s.datasets.pbmc2k()
     n2s.pp.denoise(adata, progress=False, grid=[1, 5, 10, 20, 30, 40])
-    # a clear interior minimum on real data
+    # a clear interior minimum on real data (at the output's depth the held-out values carry
+    # more noise, a constant added to every rank, so the curve's relative depth is smaller)
     assert 5 <= adata.uns["denoised"]["best"] <= 40
     loss = adata.uns["denoised"]["loss_mean"]
-    assert loss[0] > loss.min() * 1.02 and loss[-1] > loss.min() * 1.001
+    assert loss[0] > loss.min() * 1.005 and loss[-1] > loss.min() * 1.001

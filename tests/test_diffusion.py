@@ -124,7 +124,9 @@ def _truth_errors(sim, grid):
 
 def test_mcv_choice_is_near_the_oracle(simulation):
     errors = _truth_errors(simulation, GRID_2D)
-    result = n2s.tl.calibrate(simulation.counts, method="diffusion", grid=GRID_2D, progress=False)
+    result = n2s.tl.calibrate(
+        simulation.counts, method="diffusion", grid=GRID_2D, transform="sqrt", target_sum=None, progress=False
+    )
     assert errors[result.best] <= 1.05 * min(errors.values()), (result.best, min(errors, key=errors.get))
 
 

@@ -50,7 +50,7 @@ def test_output_depth_removes_diffusions_lean_to_less_smoothing(seed):
     sim = simulate_low_rank_poisson(seed=seed)
     errors = _truth_errors(sim, "diffusion", DIFFUSION_GRID)
     kwargs = {"method": "diffusion", "grid": DIFFUSION_GRID, "random_state": seed, "progress": False}
-    held_out, output = tl.calibrate(sim.counts, **kwargs), tl.calibrate(sim.counts, depth="output", **kwargs)
+    held_out, output = tl.calibrate(sim.counts, depth="held_out", **kwargs), tl.calibrate(sim.counts, **kwargs)
     assert held_out.best[0] < min(errors, key=errors.get)[0]  # the bias, on every seed
     assert regret(errors, output.best) <= 1.02, (output.best, min(errors, key=errors.get))
     assert output.params["depth"] == "output" and held_out.params["depth"] == "held_out"
@@ -95,8 +95,8 @@ def test_output_depth_through_every_writer_and_h5ad(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"depth": "full"}, "depth must be 'held_out' or 'output'"),
-        ({"depth": None}, "depth must be 'held_out' or 'output'"),
+        ({"depth": "full"}, "depth must be 'held_out', 'output' or None"),
+        ({"depth": ["output"]}, "depth must be 'held_out', 'output' or None"),
         ({"depth": "output", "loss": "poisson"}, "calibration='mcv' with loss='mse'"),
         ({"depth": "output", "calibration": "genes"}, "calibration='mcv' with loss='mse'"),
     ],
@@ -110,3 +110,9 @@ def test_output_depth_needs_a_fit():
     tiny = simulate_low_rank_poisson(11, 40, seed=0).counts
     with pytest.raises(ValueError, match="depth='held_out'"):
         tl.calibrate(tiny, grid=[1, 2], depth="output", progress=False)
+    # by default the output's depth is taken where it is defined, the held-out part's elsewhere
+    assert tl.calibrate(tiny, grid=[1, 2], progress=False).params["depth"] == "held_out"
+    assert tl.calibrate(tiny, grid=[1, 2], depth="held_out", progress=False).params["depth"] == "held_out"
+    counts = simulate_low_rank_poisson(seed=0).counts
+    assert tl.calibrate(counts, grid=[1, 2], progress=False).params["depth"] == "output"
+    assert tl.calibrate(counts, grid=[1, 2], loss="poisson", progress=False).params["depth"] == "held_out"

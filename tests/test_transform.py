@@ -180,3 +180,27 @@ def test_negative_binomial_conversion_is_unbiased_for_beta_binomial_halves(trans
         transform, fraction=p, train_scales=train_scales, normalized=True, max_rate=400.0, loss="mse"
     )(pred, train_scales)[0]
     assert np.max(np.abs(poisson - mean) / sem) > 10
+
+
+@pytest.mark.parametrize("transform", ["sqrt", "log1p", "none"])
+def test_tables_pickle_as_their_recipe_and_rebuild_to_the_same_bytes(transform):
+    """Dask sends the tables to every worker: megabytes as arrays, a few hundred bytes as recipes."""
+    import pickle
+
+    from sc_noise2self import _transform
+
+    scales = np.geomspace(0.5, 40.0, 300)
+    tables = [
+        _transform.build_conversion(
+            transform, fraction=0.9, train_scales=scales, normalized=True, max_rate=3e3, loss="mse"
+        ),
+        _transform.output_depth(transform, fraction=0.9, scales=scales, normalized=True, max_rate=3e3),
+    ]
+    for table in tables:
+        data = pickle.dumps(table)
+        assert len(data) < 2_000 < sum(np.asarray(a).nbytes for a in table[:-1])
+        _transform._build_once.cache_clear()  # rebuilt here, as in a fresh worker
+        back = pickle.loads(data)
+        assert type(back) is type(table) and back.inv_step == table.inv_step
+        for a, b in zip(back[:-1], table[:-1], strict=True):
+            assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
