@@ -337,6 +337,27 @@ def test_count_decoder_needs_the_counts(sim):
         Autoencoder(likelihood="poisson").fit(transformed(sim.counts, "sqrt", None), np.array([1]))
 
 
+def test_auto_likelihood_is_poisson_with_the_counts_and_squared_error_without(sim):
+    """The default: the Poisson decoder wherever the counts are there (MCV and its refit), squared error elsewhere."""
+    values = transformed(sim.counts, "sqrt", None)
+    assert Autoencoder().likelihood == "auto"
+    assert Autoencoder(**SMALL, device="cpu").fit(values, np.array([1])).likelihood_ == "normal"
+    scales = np.ones(sim.counts.shape[0])
+    counted = Autoencoder(**SMALL, device="cpu").fit_counts(
+        values, np.array([1]), counts=sim.counts, scales=scales, transform="sqrt"
+    )
+    assert counted.likelihood_ == "poisson"
+    explicit = Autoencoder(**SMALL, device="cpu", likelihood="poisson").fit_counts(
+        values, np.array([1]), counts=sim.counts, scales=scales, transform="sqrt"
+    )  # the same network and output as naming it
+    np.testing.assert_array_equal(counted.predict(slice(None), 1), explicit.predict(slice(None), 1))
+    for calibration, expected in (("mcv", "poisson"), ("genes", "normal")):
+        model = Autoencoder(**SMALL, device="cpu", n_fits=1)
+        adata = ad.AnnData(sim.counts.copy())
+        n2s.pp.denoise(adata, method=model, calibration=calibration, grid=[1, 2], progress=False)
+        assert model.likelihood_ == expected and np.isfinite(adata.layers["denoised"]).all()
+
+
 # -- refit noise: the mean of several networks -----------------------------------------------------
 
 

@@ -25,8 +25,9 @@ __all__ = ["Autoencoder", "require_torch"]
 
 _MAX_EPOCHS = 10_000
 _INFER_BATCH = 1024  # cells per inference batch, fixed so that outputs do not depend on batch_size
-LIKELIHOODS = ("normal", "poisson", "negative_binomial")
-"""The training loss: squared error on the transformed scale, or a count likelihood of the decoder's rates."""
+LIKELIHOODS = ("auto", "normal", "poisson", "negative_binomial")
+"""The training loss: squared error on the transformed scale, or a count likelihood of the decoder's rates
+(``"auto"``: Poisson when the fit is given the counts, squared error otherwise)."""
 FILLS = ("zero", "mean", "donor")
 """What stands in for hidden genes in masked training: zero, the gene's mean, or another cell's value."""
 
@@ -122,7 +123,10 @@ class Autoencoder:
         that share times the cell's total, and it is trained on the raw counts. Its output
         is the expected transformed value of those rates, ``E[T(s X)]`` with
         ``X ~ Poisson(μ)`` — what every method estimates, so MCV scores it like the others
-        (``loss="poisson"`` scores it on the count scale). MCV only.
+        (``loss="poisson"`` scores it on the count scale). Count likelihoods need the
+        molecule split (MCV). ``"auto"`` (default): Poisson when the fit is given the counts
+        (MCV, and the refit after it), squared error otherwise (``calibration="genes"``,
+        :meth:`fit` on values alone); the fitted ``likelihood_`` says which.
     n_fits
         Networks trained (from different seeds) for the output after the calibration; the
         output is their mean. One network's output varies with its seed about as much as
@@ -158,7 +162,7 @@ class Autoencoder:
         weight_decay: float = 0.0,
         device: str = "auto",
         autocast: bool = True,
-        likelihood: str = "normal",
+        likelihood: str = "auto",
         n_fits: int = 3,
         block_cells: int | None = None,
         buffer_cells: int = 16_384,
@@ -258,7 +262,7 @@ class Autoencoder:
     # -- fitting ------------------------------------------------------------------------
     def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
         """Keep the (normalised) data and the grid; training happens during the sweep."""
-        if self.likelihood != "normal":
+        if self.likelihood not in ("auto", "normal"):
             msg = (
                 f"likelihood={self.likelihood!r} trains on raw counts, which this fit was not given: calibrate "
                 "it with `tl.calibrate` or `pp.denoise` (calibration='mcv'), or call `fit_counts`."
@@ -310,7 +314,7 @@ class Autoencoder:
         memory.
         """
         self._prepare(None, None, grid, source=source, shape=shape)
-        if self.likelihood != "normal":
+        if self.likelihood_ != "normal":
             self._expect(scales, transform, max_rate)
         return self
 
@@ -326,6 +330,9 @@ class Autoencoder:
         from ._ae_train import MemorySource, block_bounds, resolve_device
 
         self.device_ = resolve_device(self.device)
+        self.likelihood_ = self.likelihood
+        if self.likelihood == "auto":  # a stream reads the counts with the values
+            self.likelihood_ = "poisson" if counts is not None or source is not None else "normal"
         self.X_ = X
         self.shape_ = X.shape if shape is None else shape
         self.grid_ = np.asarray(grid)
@@ -354,7 +361,7 @@ class Autoencoder:
         """
         from ._ae_mask import Masker
 
-        if self.likelihood != "normal":
+        if self.likelihood not in ("auto", "normal"):
             msg = (
                 f"likelihood={self.likelihood!r} needs the molecule split (its rates are trained on counts): use "
                 "calibration='mcv', or likelihood='normal' with calibration='genes'."
@@ -384,7 +391,7 @@ class Autoencoder:
                 tuple(self.hidden),
                 self.dropout,
                 generator,
-                gene_dispersion=self.likelihood == "negative_binomial",
+                gene_dispersion=self.likelihood_ == "negative_binomial",
             )
         module.to(self.device_)
         optimizer = torch.optim.Adam(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
@@ -400,7 +407,7 @@ class Autoencoder:
                 rng=rng,
                 device=self.device_,
                 masker=self.masker_,
-                likelihood=self.likelihood,
+                likelihood=self.likelihood_,
                 autocast=self.autocast,
             )
             self.train_loss_[(width, epoch)] = loss
