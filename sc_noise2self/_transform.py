@@ -219,25 +219,48 @@ def _scale_rows(scales: np.ndarray) -> np.ndarray:
     return np.array([s_lo]) if s_hi <= s_lo * (1 + 1e-12) else np.geomspace(s_lo, s_hi, _N_SCALE_ROWS)
 
 
-def _rebuilt(recipe: tuple[Any, ...]) -> Any:
-    """Unpickle a table from its recipe: built once per process (:func:`_build_once`)."""
-    return _build_once(recipe)
+_REBUILDABLE: dict[str, tuple[Callable[..., Any], str]] = {}
+"""Builders whose tables carry a recipe (:func:`_rebuildable`), by name: the builder and its scales argument."""
+
+
+def _rebuildable(scales: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give every table the decorated builder returns its ``recipe``: the call that built it.
+
+    The cells' ``scales`` argument enters the recipe as its range, all that a table's scale
+    rows depend on (:func:`_scale_rows`). A table pickles as its recipe (bytes, not its
+    megabytes) and is rebuilt once per process by :func:`_build_once`, to the same bytes:
+    dask sends the tables to every worker with the scoring tasks.
+    """
+
+    def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(builder)
+        def build(transform: TransformName, **kwargs: Any) -> Any:
+            values = np.asarray(kwargs[scales], dtype=np.float64)
+            span = (float(values.min()), float(values.max()))
+            recipe = (builder.__name__, transform, tuple(sorted({**kwargs, scales: span}.items())))
+            return builder(transform, **kwargs)._replace(recipe=recipe)
+
+        _REBUILDABLE[builder.__name__] = (build, scales)
+        return build
+
+    return decorate
 
 
 @functools.lru_cache(maxsize=8)
 def _build_once(recipe: tuple[Any, ...]) -> Any:
-    builder, kwargs = recipe
-    kwargs = dict(kwargs)
-    span = np.array(kwargs.pop("span"))
-    if builder == "conversion":
-        return build_conversion(train_scales=span, **kwargs)
-    return output_depth(scales=span, **kwargs)
+    """Return the table a recipe describes, built once per process (how a table unpickles)."""
+    name, transform, arguments = recipe
+    build, scales = _REBUILDABLE[name]
+    kwargs = dict(arguments)
+    kwargs[scales] = np.array(kwargs[scales])
+    return build(transform, **kwargs)
 
 
-def _recipe(builder: str, scales: np.ndarray, **kwargs: Any) -> tuple[Any, ...]:
-    """Return what rebuilds a table: its builder and arguments, the cells' scales reduced to their range."""
-    span = np.array([np.min(scales), np.max(scales)], dtype=np.float64)
-    return builder, tuple(sorted({**kwargs, "span": tuple(span.tolist())}.items()))
+def _reduce_table(table: Any) -> tuple[Any, ...]:
+    """``__reduce__`` of a table: its recipe when it has one, else its fields."""
+    if table.recipe is None:
+        return type(table), tuple(table)
+    return _build_once, (table.recipe,)
 
 
 class DepthConversion(NamedTuple):
@@ -256,11 +279,9 @@ class DepthConversion(NamedTuple):
     inv_step: float
     row_scales: np.ndarray
     recipe: tuple[Any, ...] | None = None
+    """The call that built it (:func:`_rebuildable`)."""
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        if self.recipe is None:
-            return DepthConversion, tuple(self)
-        return _rebuilt, (self.recipe,)
+    __reduce__ = _reduce_table
 
     def rows_for(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower row index and interpolation weight in ``log s`` for each cell."""
@@ -285,6 +306,7 @@ class DepthConversion(NamedTuple):
         return out
 
 
+@_rebuildable("train_scales")
 def build_conversion(
     transform: TransformName,
     *,
@@ -321,17 +343,6 @@ def build_conversion(
         ``φ``: both halves are negative binomial with variance ``φ`` times their mean (the
         halves of :func:`~sc_noise2self._split.beta_binomial_split`); 1 is Poisson.
     """
-    recipe = _recipe(
-        "conversion",
-        train_scales,
-        transform=transform,
-        fraction=fraction,
-        normalized=normalized,
-        max_rate=float(max_rate),
-        loss=loss,
-        test_fraction=test_fraction,
-        dispersion=float(dispersion),
-    )
     q = 1.0 - fraction if test_fraction is None else test_fraction
     ratio = q / fraction
     row_scales = _scale_rows(train_scales)
@@ -356,7 +367,7 @@ def build_conversion(
             "use a smaller target_sum (e.g. 1e4)."
         )
         raise ValueError(msg)
-    return DepthConversion(table=table, inv_step=inv_step, row_scales=row_scales, recipe=recipe)
+    return DepthConversion(table=table, inv_step=inv_step, row_scales=row_scales)
 
 
 class OutputDepth(NamedTuple):
@@ -378,12 +389,9 @@ class OutputDepth(NamedTuple):
     inv_step: float
     row_scales: np.ndarray
     recipe: tuple[Any, ...] | None = None
-    """What rebuilds it: it pickles as this and is rebuilt once per process (as :class:`DepthConversion`)."""
+    """The call that built it (:func:`_rebuildable`); it pickles as this."""
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        if self.recipe is None:
-            return OutputDepth, tuple(self)
-        return _rebuilt, (self.recipe,)
+    __reduce__ = _reduce_table
 
     def __call__(self, target: np.ndarray, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
         """Map dense held-out values (cells × genes) with expected counts ``means``; cells at output ``scales``."""
@@ -455,6 +463,7 @@ def expected_values(transform: TransformName, *, scales: np.ndarray, max_rate: f
     return ExpectedValues(transform, table, (_N_RATE_GRID - 1) / u[-1], row_scales)
 
 
+@_rebuildable("scales")
 def output_depth(
     transform: TransformName,
     *,
@@ -471,15 +480,6 @@ def output_depth(
     (full depth); beyond, the last entry. ``dispersion``: the counts' variance over their
     mean, as in :func:`build_conversion`.
     """
-    recipe = _recipe(
-        "output_depth",
-        scales,
-        transform=transform,
-        fraction=fraction,
-        normalized=normalized,
-        max_rate=float(max_rate),
-        dispersion=float(dispersion),
-    )
     q = 1.0 - fraction
     row_scales = _scale_rows(scales)
     u = np.linspace(0.0, np.log1p(max_rate), _N_RATE_GRID)
@@ -494,7 +494,7 @@ def output_depth(
             "use a smaller target_sum (e.g. 1e4), or depth='held_out'."
         )
         raise ValueError(msg)
-    return OutputDepth(offset, slope, (_N_RATE_GRID - 1) / u[-1], row_scales, recipe)
+    return OutputDepth(offset, slope, (_N_RATE_GRID - 1) / u[-1], row_scales)
 
 
 class ToCounts(NamedTuple):
