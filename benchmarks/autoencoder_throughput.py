@@ -8,11 +8,15 @@ minibatches sliced from the CSR matrix and densified per batch; inference stream
 cells. Every device is measured in this one run, so the CUDA/CPU ratio is side by side; on
 CUDA with bfloat16 autocast on and off (``Autoencoder(autocast=...)``), and for the
 Poisson-likelihood decoder (trained on the counts) beside the squared-error network.
+On CUDA the previous transfer path (each minibatch densified on the host and copied
+through pinned memory) is measured in the same run too, as the baseline of the current
+one (the matrix's nonzeros copied once, minibatches densified on the GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -20,7 +24,25 @@ import torch
 from pca_sweep import simulate
 
 from sc_noise2self._transform import transformed
-from sc_noise2self.denoisers import Autoencoder
+from sc_noise2self.denoisers import Autoencoder, _ae_train
+
+
+def _host_batch(X, rows, device: torch.device) -> torch.Tensor:
+    """The previous CUDA path: a dense batch made on the host, copied through pinned memory."""
+    batch = torch.from_numpy(np.asarray(X[rows].toarray(), dtype=np.float32))
+    return batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch
+
+
+@contextlib.contextmanager
+def host_batches():
+    """Run the autoencoder with the previous transfer path, for the baseline."""
+    saved = _ae_train.to_device, _ae_train.rows_on
+    _ae_train.to_device = _host_batch
+    _ae_train.rows_on = lambda X, device: lambda rows: _host_batch(X, rows, device)
+    try:
+        yield
+    finally:
+        _ae_train.to_device, _ae_train.rows_on = saved
 
 
 def measure(
@@ -61,27 +83,37 @@ def main() -> None:
         f"data: {X.shape[0]} x {X.shape[1]} CSR, {X.nnz:,} nonzeros; torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU threads"
     )
-    runs = [("cpu", True)] + ([("cuda", True), ("cuda", False)] if torch.cuda.is_available() else [])
+    # (device, bf16 autocast, the previous host transfer path)
+    runs = [("cpu", True, False)]
+    if torch.cuda.is_available():
+        runs += [("cuda", True, False), ("cuda", False, False), ("cuda", True, True)]
     results = {}
     for likelihood in ("normal", "poisson"):
-        for device, autocast in runs:
+        for run in runs:
+            device, autocast, host = run
             for batch_size in (128, 1024):
-                train, infer = measure(X, counts, device, batch_size, autocast=autocast, likelihood=likelihood)
-                results[likelihood, device, autocast, batch_size] = (train, infer)
+                with host_batches() if host else contextlib.nullcontext():
+                    rates = measure(X, counts, device, batch_size, autocast=autocast, likelihood=likelihood)
+                results[likelihood, run, batch_size] = rates
                 label = f"{likelihood:>7}, {device:>4}{', bf16' if device == 'cuda' and autocast else ''}"
-                print(f"{label}, batch {batch_size:>4}: training {train:,.0f} cells/s, inference {infer:,.0f} cells/s")
-    if len(runs) > 1:
-        for likelihood in ("normal", "poisson"):
-            for batch_size in (128, 1024):
-                tc, ic = results[likelihood, "cpu", True, batch_size]
-                for autocast in (True, False):
-                    tg, ig = results[likelihood, "cuda", autocast, batch_size]
-                    print(
-                        f"{likelihood}, CUDA{' bf16' if autocast else ' fp32'} / CPU, batch {batch_size}: "
-                        f"training x{tg / tc:.1f}, inference x{ig / ic:.1f}"
-                    )
-    else:
+                label += ", host batches (previous)" if host else ""
+                print(f"{label}, batch {batch_size:>4}: training {rates[0]:,.0f}, inference {rates[1]:,.0f} cells/s")
+    if len(runs) == 1:
         print("CUDA: not available on this machine; no GPU figures.")
+        return
+    for likelihood in ("normal", "poisson"):
+        for batch_size in (128, 1024):
+            tc, ic = results[likelihood, runs[0], batch_size]
+            names = ("CUDA bf16 / CPU", "CUDA fp32 / CPU", "CUDA bf16, host batches / CPU")
+            for run, name in zip(runs[1:], names, strict=True):
+                tg, ig = results[likelihood, run, batch_size]
+                print(f"{likelihood}, {name}, batch {batch_size}: training x{tg / tc:.1f}, inference x{ig / ic:.1f}")
+            tn, i_n = results[likelihood, runs[1], batch_size]
+            to, io = results[likelihood, runs[3], batch_size]
+            print(
+                f"{likelihood}, CUDA bf16, batches on the GPU / host batches, batch {batch_size}: "
+                f"training x{tn / to:.1f}, inference x{i_n / io:.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -405,3 +405,57 @@ def test_cuda_masked_and_count_training(autocast):
     adata = ad.AnnData(sim.counts.copy())
     n2s.pp.denoise(adata, method=Autoencoder(**settings, likelihood="negative_binomial"), grid=[1, 5], progress=False)
     assert np.isfinite(adata.layers["denoised"]).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("autocast", [True, False], ids=["bf16", "fp32"])
+def test_same_seed_same_output_on_cuda(sim, autocast):
+    """A seed fixes every byte on CUDA too: MCV's losses, the choice and the written layer (both decoders)."""
+    for likelihood in ("normal", "poisson"):
+        outputs = []
+        for _ in range(2):
+            adata = ad.AnnData(sim.counts.copy())
+            model = Autoencoder(**SMALL, device="cuda", autocast=autocast, likelihood=likelihood, random_state=3)
+            n2s.pp.denoise(adata, method=model, grid=[1, 2, 3], progress=False)
+            outputs.append((adata.layers["denoised"].tobytes(), adata.uns["denoised"]["loss"].tobytes()))
+        assert outputs[0] == outputs[1], likelihood
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("likelihood", ["normal", "poisson"])
+def test_cuda_in_float32_trains_the_network_the_cpu_trains(sim, likelihood):
+    """Same seed, same initial weights, batches and dropout on both devices: float32 CUDA differs by rounding only."""
+    values = transformed(sim.counts, "sqrt", None)
+    scales = np.ones(sim.counts.shape[0])
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        model = Autoencoder(**SMALL, device=device, autocast=False, likelihood=likelihood, random_state=0)
+        model.fit_counts(values, np.array([3]), counts=sim.counts, scales=scales, transform="sqrt")
+        outputs[device] = model.predict(slice(None), 3)
+    difference = np.abs(outputs["cuda"] - outputs["cpu"]).max()
+    assert difference < 1e-3 * np.abs(outputs["cpu"]).max(), difference
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_rows_are_the_dense_rows_of_the_csr(device):
+    """Batches gathered on the device equal scipy's dense rows: empty rows, no nonzeros, duplicates, any order."""
+    from sc_noise2self.denoisers._ae_train import DeviceRows, rows_on, to_device
+
+    rng = np.random.default_rng(0)
+    X = sparse.random(300, 40, density=0.1, format="csr", random_state=rng, dtype=np.float64)
+    X = sparse.csr_matrix(sparse.diags((np.arange(300) != 5).astype(float)) @ X)  # cell 5 empty
+    X.eliminate_zeros()
+    messy = sparse.csr_matrix((np.r_[X.data, 1.5, 2.5], np.r_[X.indices, 3, 3], X.indptr.copy()), shape=X.shape)
+    messy.indptr[-1] = messy.data.size  # two entries of (299, 3): duplicates, out of order
+    before = (messy.data.copy(), messy.indices.copy(), messy.has_canonical_format)
+    on = torch.device(device)
+    for matrix in (X, messy, sparse.csr_matrix((7, 40)), sparse.csr_matrix(X, dtype=np.float32)):
+        gather = DeviceRows(matrix, on)
+        for rows in (np.arange(matrix.shape[0]), np.array([0, 5, 6, 6]), np.array([], dtype=np.int64), np.array([6])):
+            expected = np.asarray(matrix[rows].toarray(), dtype=np.float32)
+            np.testing.assert_array_equal(gather(rows).cpu().numpy(), expected)
+            np.testing.assert_array_equal(rows_on(matrix, on)(rows).cpu().numpy(), expected)
+            np.testing.assert_array_equal(to_device(matrix, rows, on).cpu().numpy(), expected)
+    assert not before[2]
+    np.testing.assert_array_equal(messy.data, before[0])  # the caller's matrix is left as it was
+    np.testing.assert_array_equal(messy.indices, before[1])

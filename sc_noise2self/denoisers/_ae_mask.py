@@ -42,6 +42,7 @@ class Masker:
         self.n_groups = int(self.groups.max()) + 1
         self.fill = fill
         self.columns = [np.flatnonzero(self.groups == g) for g in range(self.n_groups)]
+        self._groups = torch.from_numpy(self.groups)
         self.X = X
         self.means = torch.from_numpy(np.asarray(X.mean(axis=0), dtype=np.float32).ravel())
         n_cells = X.shape[0]
@@ -49,6 +50,12 @@ class Masker:
         # cell shift[i] takes the values of cell shift[i + 1]: a single cycle, so nobody is their own donor
         self.donors = np.empty(n_cells, dtype=np.int64)
         self.donors[shift] = np.roll(shift, -1)
+
+    def _groups_on(self, device: torch.device) -> torch.Tensor:
+        """Every gene's group, as a tensor on ``device`` (copied once per device)."""
+        if self._groups.device != device:
+            self._groups = self._groups.to(device)
+        return self._groups
 
     def stand_in(self, rows: np.ndarray, batch: torch.Tensor) -> torch.Tensor:
         """Values that replace hidden entries of the cells ``rows`` (a dense batch like ``batch``)."""
@@ -63,8 +70,8 @@ class Masker:
         self, rows: np.ndarray, batch: torch.Tensor, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Hide one random group per cell; return the input and the mask of hidden entries (1.0 where hidden)."""
-        chosen = torch.from_numpy(rng.integers(self.n_groups, size=rows.size))
-        hidden = (torch.from_numpy(self.groups)[None, :] == chosen[:, None]).to(batch.device)
+        chosen = torch.from_numpy(rng.integers(self.n_groups, size=rows.size)).to(batch.device)
+        hidden = self._groups_on(batch.device)[None, :] == chosen[:, None]
         return torch.where(hidden, self.stand_in(rows, batch), batch), hidden.to(batch.dtype)
 
     def hide_group(self, g: int, batch: torch.Tensor, stand_in: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""Training and inference loops of the autoencoder: minibatches sliced from CSR, densified per batch."""
+"""Training and inference loops of the autoencoder: minibatches sliced from CSR, densified per batch.
+
+On CUDA the sparse matrix's arrays are copied to the device once per buffer of cells and
+each minibatch is densified there (:class:`DeviceRows`), so a step moves its row numbers
+rather than a dense batch; on the CPU batches are densified by scipy.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from scipy import sparse
 
     from ._ae_mask import Masker
@@ -16,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Buffer",
+    "DeviceRows",
     "MemorySource",
     "batch_edges",
     "block_bounds",
@@ -23,6 +31,7 @@ __all__ = [
     "infer",
     "negative_log_likelihood",
     "resolve_device",
+    "rows_on",
     "to_device",
     "train_epoch",
 ]
@@ -41,12 +50,61 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+class DeviceRows:
+    """A CSR matrix's nonzeros on a torch device; dense float32 rows of it are gathered there.
+
+    Calling it with row numbers returns those rows as a dense ``(len(rows), n_genes)``
+    tensor, equal to ``X[rows].toarray()`` in float32: each nonzero is written once, so
+    the result does not depend on the order the device writes in.
+    """
+
+    def __init__(self, X: sparse.csr_matrix, device: torch.device) -> None:
+        if not X.has_canonical_format:  # duplicates summed as toarray() sums them; never the caller's matrix
+            X = X.copy()
+            X.sum_duplicates()
+        self.device, self.n_genes = device, X.shape[1]
+        self.indptr = np.asarray(X.indptr, dtype=np.int64)
+        self.indices = torch.from_numpy(np.asarray(X.indices, dtype=np.int32)).to(device)
+        self.data = torch.from_numpy(np.asarray(X.data, dtype=np.float32)).to(device)
+
+    @staticmethod
+    def nbytes(X: sparse.csr_matrix) -> int:
+        """Device memory the nonzeros of ``X`` take (float32 values, int32 gene indices)."""
+        return 8 * X.nnz
+
+    def __call__(self, rows: np.ndarray) -> torch.Tensor:
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
+        total = int(lengths.sum())
+        on = {"device": self.device}
+        owner = torch.repeat_interleave(
+            torch.arange(rows.size, **on), torch.from_numpy(lengths).to(**on), output_size=total
+        )
+        shift = torch.from_numpy(starts - (np.cumsum(lengths) - lengths)).to(**on)  # nonzero k of batch row i
+        positions = torch.arange(total, **on) + shift[owner]
+        out = torch.zeros((rows.size, self.n_genes), dtype=torch.float32, **on)
+        out[owner, self.indices[positions].long()] = self.data[positions]
+        return out
+
+
 def to_device(X: sparse.csr_matrix, rows: np.ndarray | slice, device: torch.device) -> torch.Tensor:
-    """Dense float32 batch of ``rows`` on ``device``; pinned, asynchronous copy on CUDA."""
-    batch = torch.from_numpy(np.asarray(X[rows].toarray(), dtype=np.float32))
+    """Dense float32 batch of ``rows`` on ``device``; on CUDA only its nonzeros are copied, then densified there."""
     if device.type == "cuda":
-        return batch.pin_memory().to(device, non_blocking=True)
-    return batch
+        part = X[rows]
+        return DeviceRows(part, device)(np.arange(part.shape[0]))
+    return torch.from_numpy(np.asarray(X[rows].toarray(), dtype=np.float32))
+
+
+def rows_on(X: sparse.csr_matrix, device: torch.device) -> Callable[[np.ndarray], torch.Tensor]:
+    """Return a function giving dense rows of ``X`` on ``device``, for many minibatches of one buffer.
+
+    On CUDA the buffer's nonzeros are copied to the device once when they take at most a
+    quarter of its free memory (each batch is then gathered there); otherwise, and on the
+    CPU, each batch is densified from ``X`` on the host. The values are the same either way.
+    """
+    if device.type == "cuda" and DeviceRows.nbytes(X) <= torch.cuda.mem_get_info(device)[0] // 4:
+        return DeviceRows(X, device)
+    return lambda rows: to_device(X, rows, device)
 
 
 def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast | nullcontext:
@@ -154,20 +212,23 @@ def train_epoch(
     module.train()
     n_blocks = len(source.bounds)
     order = rng.permutation(n_blocks) if n_blocks > 1 else np.zeros(1, dtype=np.int64)
-    total, seen = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no wait per step
+    seen = 0
     for blocks in buffers(order, source.bounds, buffer_cells):
         buffer = source.load(blocks)
+        values_of = rows_on(buffer.values, device)
+        counts_of = None if likelihood == "normal" else rows_on(buffer.counts, device)
         shuffled = rng.permutation(buffer.values.shape[0])
         for start in range(0, shuffled.size, batch_size):
             local = np.sort(shuffled[start : start + batch_size])  # sorted rows slice CSR faster
-            batch = to_device(buffer.values, local, device)
+            batch = values_of(local)
             inputs, hidden = (batch, None) if masker is None else masker.hide_random(buffer.rows[local], batch, rng)
             with _autocast(device, autocast):
                 out = module(inputs)
-            if likelihood == "normal":
+            if counts_of is None:
                 per_entry = (out.float() - batch) ** 2
             else:
-                counts = to_device(buffer.counts, local, device)
+                counts = counts_of(local)
                 log_mu = log_rates(out.float(), counts.sum(dim=1))
                 per_entry = negative_log_likelihood(counts, log_mu, likelihood, getattr(module, "log_theta", None))
             loss = (
@@ -176,9 +237,9 @@ def train_epoch(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * local.size
+            total += loss.detach().double() * local.size
             seen += local.size
-    return total / seen
+    return float(total) / seen
 
 
 @torch.no_grad()
