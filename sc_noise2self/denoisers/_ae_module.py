@@ -11,18 +11,40 @@ from torch import nn
 __all__ = ["AutoencoderModule"]
 
 
-class SeededDropout(nn.Module):
-    """Dropout drawing from its own ``torch.Generator``, so training never touches torch's global RNG."""
+class DropoutMasks:
+    """Seeded dropout masks, shared by a network's dropout layers; never torch's global RNG.
 
-    def __init__(self, p: float, generator: torch.Generator) -> None:
+    On the CPU masks come from the network's own generator. On another device they are
+    drawn there, from a generator of that device seeded once from the network's own (a
+    mask drawn on the host and copied would cost more than the layer it masks), so a seed
+    gives the same masks on every run on the device.
+    """
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+        self.on_device: dict[torch.device, torch.Generator] = {}
+
+    def keep(self, shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+        """Mask of the entries kept (1.0) with probability ``1 - p``."""
+        if device.type == "cpu":
+            return torch.empty(shape).bernoulli_(1 - p, generator=self.generator)
+        if device not in self.on_device:
+            seed = int(torch.randint(2**62, (1,), generator=self.generator))
+            self.on_device[device] = torch.Generator(device=device).manual_seed(seed)
+        return torch.empty(shape, device=device).bernoulli_(1 - p, generator=self.on_device[device])
+
+
+class SeededDropout(nn.Module):
+    """Dropout drawing its masks from :class:`DropoutMasks`, so training never touches torch's global RNG."""
+
+    def __init__(self, p: float, masks: DropoutMasks) -> None:
         super().__init__()
-        self.p, self.generator = p, generator
+        self.p, self.masks = p, masks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        keep = torch.empty(x.shape, device="cpu").bernoulli_(1 - self.p, generator=self.generator).to(x.device)
-        return x * keep / (1 - self.p)
+        return x * self.masks.keep(x.shape, self.p, x.device) / (1 - self.p)
 
 
 class AutoencoderModule(nn.Module):
@@ -43,7 +65,8 @@ class AutoencoderModule(nn.Module):
     dropout
         Dropout probability after every hidden layer.
     generator
-        Source of the initial weights and of dropout masks (CPU generator).
+        Source of the initial weights and of dropout masks (CPU generator; on another
+        device, of the seed of that device's masks).
     gene_dispersion
         Whether to learn a per-gene inverse dispersion ``θ`` (``log_theta``, starting at
         ``θ = 1``) for a negative-binomial likelihood.
@@ -61,11 +84,12 @@ class AutoencoderModule(nn.Module):
     ) -> None:
         super().__init__()
         widths = [n_genes, *hidden]
+        masks = DropoutMasks(generator)
 
         def stack(sizes: list[int]) -> list[nn.Module]:
             layers: list[nn.Module] = []
             for a, b in itertools.pairwise(sizes):
-                layers += [nn.Linear(a, b), nn.ReLU(), SeededDropout(dropout, generator)]
+                layers += [nn.Linear(a, b), nn.ReLU(), SeededDropout(dropout, masks)]
             return layers
 
         self.encoder = nn.Sequential(*stack(widths), nn.Linear(widths[-1], bottleneck))
