@@ -112,8 +112,8 @@ class Autoencoder:
     weight_decay
         Adam's L2 penalty.
     device
-        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. On CUDA batches are
-        copied from pinned memory asynchronously.
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``. On CUDA each buffer's
+        nonzeros are copied to the device once and minibatches are made dense there.
     autocast
         On CUDA, run the forward pass in bfloat16 autocast (losses and outputs in float32).
     likelihood
@@ -148,7 +148,9 @@ class Autoencoder:
         ``"donor"`` (the values of another cell, fixed per cell). Zero gave the lowest
         error against the truth on the simulator (``benchmarks/autoencoder_calibration.py``).
     random_state
-        Seed of the weights, dropout and batch order; training on CPU is deterministic.
+        Seed of the weights, dropout and batch order; training is deterministic on CPU and on
+        CUDA (the same seed gives the same bytes on the same device; dropout masks differ
+        between the two).
     """
 
     def __init__(
