@@ -16,7 +16,9 @@ times each configuration N times (the competitor kept running) and reports the m
 first on ``PYTHONPATH``) in every configuration, right after this tree.
 
 Data: ``pca_sweep.simulate`` (20,000 × 2,000 by default, ~1,500 UMIs per cell, sparse), ``sqrt``
-of raw counts; PCA over ranks 1..100, diffusion over t = 0..20. Prints a Markdown table and the
+of raw counts; PCA over ranks 1..100, diffusion over t = 0..20; ``--methods autoencoder``: the
+autoencoder on CPU (its default network) over bottleneck {8, 32} × epochs 1..3, its
+torch threads set by ``OMP_NUM_THREADS`` like the others (use fewer ``--cells``). Prints a Markdown table and the
 ratios loaded / alone and 2 threads / 1 thread.
 """
 
@@ -42,10 +44,17 @@ from pca_sweep import simulate
 import sc_noise2self as n2s
 if os.environ.get("CONTENTION_ADAPT") == "1" and hasattr(n2s, "settings"):  # trees before it have no setting
     n2s.settings.adapt_threads = True
-method, cells, genes, loop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "loop"
-grid = np.arange(1, 101) if method == "pca" else np.arange(21)
+name, cells, genes, loop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "loop"
 scale = {{"transform": "sqrt", "target_sum": None}}
-n2s.tl.calibrate(simulate(300, 100, 500.0), method=method, grid=grid[:3], progress=False, **scale)  # compile
+if name == "autoencoder":  # the default network on CPU, two widths, a few epochs
+    from sc_noise2self.denoisers import Autoencoder
+    method = Autoencoder(device="cpu", random_state=0)
+    grid, warm = n2s.tl.grid(bottleneck=[8, 32], epochs=[1, 2, 3]), [[8, 1]]
+else:
+    method = name
+    grid = np.arange(1, 101) if name == "pca" else np.arange(21)
+    warm = grid[:3]
+n2s.tl.calibrate(simulate(300, 100, 500.0), method=method, grid=warm, progress=False, **scale)  # compile
 counts = simulate(cells, genes, 1500.0)
 while True:
     start = time.perf_counter()

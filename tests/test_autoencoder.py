@@ -462,3 +462,53 @@ def test_device_rows_are_the_dense_rows_of_the_csr(device):
     assert not before[2]
     np.testing.assert_array_equal(messy.data, before[0])  # the caller's matrix is left as it was
     np.testing.assert_array_equal(messy.indices, before[1])
+
+
+def test_training_takes_only_the_free_cores_and_changes_no_bit(sim, monkeypatch):
+    """On a busy machine each epoch trains on one torch thread per free core; the same bytes as with all threads."""
+    from sc_noise2self.denoisers import _ae_train
+
+    values = transformed(sim.counts, "sqrt", None)
+    seen = []
+    real_epoch = _ae_train.train_epoch
+
+    def epoch(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_epoch(*args, **kwargs)
+
+    def trained(free, **settings):
+        seen.clear()
+        monkeypatch.setattr(_ae_train, "free_cores", lambda: free)
+        model = Autoencoder(**SMALL, device="cpu", n_fits=1, **settings).fit(values, np.array([2]))
+        return model.predict(slice(None), 2).tobytes(), list(seen)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(_ae_train, "train_epoch", epoch)
+        reference, threads = trained(None)  # unknown (not Linux, a cpuset): torch's own count
+        assert threads == [2, 2]
+        assert trained(0) == (reference, [1, 1])  # every core busy: one thread, same bytes
+        assert trained(1) == (reference, [1, 1])
+        assert trained(5) == (reference, [2, 2])  # never more than torch's count
+        assert trained(0, adapt_threads=False) == (reference, [2, 2])
+        assert torch.get_num_threads() == 2
+
+        def interrupted(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(_ae_train, "train_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            trained(0)
+        assert seen == [1] and torch.get_num_threads() == 2  # restored on the way out
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("flag", ["yes", 1, None])
+def test_bad_adapt_threads_is_refused_before_any_work(sim, flag):
+    adata = ad.AnnData(sim.counts.copy())
+    with pytest.raises(ValueError, match="adapt_threads must be True or False"):
+        n2s.pp.denoise(adata, method=Autoencoder(adapt_threads=flag), progress=False)
+    assert not adata.layers and not adata.uns

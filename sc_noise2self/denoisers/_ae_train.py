@@ -7,14 +7,16 @@ rather than a dense batch; on the CPU batches are densified by scipy.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 
+from .._threads import free_cores
+
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from scipy import sparse
 
@@ -28,6 +30,7 @@ __all__ = [
     "batch_edges",
     "block_bounds",
     "buffers",
+    "free_core_threads",
     "infer",
     "negative_log_likelihood",
     "resolve_device",
@@ -105,6 +108,28 @@ def rows_on(X: sparse.csr_matrix, device: torch.device) -> Callable[[np.ndarray]
     if device.type == "cuda" and DeviceRows.nbytes(X) <= torch.cuda.mem_get_info(device)[0] // 4:
         return DeviceRows(X, device)
     return lambda rows: to_device(X, rows, device)
+
+
+@contextmanager
+def free_core_threads(device: torch.device, *, enabled: bool = True) -> Iterator[int]:
+    """Within the block, torch on CPU uses at most one thread per core other processes leave free.
+
+    Torch's threads meet at a barrier in every operation; on a busy machine each waits for
+    a descheduled thread, and a small network's many short operations then take several
+    times as long as on one thread. Only lowers the count (never below one, never above
+    the user's ``torch.set_num_threads``) and restores it after; results are the same bytes
+    with any count. Yields the number of threads in use.
+    """
+    threads = torch.get_num_threads()
+    free = free_cores() if enabled and device.type == "cpu" and threads > 1 else None
+    if free is None or free >= threads:
+        yield threads
+        return
+    torch.set_num_threads(max(1, free))
+    try:
+        yield max(1, free)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast | nullcontext:

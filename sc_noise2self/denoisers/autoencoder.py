@@ -147,6 +147,13 @@ class Autoencoder:
         gene group in the input — ``"zero"``, ``"mean"`` (the gene's mean over cells), or
         ``"donor"`` (the values of another cell, fixed per cell). Zero gave the lowest
         error against the truth on the simulator (``benchmarks/autoencoder_calibration.py``).
+    adapt_threads
+        On CPU, train each epoch with at most one torch thread per core that other
+        processes leave free (read before every epoch; Linux, where this process may use
+        every core). It only lowers torch's thread count, which changes no bit of the
+        result. Two torch threads on two cores beside another busy process took 2.9× the
+        time of one (``benchmarks/contention.py --methods autoencoder``); False keeps
+        torch's count throughout.
     random_state
         Seed of the weights, dropout and batch order; training is deterministic on CPU and on
         CUDA (the same seed gives the same bytes on the same device; dropout masks differ
@@ -169,6 +176,7 @@ class Autoencoder:
         block_cells: int | None = None,
         buffer_cells: int = 16_384,
         mask_fill: str = "zero",
+        adapt_threads: bool = True,
         random_state: object = 0,
     ) -> None:
         self.bottleneck = bottleneck
@@ -184,6 +192,7 @@ class Autoencoder:
         self.block_cells = block_cells
         self.buffer_cells = buffer_cells
         self.mask_fill = mask_fill
+        self.adapt_threads = adapt_threads
         self.random_state = random_state
 
     def __repr__(self) -> str:
@@ -192,7 +201,7 @@ class Autoencoder:
             f"batch_size={self.batch_size}, learning_rate={self.learning_rate}, weight_decay={self.weight_decay}, "
             f"device={self.device!r}, autocast={self.autocast}, likelihood={self.likelihood!r}, n_fits={self.n_fits}, "
             f"block_cells={self.block_cells}, buffer_cells={self.buffer_cells}, mask_fill={self.mask_fill!r}, "
-            f"random_state={self.random_state!r})"
+            f"adapt_threads={self.adapt_threads}, random_state={self.random_state!r})"
         )
 
     # -- grid ---------------------------------------------------------------------------
@@ -217,6 +226,7 @@ class Autoencoder:
         check_number(self.dropout, "dropout", low=0.0, high=1.0, open_high=True, example="0.1")
         check_positive_int(self.batch_size, "batch_size")
         check_flag(self.autocast, "autocast")
+        check_flag(self.adapt_threads, "adapt_threads")
         check_positive_int(self.n_fits, "n_fits")
         if self.block_cells is not None:
             check_positive_int(self.block_cells, "block_cells")
@@ -382,7 +392,7 @@ class Autoencoder:
         import torch
 
         from ._ae_module import AutoencoderModule
-        from ._ae_train import train_epoch
+        from ._ae_train import free_core_threads, train_epoch
 
         seed = self._seed(width, member)
         generator = torch.Generator().manual_seed(seed)
@@ -400,18 +410,19 @@ class Autoencoder:
         rng = np.random.default_rng(seed)
         wanted = set(int(e) for e in epochs)
         for epoch in range(1, int(epochs.max()) + 1):
-            loss = train_epoch(
-                module,
-                self.source_,
-                optimizer,
-                batch_size=self.batch_size,
-                buffer_cells=self.buffer_cells,
-                rng=rng,
-                device=self.device_,
-                masker=self.masker_,
-                likelihood=self.likelihood_,
-                autocast=self.autocast,
-            )
+            with free_core_threads(self.device_, enabled=self.adapt_threads):
+                loss = train_epoch(
+                    module,
+                    self.source_,
+                    optimizer,
+                    batch_size=self.batch_size,
+                    buffer_cells=self.buffer_cells,
+                    rng=rng,
+                    device=self.device_,
+                    masker=self.masker_,
+                    likelihood=self.likelihood_,
+                    autocast=self.autocast,
+                )
             self.train_loss_[(width, epoch)] = loss
             if epoch in wanted:
                 yield epoch, module
