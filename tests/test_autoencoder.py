@@ -471,6 +471,7 @@ def test_training_takes_only_the_free_cores_and_changes_no_bit(sim, monkeypatch)
     values = transformed(sim.counts, "sqrt", None)
     seen = []
     real_epoch = _ae_train.train_epoch
+    monkeypatch.setattr(_ae_train._Load, "every_s", 0.0)  # read the (patched) load before every epoch
 
     def epoch(*args, **kwargs):
         seen.append(torch.get_num_threads())
@@ -512,3 +513,15 @@ def test_bad_adapt_threads_is_refused_before_any_work(sim, flag):
     with pytest.raises(ValueError, match="adapt_threads must be True or False"):
         n2s.pp.denoise(adata, method=Autoencoder(adapt_threads=flag), progress=False)
     assert not adata.layers and not adata.uns
+
+
+def test_the_load_is_read_at_most_once_a_second(monkeypatch):
+    """A reading takes ~10 ms, more than a small epoch: epochs within a second share one."""
+    from sc_noise2self.denoisers import _ae_train
+
+    readings = []
+    monkeypatch.setattr(_ae_train, "free_cores", lambda: readings.append(1) or len(readings))
+    load = _ae_train._Load()
+    assert [load.free_cores() for _ in range(5)] == [1] * 5 and len(readings) == 1
+    load.read_at -= 1.0  # a second later
+    assert load.free_cores() == 2 and len(readings) == 2

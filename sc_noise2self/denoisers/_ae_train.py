@@ -7,6 +7,7 @@ rather than a dense batch; on the CPU batches are densified by scipy.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -110,18 +111,37 @@ def rows_on(X: sparse.csr_matrix, device: torch.device) -> Callable[[np.ndarray]
     return lambda rows: to_device(X, rows, device)
 
 
+class _Load:
+    """The machine's free cores, read at most once a second (a reading takes ~10 ms; small epochs take less)."""
+
+    every_s = 1.0
+
+    def __init__(self) -> None:
+        self.read_at, self.free = -float("inf"), None
+
+    def free_cores(self) -> int | None:
+        now = time.monotonic()
+        if now - self.read_at >= self.every_s:
+            self.read_at, self.free = now, free_cores()
+        return self.free
+
+
+_LOAD = _Load()
+
+
 @contextmanager
 def free_core_threads(device: torch.device, *, enabled: bool = True) -> Iterator[int]:
     """Within the block, torch on CPU uses at most one thread per core other processes leave free.
 
     Torch's threads meet at a barrier in every operation; on a busy machine each waits for
     a descheduled thread, and a small network's many short operations then take several
-    times as long as on one thread. Only lowers the count (never below one, never above
-    the user's ``torch.set_num_threads``) and restores it after; results are the same bytes
-    with any count. Yields the number of threads in use.
+    times as long as on one thread. The load is read at most once a second. Only lowers
+    the count (never below one, never above the user's ``torch.set_num_threads``) and
+    restores it after; results are the same bytes with any count. Yields the number of
+    threads in use.
     """
     threads = torch.get_num_threads()
-    free = free_cores() if enabled and device.type == "cpu" and threads > 1 else None
+    free = _LOAD.free_cores() if enabled and device.type == "cpu" and threads > 1 else None
     if free is None or free >= threads:
         yield threads
         return
