@@ -17,9 +17,9 @@ first on ``PYTHONPATH``) in every configuration, right after this tree.
 
 Data: ``pca_sweep.simulate`` (20,000 × 2,000 by default, ~1,500 UMIs per cell, sparse), ``sqrt``
 of raw counts; PCA over ranks 1..100, diffusion over t = 0..20; ``--methods autoencoder``: the
-autoencoder on CPU (its default network) over bottleneck {8, 32} × epochs 1..3, its
-torch threads set by ``OMP_NUM_THREADS`` like the others (use fewer ``--cells``). Prints a Markdown table and the
-ratios loaded / alone and 2 threads / 1 thread.
+autoencoder on CPU (its default network) over bottleneck {8, 32} × epochs 1..3, its torch
+threads set by ``OMP_NUM_THREADS`` like the others (use fewer ``--cells``). Prints a Markdown
+table and the ratios loaded / alone and 2 threads / 1 thread.
 """
 
 from __future__ import annotations
