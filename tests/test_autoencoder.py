@@ -320,11 +320,15 @@ def test_expected_values_table_matches_the_exact_sums():
         assert table(np.zeros((2, 3)), scales[:2]).max() == 0.0
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian", None, "Poisson", 1])
-def test_bad_likelihood_is_refused_before_any_work(sim, likelihood):
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [({"likelihood": value}, "likelihood must be one of") for value in ("gaussian", None, "Poisson", 1)]
+    + [({"adapt_threads": value}, "adapt_threads must be True or False") for value in ("yes", 1, None)],
+)
+def test_bad_settings_are_refused_before_any_work(sim, setting, message):
     adata = ad.AnnData(sim.counts.copy())
-    with pytest.raises(ValueError, match="likelihood must be one of"):
-        n2s.pp.denoise(adata, method=Autoencoder(likelihood=likelihood), progress=False)
+    with pytest.raises(ValueError, match=message):
+        n2s.pp.denoise(adata, method=Autoencoder(**setting), progress=False)
     assert not adata.layers and not adata.uns
 
 
@@ -505,14 +509,6 @@ def test_training_takes_only_the_free_cores_and_changes_no_bit(sim, monkeypatch)
         assert seen == [1] and torch.get_num_threads() == 2  # restored on the way out
     finally:
         torch.set_num_threads(previous)
-
-
-@pytest.mark.parametrize("flag", ["yes", 1, None])
-def test_bad_adapt_threads_is_refused_before_any_work(sim, flag):
-    adata = ad.AnnData(sim.counts.copy())
-    with pytest.raises(ValueError, match="adapt_threads must be True or False"):
-        n2s.pp.denoise(adata, method=Autoencoder(adapt_threads=flag), progress=False)
-    assert not adata.layers and not adata.uns
 
 
 def test_the_load_is_read_at_most_once_a_second(monkeypatch):
