@@ -32,7 +32,7 @@ from ._validate import check_flag
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-__all__ = ["Settings", "adapted_threads", "adapts_threads", "free_cores", "settings"]
+__all__ = ["Settings", "adapted_threads", "adapts_threads", "fewer_threads", "free_cores", "settings"]
 
 _READINGS = 5
 _READING_GAP_S = 0.002
@@ -128,6 +128,17 @@ def free_cores() -> int | None:
     return max(0, cores - max(0, min(readings)))
 
 
+def fewer_threads(threads: int, free: int | None) -> int | None:
+    """Return the thread count to step down to from ``threads`` with ``free`` cores free, or None to keep it.
+
+    One thread per free core, at least one; never more than ``threads``; None where the
+    free cores are unknown.
+    """
+    if free is None or free >= threads:
+        return None
+    return max(1, free)
+
+
 @contextmanager
 def adapted_threads() -> Iterator[int]:
     """Within the block, numba and BLAS/OpenMP use at most one thread per free core (see the module).
@@ -136,10 +147,10 @@ def adapted_threads() -> Iterator[int]:
     """
     threads = numba.get_num_threads()
     free = free_cores() if settings.adapt_threads and threads > 1 else None
-    if free is None or free >= threads:
+    fewer = fewer_threads(threads, free)
+    if fewer is None:
         yield threads
         return
-    fewer = max(1, free)
     logg.info(f"    other processes leave {free} core(s) free: running on {fewer} thread(s) instead of {threads}")
     pools = [pool for pool in ThreadpoolController().lib_controllers if pool.num_threads > fewer]
     before = [pool.num_threads for pool in pools]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from .._threads import free_cores
+from .._threads import fewer_threads, free_cores
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -141,13 +141,13 @@ def free_core_threads(device: torch.device, *, enabled: bool = True) -> Iterator
     threads in use.
     """
     threads = torch.get_num_threads()
-    free = _LOAD.free_cores() if enabled and device.type == "cpu" and threads > 1 else None
-    if free is None or free >= threads:
+    fewer = fewer_threads(threads, _LOAD.free_cores() if enabled and device.type == "cpu" and threads > 1 else None)
+    if fewer is None:
         yield threads
         return
-    torch.set_num_threads(max(1, free))
+    torch.set_num_threads(fewer)
     try:
-        yield max(1, free)
+        yield fewer
     finally:
         torch.set_num_threads(threads)
 

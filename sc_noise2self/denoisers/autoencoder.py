@@ -149,10 +149,10 @@ class Autoencoder:
         error against the truth on the simulator (``benchmarks/autoencoder_calibration.py``).
     adapt_threads
         On CPU, train each epoch with at most one torch thread per core that other
-        processes leave free (read before an epoch, at most once a second; Linux, where this
-        process may use every core). It only lowers torch's thread count, which changes no bit of the
-        result. Two torch threads on two cores beside another busy process once took 2.9×
-        the time of one; in medians of three runs the two are level
+        processes leave free (read before an epoch, at most once a second; Linux, where
+        this process may use every core). It only lowers torch's thread count, which
+        changes no bit of the result. Two torch threads on two cores beside another busy
+        process once took 2.9× the time of one; in medians of three runs the two are level
         (``benchmarks/contention.py --methods autoencoder``): a guard against that slow
         tail. False keeps torch's count throughout.
     random_state
