@@ -395,8 +395,20 @@ class OutputDepth(NamedTuple):
 
     def __call__(self, target: np.ndarray, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
         """Map dense held-out values (cells × genes) with expected counts ``means``; cells at output ``scales``."""
-        at = (means, scales, self.inv_step, self.row_scales)
-        return _table_at_rates(self.offset, *at) + _table_at_rates(self.slope, *at) * target
+        idx, weight = _rows_for(self.row_scales, scales)
+        target = np.ascontiguousarray(target, dtype=np.float64)
+        out = np.empty(target.shape)
+        _linear_map_at_rates(
+            np.ascontiguousarray(means, dtype=np.float64),
+            target,
+            idx,
+            weight,
+            np.ascontiguousarray(self.offset),
+            np.ascontiguousarray(self.slope),
+            self.inv_step,
+            out,
+        )
+        return out
 
 
 class ExpectedValues(NamedTuple):
@@ -436,6 +448,24 @@ def _table_at_rates(
     return out
 
 
+@numba.njit(cache=True, inline="always")
+def _grid_position(rate, inv_step, n):
+    # Index and fraction of ``log1p(rate)`` on a table row's even grid (clamped to the row).
+    pos = min(np.log1p(max(rate, 0.0)) * inv_step, n - 1.0)
+    j = min(int(pos), n - 2)
+    return j, pos - j
+
+
+@numba.njit(cache=True, inline="always")
+def _table_value(table, r, w, several, j, frac):
+    # Linear in the grid, then linear between scale rows ``r`` and ``r + 1`` with weight ``w``.
+    value = table[r, j] + frac * (table[r, j + 1] - table[r, j])
+    if several:
+        upper = table[r + 1, j] + frac * (table[r + 1, j + 1] - table[r + 1, j])
+        value += w * (upper - value)
+    return value
+
+
 @numba.njit(cache=True, parallel=True)
 def _rate_lookup(rates, idx, weight, table, inv_step, out):  # pragma: no cover - compiled
     n = table.shape[1]
@@ -443,14 +473,21 @@ def _rate_lookup(rates, idx, weight, table, inv_step, out):  # pragma: no cover 
     for i in numba.prange(rates.shape[0]):
         r, w = idx[i], weight[i]
         for g in range(rates.shape[1]):
-            pos = min(np.log1p(max(rates[i, g], 0.0)) * inv_step, n - 1.0)
-            j = min(int(pos), n - 2)
-            frac = pos - j
-            value = table[r, j] + frac * (table[r, j + 1] - table[r, j])
-            if several:
-                upper = table[r + 1, j] + frac * (table[r + 1, j + 1] - table[r + 1, j])
-                value += w * (upper - value)
-            out[i, g] = value
+            j, frac = _grid_position(rates[i, g], inv_step, n)
+            out[i, g] = _table_value(table, r, w, several, j, frac)
+
+
+@numba.njit(cache=True, parallel=True)
+def _linear_map_at_rates(rates, target, idx, weight, offset, slope, inv_step, out):  # pragma: no cover - compiled
+    # ``offset(rate) + slope(rate) * target`` in one pass: one grid position per entry for both tables.
+    n = offset.shape[1]
+    several = offset.shape[0] > 1
+    for i in numba.prange(rates.shape[0]):
+        r, w = idx[i], weight[i]
+        for g in range(rates.shape[1]):
+            j, frac = _grid_position(rates[i, g], inv_step, n)
+            a = _table_value(offset, r, w, several, j, frac)
+            out[i, g] = a + _table_value(slope, r, w, several, j, frac) * target[i, g]
 
 
 def expected_values(transform: TransformName, *, scales: np.ndarray, max_rate: float) -> ExpectedValues:

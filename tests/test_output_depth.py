@@ -23,6 +23,23 @@ def test_a_linear_transform_maps_by_the_depth_ratio_alone(normalized):
     np.testing.assert_allclose(out(target, means, scales), target if normalized else target / 0.1, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("transform", ["sqrt", "log1p", "none"])
+@pytest.mark.parametrize("normalized", [True, False], ids=["per-10k", "raw"])
+def test_the_one_pass_map_equals_its_two_tables_read_apart(transform, normalized):
+    """``A(m) + R(m) t''`` in one compiled pass: the same bytes as reading each table on its own, at any rate."""
+    from sc_noise2self._transform import _table_at_rates
+
+    rng = np.random.default_rng(0)
+    scales = np.geomspace(0.5, 40.0, 50) if normalized else np.ones(50)
+    out = output_depth(transform, fraction=0.9, scales=scales, normalized=normalized, max_rate=300.0)
+    means = rng.gamma(0.3, 5.0, (50, 40))
+    means[0, :6] = [0.0, -1.0, 1e12, 299.9, 300.0, 1e-300]  # off the grid on both sides, and its ends
+    target = rng.poisson(0.5, (50, 40)).astype(np.float64)
+    at = (means, scales, out.inv_step, out.row_scales)
+    apart = _table_at_rates(out.offset, *at) + _table_at_rates(out.slope, *at) * target
+    assert out(target, means, scales).tobytes() == apart.tobytes()
+
+
 @pytest.mark.parametrize("transform", ["sqrt", "log1p"])
 def test_the_map_is_unbiased_to_first_order(transform):
     """E[t̃] = G(λ) at the centre m = λ, and off it by far less than the held-out scale differs from the output's."""
