@@ -9,6 +9,12 @@ gather instructions, and both are timed side by side on the same block (2,000 ce
 genes of float32 predictions, 20 passes, 8,192-entry table), with the table in float64 (as in
 the package) and in float32. Prints ns per entry, the ratio, whether the new loop's assembly
 holds gathers, and the largest relative difference of the losses.
+
+Then: could a polynomial held in registers replace the table? Chebyshev fits of real
+conversion tables' rows (``build_conversion`` as an MCV split builds them), in ``y`` mapped to
+``y / (y + a)``, with and without the row's linear asymptote removed; printed per scale and
+degree, the best (over those variants) of the worst row's largest error relative to the row's
+range.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import time
 
 import numba
 import numpy as np
+from numpy.polynomial import chebyshev
 
 from sc_noise2self._loss import _FAST, _squares
+from sc_noise2self._transform import build_conversion
 
 
 @numba.njit(inline="always", fastmath=_FAST)
@@ -79,5 +87,49 @@ def main() -> None:
         )
 
 
+def _worst_fit(table: np.ndarray, inv_step: float, degree: int, a: float, asymptote: bool) -> float:
+    y = np.arange(table.shape[1]) / inv_step
+    x = 2.0 * (y / (y + a)) / (y[-1] / (y[-1] + a)) - 1.0
+    quarter = table.shape[1] // 4
+    worst = 0.0
+    for row in table[:: max(1, table.shape[0] // 8)]:
+        slope = (row[-1] - row[-quarter]) / (y[-1] - y[-quarter]) if asymptote else 0.0
+        g = row - slope * y
+        fit = chebyshev.chebval(x, chebyshev.chebfit(x, g, degree))
+        worst = max(worst, float(np.max(np.abs(fit - g)) / np.ptp(row)))
+    return worst
+
+
+def polynomial_fits() -> None:
+    cases = {
+        "sqrt, raw counts": ("sqrt", np.ones(10), False),
+        "sqrt per 10,000": ("sqrt", np.geomspace(0.5, 40.0, 300), True),
+        "log1p per 10,000": ("log1p", np.geomspace(0.5, 40.0, 300), True),
+    }
+    degrees = (8, 16, 24)
+    print(f"\nChebyshev fits of conversion rows, worst relative error at degree {degrees}:")
+    for name, (transform, scales, normalized) in cases.items():
+        for depth, test_fraction in (("held-out depth", None), ("output depth", 1.0)):
+            conversion = build_conversion(
+                transform,
+                fraction=0.9,
+                train_scales=scales,
+                normalized=normalized,
+                max_rate=1.5 * 0.9 * 3000 + 20.0,
+                loss="mse",
+                test_fraction=test_fraction,
+            )
+            errors = [
+                min(
+                    _worst_fit(conversion.table, conversion.inv_step, degree, a, asymptote)
+                    for a in (0.5, 2.0, 8.0)
+                    for asymptote in (False, True)
+                )
+                for degree in degrees
+            ]
+            print(f"  {name}, {depth}: " + ", ".join(f"{e:.1e}" for e in errors))
+
+
 if __name__ == "__main__":
     main()
+    polynomial_fits()
