@@ -41,7 +41,7 @@ from ._output import check_key, check_targets, commit, writable
 from ._split import Stream, seed_sequence
 from ._threads import adapts_threads
 from ._transform import transformed
-from ._validate import check_flag, get_counts
+from ._validate import check_flag, check_int_grid, get_counts
 from .tl import _run
 
 if TYPE_CHECKING:
@@ -439,15 +439,24 @@ _GRAPH_NEIGHBORS = np.array([5, 10, 15, 20, 30, 50, 100])
 
 
 def _graph_grid(grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
-    """``(n_neighbors, n_pcs)`` pairs: every ``n_pcs`` of ``grid`` (default 3..50) with 5..100 neighbours."""
+    """``(n_neighbors, n_pcs)`` pairs: every ``n_pcs`` of ``grid`` (default 3..50) with 5..100 neighbours.
+
+    On data too small for the defaults, every value the data allow (``n_pcs`` up to
+    ``min(shape) - 1``, ``n_neighbors`` up to the number of cells).
+    """
     from .tl import grid as product
 
-    n_pcs = _GRAPH_PCS[_GRAPH_PCS <= min(shape) - 1] if grid is None else grid
-    values = np.asarray(n_pcs)
-    if values.ndim != 1:
-        msg = f"grid holds numbers of components (1-D), got shape {values.shape}."
+    most_pcs = min(shape) - 1
+    if grid is None:
+        grid = _GRAPH_PCS[_GRAPH_PCS <= most_pcs]
+        grid = grid if grid.size else np.arange(1, most_pcs + 1)
+    elif np.ndim(grid) != 1:
+        msg = f"grid holds numbers of components (1-D), got shape {np.shape(grid)}."
         raise ValueError(msg)
-    return product(n_neighbors=_GRAPH_NEIGHBORS[_GRAPH_NEIGHBORS <= shape[0]], n_pcs=values)
+    n_pcs = check_int_grid(grid, low=1, high=most_pcs, name="n_pcs")
+    n_neighbors = _GRAPH_NEIGHBORS[_GRAPH_NEIGHBORS <= shape[0]]
+    n_neighbors = n_neighbors if n_neighbors.size else np.arange(2, shape[0] + 1)
+    return product(n_neighbors=check_int_grid(n_neighbors, low=2, high=shape[0], name="n_neighbors"), n_pcs=n_pcs)
 
 
 def _method_seed(random_state: RandomState) -> int | None:

@@ -205,6 +205,10 @@ def test_an_interrupted_write_leaves_everything(adata, monkeypatch):
         pytest.param(lambda a: _pca(a, objective="clusters"), "objective", id="objective"),
         pytest.param(lambda a: _pca(a, grid=[[2, 3]]), "1-D", id="2-D grid"),
         pytest.param(lambda a: _pca(a, grid=[0, 2]), "n_pcs", id="rank 0"),
+        pytest.param(lambda a: _pca(a, grid=[]), "grid of n_pcs.*non-empty", id="empty grid"),
+        pytest.param(lambda a: _pca(a, grid=[2.5, 3]), "grid of n_pcs.*integers", id="fractional rank"),
+        pytest.param(lambda a: _pca(a, grid=["3"]), "grid of n_pcs.*integers", id="string rank"),
+        pytest.param(lambda a: _pca(a, grid=[np.nan]), "grid of n_pcs.*integers", id="NaN rank"),
         pytest.param(lambda a: _pca(a, key_added=""), "key_added", id="empty key"),
         pytest.param(lambda a: _pca(a, mask_var="nope"), "mask_var", id="mask_var"),
         pytest.param(lambda a: _pca(a, layer="nope"), "not found", id="layer"),
@@ -312,6 +316,18 @@ def test_knn_noise2self_choice_is_near_the_oracle():
     truth = _truth(sim)
     errors = np.array([np.mean((pred - truth) ** 2) for _, pred in model.sweep_blocks(slice(None))])
     assert errors[list(grid).index(result.best)] <= 1.10 * errors.min(), (result.best, grid[errors.argmin()])
+
+
+@pytest.mark.parametrize(("n_cells", "n_genes"), [(2, 40), (4, 40), (300, 3)], ids=["2 cells", "4 cells", "3 genes"])
+def test_the_default_grid_shrinks_to_what_tiny_data_allow(n_cells, n_genes):
+    """Fewer cells than 5 neighbours or genes than 3 components: every value the data allow, not an empty grid."""
+    from sc_noise2self._pipeline import _graph_grid
+
+    grid = _graph_grid(None, (n_cells, n_genes))
+    assert grid.size and grid[:, 0].max() <= n_cells and grid[:, 1].max() <= min(n_cells, n_genes) - 1
+    assert grid[:, 0].min() >= 2 and grid[:, 1].min() >= 1
+    with pytest.raises(ValueError, match="too small for any n_pcs"):
+        _graph_grid(None, (1, n_genes))
 
 
 def test_the_default_grid_fits_a_small_gene_mask(adata):
