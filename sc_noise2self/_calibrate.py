@@ -92,6 +92,9 @@ def package_version() -> str:
 
 def resolve_method(method: str | Denoiser, random_state: RandomState) -> tuple[str, Denoiser]:
     """Turn a method name into a fresh estimator seeded from ``random_state``; use an instance as is."""
+    if isinstance(method, type):  # a class passes the protocol's check: its methods are there, unbound
+        msg = f"method must be a Denoiser instance, got the class {method.__name__}; pass {method.__name__}() instead."
+        raise ValueError(msg)
     if isinstance(method, str) and method in METHODS:
         seed = None if random_state is None else int(seed_sequence(random_state, Stream.METHOD).generate_state(1)[0])
         name, denoiser = method, METHODS[method](random_state=seed)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._validate import check_flag
+
 if TYPE_CHECKING:
     from typing import Any
 
@@ -25,6 +27,20 @@ _GRID_LABELS = {
     "epochs": "training epochs",
 }
 _SWEPT = ("t", "epochs", "n_comps", "n_pcs")  # drawn along x; the other axis of a 2-D grid gets one curve per value
+
+
+def _check_arguments(key: object, ax: object, show: object) -> None:
+    """Refuse a bad ``key``, ``ax`` or ``show`` before anything is drawn."""
+    from matplotlib.axes import Axes as MplAxes
+
+    if not isinstance(key, str):
+        msg = f"key must be the string passed as key_added (default 'denoised'), got {key!r}."
+        raise ValueError(msg)
+    if ax is not None and not isinstance(ax, MplAxes):
+        msg = f"ax must be a matplotlib Axes (e.g. from plt.subplots()) or None, got {ax!r}."
+        raise ValueError(msg)
+    if show is not None:
+        check_flag(show, "show")
 
 
 def calibration(
@@ -66,6 +82,7 @@ def calibration(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+    _check_arguments(key, ax, show)
     info, where = _calibration_record(adata, key)
     grid = np.asarray(info["grid"])
     loss = np.atleast_2d(np.asarray(info["loss"]))

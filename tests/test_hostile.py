@@ -483,6 +483,9 @@ BAD_DENOISE_ARGUMENTS = [
     ({"method": PCA(n_oversamples=-50)}, "n_oversamples must be a non-negative integer"),
     ({"method": PCA(n_iter=2.5)}, "n_iter must be a non-negative integer"),
     ({"method": PCA(solver="lapack")}, "solver must be"),
+    ({"method": PCA}, "got the class PCA; pass PCA\\(\\) instead"),
+    ({"method": Diffusion}, "got the class Diffusion"),
+    ({"method": "PCA"}, "method must be one of"),
     ({"layer": ["counts"]}, "not found in adata.layers"),
 ]
 

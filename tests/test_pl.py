@@ -39,6 +39,23 @@ def test_calibration_into_given_axes(calibrated):
     plt.close("all")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ax": "left"}, "ax must be a matplotlib Axes"),
+        ({"ax": 5}, "ax must be a matplotlib Axes"),
+        ({"show": "yes"}, "show must be True or False"),
+        ({"key": None}, "key must be the string"),
+        ({"save": 5}, "save must be"),
+    ],
+    ids=["ax text", "ax number", "show text", "key None", "save number"],
+)
+def test_calibration_refuses_bad_arguments(calibrated, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        n2s.pl.calibration(calibrated, **kwargs)
+    plt.close("all")
+
+
 def test_calibration_without_denoise_says_what_to_do():
     with pytest.raises(ValueError, match=r"run sc_noise2self\.pp\.denoise"):
         n2s.pl.calibration(ad.AnnData(np.ones((3, 3))))
