@@ -18,6 +18,15 @@ to 2 % of the cells — 40 cells for the rarest —, a state gradient inside eac
    type, the best Jaccard index between it and a cluster.
 
     .venv/bin/python benchmarks/per_cell_neighbors.py [--seeds 0 1 2 3 4] [--depth 1000] [--smooth 15]
+
+``--real``: PBMC 8k (its 2,000 most detected genes) with the deep ground truth of
+``deep_truth.py``: the molecules dealt into a shallow dataset holding a share ``--share`` and two
+deep parts; the kNN average of the shallow data (``n_pcs`` from ``n2s.pp.pca`` on it) at one
+calibrated ``k`` and at each cell's smoothed ``k`` (the per-cell MCV curves of the shallow data),
+scored by ``mean((out - E1)(out - E2))`` against the deep parts' unbiased estimates. No clusters
+there, so no Leiden.
+
+    .venv/bin/python benchmarks/per_cell_neighbors.py --real [--share 0.1] [--seeds 0] [--smooth 15]
 """
 
 from __future__ import annotations
@@ -117,13 +126,68 @@ def leiden_with(adata: ad.AnnData, connectivities: sparse.csr_matrix, labels: np
     return ari, rare_jaccard(labels, g.obs["leiden"].to_numpy())
 
 
+def smoothed_choice(losses: np.ndarray, neighbours: np.ndarray, smooth: int) -> np.ndarray:
+    """Each cell's ``k``: the argmin of its loss curve averaged with its ``smooth - 1`` nearest cells'."""
+    pool = np.concatenate([np.arange(losses.shape[0])[:, None], neighbours[:, : smooth - 1]], axis=1)
+    return GRID[losses[pool].mean(axis=1).argmin(axis=1)]
+
+
+def real(share: float, seeds: list[int], smooth: int) -> None:
+    """PBMC 8k against its deep ground truth: one calibrated ``k`` against each cell's own."""
+    from _real_data import pbmc8k
+    from deep_truth import deal, truth_estimate
+
+    counts = sparse.csr_matrix(pbmc8k().X)
+    print(
+        f"| share (median UMIs) | seed | n_pcs | one k | per-cell k: median (5th-95th pct) | truth error: "
+        f"best one k (k) / calibrated one k / per-cell smoothed ({smooth} cells) |"
+    )
+    print("|---|---|---|---|---|---|", flush=True)
+    for seed in seeds:
+        shallow, deep1, deep2 = deal(counts, share, seed)
+        keep = np.asarray(shallow.sum(axis=1)).ravel() > 0
+        shallow, deep1, deep2 = shallow[keep], deep1[keep], deep2[keep]
+        totals = np.asarray(shallow.sum(axis=1)).ravel()
+        scales = cell_scales(totals, 1e4)
+        r = share / ((1 - share) / 2)
+        truth1, truth2 = truth_estimate(deep1, scales, r), truth_estimate(deep2, scales, r)
+        adata = ad.AnnData(shallow.astype(np.float32))
+        adata.layers["counts"] = shallow.copy()
+        sc.pp.normalize_total(adata, target_sum=1e4)
+        sc.pp.log1p(adata)
+        n2s.pp.pca(adata, layer="counts", random_state=seed, progress=False)
+        n_pcs = adata.obsm["X_pca"].shape[1]
+
+        losses, train_neighbours = per_cell_losses(shallow, n_pcs, seed)
+        one_k = int(GRID[losses.sum(axis=0).argmin()])
+        ks = smoothed_choice(losses, train_neighbours, smooth)
+        values = sparse.csr_matrix(transformed(shallow, "log1p", 1e4), dtype=np.float64)
+        neighbours = KNNAverage(n_pcs=n_pcs, random_state=seed).fit(values, GRID).neighbors_[n_pcs]
+        means = neighbour_means(values, np.arange(values.shape[0]), neighbours, GRID)  # GRID × cells × genes
+        errors = {int(k): float(np.mean((m - truth1) * (m - truth2))) for k, m in zip(GRID, means, strict=True)}
+        out = means[np.searchsorted(GRID, ks), np.arange(values.shape[0])]
+        per_cell = float(np.mean((out - truth1) * (out - truth2)))
+        best = min(errors, key=errors.get)
+        print(
+            f"| {share} ({np.median(totals):.0f}) | {seed} | {n_pcs} | {one_k} | {np.median(ks):.0f} "
+            f"({np.percentile(ks, 5):.0f}-{np.percentile(ks, 95):.0f}) | {errors[best]:.5f} ({best}) / "
+            f"{errors[one_k] / errors[best]:.3f} / {per_cell / errors[best]:.3f} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--depth", type=float, default=1000.0)
     parser.add_argument("--smooth", type=int, default=15, help="cells whose loss curves a cell's choice averages")
+    parser.add_argument("--real", action="store_true", help="PBMC 8k against its deep ground truth")
+    parser.add_argument("--share", type=float, default=0.1, help="--real: the shallow dataset's share of molecules")
     args = parser.parse_args()
     sc.settings.verbosity = 0
+    if args.real:
+        real(args.share, args.seeds, args.smooth)
+        return
     print(
         "| seed | n_pcs | one k (calibrated) | per-cell k: median (5th-95th pct), rarest type's median | "
         "truth error: best one k / calibrated k / per-cell raw / per-cell smoothed "
@@ -148,8 +212,7 @@ def main() -> None:
         losses, train_neighbours = per_cell_losses(sim.counts, n_pcs, seed)
         one_k = int(GRID[losses.sum(axis=0).argmin()])
         raw = GRID[losses.argmin(axis=1)]
-        pool = np.concatenate([np.arange(losses.shape[0])[:, None], train_neighbours[:, : args.smooth - 1]], axis=1)
-        smoothed = GRID[losses[pool].mean(axis=1).argmin(axis=1)]
+        smoothed = smoothed_choice(losses, train_neighbours, args.smooth)
 
         values = sparse.csr_matrix(transformed(sim.counts, "log1p", 1e4), dtype=np.float64)
         full_neighbours = KNNAverage(n_pcs=n_pcs, random_state=seed).fit(values, GRID).neighbors_[n_pcs]
