@@ -122,7 +122,11 @@ def test_training_never_allocates_the_dense_matrix():
 
 # -- Noise2Self: masked training over a gene partition (calibration="genes") -------------------------
 
-OVERFITTING = {"bottleneck": 64, "hidden": (512,), "dropout": 0.0, "batch_size": 16, "learning_rate": 3e-3}
+# Wide code and layer, no dropout, small batches, a high learning rate: masked training fits the
+# noise within the grid, so the truth's optimum is inside it. Where exactly it turns up depends on
+# the CPU's float rounding (at 3e-3 over 40 epochs it did on one machine and not on another).
+OVERFITTING = {"bottleneck": 64, "hidden": (512,), "dropout": 0.0, "batch_size": 16, "learning_rate": 1e-2}
+MASKED_EPOCHS = range(1, 51)
 
 
 def _masked_errors(model, values, truth, groups, grid):
@@ -136,31 +140,41 @@ def _masked_errors(model, values, truth, groups, grid):
     return errors, losses
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_masked_choice_is_near_the_oracle_and_stops_early(seed):
-    # the network of the early-stopping test: trained long enough it fits the noise, so the optimum is interior
-    sim = simulate_low_rank_poisson(400, 120, 6, mean_depth=500.0, seed=seed)
-    truth = expected_transform(sim.rates.ravel(), [1.0], "sqrt")[0].reshape(sim.rates.shape)
-    result = n2s.tl.calibrate(
-        sim.counts,
-        method=Autoencoder(**OVERFITTING, device="cpu"),
-        calibration="genes",
-        grid=range(1, 41),
-        transform="sqrt",
-        target_sum=None,
-        progress=False,
-    )
-    assert result.calibration == "genes" and result.loss.shape == (10, 40)
-    errors, losses = _masked_errors(
-        Autoencoder(**OVERFITTING, device="cpu"),
-        transformed(sim.counts, "sqrt", None),
-        truth,
-        result.gene_groups,
-        range(1, 41),
-    )
-    np.testing.assert_allclose(result.loss_mean, list(losses.values()), rtol=1e-6)  # the engine scores the same output
-    assert errors[result.best] <= 1.10 * min(errors.values()), (result.best, min(errors, key=errors.get))
-    assert result.best < 40 and errors[40] > 1.05 * min(errors.values())  # it stopped before the noise was learned
+def test_masked_choice_is_near_the_oracle_and_stops_early():
+    """Within 1.10 of the oracle on every seed; before the grid's end wherever the truth turned up by then.
+
+    The second holds on at least one seed, so it is always exercised (the trajectory itself,
+    and so which seeds turn up, may differ between CPUs).
+    """
+    last, turned_up = MASKED_EPOCHS[-1], 0
+    for seed in (0, 1):
+        sim = simulate_low_rank_poisson(400, 120, 6, mean_depth=500.0, seed=seed)
+        truth = expected_transform(sim.rates.ravel(), [1.0], "sqrt")[0].reshape(sim.rates.shape)
+        result = n2s.tl.calibrate(
+            sim.counts,
+            method=Autoencoder(**OVERFITTING, device="cpu"),
+            calibration="genes",
+            grid=MASKED_EPOCHS,
+            transform="sqrt",
+            target_sum=None,
+            progress=False,
+        )
+        assert result.calibration == "genes" and result.loss.shape == (10, last)
+        errors, losses = _masked_errors(
+            Autoencoder(**OVERFITTING, device="cpu"),
+            transformed(sim.counts, "sqrt", None),
+            truth,
+            result.gene_groups,
+            MASKED_EPOCHS,
+        )
+        # the engine scores the same output
+        np.testing.assert_allclose(result.loss_mean, list(losses.values()), rtol=1e-6)
+        best = min(errors.values())
+        assert errors[result.best] <= 1.10 * best, (seed, result.best, min(errors, key=errors.get))
+        if errors[last] > 1.05 * best:  # the noise was learned by the end: the choice stopped before it
+            turned_up += 1
+            assert result.best < last, (seed, result.best, min(errors, key=errors.get))
+    assert turned_up >= 1, "the network never fitted the noise within the grid: the test checks nothing"
 
 
 @pytest.mark.parametrize("fill", ["zero", "mean", "donor"])
