@@ -45,7 +45,7 @@ from umap.umap_ import smooth_knn_dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline_clusters import leiden_ari
+from pipeline_clusters import leiden_ari, log_normalised, with_scanpy_defaults
 
 import sc_noise2self as n2s
 from sc_noise2self._loss import held_out_target, row_scorer
@@ -151,10 +151,7 @@ def real(share: float, seeds: list[int], smooth: int) -> None:
         scales = cell_scales(totals, 1e4)
         r = share / ((1 - share) / 2)
         truth1, truth2 = truth_estimate(deep1, scales, r), truth_estimate(deep2, scales, r)
-        adata = ad.AnnData(shallow.astype(np.float32))
-        adata.layers["counts"] = shallow.copy()
-        sc.pp.normalize_total(adata, target_sum=1e4)
-        sc.pp.log1p(adata)
+        adata = log_normalised(shallow)
         n2s.pp.pca(adata, layer="counts", random_state=seed, progress=False)
         n_pcs = adata.obsm["X_pca"].shape[1]
 
@@ -198,13 +195,8 @@ def main() -> None:
     for seed in args.seeds:
         sim = simulate_clusters(mean_depth=args.depth, seed=seed)
         rare = sim.labels == np.bincount(sim.labels).argmin()
-        adata = ad.AnnData(sim.counts.astype(np.float32))
-        adata.layers["counts"] = sim.counts.copy()
-        sc.pp.normalize_total(adata, target_sum=1e4)
-        sc.pp.log1p(adata)
-        default = adata.copy()
-        sc.pp.pca(default, n_comps=50)
-        sc.pp.neighbors(default, n_neighbors=15)
+        adata = log_normalised(sim.counts)
+        default = with_scanpy_defaults(adata)
         ours = adata.copy()
         n2s.pp.pca(ours, layer="counts", progress=False)
         n_pcs = ours.obsm["X_pca"].shape[1]

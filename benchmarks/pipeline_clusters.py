@@ -51,6 +51,23 @@ def leiden_ari(adata: ad.AnnData, labels: np.ndarray, n_clusters: int, seeds: in
     return float(np.mean(scores))
 
 
+def log_normalised(counts) -> ad.AnnData:
+    """Scanpy's log-normalised expression in ``X`` (1e4 per cell, ``log1p``), the counts in ``layers["counts"]``."""
+    adata = ad.AnnData(counts.astype(np.float32))
+    adata.layers["counts"] = counts.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    return adata
+
+
+def with_scanpy_defaults(adata: ad.AnnData) -> ad.AnnData:
+    """A copy with scanpy's default PCA (50 components) and graph (15 neighbours)."""
+    default = adata.copy()
+    sc.pp.pca(default, n_comps=50)
+    sc.pp.neighbors(default, n_neighbors=15)
+    return default
+
+
 def knn_regret(sim, n_pcs: int, grid: np.ndarray, chosen: int) -> float:
     """Ground-truth error of the kNN average at ``chosen`` over the best value of ``grid``."""
     totals = np.asarray(sim.counts.sum(axis=1)).ravel()
@@ -73,14 +90,8 @@ def main() -> None:
     for seed in args.seeds:
         sim = simulate_clusters(mean_depth=args.depth, spread=args.spread, gradient=args.gradient, seed=seed)
         n_types = len(np.unique(sim.labels))
-        base = ad.AnnData(sim.counts.astype(np.float32))
-        base.layers["counts"] = sim.counts.copy()
-        sc.pp.normalize_total(base, target_sum=1e4)
-        sc.pp.log1p(base)
-
-        default = base.copy()
-        sc.pp.pca(default, n_comps=50)
-        sc.pp.neighbors(default, n_neighbors=15)
+        base = log_normalised(sim.counts)
+        default = with_scanpy_defaults(base)
         graph = base.copy()
         n2s.pp.pca(graph, layer="counts", progress=False)
         sc.pp.neighbors(graph, n_neighbors=15)

@@ -398,15 +398,15 @@ class OutputDepth(NamedTuple):
         idx, weight = _rows_for(self.row_scales, scales)
         target = np.ascontiguousarray(target, dtype=np.float64)
         out = np.empty(target.shape)
-        _linear_map_at_rates(
+        _rate_lookup(
             np.ascontiguousarray(means, dtype=np.float64),
-            target,
             idx,
             weight,
             np.ascontiguousarray(self.offset),
-            np.ascontiguousarray(self.slope),
             self.inv_step,
             out,
+            np.ascontiguousarray(self.slope),
+            target,
         )
         return out
 
@@ -444,8 +444,20 @@ def _table_at_rates(
     """
     idx, weight = _rows_for(row_scales, scales)
     out = np.empty(np.shape(rates))
-    _rate_lookup(np.ascontiguousarray(rates, dtype=np.float64), idx, weight, np.ascontiguousarray(table), inv_step, out)
+    _rate_lookup(
+        np.ascontiguousarray(rates, dtype=np.float64),
+        idx,
+        weight,
+        np.ascontiguousarray(table),
+        inv_step,
+        out,
+        _NO_SLOPE,
+        _NO_SLOPE,
+    )
     return out
+
+
+_NO_SLOPE = np.zeros((0, 0))
 
 
 @numba.njit(cache=True, inline="always")
@@ -467,27 +479,20 @@ def _table_value(table, r, w, several, j, frac):
 
 
 @numba.njit(cache=True, parallel=True)
-def _rate_lookup(rates, idx, weight, table, inv_step, out):  # pragma: no cover - compiled
+def _rate_lookup(rates, idx, weight, table, inv_step, out, slope, target):  # pragma: no cover - compiled
+    # ``table(rate)``, or with a non-empty ``slope``, ``table(rate) + slope(rate) * target``:
+    # one grid position per entry for both tables.
     n = table.shape[1]
     several = table.shape[0] > 1
+    linear = slope.size > 0
     for i in numba.prange(rates.shape[0]):
         r, w = idx[i], weight[i]
         for g in range(rates.shape[1]):
             j, frac = _grid_position(rates[i, g], inv_step, n)
-            out[i, g] = _table_value(table, r, w, several, j, frac)
-
-
-@numba.njit(cache=True, parallel=True)
-def _linear_map_at_rates(rates, target, idx, weight, offset, slope, inv_step, out):  # pragma: no cover - compiled
-    # ``offset(rate) + slope(rate) * target`` in one pass: one grid position per entry for both tables.
-    n = offset.shape[1]
-    several = offset.shape[0] > 1
-    for i in numba.prange(rates.shape[0]):
-        r, w = idx[i], weight[i]
-        for g in range(rates.shape[1]):
-            j, frac = _grid_position(rates[i, g], inv_step, n)
-            a = _table_value(offset, r, w, several, j, frac)
-            out[i, g] = a + _table_value(slope, r, w, several, j, frac) * target[i, g]
+            value = _table_value(table, r, w, several, j, frac)
+            if linear:
+                value = value + _table_value(slope, r, w, several, j, frac) * target[i, g]
+            out[i, g] = value
 
 
 def expected_values(transform: TransformName, *, scales: np.ndarray, max_rate: float) -> ExpectedValues:
