@@ -397,6 +397,9 @@ class OutputDepth(NamedTuple):
         """Map dense held-out values (cells × genes) with expected counts ``means``; cells at output ``scales``."""
         idx, weight = _rows_for(self.row_scales, scales)
         target = np.ascontiguousarray(target, dtype=np.float64)
+        if target.shape != np.shape(means) or target.shape[0] != idx.size:  # the kernel does not check bounds
+            msg = f"held-out values {target.shape}, expected counts {np.shape(means)} and {idx.size} scales disagree."
+            raise ValueError(msg)
         out = np.empty(target.shape)
         _rate_lookup(
             np.ascontiguousarray(means, dtype=np.float64),
