@@ -450,9 +450,6 @@ def _graph_grid(grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
     if grid is None:
         grid = _GRAPH_PCS[_GRAPH_PCS <= most_pcs]
         grid = grid if grid.size else np.arange(1, most_pcs + 1)
-    elif np.ndim(grid) != 1:
-        msg = f"grid holds numbers of components (1-D), got shape {np.shape(grid)}."
-        raise ValueError(msg)
     n_pcs = check_int_grid(grid, low=1, high=most_pcs, name="n_pcs")
     n_neighbors = _GRAPH_NEIGHBORS[_GRAPH_NEIGHBORS <= shape[0]]
     n_neighbors = n_neighbors if n_neighbors.size else np.arange(2, shape[0] + 1)

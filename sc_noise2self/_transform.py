@@ -395,23 +395,16 @@ class OutputDepth(NamedTuple):
 
     def __call__(self, target: np.ndarray, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
         """Map dense held-out values (cells × genes) with expected counts ``means``; cells at output ``scales``."""
-        idx, weight = _rows_for(self.row_scales, scales)
         target = np.ascontiguousarray(target, dtype=np.float64)
-        if target.shape != np.shape(means) or target.shape[0] != idx.size:  # the kernel does not check bounds
-            msg = f"held-out values {target.shape}, expected counts {np.shape(means)} and {idx.size} scales disagree."
+        if target.shape != np.shape(means) or target.shape[0] != np.size(scales):  # the kernel does not check bounds
+            msg = (
+                f"held-out values {target.shape}, expected counts {np.shape(means)} and {np.size(scales)} "
+                "scales disagree."
+            )
             raise ValueError(msg)
-        out = np.empty(target.shape)
-        _rate_lookup(
-            np.ascontiguousarray(means, dtype=np.float64),
-            idx,
-            weight,
-            np.ascontiguousarray(self.offset),
-            self.inv_step,
-            out,
-            np.ascontiguousarray(self.slope),
-            target,
+        return _table_at_rates(
+            self.offset, means, scales, self.inv_step, self.row_scales, slope=self.slope, target=target
         )
-        return out
 
 
 class ExpectedValues(NamedTuple):
@@ -437,13 +430,21 @@ class ExpectedValues(NamedTuple):
 
 
 def _table_at_rates(
-    table: np.ndarray, rates: np.ndarray, scales: np.ndarray, inv_step: float, row_scales: np.ndarray
+    table: np.ndarray,
+    rates: np.ndarray,
+    scales: np.ndarray,
+    inv_step: float,
+    row_scales: np.ndarray,
+    *,
+    slope: np.ndarray | None = None,
+    target: np.ndarray | None = None,
 ) -> np.ndarray:
     """Interpolate ``table`` (scale rows × an even ``log1p(μ)`` grid) at ``rates`` (cells × genes).
 
     Each cell's row is placed by its scale (linear in ``log s``), each rate in the row
-    linearly in ``log1p(μ)``; rates past the grid take its last entry. One compiled
-    parallel pass over the cells.
+    linearly in ``log1p(μ)``; rates past the grid take its last entry. With ``slope`` (a
+    table on the same grid) and ``target`` (float64, the shape of ``rates``), returns
+    ``table(rate) + slope(rate) * target`` instead. One compiled parallel pass over the cells.
     """
     idx, weight = _rows_for(row_scales, scales)
     out = np.empty(np.shape(rates))
@@ -454,8 +455,8 @@ def _table_at_rates(
         np.ascontiguousarray(table),
         inv_step,
         out,
-        _NO_SLOPE,
-        _NO_SLOPE,
+        _NO_SLOPE if slope is None else np.ascontiguousarray(slope),
+        _NO_SLOPE if target is None else target,
     )
     return out
 
