@@ -371,9 +371,12 @@ def check_int_grid(grid: ArrayLike, *, low: int, high: int, name: str) -> np.nda
     if high < low:
         msg = f"This data is too small for any {name}: it needs at least {low} and allows at most {high}."
         raise ValueError(msg)
-    values = np.asarray(grid)
+    msg = f"The grid of {name} must be a non-empty 1-D sequence of integers, got {grid!r}."
+    try:
+        values = np.asarray(grid)
+    except ValueError:  # ragged nesting: numpy's own message would not say which grid
+        raise ValueError(msg) from None
     if values.ndim != 1 or values.size == 0:
-        msg = f"The grid of {name} must be a non-empty 1-D sequence of integers, got {grid!r}."
         raise ValueError(msg)
     if values.dtype.kind not in "iuf" or (
         values.dtype.kind == "f" and not (np.isfinite(values).all() and np.array_equal(values, np.round(values)))

@@ -468,6 +468,7 @@ BAD_DENOISE_ARGUMENTS = [
     ({"grid": [np.inf]}, "must hold integers"),
     ({"grid": [1e30]}, "must lie in 1.."),
     ({"grid": []}, "non-empty"),
+    ({"grid": [[3], [5, 6]]}, "non-empty 1-D"),
     ({"n_groups": 1.5, "calibration": "genes"}, "n_groups must be a positive integer"),
     ({"chunk_size": -3}, "chunk_size must be a positive integer"),
     ({"progress": "yes"}, "progress must be True or False"),

@@ -209,6 +209,7 @@ def test_an_interrupted_write_leaves_everything(adata, monkeypatch):
         pytest.param(lambda a: _pca(a, grid=[2.5, 3]), "grid of n_pcs.*integers", id="fractional rank"),
         pytest.param(lambda a: _pca(a, grid=["3"]), "grid of n_pcs.*integers", id="string rank"),
         pytest.param(lambda a: _pca(a, grid=[np.nan]), "grid of n_pcs.*integers", id="NaN rank"),
+        pytest.param(lambda a: _pca(a, grid=[[3], [5, 6]]), "grid of n_pcs.*1-D", id="ragged grid"),
         pytest.param(lambda a: _pca(a, key_added=""), "key_added", id="empty key"),
         pytest.param(lambda a: _pca(a, mask_var="nope"), "mask_var", id="mask_var"),
         pytest.param(lambda a: _pca(a, layer="nope"), "not found", id="layer"),
