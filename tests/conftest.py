@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not has_cuda:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+_PYTEST_OWN = frozenset({"PYTEST_CURRENT_TEST"})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _environment_left_as_found():
+    """Every test module leaves ``os.environ`` as it found it.
+
+    Processes started later inherit it: a ``OMP_NUM_THREADS=1`` left behind (as dask's
+    ``LocalCluster`` leaves it) runs the notebooks' kernels, and torch in them, on one thread.
+    """
+    before = {k: v for k, v in os.environ.items() if k not in _PYTEST_OWN}
+    yield
+    after = {k: v for k, v in os.environ.items() if k not in _PYTEST_OWN}
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"this test module changed the environment of later processes: {changed}"
 
 
 @dataclass

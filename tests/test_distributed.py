@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -15,13 +17,22 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def client():
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        yield client
+    """Two worker processes; the environment is put back after (see below)."""
+    # distributed's nannies set OMP_NUM_THREADS=1 (and MKL/OpenBLAS's, MALLOC_TRIM_THRESHOLD_,
+    # PYTHONHASHSEED) in this process's own environment and leave them there, so every process
+    # started later — the notebooks' kernels — would run torch and BLAS on one thread.
+    saved = dict(os.environ)
+    try:
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            yield client
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
