@@ -16,13 +16,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from . import _logging as logg
 from ._dispersion import DEPENDENT_HALVES, SplitPlan, plan_split, sample_cells
 from ._loss import check_loss, held_out_target, row_scorer, row_squared_errors, score_block
 from ._rows import CellSum
 from ._split import Stream, seed_sequence, split_seed
+from ._threads import blas_threads
 from ._transform import build_conversion, cell_scales, check_transform, output_depth, transform_counts
 from ._validate import check_flag, check_fraction, check_positive_int
 from .denoisers import (
@@ -432,7 +432,7 @@ def _sweep_losses(
     and multi-threaded BLAS left spinning between calls made both several times slower
     (``benchmarks/diffusion_sweep.py``).
     """
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         fused = _fused(sweep, scorer)
         if _block_order(sweep, scorer):
             total = CellSum(n_values + (unchanged is not None))
@@ -900,7 +900,7 @@ def _masked_losses(
     starts = np.searchsorted(groups[order], np.arange(groups.max() + 1))
     losses = np.zeros((starts.size, n_values))
     add_steps(bar, n_values)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         for j, (value, predict) in enumerate(sweep.sweep_values()):
             total = CellSum(starts.size)
             for rows in blocks:

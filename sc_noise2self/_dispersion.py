@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numba
 import numpy as np
 from scipy import sparse
-from threadpoolctl import threadpool_limits
 
 from ._rows import sparse_dense_product
 from ._split import Stream, beta_binomial_split, binomial_split, seed_sequence
+from ._threads import blas_threads
 from ._transform import transformed
 
 if TYPE_CHECKING:
@@ -263,7 +263,7 @@ def _fit(
     BLAS runs on one thread: its small products alternate with compiled kernels, and its
     threads left spinning beside another busy process made the check ten times slower.
     """
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         return _fit_on_one_thread(counts, totals, random_state)
 
 

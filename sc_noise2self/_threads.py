@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -31,8 +32,17 @@ from ._validate import check_flag
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from contextlib import AbstractContextManager
 
-__all__ = ["Settings", "adapted_threads", "adapts_threads", "fewer_threads", "free_cores", "settings"]
+__all__ = [
+    "Settings",
+    "adapted_threads",
+    "adapts_threads",
+    "blas_threads",
+    "fewer_threads",
+    "free_cores",
+    "settings",
+]
 
 _READINGS = 5
 _READING_GAP_S = 0.002
@@ -67,6 +77,27 @@ class Settings:
 
 
 settings = Settings()
+
+
+_controller: tuple[int, ThreadpoolController] | None = None
+
+
+def _thread_pools() -> ThreadpoolController:
+    """Return the process's thread pools, found again only when a module was imported since (which may load one).
+
+    ``ThreadpoolController()`` reads the list of loaded libraries (``/proc/self/maps`` on
+    Linux) and opens each: about a millisecond with numpy and scipy loaded, more beside torch.
+    """
+    global _controller
+    loaded = len(sys.modules)
+    if _controller is None or _controller[0] != loaded:
+        _controller = (loaded, ThreadpoolController())
+    return _controller[1]
+
+
+def blas_threads(limits: int | None = 1) -> AbstractContextManager[object]:
+    """``threadpool_limits(limits, user_api="blas")`` without finding the libraries again on every call."""
+    return _thread_pools().limit(limits=limits, user_api="blas")
 
 
 def _cores() -> int | None:
@@ -152,7 +183,7 @@ def adapted_threads() -> Iterator[int]:
         yield threads
         return
     logg.info(f"    other processes leave {free} core(s) free: running on {fewer} thread(s) instead of {threads}")
-    pools = [pool for pool in ThreadpoolController().lib_controllers if pool.num_threads > fewer]
+    pools = [pool for pool in _thread_pools().lib_controllers if pool.num_threads > fewer]
     before = [pool.num_threads for pool in pools]
     numba.set_num_threads(fewer)
     try:

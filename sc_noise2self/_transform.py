@@ -21,8 +21,8 @@ import numba
 import numpy as np
 from scipy import sparse
 from scipy.special import gammaln, xlogy
-from threadpoolctl import threadpool_limits
 
+from ._threads import blas_threads
 from ._validate import check_target_sum
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def expected_transform(
     scales = np.atleast_1d(np.asarray(scales, dtype=np.float64))
     # One BLAS thread: a threaded product sums in an order that depends on the thread count,
     # and these tables decide the calibration's losses to the last bit.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         if dispersion > 1.0:
             return _expected_negative_binomial(mu, scales, TRANSFORMS[transform], dispersion)
         return _expected_poisson(mu, scales, TRANSFORMS[transform])

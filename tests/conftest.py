@@ -29,7 +29,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
-_PYTEST_OWN = frozenset({"PYTEST_CURRENT_TEST"})
+# Set by pytest per test, and once by the OpenMP runtime and threadpoolctl when they are first loaded.
+_NOT_A_LEAK = frozenset({"PYTEST_CURRENT_TEST", "KMP_INIT_AT_FORK", "KMP_DUPLICATE_LIB_OK"})
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,9 +40,9 @@ def _environment_left_as_found():
     Processes started later inherit it: a ``OMP_NUM_THREADS=1`` left behind (as dask's
     ``LocalCluster`` leaves it) runs the notebooks' kernels, and torch in them, on one thread.
     """
-    before = {k: v for k, v in os.environ.items() if k not in _PYTEST_OWN}
+    before = {k: v for k, v in os.environ.items() if k not in _NOT_A_LEAK}
     yield
-    after = {k: v for k, v in os.environ.items() if k not in _PYTEST_OWN}
+    after = {k: v for k, v in os.environ.items() if k not in _NOT_A_LEAK}
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert not changed, f"this test module changed the environment of later processes: {changed}"
 

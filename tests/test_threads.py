@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import numba
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 import sc_noise2self as n2s
 from sc_noise2self import _threads
-from sc_noise2self._threads import adapted_threads, free_cores
+from sc_noise2self._threads import adapted_threads, blas_threads, free_cores
 
 
 @pytest.fixture
@@ -163,3 +166,20 @@ def test_a_busy_machine_gives_the_same_bytes(machine, two_threads):
         result = n2s.tl.calibrate(adata, grid=[1, 2, 4, 8], progress=False, random_state=0)
         results.append(result.loss.tobytes())
     assert results[0] == results[1]
+
+
+def test_blas_threads_limits_restores_and_finds_libraries_loaded_since(monkeypatch):
+    """One BLAS thread inside, every pool as it was after; the libraries looked up again only after an import."""
+    before = threadpool_info()
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = threadpool_info()
+        with blas_threads(1):
+            assert _blas_threads() == 1
+        assert threadpool_info() == two
+        with blas_threads(None):
+            assert threadpool_info() == two
+    assert threadpool_info() == before
+    first = _threads._thread_pools()
+    assert _threads._thread_pools() is first  # nothing imported since: the libraries are not read again
+    monkeypatch.setitem(sys.modules, "a_module_just_imported", types.ModuleType("a_module_just_imported"))
+    assert _threads._thread_pools() is not first  # an import may have loaded a library

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from threadpoolctl import threadpool_limits
+
+from .._threads import blas_threads
 
 __all__ = ["MARGIN", "exact_neighbours"]
 
@@ -158,7 +159,7 @@ def exact_neighbours(
         raise ValueError(msg)
     candidates = np.empty((n, min(n_neighbors + MARGIN, n - 1)), np.int64)
     tile = int(np.clip(_TILE_BYTES // (4 * n), 8, 128))
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         _candidates(single, np.ascontiguousarray(single.T), half_norms, seeds, tile, candidates)
     distances = np.empty((n, n_neighbors))
     indices = np.empty((n, n_neighbors), np.int64)

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import numba
 import numpy as np
 from scipy import linalg, sparse
-from threadpoolctl import threadpool_limits
 
 from .._loss import squared_error_row
 from .._rows import low_rank_rows, sparse_dense_product
+from .._threads import blas_threads
 from .._validate import check_int_grid, check_non_negative_int
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def centered_truncated_svd(
 
     # With the compiled products, BLAS (the small QRs) keeps to one thread: its threads left
     # spinning between calls would wait on numba's, ten times slower on a busy machine.
-    with threadpool_limits(limits=1 if sparse.issparse(X) else None, user_api="blas"):
+    with blas_threads(1 if sparse.issparse(X) else None):
         q, _ = linalg.qr(times(rng.standard_normal((n_genes, width))), mode="economic")
         for _ in range(n_iter):
             q, _ = linalg.qr(times_t(q), mode="economic")
