@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,22 +30,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
-# Set by pytest per test, and once by the OpenMP runtime and threadpoolctl when they are first loaded.
-_NOT_A_LEAK = frozenset({"PYTEST_CURRENT_TEST", "KMP_INIT_AT_FORK", "KMP_DUPLICATE_LIB_OK"})
+_THREAD_SETTINGS = re.compile(r"^(OMP|MKL|OPENBLAS|NUMBA|NUMEXPR)_(NUM|MAX)_THREADS$|^VECLIB_MAXIMUM_THREADS$")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _environment_left_as_found():
-    """Every test module leaves ``os.environ`` as it found it.
+def _thread_settings_left_as_found():
+    """Every test module leaves the environment's thread counts as it found them.
 
-    Processes started later inherit it: a ``OMP_NUM_THREADS=1`` left behind (as dask's
+    Processes started later inherit them: an ``OMP_NUM_THREADS=1`` left behind (as dask's
     ``LocalCluster`` leaves it) runs the notebooks' kernels, and torch in them, on one thread.
+    (Libraries set other variables of their own when first loaded; those are not checked.)
     """
-    before = {k: v for k, v in os.environ.items() if k not in _NOT_A_LEAK}
+
+    def settings() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if _THREAD_SETTINGS.match(k)}
+
+    before = settings()
     yield
-    after = {k: v for k, v in os.environ.items() if k not in _NOT_A_LEAK}
+    after = settings()
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    assert not changed, f"this test module changed the environment of later processes: {changed}"
+    assert not changed, f"this test module changed the thread counts of later processes: {changed}"
 
 
 @dataclass
