@@ -428,6 +428,26 @@ class ExpectedValues(NamedTuple):
             return rates * np.asarray(scales, dtype=np.float64)[:, None]
         return _table_at_rates(self.table, rates, scales, self.inv_step, self.row_scales)
 
+    def from_logits(self, logits: np.ndarray, library: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        """Return ``E[T(s X)]`` (float32) at the rates ``library · softmax(logits)`` of each cell (row).
+
+        What a count decoder outputs: the softmax (in float64, after subtracting the row's
+        largest logit), the rates and their lookup in one compiled parallel pass over the cells.
+        """
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+        library = np.asarray(library, dtype=np.float64)
+        scales = np.asarray(scales, dtype=np.float64)
+        if logits.ndim != 2 or library.shape != (logits.shape[0],) or scales.shape != library.shape:
+            msg = f"logits {logits.shape}, {library.size} library sizes and {scales.size} scales disagree."
+            raise ValueError(msg)
+        out = np.empty(logits.shape, dtype=np.float32)
+        if self.transform == "none":
+            idx, weight, table = np.zeros(scales.size, dtype=np.int64), scales, _NO_SLOPE
+        else:
+            (idx, weight), table = _rows_for(self.row_scales, scales), self.table
+        _softmax_lookup(logits, library, idx, weight, table, self.inv_step, out)
+        return out
+
 
 def _table_at_rates(
     table: np.ndarray,
@@ -497,6 +517,35 @@ def _rate_lookup(rates, idx, weight, table, inv_step, out, slope, target):  # pr
             if linear:
                 value = value + _table_value(slope, r, w, several, j, frac) * target[i, g]
             out[i, g] = value
+
+
+@numba.njit(cache=True, parallel=True)
+def _softmax_lookup(logits, library, idx, weight, table, inv_step, out):  # pragma: no cover - compiled
+    # Per cell: shares exp(l - max l) in float64, rates library · share / sum, then the table at
+    # each rate; an empty table is the identity transform, whose value is the scale (``weight``)
+    # times the rate.
+    n = table.shape[1]
+    several = table.shape[0] > 1
+    identity = table.size == 0
+    for i in numba.prange(logits.shape[0]):
+        row = logits[i]
+        top = row[0]
+        for g in range(1, row.size):
+            top = max(top, row[g])
+        shares = np.empty(row.size)
+        total = 0.0
+        for g in range(row.size):
+            shares[g] = np.exp(np.float64(row[g] - top))
+            total += shares[g]
+        factor = library[i] / total
+        r, w = idx[i], weight[i]
+        for g in range(row.size):
+            rate = shares[g] * factor
+            if identity:
+                out[i, g] = rate * w
+            else:
+                j, frac = _grid_position(rate, inv_step, n)
+                out[i, g] = _table_value(table, r, w, several, j, frac)
 
 
 def expected_values(transform: TransformName, *, scales: np.ndarray, max_rate: float) -> ExpectedValues:

@@ -334,6 +334,32 @@ def test_expected_values_table_matches_the_exact_sums():
         assert table(np.zeros((2, 3)), scales[:2]).max() == 0.0
 
 
+@pytest.mark.parametrize("transform", ["log1p", "sqrt", "none"])
+def test_count_decoder_output_in_one_pass_equals_softmax_then_table(transform):
+    """``from_logits`` (softmax, rates and lookup compiled together) against the NumPy steps; odd cells too."""
+    from sc_noise2self._transform import expected_values
+
+    rng = np.random.default_rng(1)
+    logits = (3.0 * rng.normal(size=(257, 300))).astype(np.float32)
+    logits[3] = 0.0  # every gene alike
+    logits[4, 7] = 80.0  # one gene takes (nearly) everything
+    library = rng.gamma(4.0, 300.0, size=257)
+    library[5] = 0.0  # an empty cell: every rate zero
+    scales = 1e4 / np.maximum(library, 1.0)
+    table = expected_values(transform, scales=scales, max_rate=float(library.max()))
+    shares = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
+    steps = table(shares * (library / shares.sum(axis=1))[:, None], scales).astype(np.float32)
+    fused = table.from_logits(logits, library, scales)
+    assert fused.dtype == np.float32
+    np.testing.assert_allclose(fused, steps, rtol=1e-6, atol=1e-7)
+    assert fused[5].max() == 0.0
+    np.testing.assert_array_equal(table.from_logits(logits[:1], library[:1], scales[:1]), fused[:1])  # cells apart
+    logits[6, 0] = np.nan  # a diverged network's NaN reaches the output (the writers refuse it)
+    assert np.isnan(table.from_logits(logits, library, scales)[6]).all()
+    with pytest.raises(ValueError, match="disagree"):
+        table.from_logits(logits, library[:-1], scales)
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [({"likelihood": value}, "likelihood must be one of") for value in ("gaussian", None, "Poisson", 1)]

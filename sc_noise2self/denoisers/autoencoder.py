@@ -458,9 +458,7 @@ class Autoencoder:
     def _expected(self, logits: np.ndarray, library: np.ndarray, rows: slice) -> np.ndarray:
         """Return the decoder's rates, ``library · softmax(logits)``, as expected transformed values."""
         expected, scales = self.expected_
-        shares = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
-        rates = shares * (library / shares.sum(axis=1))[:, None]
-        return expected(rates, scales[rows]).astype(np.float32)
+        return expected.from_logits(logits, library, scales[rows])
 
     def _value(self, width: int, epoch: int) -> int | tuple[int, int]:
         return int(epoch) if self.grid_.ndim == 1 else (int(width), int(epoch))
