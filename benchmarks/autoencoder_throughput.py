@@ -10,7 +10,10 @@ CUDA with bfloat16 autocast on and off (``Autoencoder(autocast=...)``), and for 
 Poisson-likelihood decoder (trained on the counts) beside the squared-error network.
 On CUDA the previous transfer path (each minibatch densified on the host and copied
 through pinned memory) is measured in the same run too, as the baseline of the current
-one (the matrix's nonzeros copied once, minibatches densified on the GPU).
+one (the matrix's nonzeros copied once, minibatches densified on the GPU). The count
+decoder's output step (softmax, rates, ``E[T(s X)]`` lookup) is timed both ways on one
+block, one compiled pass against the previous NumPy steps, and the Poisson decoder's
+inference is measured with the previous steps too ("NumPy output step" rows).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from pca_sweep import simulate
 
-from sc_noise2self._transform import transformed
+from sc_noise2self._transform import expected_values, transformed
 from sc_noise2self.denoisers import Autoencoder, _ae_train
 
 
@@ -43,6 +46,52 @@ def host_batches():
         yield
     finally:
         _ae_train.to_device, _ae_train.rows_on = saved
+
+
+def _numpy_output_step(self, logits: np.ndarray, library: np.ndarray, rows: slice) -> np.ndarray:
+    """The previous count-decoder output: float64 softmax, rates and table lookup as NumPy steps."""
+    expected, scales = self.expected_
+    shares = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
+    rates = shares * (library / shares.sum(axis=1))[:, None]
+    return expected(rates, scales[rows]).astype(np.float32)
+
+
+@contextlib.contextmanager
+def numpy_output_step():
+    """Run the count decoders with the previous output step, for the baseline."""
+    saved = Autoencoder._expected
+    Autoencoder._expected = _numpy_output_step
+    try:
+        yield
+    finally:
+        Autoencoder._expected = saved
+
+
+def output_step(counts, repeats: int = 5) -> None:
+    """Time the count decoder's output step on one block of 4,096 cells: one pass vs the NumPy steps."""
+    rng = np.random.default_rng(0)
+    n = min(4_096, counts.shape[0])
+    logits = (2.0 * rng.standard_normal((n, counts.shape[1]))).astype(np.float32)
+    library = np.asarray(counts[:n].sum(axis=1), dtype=np.float64).ravel()
+    scales = 1e4 / np.maximum(library, 1.0)
+    model = Autoencoder()
+    model.expected_ = (expected_values("log1p", scales=scales, max_rate=float(library.max())), scales)
+    rows = slice(0, n)
+    outputs, times = {}, {}
+    for name, step in (("one pass", model._expected), ("NumPy steps", lambda *a: _numpy_output_step(model, *a))):
+        outputs[name] = step(logits, library, rows)  # warm-up: compiles
+        best = np.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step(logits, library, rows)
+            best = min(best, time.perf_counter() - start)
+        times[name] = best
+    print(
+        f"count decoder output step, {n} x {counts.shape[1]} block (log1p per 10,000): one pass "
+        f"{1e3 * times['one pass']:.1f} ms, NumPy steps (previous) {1e3 * times['NumPy steps']:.1f} ms, "
+        f"x{times['NumPy steps'] / times['one pass']:.1f}; same bytes: "
+        f"{np.array_equal(outputs['one pass'], outputs['NumPy steps'])}"
+    )
 
 
 def measure(
@@ -83,6 +132,7 @@ def main() -> None:
         f"data: {X.shape[0]} x {X.shape[1]} CSR, {X.nnz:,} nonzeros; torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU threads"
     )
+    output_step(counts)
     # (device, bf16 autocast, the previous host transfer path)
     runs = [("cpu", True, False)]
     if torch.cuda.is_available():
@@ -98,6 +148,14 @@ def main() -> None:
                 label = f"{likelihood:>7}, {device:>4}{', bf16' if device == 'cuda' and autocast else ''}"
                 label += ", host batches (previous)" if host else ""
                 print(f"{label}, batch {batch_size:>4}: training {rates[0]:,.0f}, inference {rates[1]:,.0f} cells/s")
+    for device in [run[0] for run in runs[:2]]:  # the Poisson decoder with the previous output step, at 1,024
+        with numpy_output_step():
+            _, previous = measure(X, counts, device, 1024, likelihood="poisson")
+        current = results["poisson", runs[0] if device == "cpu" else runs[1], 1024][1]
+        print(
+            f"poisson, {device:>4}, batch 1024, NumPy output step (previous): inference {previous:,.0f} cells/s; "
+            f"one pass / previous x{current / previous:.1f}"
+        )
     if len(runs) == 1:
         print("CUDA: not available on this machine; no GPU figures.")
         return
