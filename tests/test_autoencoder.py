@@ -358,6 +358,8 @@ def test_count_decoder_output_in_one_pass_equals_softmax_then_table(transform):
     assert np.isnan(table.from_logits(logits, library, scales)[6]).all()
     with pytest.raises(ValueError, match="disagree"):
         table.from_logits(logits, library[:-1], scales)
+    assert table.from_logits(logits[:, :0], library, scales).shape == (257, 0)  # no genes, no cells
+    assert table.from_logits(logits[:0], library[:0], scales[:0]).shape == (0, 300)
 
 
 @pytest.mark.parametrize(
