@@ -13,7 +13,8 @@ through pinned memory) is measured in the same run too, as the baseline of the c
 one (the matrix's nonzeros copied once, minibatches densified on the GPU). The count
 decoder's output step (softmax, rates, ``E[T(s X)]`` lookup) is timed both ways on one
 block, one compiled pass against the previous NumPy steps, and the Poisson decoder's
-inference is measured with the previous steps too ("NumPy output step" rows).
+inference is measured with the previous steps too ("NumPy output step" rows) and, on CUDA,
+with the step on the host instead of the device.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pca_sweep import simulate
 
 from sc_noise2self._transform import expected_values, transformed
 from sc_noise2self.denoisers import Autoencoder, _ae_train
+from sc_noise2self.denoisers._ae_train import DeviceExpected
 
 
 def _host_batch(X, rows, device: torch.device) -> torch.Tensor:
@@ -57,14 +59,16 @@ def _numpy_output_step(self, logits: np.ndarray, library: np.ndarray, rows: slic
 
 
 @contextlib.contextmanager
-def numpy_output_step():
-    """Run the count decoders with the previous output step, for the baseline."""
-    saved = Autoencoder._expected
-    Autoencoder._expected = _numpy_output_step
+def host_output_step(*, numpy_steps: bool = False):
+    """Run the count decoders' output step on the host (on CUDA too): one compiled pass, or the previous NumPy steps."""
+    saved = Autoencoder._expected, Autoencoder._output_on_device
+    Autoencoder._output_on_device = lambda self: False
+    if numpy_steps:
+        Autoencoder._expected = _numpy_output_step
     try:
         yield
     finally:
-        Autoencoder._expected = saved
+        Autoencoder._expected, Autoencoder._output_on_device = saved
 
 
 def output_step(counts, repeats: int = 5) -> None:
@@ -92,6 +96,22 @@ def output_step(counts, repeats: int = 5) -> None:
         f"x{times['NumPy steps'] / times['one pass']:.1f}; same bytes: "
         f"{np.array_equal(outputs['one pass'], outputs['NumPy steps'])}"
     )
+    if torch.cuda.is_available():  # the step on the GPU, from logits there to the float32 output on the host
+        device = torch.device("cuda")
+        step = DeviceExpected(model.expected_[0], library, scales, device)
+        on_device = torch.as_tensor(logits, device=device)
+        gpu = step(on_device, 0, n).cpu().numpy()
+        best = np.inf
+        for _ in range(repeats):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            step(on_device, 0, n).cpu().numpy()
+            best = min(best, time.perf_counter() - start)
+        print(
+            f"the same block on the GPU (DeviceExpected, with the copy back): {1e3 * best:.1f} ms, "
+            f"x{times['one pass'] / best:.1f} the host's one pass; largest relative difference "
+            f"{np.max(np.abs(gpu - outputs['one pass']) / np.maximum(np.abs(outputs['one pass']), 1e-6)):.1e}"
+        )
 
 
 def measure(
@@ -148,14 +168,20 @@ def main() -> None:
                 label = f"{likelihood:>7}, {device:>4}{', bf16' if device == 'cuda' and autocast else ''}"
                 label += ", host batches (previous)" if host else ""
                 print(f"{label}, batch {batch_size:>4}: training {rates[0]:,.0f}, inference {rates[1]:,.0f} cells/s")
-    for device in [run[0] for run in runs[:2]]:  # the Poisson decoder with the previous output step, at 1,024
-        with numpy_output_step():
-            _, previous = measure(X, counts, device, 1024, likelihood="poisson")
+    # The Poisson decoder's output step, at batches of 1,024: on CUDA, on the device (current), the
+    # host's compiled pass, and the NumPy steps before it; on the CPU, the compiled pass and NumPy steps.
+    for device in [run[0] for run in runs[:2]]:
         current = results["poisson", runs[0] if device == "cpu" else runs[1], 1024][1]
-        print(
-            f"poisson, {device:>4}, batch 1024, NumPy output step (previous): inference {previous:,.0f} cells/s; "
-            f"one pass / previous x{current / previous:.1f}"
-        )
+        steps = [("NumPy output step (previous)", True)]
+        if device == "cuda":
+            steps.insert(0, ("output step on the host, one pass", False))
+        for label, numpy_steps in steps:
+            with host_output_step(numpy_steps=numpy_steps):
+                _, other = measure(X, counts, device, 1024, likelihood="poisson")
+            print(
+                f"poisson, {device:>4}, batch 1024, {label}: inference {other:,.0f} cells/s; "
+                f"current / this x{current / other:.1f}"
+            )
     if len(runs) == 1:
         print("CUDA: not available on this machine; no GPU figures.")
         return

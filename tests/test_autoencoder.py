@@ -362,6 +362,53 @@ def test_count_decoder_output_in_one_pass_equals_softmax_then_table(transform):
     assert table.from_logits(logits[:0], library[:0], scales[:0]).shape == (0, 300)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("transform", ["log1p", "sqrt", "none"])
+def test_count_decoder_output_step_on_the_device_equals_the_host_pass(device, transform):
+    """``DeviceExpected`` (torch, where the logits are) against the compiled host pass; batches addressed by cells."""
+    from sc_noise2self._transform import expected_values
+    from sc_noise2self.denoisers._ae_train import DeviceExpected
+
+    rng = np.random.default_rng(2)
+    logits = (3.0 * rng.normal(size=(257, 300))).astype(np.float32)
+    logits[3], logits[4, 7] = 0.0, 80.0
+    library = rng.gamma(4.0, 300.0, size=257)
+    library[5] = 0.0
+    scales = 1e4 / np.maximum(library, 1.0)
+    table = expected_values(transform, scales=scales, max_rate=float(library.max()))
+    host = table.from_logits(logits, library, scales)
+    step = DeviceExpected(table, library, scales, torch.device(device))
+    on_device = torch.as_tensor(logits, device=device)
+    whole = step(on_device, 0, 257).cpu().numpy()
+    assert whole.dtype == np.float32
+    np.testing.assert_allclose(whole, host, rtol=1e-5, atol=1e-6)
+    assert whole[5].max() == 0.0
+    parts = [step(on_device[a:b], a, b).cpu().numpy() for a, b in ((0, 100), (100, 101), (101, 257))]
+    assert np.vstack(parts).tobytes() == whole.tobytes()
+    on_device[6, 0] = float("nan")  # NaN out, as on the host
+    assert np.isnan(step(on_device, 0, 257).cpu().numpy()[6]).all()
+
+
+@pytest.mark.parametrize("likelihood", ["poisson", "negative_binomial"])
+def test_the_output_step_on_the_device_is_wired_like_the_host_one(sim, monkeypatch, likelihood):
+    """With the device step forced on the CPU, ``predict`` and ``predict_block`` give the host step's output."""
+    values = transformed(sim.counts, "log1p", 1e4)
+    scales = 1e4 / np.asarray(sim.counts.sum(axis=1), dtype=np.float64).ravel()
+    outputs = {}
+    for on_device in (False, True):
+        monkeypatch.setattr(Autoencoder, "_output_on_device", lambda self, flag=on_device: flag)
+        model = Autoencoder(**SMALL, device="cpu", likelihood=likelihood, random_state=0)
+        model.fit_counts(values, np.array([2]), counts=sim.counts, scales=scales, transform="log1p")
+        block = slice(100, 250)
+        outputs[on_device] = (
+            model.predict(slice(None), 2),
+            model.predict_block(values[block], sim.counts[block], block, 2),
+        )
+        assert (model._device_output is not None) == on_device
+    for device_step, host_step in zip(outputs[True], outputs[False], strict=True):
+        np.testing.assert_allclose(device_step, host_step, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [({"likelihood": value}, "likelihood must be one of") for value in ("gaussian", None, "Poisson", 1)]

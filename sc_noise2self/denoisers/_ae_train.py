@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 
     from scipy import sparse
 
+    from .._transform import ExpectedValues
     from ._ae_mask import Masker
     from ._ae_module import AutoencoderModule
 
 __all__ = [
     "Buffer",
+    "DeviceExpected",
     "DeviceRows",
     "MemorySource",
     "batch_edges",
@@ -89,6 +91,57 @@ class DeviceRows:
         out = torch.zeros((rows.size, self.n_genes), dtype=torch.float32, **on)
         out[owner, self.indices[positions].long()] = self.data[positions]
         return out
+
+
+class DeviceExpected:
+    """A count decoder's output step on the device: ``E[T(s X)]`` at the rates ``library · softmax(logits)``.
+
+    The same arithmetic as :meth:`~sc_noise2self._transform.ExpectedValues.from_logits` (a
+    float64 softmax after subtracting the row's largest logit, the table read linearly in
+    ``log1p(μ)`` and between scale rows in ``log s``), in torch, so on CUDA the output step
+    runs where the logits are and only the float32 result is copied back. Equal to the
+    compiled host pass to float64 rounding. ``library`` and ``scales`` hold one entry per
+    cell; a batch is addressed by its first and last cell.
+    """
+
+    def __init__(self, expected: ExpectedValues, library: np.ndarray, scales: np.ndarray, device: torch.device):
+        from .._transform import _rows_for
+
+        scales = np.asarray(scales, dtype=np.float64)
+        self.identity = expected.transform == "none"
+        idx, weight = (
+            (np.zeros(scales.size, dtype=np.int64), scales) if self.identity else _rows_for(expected.row_scales, scales)
+        )
+        self.table = torch.as_tensor(np.asarray(expected.table, dtype=np.float64), device=device)
+        self.several = self.table.shape[0] > 1
+        self.inv_step = float(expected.inv_step)
+        self.idx = torch.as_tensor(idx, device=device)
+        self.weight = torch.as_tensor(weight, device=device)
+        self.library = torch.as_tensor(np.asarray(library, dtype=np.float64), device=device)
+
+    def __call__(self, logits: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Return the float32 output of cells ``lo:hi`` from their logits (a tensor on the device)."""
+        logits = logits.float()
+        shares = torch.exp((logits - logits.max(dim=1, keepdim=True).values).double())
+        rates = shares * (self.library[lo:hi] / shares.sum(dim=1))[:, None]
+        weight = self.weight[lo:hi, None]
+        if self.identity:
+            return (rates * weight).float()
+        n = self.table.shape[1]
+        pos = torch.clamp(torch.log1p(torch.clamp(rates, min=0.0)) * self.inv_step, max=n - 1.0)
+        missing = torch.isnan(pos)  # a NaN logit: NaN out, as on the host (the writers refuse it)
+        pos = pos.masked_fill(missing, 0.0)
+        j = torch.clamp(pos.long(), max=n - 2)
+        frac = pos - j
+        row = self.idx[lo:hi, None].expand_as(j)
+        value = self._row_value(row, j, frac)
+        if self.several:
+            value = value + weight * (self._row_value(row + 1, j, frac) - value)
+        return value.masked_fill(missing, float("nan")).float()
+
+    def _row_value(self, row: torch.Tensor, j: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+        low = self.table[row, j]
+        return low + frac * (self.table[row, j + 1] - low)
 
 
 def to_device(X: sparse.csr_matrix, rows: np.ndarray | slice, device: torch.device) -> torch.Tensor:
@@ -299,6 +352,7 @@ def infer(
     masker: Masker | None = None,
     bounds: list[slice] | None = None,
     autocast: bool = True,
+    output: DeviceExpected | None = None,
 ) -> np.ndarray:
     """Reconstruction of cells ``rows`` (float32), computed batch by batch.
 
@@ -307,7 +361,8 @@ def infer(
     does not depend on how the caller asks for cells, and data held in blocks elsewhere
     (dask, disk) gives the same bytes block by block. ``cache`` keeps the last batch
     computed, for a caller that asks for consecutive blocks. With a ``masker``, each gene
-    group is predicted from the input with that group hidden.
+    group is predicted from the input with that group hidden. With ``output``, a count
+    decoder's logits are mapped to its output on the device before the copy back.
     """
     module.eval()
     start, stop, _ = rows.indices(X.shape[0])
@@ -321,7 +376,7 @@ def infer(
         if cache is not None and b in cache:
             block = cache[b]
         else:
-            block = _forward(module, X, lo, hi, device, masker, autocast)
+            block = _forward(module, X, lo, hi, device, masker, autocast, output)
             if cache is not None:
                 cache.clear()
                 cache[b] = block
@@ -345,12 +400,15 @@ def _forward(
     device: torch.device,
     masker: Masker | None,
     autocast: bool = True,
+    output: DeviceExpected | None = None,
 ) -> np.ndarray:
     """Return the network's output for cells ``lo:hi``; J-invariant (a pass per gene group) with a ``masker``."""
     batch = to_device(X, slice(lo, hi), device)
+    if masker is None:
+        with _autocast(device, autocast):
+            out = module(batch).float()
+        return (out if output is None else output(out, lo, hi)).cpu().numpy()  # the output step in float64
     with _autocast(device, autocast):
-        if masker is None:
-            return module(batch).float().cpu().numpy()
         stand_in = masker.stand_in(np.arange(lo, hi), batch)
         out = np.empty(batch.shape, dtype=np.float32)
         for g, columns in enumerate(masker.columns):

@@ -354,6 +354,7 @@ class Autoencoder:
         self.masker_ = None
         self.expected_ = None
         self.library_ = None
+        self._device_output = None
         if source is None:
             source = MemorySource(X, counts, block_bounds(X.shape[0], self.block_cells))
         self.source_ = source
@@ -431,6 +432,11 @@ class Autoencoder:
     def _infer(self, module: object, rows: slice, cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
         from ._ae_train import infer
 
+        output = None
+        if self.expected_ is not None and self._output_on_device():
+            if self._device_output is None:  # the fitted cells' library sizes and scales, on the device once
+                self._device_output = self._on_device(self.library_, self.expected_[1])
+            output = self._device_output
         out = infer(
             module,
             self.X_,
@@ -441,8 +447,9 @@ class Autoencoder:
             masker=self.masker_,
             autocast=self.autocast,
             bounds=self.source_.bounds,
+            output=output,
         )
-        return out if self.expected_ is None else self._expected(out, self.library_[rows], rows)
+        return out if self.expected_ is None or output is not None else self._expected(out, self.library_[rows], rows)
 
     def _infer_block(
         self, module: object, values: sparse.csr_matrix, counts: sparse.csr_matrix | None, rows: slice
@@ -450,10 +457,30 @@ class Autoencoder:
         from ._ae_train import infer
 
         values = sparse.csr_matrix(values, dtype=np.float32)
-        out = infer(module, values, slice(None), batch_size=_INFER_BATCH, device=self.device_, autocast=self.autocast)
-        if self.expected_ is None:
-            return out
-        return self._expected(out, np.asarray(counts.sum(axis=1), dtype=np.float64).ravel(), rows)
+        library = None if self.expected_ is None else np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        output = None
+        if library is not None and self._output_on_device():
+            output = self._on_device(library, self.expected_[1][rows])
+        out = infer(
+            module,
+            values,
+            slice(None),
+            batch_size=_INFER_BATCH,
+            device=self.device_,
+            autocast=self.autocast,
+            output=output,
+        )
+        return out if library is None or output is not None else self._expected(out, library, rows)
+
+    def _output_on_device(self) -> bool:
+        """Whether a count decoder's output step runs where the network does (on CUDA; on the CPU, compiled)."""
+        return self.device_.type == "cuda"
+
+    def _on_device(self, library: np.ndarray, scales: np.ndarray) -> object:
+        """Return the count decoder's output step on the device, for cells with these library sizes and scales."""
+        from ._ae_train import DeviceExpected
+
+        return DeviceExpected(self.expected_[0], library, scales, self.device_)
 
     def _expected(self, logits: np.ndarray, library: np.ndarray, rows: slice) -> np.ndarray:
         """Return the decoder's rates, ``library · softmax(logits)``, as expected transformed values."""
