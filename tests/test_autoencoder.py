@@ -364,7 +364,7 @@ def test_count_decoder_output_in_one_pass_equals_softmax_then_table(transform):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("transform", ["log1p", "sqrt", "none"])
-def test_count_decoder_output_step_on_the_device_equals_the_host_pass(device, transform):
+def test_count_decoder_output_step_on_the_device_equals_the_host_pass(device, transform, monkeypatch):
     """``DeviceExpected`` (torch, where the logits are) against the compiled host pass; batches addressed by cells."""
     from sc_noise2self._transform import expected_values
     from sc_noise2self.denoisers._ae_train import DeviceExpected
@@ -385,6 +385,8 @@ def test_count_decoder_output_step_on_the_device_equals_the_host_pass(device, tr
     assert whole[5].max() == 0.0
     parts = [step(on_device[a:b], a, b).cpu().numpy() for a, b in ((0, 100), (100, 101), (101, 257))]
     assert np.vstack(parts).tobytes() == whole.tobytes()
+    monkeypatch.setattr("sc_noise2self.denoisers._ae_train._STEP_ENTRIES", 7 * 300)  # chunks of 7 cells, and 5
+    assert step(on_device, 0, 257).cpu().numpy().tobytes() == whole.tobytes()
     on_device[6, 0] = float("nan")  # NaN out, as on the host
     assert np.isnan(step(on_device, 0, 257).cpu().numpy()[6]).all()
 

@@ -93,6 +93,10 @@ class DeviceRows:
         return out
 
 
+_STEP_ENTRIES = 2**23
+"""Entries of a count decoder's output step done at once on the device (:class:`DeviceExpected`)."""
+
+
 class DeviceExpected:
     """A count decoder's output step on the device: ``E[T(s X)]`` at the rates ``library · softmax(logits)``.
 
@@ -120,7 +124,18 @@ class DeviceExpected:
         self.library = torch.as_tensor(np.asarray(library, dtype=np.float64), device=device)
 
     def __call__(self, logits: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Return the float32 output of cells ``lo:hi`` from their logits (a tensor on the device)."""
+        """Return the float32 output of cells ``lo:hi`` from their logits (a tensor on the device).
+
+        In chunks of at most ``_STEP_ENTRIES`` entries, so that its float64 intermediates stay
+        under ~1 GB however many genes there are (each cell's output is its own row's).
+        """
+        rows = max(1, _STEP_ENTRIES // max(logits.shape[1], 1))
+        if logits.shape[0] <= rows:
+            return self._step(logits, lo, hi)
+        starts = range(0, hi - lo, rows)
+        return torch.cat([self._step(logits[a : a + rows], lo + a, min(lo + a + rows, hi)) for a in starts])
+
+    def _step(self, logits: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         logits = logits.float()
         shares = torch.exp((logits - logits.max(dim=1, keepdim=True).values).double())
         rates = shares * (self.library[lo:hi] / shares.sum(dim=1))[:, None]
