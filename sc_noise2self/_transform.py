@@ -443,12 +443,20 @@ class ExpectedValues(NamedTuple):
         out = np.empty(logits.shape, dtype=np.float32)
         if out.size == 0:  # the kernel reads each row's first logit
             return out
-        if self.transform == "none":
-            idx, weight, table = np.zeros(scales.size, dtype=np.int64), scales, _NO_SLOPE
-        else:
-            (idx, weight), table = _rows_for(self.row_scales, scales), self.table
+        idx, weight = self.cell_rows(scales)
+        table = _NO_SLOPE if self.transform == "none" else self.table  # empty: the identity
         _softmax_lookup(logits, library, idx, weight, table, self.inv_step, out)
         return out
+
+    def cell_rows(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each cell's lower table row and weight between rows; for the identity, row 0 and the scale itself.
+
+        The identity's value is ``s μ``, so its "weight" is the cell's scale ``s``.
+        """
+        scales = np.asarray(scales, dtype=np.float64)
+        if self.transform == "none":
+            return np.zeros(scales.size, dtype=np.int64), scales
+        return _rows_for(self.row_scales, scales)
 
 
 def _table_at_rates(

@@ -109,13 +109,8 @@ class DeviceExpected:
     """
 
     def __init__(self, expected: ExpectedValues, library: np.ndarray, scales: np.ndarray, device: torch.device):
-        from .._transform import _rows_for
-
-        scales = np.asarray(scales, dtype=np.float64)
         self.identity = expected.transform == "none"
-        idx, weight = (
-            (np.zeros(scales.size, dtype=np.int64), scales) if self.identity else _rows_for(expected.row_scales, scales)
-        )
+        idx, weight = expected.cell_rows(scales)
         self.table = torch.as_tensor(np.asarray(expected.table, dtype=np.float64), device=device)
         self.several = self.table.shape[0] > 1
         self.inv_step = float(expected.inv_step)
