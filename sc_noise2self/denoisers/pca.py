@@ -133,9 +133,14 @@ def covariance_svd(stats: GramStats, n_comps: int) -> tuple[np.ndarray, np.ndarr
     The eigenvectors of ``(X - mean)^T (X - mean)`` are the right singular vectors and its
     eigenvalues the squared singular values: one pass over the cells, then a genes × genes
     eigenproblem, so it suits many cells and up to a few thousand genes (dask input).
+
+    LAPACK runs on one thread here: its threaded reduction rounds differently with the thread
+    count (the components would then change with it), and on a busy machine two threads of
+    it took many times as long as one.
     """
     n_genes = stats.m2.shape[0]
-    values, vectors = linalg.eigh(stats.m2, subset_by_index=[n_genes - n_comps, n_genes - 1])
+    with blas_threads(1):
+        values, vectors = linalg.eigh(stats.m2, subset_by_index=[n_genes - n_comps, n_genes - 1])
     s = np.sqrt(np.clip(values[::-1], 0.0, None))
     vt = vectors[:, ::-1].T
     return s, vt * _fix_signs(vt)[:, None]
