@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 from . import datasets, denoisers, pl, pp, tl
-from ._calibrate import CalibrationResult, package_version
-from ._split import CountSplit
-from ._threads import settings
+from ._engine import CalibrationResult, package_version
+from ._numerics.machine import settings
+from ._numerics.split import CountSplit
 
 __version__ = package_version()
 

@@ -27,3 +27,45 @@ def as_type(counts: sparse.csr_matrix, array_type, dtype):
 
 def dense(x) -> np.ndarray:
     return x.toarray() if sparse.issparse(x) else np.asarray(x)
+
+
+def fit(denoiser, values, grid, counts=None, **data):
+    """Fit a denoiser on values in memory (``ArrayData``); return the sweep and the data."""
+    from sc_noise2self.denoisers import ArrayData
+
+    data = ArrayData(values, counts, **data)
+    return denoiser.fit(data, np.asarray(grid)), data
+
+
+def predict(sweep, data, value, rows=slice(None)):
+    """The fitted output at ``value`` for cells ``rows``."""
+    return sweep.output(value).block(data.block(rows))
+
+
+def predictions(sweep, data, rows=slice(None)) -> dict:
+    """Every grid value's prediction for cells ``rows``, in whichever order the sweep offers."""
+    block = data.block(rows)
+    if sweep.order == "blocks":
+        return {value: pred.copy() for value, pred in sweep.predictions(block)}
+    return {step.value: step.predict(block) for step in sweep.values()}
+
+
+def block_data(values, counts, rows_per_block, **data):
+    """The same data read block by block, as from a dask array (``rows_per_block`` cells a block)."""
+    import dask.array as da
+    from scipy import sparse
+
+    from sc_noise2self._engine.blocks import BlockData, Source
+    from sc_noise2self.denoisers import ArrayData, Block
+
+    whole = ArrayData(values, counts, **data)
+    source = Source(
+        da.from_array(sparse.csr_matrix(counts), chunks=(rows_per_block, -1)), "X", empty="error", counts=True
+    )
+    return BlockData(
+        source,
+        lambda block, rows: Block(rows, whole.matrix()[rows], block),
+        scales=whole.scales,
+        transform=whole.transform,
+        max_rate=whole.max_rate,
+    )

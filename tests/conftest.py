@@ -152,11 +152,13 @@ def grid_errors(values: sparse.csr_matrix, truth: np.ndarray, method: str, grid:
     """
     from sc_noise2self.denoisers import PCA, Diffusion
 
+    from ._helpers import fit, predictions
+
     if method == "pca":
-        model = PCA(random_state=0).fit(values, np.asarray(grid))
-        return {int(k): float(np.mean((pred - truth) ** 2)) for k, pred in model.sweep_blocks(slice(None))}
-    model = Diffusion(random_state=0).fit(values, Diffusion().check_grid(grid, values.shape))
-    return {tuple(v): float(np.mean((predict(slice(None)) - truth) ** 2)) for v, predict in model.sweep_values()}
+        model, data = fit(PCA(random_state=0), values, grid)
+        return {int(k): float(np.mean((pred - truth) ** 2)) for k, pred in predictions(model, data).items()}
+    model, data = fit(Diffusion(random_state=0), values, Diffusion().check_grid(grid, values.shape))
+    return {tuple(v): float(np.mean((pred - truth) ** 2)) for v, pred in predictions(model, data).items()}
 
 
 def regret(errors: dict, best: object) -> float:

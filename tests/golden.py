@@ -34,7 +34,9 @@ def cpu_name() -> str:
     """The CPU the compiled kernels were built for (llvm's host name and its features)."""
     import llvmlite.binding as llvm
 
-    return f"{llvm.get_host_cpu_name()} {hashlib.sha256(llvm.get_host_cpu_features().flatten().encode()).hexdigest()[:12]}"
+    return (
+        f"{llvm.get_host_cpu_name()} {hashlib.sha256(llvm.get_host_cpu_features().flatten().encode()).hexdigest()[:12]}"
+    )
 
 
 def digest(array: Any) -> dict[str, Any]:
@@ -153,7 +155,10 @@ def _pipeline(adata: AnnData, **kwargs: Any) -> tuple[dict, dict]:
 
     n2s.pp.pca(adata, progress=False, **kwargs)
     n2s.pp.neighbors(adata, progress=False, **kwargs)
-    records = {"pca": _curve(adata.uns["pca"]["calibration"]), "neighbors": _curve(adata.uns["neighbors"]["calibration"])}
+    records = {
+        "pca": _curve(adata.uns["pca"]["calibration"]),
+        "neighbors": _curve(adata.uns["neighbors"]["calibration"]),
+    }
     arrays = {
         "obsm/X_pca": adata.obsm["X_pca"],
         "varm/PCs": adata.varm["PCs"],

@@ -12,9 +12,10 @@ from scipy import sparse
 torch = pytest.importorskip("torch")
 
 import sc_noise2self as n2s  # noqa: E402
-from sc_noise2self._transform import expected_transform, transformed  # noqa: E402
-from sc_noise2self.denoisers import Autoencoder, ValueSweep  # noqa: E402
+from sc_noise2self._numerics.transform import expected_transform, transformed  # noqa: E402
+from sc_noise2self.denoisers import ArrayData, Autoencoder, Block, Sweep  # noqa: E402
 
+from ._helpers import block_data, fit, predict, predictions  # noqa: E402
 from .conftest import regret, simulate_low_rank_poisson  # noqa: E402
 
 DEVICES = [
@@ -31,8 +32,8 @@ def sim():
 
 def _truth_errors(sim, model, grid):
     truth = expected_transform(sim.rates.ravel(), [1.0], "sqrt")[0].reshape(sim.rates.shape)
-    model.fit(transformed(sim.counts, "sqrt", None), model.check_grid(grid, sim.counts.shape))
-    return {v: float(np.mean((predict(slice(None)) - truth) ** 2)) for v, predict in model.sweep_values()}
+    model, data = fit(model, transformed(sim.counts, "sqrt", None), model.check_grid(grid, sim.counts.shape))
+    return {v: float(np.mean((p - truth) ** 2)) for v, p in predictions(model, data).items()}
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -59,7 +60,9 @@ def test_early_stopping_picks_an_epoch_before_an_overfitting_runs_end(sim):
     result = n2s.tl.calibrate(sim.counts, method=model, grid=range(1, 41), progress=False)
     assert result.best < 20
     assert result.loss_mean[-1] > result.loss_mean.min() * 1.02
-    assert model.train_loss_[(64, 40)] < 0.5 * model.train_loss_[(64, result.best)]  # training loss kept falling
+    sweep, _ = fit(model, transformed(sim.counts, "log1p", 1e4), range(1, 41))
+    train_loss = {step.value: step.train_loss for step in sweep.values()}
+    assert train_loss[40] < 0.5 * train_loss[result.best]  # while the training loss kept falling
 
 
 def test_same_seed_same_output_on_cpu(sim):
@@ -70,7 +73,8 @@ def test_same_seed_same_output_on_cpu(sim):
         outputs.append((adata.layers["denoised"].tobytes(), adata.uns["denoised"]["loss"].tobytes()))
     assert outputs[0] == outputs[1]
     state = torch.random.get_rng_state()
-    Autoencoder(**SMALL, device="cpu").fit(transformed(sim.counts, "sqrt", None), np.array([2])).predict(slice(0, 5), 2)
+    model, data = fit(Autoencoder(**SMALL, device="cpu"), transformed(sim.counts, "sqrt", None), [2])
+    predict(model, data, 2, slice(0, 5))
     assert torch.equal(state, torch.random.get_rng_state()), "training must not touch torch's global RNG"
 
 
@@ -85,19 +89,20 @@ def test_denoise_by_name_writes_layer_and_records_epochs(sim, tmp_path):
 
 def test_sweep_protocol_and_grid_checks(sim):
     model = Autoencoder(**SMALL, device="cpu")
-    assert isinstance(model.fit(sparse.csr_matrix(sim.counts, dtype=float), np.array([1])), ValueSweep)
+    sweep, _ = fit(model, sparse.csr_matrix(sim.counts, dtype=float), [1])
+    assert isinstance(sweep, Sweep) and sweep.order == "values"
     np.testing.assert_array_equal(model.check_grid([[8, 2], [4, 3], [4, 1]], (10, 50)), [[4, 1], [4, 3], [8, 2]])
     with pytest.raises(ValueError, match=r"bottleneck values must lie in 1\.\.50"):
         model.check_grid([[80, 1]], (10, 50))
     with pytest.raises(ValueError, match="device must be"):
-        Autoencoder(device="tpu").fit(sim.counts, np.array([1]))
+        fit(Autoencoder(device="tpu"), sim.counts, [1])
 
 
 def test_device_cuda_without_cuda_says_so(sim):
     if torch.cuda.is_available():
         pytest.skip("CUDA is present")
     with pytest.raises(ValueError, match="torch sees no CUDA device"):
-        Autoencoder(device="cuda").fit(sim.counts, np.array([1]))
+        fit(Autoencoder(device="cuda"), sim.counts, [1])
 
 
 def test_training_never_allocates_the_dense_matrix():
@@ -109,10 +114,10 @@ def test_training_never_allocates_the_dense_matrix():
     model = Autoencoder(bottleneck=8, hidden=(32,), batch_size=256, device="cpu")
     tracemalloc.start()
     try:
-        model.fit(X, np.array([1]))
-        for _, predict in model.sweep_values():
+        model, data = fit(model, X, [1])
+        for step in model.values():
             for start in range(0, n_cells, 2_000):
-                predict(slice(start, start + 2_000))
+                step.predict(data.block(slice(start, start + 2_000)))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -131,11 +136,12 @@ MASKED_EPOCHS = range(1, 51)
 
 def _masked_errors(model, values, truth, groups, grid):
     """Truth error and Noise2Self loss of the masked network's J-invariant output after every epoch."""
-    model.fit_masked(values, groups, model.check_grid(grid, values.shape))
+    data = ArrayData(values)
+    model.fit_masked(data, groups, model.check_grid(grid, values.shape))
     dense = values.toarray()
     errors, losses = {}, {}
-    for value, predict in model.sweep_values():
-        pred = predict(slice(None))
+    for step in model.values():
+        value, pred = step.value, step.predict(data.block())
         errors[value], losses[value] = float(np.mean((pred - truth) ** 2)), float(np.mean((pred - dense) ** 2))
     return errors, losses
 
@@ -179,13 +185,14 @@ def test_masked_choice_is_near_the_oracle_and_stops_early():
 
 @pytest.mark.parametrize("fill", ["zero", "mean", "donor"])
 def test_masked_output_is_exactly_j_invariant(sim, fill):
-    from sc_noise2self.denoisers._ae_train import infer
+    from sc_noise2self.denoisers.autoencoder._train import infer
 
     values = transformed(sim.counts, "sqrt", None)
     groups = np.arange(values.shape[1]) % 7
-    model = Autoencoder(**SMALL, device="cpu", mask_fill=fill).fit_masked(values, groups, np.array([2]))
-    _, predict = next(iter(model.sweep_values()))
-    before = predict(slice(None))
+    data = ArrayData(values)
+    model = Autoencoder(**SMALL, device="cpu", mask_fill=fill).fit_masked(data, groups, np.array([2]))
+    predict = next(iter(model.values())).predict
+    before = predict(data.block())
     cell, group = 5, 3
     changed = values.tolil()
     changed[cell, groups == group] = np.linspace(0.0, 40.0, int((groups == group).sum()))
@@ -222,8 +229,9 @@ def test_denoise_with_the_gene_partition_writes_the_masked_network_and_is_reprod
         n_groups=5,
         progress=False,
     )
-    model = Autoencoder(**SMALL, device="cpu").fit_masked(values, result.gene_groups, np.array([result.best]))
-    np.testing.assert_array_equal(outputs[0].layers["denoised"], model.predict(slice(None), result.best))
+    data = ArrayData(values)
+    model = Autoencoder(**SMALL, device="cpu").fit_masked(data, result.gene_groups, np.array([result.best]))
+    np.testing.assert_array_equal(outputs[0].layers["denoised"], predict(model, data, result.best))
     outputs[0].write_h5ad(tmp_path / "masked.h5ad")
 
 
@@ -263,8 +271,8 @@ def test_count_decoder_mcv_choice_is_near_the_oracle(likelihood, loss):
     model = Autoencoder(**SMALL, device="cpu", likelihood=likelihood)
     values, scales = transformed(sim.counts, "log1p", 1e4), 1e4 / np.asarray(sim.counts.sum(axis=1)).ravel()
     truth = np.stack([expected_transform(r, [s], "log1p")[0] for r, s in zip(sim.rates, scales, strict=True)])
-    model.fit_counts(values, model.check_grid(grid, values.shape), counts=sim.counts, scales=scales, transform="log1p")
-    errors = {value: float(np.mean((predict(slice(None)) - truth) ** 2)) for value, predict in model.sweep_values()}
+    model, data = fit(model, values, model.check_grid(grid, values.shape), sim.counts, scales=scales, transform="log1p")
+    errors = {value: float(np.mean((pred - truth) ** 2)) for value, pred in predictions(model, data).items()}
     result = n2s.tl.calibrate(
         sim.counts,
         method=Autoencoder(**SMALL, device="cpu", likelihood=likelihood),
@@ -274,15 +282,15 @@ def test_count_decoder_mcv_choice_is_near_the_oracle(likelihood, loss):
     )
     assert regret(errors, result.best) <= 1.05, (result.best, min(errors, key=errors.get))
     # trained on counts, the decoder beats the squared-error network's best on Poisson data
-    normal = Autoencoder(**SMALL, device="cpu").fit(values, model.check_grid(grid, values.shape))
-    best_normal = min(float(np.mean((predict(slice(None)) - truth) ** 2)) for _, predict in normal.sweep_values())
+    normal, data = fit(Autoencoder(**SMALL, device="cpu"), values, model.check_grid(grid, values.shape))
+    best_normal = min(float(np.mean((pred - truth) ** 2)) for pred in predictions(normal, data).values())
     assert min(errors.values()) < best_normal
 
 
 def test_count_likelihoods_match_scipy():
     from scipy import stats
 
-    from sc_noise2self.denoisers._ae_train import negative_log_likelihood
+    from sc_noise2self.denoisers.autoencoder._train import negative_log_likelihood
 
     x = torch.tensor([[0.0, 1.0, 7.0, 40.0]], dtype=torch.float64)
     mu = torch.tensor([[0.3, 2.0, 5.0, 60.0]], dtype=torch.float64)
@@ -309,9 +317,9 @@ def test_count_decoder_writes_expected_transformed_rates_and_is_reproducible(sim
     totals = np.asarray(sim.counts.sum(axis=1), dtype=np.float64).ravel()
     values = transformed(sim.counts, "log1p", 1e4)
     model = Autoencoder(**SMALL, device="cpu", likelihood="negative_binomial", n_fits=1)
-    model.fit_counts(values, np.array([best]), counts=sim.counts, scales=1e4 / totals, transform="log1p")
-    _, predict = next(iter(model.sweep_values()))
-    assert predict(slice(None)).tobytes() == layer.tobytes()
+    model, data = fit(model, values, [best], sim.counts, scales=1e4 / totals, transform="log1p")
+    predict = next(iter(model.values())).predict
+    assert predict(data.block()).tobytes() == layer.tobytes()
     with torch.no_grad():
         logits = predict.module.eval()(torch.from_numpy(values.toarray().astype(np.float32))).double()
     rates = (totals[:, None] * torch.softmax(logits, dim=1).numpy())[:20]
@@ -322,7 +330,7 @@ def test_count_decoder_writes_expected_transformed_rates_and_is_reproducible(sim
 
 
 def test_expected_values_table_matches_the_exact_sums():
-    from sc_noise2self._transform import expected_values
+    from sc_noise2self._numerics.transform import expected_values
 
     rng = np.random.default_rng(0)
     scales = rng.uniform(0.5, 20.0, size=30)
@@ -337,7 +345,7 @@ def test_expected_values_table_matches_the_exact_sums():
 @pytest.mark.parametrize("transform", ["log1p", "sqrt", "none"])
 def test_count_decoder_output_in_one_pass_equals_softmax_then_table(transform):
     """``from_logits`` (softmax, rates and lookup compiled together) against the NumPy steps; odd cells too."""
-    from sc_noise2self._transform import expected_values
+    from sc_noise2self._numerics.transform import expected_values
 
     rng = np.random.default_rng(1)
     logits = (3.0 * rng.normal(size=(257, 300))).astype(np.float32)
@@ -366,8 +374,8 @@ def test_count_decoder_output_in_one_pass_equals_softmax_then_table(transform):
 @pytest.mark.parametrize("transform", ["log1p", "sqrt", "none"])
 def test_count_decoder_output_step_on_the_device_equals_the_host_pass(device, transform, monkeypatch):
     """``DeviceExpected`` (torch, where the logits are) against the compiled host pass; batches addressed by cells."""
-    from sc_noise2self._transform import expected_values
-    from sc_noise2self.denoisers._ae_train import DeviceExpected
+    from sc_noise2self._numerics.transform import expected_values
+    from sc_noise2self.denoisers.autoencoder._train import DeviceExpected
 
     rng = np.random.default_rng(2)
     logits = (3.0 * rng.normal(size=(257, 300))).astype(np.float32)
@@ -385,7 +393,7 @@ def test_count_decoder_output_step_on_the_device_equals_the_host_pass(device, tr
     assert whole[5].max() == 0.0
     parts = [step(on_device[a:b], a, b).cpu().numpy() for a, b in ((0, 100), (100, 101), (101, 257))]
     assert np.vstack(parts).tobytes() == whole.tobytes()
-    monkeypatch.setattr("sc_noise2self.denoisers._ae_train._STEP_ENTRIES", 7 * 300)  # chunks of 7 cells, and 5
+    monkeypatch.setattr("sc_noise2self.denoisers.autoencoder._train._STEP_ENTRIES", 7 * 300)  # chunks of 7 cells, and 5
     assert step(on_device, 0, 257).cpu().numpy().tobytes() == whole.tobytes()
     on_device[6, 0] = float("nan")  # NaN out, as on the host
     assert np.isnan(step(on_device, 0, 257).cpu().numpy()[6]).all()
@@ -393,18 +401,26 @@ def test_count_decoder_output_step_on_the_device_equals_the_host_pass(device, tr
 
 @pytest.mark.parametrize("likelihood", ["poisson", "negative_binomial"])
 def test_the_output_step_on_the_device_is_wired_like_the_host_one(sim, monkeypatch, likelihood):
-    """With the device step forced on the CPU, ``predict`` and ``predict_block`` give the host step's output."""
+    """With the device step forced on the CPU, the output in memory and block by block is the host step's."""
     values = transformed(sim.counts, "log1p", 1e4)
     scales = 1e4 / np.asarray(sim.counts.sum(axis=1), dtype=np.float64).ravel()
     outputs = {}
     for on_device in (False, True):
         monkeypatch.setattr(Autoencoder, "_output_on_device", lambda self, flag=on_device: flag)
-        model = Autoencoder(**SMALL, device="cpu", likelihood=likelihood, random_state=0)
-        model.fit_counts(values, np.array([2]), counts=sim.counts, scales=scales, transform="log1p")
-        block = slice(100, 250)
+        model, data = fit(
+            Autoencoder(**SMALL, device="cpu", likelihood=likelihood, random_state=0),
+            values,
+            [2],
+            sim.counts,
+            scales=scales,
+            transform="log1p",
+        )
+        streamed = Autoencoder(**SMALL, device="cpu", likelihood=likelihood, random_state=0)
+        streamed.fit(block_data(values, sim.counts, 150, scales=scales, transform="log1p"), np.array([2]))
+        block = slice(150, 300)
         outputs[on_device] = (
-            model.predict(slice(None), 2),
-            model.predict_block(values[block], sim.counts[block], block, 2),
+            predict(model, data, 2),
+            streamed.output(2).block(Block(block, values[block], sim.counts[block])),
         )
         assert (model._device_output is not None) == on_device
     for device_step, host_step in zip(outputs[True], outputs[False], strict=True):
@@ -429,28 +445,38 @@ def test_count_decoder_needs_the_counts(sim):
         n2s.pp.denoise(adata, method=Autoencoder(**SMALL, likelihood="poisson"), calibration="genes", progress=False)
     assert not adata.layers and not adata.uns
     with pytest.raises(ValueError, match="trains on raw counts"):
-        Autoencoder(likelihood="poisson").fit(transformed(sim.counts, "sqrt", None), np.array([1]))
+        fit(Autoencoder(likelihood="poisson"), transformed(sim.counts, "sqrt", None), [1])
 
 
-def test_auto_likelihood_is_poisson_with_the_counts_and_squared_error_without(sim):
+def test_auto_likelihood_is_poisson_with_the_counts_and_squared_error_without(sim, monkeypatch):
     """The default: the Poisson decoder wherever the counts are there (MCV and its refit), squared error elsewhere."""
     values = transformed(sim.counts, "sqrt", None)
     assert Autoencoder().likelihood == "auto"
-    assert Autoencoder(**SMALL, device="cpu").fit(values, np.array([1])).likelihood_ == "normal"
+    assert fit(Autoencoder(**SMALL, device="cpu"), values, [1])[0].likelihood_ == "normal"
     scales = np.ones(sim.counts.shape[0])
-    counted = Autoencoder(**SMALL, device="cpu").fit_counts(
-        values, np.array([1]), counts=sim.counts, scales=scales, transform="sqrt"
-    )
+    counted, data = fit(Autoencoder(**SMALL, device="cpu"), values, [1], sim.counts, scales=scales, transform="sqrt")
     assert counted.likelihood_ == "poisson"
-    explicit = Autoencoder(**SMALL, device="cpu", likelihood="poisson").fit_counts(
-        values, np.array([1]), counts=sim.counts, scales=scales, transform="sqrt"
-    )  # the same network and output as naming it
-    np.testing.assert_array_equal(counted.predict(slice(None), 1), explicit.predict(slice(None), 1))
+    explicit = fit(
+        Autoencoder(**SMALL, device="cpu", likelihood="poisson"),
+        values,
+        [1],
+        sim.counts,
+        scales=scales,
+        transform="sqrt",
+    )[0]  # the same network and output as naming it
+    np.testing.assert_array_equal(predict(counted, data, 1), predict(explicit, data, 1))
+    real_fit = Autoencoder.fit
+    seen = []
+    monkeypatch.setattr(
+        Autoencoder, "fit", lambda self, *a, **k: seen.append(real_fit(self, *a, **k).likelihood_) or self
+    )
     for calibration, expected in (("mcv", "poisson"), ("genes", "normal")):
+        seen.clear()
         model = Autoencoder(**SMALL, device="cpu", n_fits=1)
         adata = ad.AnnData(sim.counts.copy())
         n2s.pp.denoise(adata, method=model, calibration=calibration, grid=[1, 2], progress=False)
-        assert model.likelihood_ == expected and np.isfinite(adata.layers["denoised"]).all()
+        assert set(seen) == {expected} and np.isfinite(adata.layers["denoised"]).all()
+        assert not hasattr(model, "likelihood_")  # the engine fitted a clone: the user's instance is untouched
 
 
 # -- refit noise: the mean of several networks -----------------------------------------------------
@@ -458,16 +484,16 @@ def test_auto_likelihood_is_poisson_with_the_counts_and_squared_error_without(si
 
 def test_n_fits_writes_the_mean_of_networks_from_their_own_seeds(sim):
     values = transformed(sim.counts, "sqrt", None)
-    one = Autoencoder(**SMALL, device="cpu", n_fits=1).fit(values, np.array([2]))
-    three = Autoencoder(**SMALL, device="cpu", n_fits=3).fit(values, np.array([2]))
-    first = one.predict(slice(None), 2)
-    three.predict(slice(0, 1), 2)  # trains the three networks
-    members = [member(slice(None)) for member in three._trained[1].members]
+    one, data = fit(Autoencoder(**SMALL, device="cpu", n_fits=1), values, [2])
+    three = fit(Autoencoder(**SMALL, device="cpu", n_fits=3), values, [2])[0]
+    first = predict(one, data, 2)
+    predict(three, data, 2, slice(0, 1))  # trains the three networks
+    members = [member(data.block()) for member in three._trained[1].members]
     assert members[0].tobytes() == first.tobytes()  # the first network is the one n_fits=1 trains
     assert not np.array_equal(members[1], members[0])  # the others have their own seeds
-    mean = three.predict(slice(None), 2)
+    mean = predict(three, data, 2)
     np.testing.assert_allclose(mean, np.mean(members, axis=0), rtol=1e-6)
-    np.testing.assert_array_equal(three.predict(slice(100, 250), 2), mean[100:250])  # any blocking
+    np.testing.assert_array_equal(predict(three, data, 2, slice(100, 250)), mean[100:250])  # any blocking
 
 
 @pytest.mark.parametrize("n_fits", [0, -1, 1.5, True, None])
@@ -528,8 +554,8 @@ def test_cuda_in_float32_trains_the_network_the_cpu_trains(sim, likelihood):
     outputs = {}
     for device in ("cpu", "cuda"):
         model = Autoencoder(**SMALL, device=device, autocast=False, likelihood=likelihood, dropout=0.0, random_state=0)
-        model.fit_counts(values, np.array([3]), counts=sim.counts, scales=scales, transform="sqrt")
-        outputs[device] = model.predict(slice(None), 3)
+        model, data = fit(model, values, [3], sim.counts, scales=scales, transform="sqrt")
+        outputs[device] = predict(model, data, 3)
     difference = np.abs(outputs["cuda"] - outputs["cpu"]).max()
     assert difference < 1e-3 * np.abs(outputs["cpu"]).max(), difference
 
@@ -537,7 +563,7 @@ def test_cuda_in_float32_trains_the_network_the_cpu_trains(sim, likelihood):
 @pytest.mark.parametrize("device", DEVICES)
 def test_device_rows_are_the_dense_rows_of_the_csr(device):
     """Batches gathered on the device equal scipy's dense rows: empty rows, no nonzeros, duplicates, any order."""
-    from sc_noise2self.denoisers._ae_train import DeviceRows, rows_on, to_device
+    from sc_noise2self.denoisers.autoencoder._train import DeviceRows, rows_on, to_device
 
     rng = np.random.default_rng(0)
     X = sparse.random(300, 40, density=0.1, format="csr", random_state=rng, dtype=np.float64)
@@ -561,7 +587,7 @@ def test_device_rows_are_the_dense_rows_of_the_csr(device):
 
 def test_training_takes_only_the_free_cores_and_changes_no_bit(sim, monkeypatch):
     """On a busy machine each epoch trains on one torch thread per free core; the same bytes as with all threads."""
-    from sc_noise2self.denoisers import _ae_train
+    from sc_noise2self.denoisers.autoencoder import _train as _ae_train
 
     values = transformed(sim.counts, "sqrt", None)
     seen = []
@@ -575,8 +601,8 @@ def test_training_takes_only_the_free_cores_and_changes_no_bit(sim, monkeypatch)
     def trained(free, **settings):
         seen.clear()
         monkeypatch.setattr(_ae_train, "free_cores", lambda: free)
-        model = Autoencoder(**SMALL, device="cpu", n_fits=1, **settings).fit(values, np.array([2]))
-        return model.predict(slice(None), 2).tobytes(), list(seen)
+        model, data = fit(Autoencoder(**SMALL, device="cpu", n_fits=1, **settings), values, [2])
+        return predict(model, data, 2).tobytes(), list(seen)
 
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -604,7 +630,7 @@ def test_training_takes_only_the_free_cores_and_changes_no_bit(sim, monkeypatch)
 
 def test_the_load_is_read_at_most_once_a_second(monkeypatch):
     """A reading takes ~10 ms, more than a small epoch: epochs within a second share one."""
-    from sc_noise2self.denoisers import _ae_train
+    from sc_noise2self.denoisers.autoencoder import _train as _ae_train
 
     readings = []
     monkeypatch.setattr(_ae_train, "free_cores", lambda: readings.append(1) or len(readings))

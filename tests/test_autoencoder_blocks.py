@@ -20,7 +20,7 @@ da = pytest.importorskip("dask.array")
 
 import sc_noise2self as n2s  # noqa: E402
 from sc_noise2self.denoisers import Autoencoder  # noqa: E402
-from sc_noise2self.denoisers._ae_train import Buffer, block_bounds, train_epoch  # noqa: E402
+from sc_noise2self.denoisers.autoencoder._train import Buffer, block_bounds, train_epoch  # noqa: E402
 
 from .conftest import simulate_low_rank_poisson  # noqa: E402
 
@@ -102,7 +102,7 @@ def test_an_epoch_reads_every_block_once_in_buffers(counts):
             rows = np.concatenate([np.arange(self.bounds[b].start, self.bounds[b].stop) for b in blocks])
             return Buffer(self.X[rows], None, rows)
 
-    from sc_noise2self.denoisers._ae_module import AutoencoderModule
+    from sc_noise2self.denoisers.autoencoder._module import AutoencoderModule
 
     X = sparse.csr_matrix(np.sqrt(counts.toarray()), dtype=np.float32)
     source = Recording(X, block_bounds(X.shape[0], 40))  # 8 blocks, the last of 20 cells
@@ -146,7 +146,7 @@ def test_block_cells_beyond_the_cells_is_one_block(counts):
 
 
 def test_interrupted_streaming_leaves_the_anndata_untouched(counts, monkeypatch):
-    from sc_noise2self.denoisers import _ae_train
+    from sc_noise2self.denoisers.autoencoder import _train as _ae_train
 
     lazy = ad.AnnData(da.from_array(counts, chunks=(100, -1)))
     calls = {"n": 0}

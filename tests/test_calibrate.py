@@ -9,8 +9,8 @@ import pytest
 from scipy import sparse
 
 from sc_noise2self import pp, tl
-from sc_noise2self._split import Stream, binomial_split, split_seed
-from sc_noise2self._transform import cell_scales, expected_transform, transform_counts
+from sc_noise2self._numerics.split import Stream, binomial_split, split_seed
+from sc_noise2self._numerics.transform import cell_scales, expected_transform, transform_counts
 
 from .conftest import grid_errors, simulate_low_rank_poisson
 

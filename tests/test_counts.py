@@ -80,7 +80,7 @@ def test_dropped_cells_and_genes_stay_zero_and_dask_input_works(sim, tmp_path):
 
 def test_autoencoder_counts(sim):
     pytest.importorskip("torch")
-    from sc_noise2self._transform import to_counts
+    from sc_noise2self._numerics.transform import to_counts
     from sc_noise2self.denoisers import Autoencoder
 
     a, b = ad.AnnData(sim.counts.copy()), ad.AnnData(sim.counts.copy())

@@ -15,7 +15,7 @@ import pytest
 from scipy import sparse
 
 import sc_noise2self as n2s
-from sc_noise2self._rows import GROUP, CellSum, low_rank_rows, partial_sum, sparse_dense_product
+from sc_noise2self._numerics.rows import GROUP, CellSum, low_rank_rows, partial_sum, sparse_dense_product
 
 from .conftest import simulate_low_rank_poisson
 

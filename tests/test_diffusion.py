@@ -10,10 +10,12 @@ import pytest
 from scipy import sparse
 
 import sc_noise2self as n2s
-from sc_noise2self._transform import expected_transform, transformed
-from sc_noise2self.denoisers import Diffusion, ValueSweep
-from sc_noise2self.denoisers.diffusion import knn_graph, transition_matrix
+from sc_noise2self._numerics.transform import expected_transform, transformed
+from sc_noise2self.denoisers import Diffusion
+from sc_noise2self.denoisers._search import knn_graph
+from sc_noise2self.denoisers.diffusion import transition_matrix
 
+from ._helpers import fit, predict
 from .conftest import grid_errors, simulate_low_rank_poisson
 
 GRID_2D = n2s.tl.grid(t=range(11), n_neighbors=[5, 15, 30])
@@ -42,14 +44,15 @@ def test_adaptive_kernel_decays_with_distance():
 def test_sweep_equals_explicit_matrix_powers(simulation):
     X = transformed(simulation.counts, "sqrt", None)
     grid = np.array([0, 1, 3])
-    model = Diffusion(n_comps=20, random_state=0).fit(X, grid)
-    assert isinstance(model, ValueSweep)
+    model, data = fit(Diffusion(n_comps=20, random_state=0), X, grid)
     P = model.operators_[15].toarray()
+    block = data.block(slice(5, 40))
     seen = []
-    for t, predict in model.sweep_values():
+    for step, (t, pred) in zip(model.values(), model.predictions(block), strict=True):  # either loop order
         want = model.mean_ + np.linalg.matrix_power(P, t) @ model.scores_ @ model.components_
-        np.testing.assert_allclose(predict(slice(5, 40)), want[5:40], atol=1e-5)  # float32 blocks
-        np.testing.assert_allclose(model.predict(slice(5, 40), t), want[5:40], rtol=1e-6, atol=1e-6)  # float32 out
+        np.testing.assert_allclose(step.predict(block), want[5:40], atol=1e-5)  # float32 blocks
+        np.testing.assert_array_equal(pred, step.predict(block))
+        np.testing.assert_allclose(predict(model, data, t, block.rows), want[5:40], rtol=1e-6, atol=1e-6)  # output
         seen.append(t)
     assert seen == [0, 1, 3]
 
@@ -60,10 +63,10 @@ def test_embedding_is_the_exact_pca(simulation):
     dense = X.toarray()
     centred = dense - dense.mean(axis=0)
     _, s, _ = np.linalg.svd(centred, full_matrices=False)
-    model = Diffusion(n_comps=12, random_state=0).fit(X, np.array([2]))
+    model, data = fit(Diffusion(n_comps=12, random_state=0), X, [2])
     np.testing.assert_allclose(np.linalg.norm(model.scores_, axis=0), s[:12], rtol=1e-8)
-    other = Diffusion(n_comps=12, random_state=123).fit(X, np.array([2]))
-    np.testing.assert_allclose(other.predict(slice(None), 2), model.predict(slice(None), 2), atol=1e-10)
+    other = fit(Diffusion(n_comps=12, random_state=123), X, [2])[0]
+    np.testing.assert_allclose(predict(other, data, 2), predict(model, data, 2), atol=1e-10)
 
 
 def test_approximate_neighbours_are_seeded_and_close_to_exact(simulation):
@@ -79,12 +82,14 @@ def test_approximate_neighbours_are_seeded_and_close_to_exact(simulation):
     assert recall > 0.9
     X = transformed(simulation.counts, "sqrt", None)
     grid = np.arange(6)
-    approximate = Diffusion(neighbor_search="approximate").fit(X, grid)
-    exact_fit = Diffusion(neighbor_search="exact").fit(X, grid)
-    for (_, a), (_, b) in zip(approximate.sweep_values(), exact_fit.sweep_values(), strict=True):
-        assert np.abs(a(slice(None)) - b(slice(None))).mean() < 0.05 * np.abs(b(slice(None))).mean()
+    approximate, data = fit(Diffusion(neighbor_search="approximate"), X, grid)
+    exact_fit = fit(Diffusion(neighbor_search="exact"), X, grid)[0]
+    block = data.block()
+    for a, b in zip(approximate.values(), exact_fit.values(), strict=True):
+        a, b = a.predict(block), b.predict(block)
+        assert np.abs(a - b).mean() < 0.05 * np.abs(b).mean()
     with pytest.raises(ValueError, match="neighbor_search must be"):
-        Diffusion(neighbor_search="fast").fit(X, grid)
+        fit(Diffusion(neighbor_search="fast"), X, grid)
 
 
 def test_approximate_neighbours_not_found_become_self_loops(monkeypatch):

@@ -8,9 +8,10 @@ import pytest
 from scipy import sparse
 
 import sc_noise2self as n2s
-from sc_noise2self import _dispersion, tl
-from sc_noise2self._dispersion import DEPENDENT_HALVES, POISSON_RESOLUTION, sample_cells, sampling_dispersion
-from sc_noise2self._transform import cell_scales
+from sc_noise2self import tl
+from sc_noise2self._numerics import dispersion as _dispersion
+from sc_noise2self._numerics.dispersion import DEPENDENT_HALVES, POISSON_RESOLUTION, sample_cells, sampling_dispersion
+from sc_noise2self._numerics.transform import cell_scales, transformed
 
 from .conftest import (
     amplify,
@@ -47,7 +48,7 @@ def _read_truth_errors(sim, mean_reads: float, law: str = "geometric", method: s
     for _ in range(n_draws):
         truth += np.log1p(scales * amplify(rng, rng.poisson(sim.rates), mean_reads, law))
     truth /= n_draws
-    values = n2s._transform.transformed(sim.counts, "log1p", 1e4)
+    values = transformed(sim.counts, "log1p", 1e4)
     return grid_errors(values, truth, method, GRID if method == "pca" else DIFFUSION_GRID)
 
 
@@ -143,7 +144,7 @@ def test_every_mcv_writer_records_and_warns_once(monkeypatch):
     adata = ad.AnnData(sim.counts.astype(np.float32))
     quiet = ad.AnnData(simulate_low_rank_poisson().counts.astype(np.float32))
     warned = []
-    monkeypatch.setattr("sc_noise2self._calibrate.logg.warning", warned.append)  # scanpy's logg.warning
+    monkeypatch.setattr("sc_noise2self._engine.result.logg.warning", warned.append)  # scanpy's logg.warning
     n2s.pp.denoise(adata, grid=GRID, progress=False)
     n2s.pp.denoise(quiet, grid=GRID, progress=False)
     said = [msg for msg in warned if "Poisson sampling of molecules" in msg]

@@ -1,7 +1,7 @@
 """Sweeps that predict and score a block at every grid value in one parallel region give the same losses.
 
-The same bytes as scoring each value separately against the same (dense) targets; diffusion's
-value-order path scores sparse targets, the same sums rounded otherwise (1e-16 relative).
+The same bytes as scoring each value's prediction separately against the same (dense) targets,
+in block order or in value order.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sc_noise2self import _calibrate, tl
+from sc_noise2self import tl
 from sc_noise2self.denoisers import PCA, Diffusion, KNNAverage
 
 from .conftest import simulate_low_rank_poisson
@@ -34,19 +34,10 @@ def counts():
 def test_fused_scoring_equals_scoring_value_by_value(counts, monkeypatch, method, grid, transform, target_sum):
     settings = {"method": method, "grid": grid, "transform": transform, "target_sum": target_sum, "progress": False}
     fused = tl.calibrate(counts, n_splits=2, chunk_size=53, **settings)
-    sweep_losses = _calibrate._sweep_losses
-
-    def value_by_value(*args, **kwargs):
-        return sweep_losses(*args, **{**kwargs, "scorer": None})
-
-    monkeypatch.setattr(_calibrate, "_sweep_losses", value_by_value)
+    monkeypatch.setattr(type(method), "fuses", lambda self, kind: False)  # each value's prediction scored alone
     plain = tl.calibrate(counts, n_splits=2, **settings)
-    if isinstance(method, Diffusion):  # value order scores sparse targets: the same sums, rounded otherwise
-        np.testing.assert_allclose(fused.loss, plain.loss, rtol=1e-12)
-        np.testing.assert_allclose(fused.baseline, plain.baseline, rtol=1e-12)
-    else:
-        assert fused.loss.tobytes() == plain.loss.tobytes()
-        assert fused.baseline.tobytes() == plain.baseline.tobytes()
+    assert fused.loss.tobytes() == plain.loss.tobytes()
+    assert fused.baseline.tobytes() == plain.baseline.tobytes()
 
 
 def test_diffusion_falls_back_to_value_order_when_the_scores_do_not_fit(counts, monkeypatch):
@@ -54,9 +45,11 @@ def test_diffusion_falls_back_to_value_order_when_the_scores_do_not_fit(counts, 
 
     small = tl.calibrate(counts, method=Diffusion(n_comps=20), grid=np.arange(4), progress=False)
     monkeypatch.setattr(diffusion, "default_max_dense_bytes", lambda: 1)
-    model = Diffusion(n_comps=20)
-    big = tl.calibrate(counts, method=model, grid=np.arange(4), progress=False)
-    assert not model.fuses() and big.loss.tobytes() == small.loss.tobytes()
+    orders = []
+    values = Diffusion.values
+    monkeypatch.setattr(Diffusion, "values", lambda self: orders.append(self.order) or values(self))
+    big = tl.calibrate(counts, method=Diffusion(n_comps=20), grid=np.arange(4), progress=False)
+    assert set(orders) == {"values"} and big.loss.tobytes() == small.loss.tobytes()
     assert big.baseline.tobytes() == small.baseline.tobytes()
 
 

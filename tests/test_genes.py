@@ -8,19 +8,26 @@ import pytest
 from scipy import sparse
 
 import sc_noise2self as n2s
-from sc_noise2self._calibrate import random_groups
-from sc_noise2self._transform import cell_scales, expected_transform, transformed
-from sc_noise2self.denoisers import PCA, BlockSweep, Diffusion
-from sc_noise2self.denoisers.diffusion import knn_graph, transition_matrix
+from sc_noise2self._engine.genes import random_groups
+from sc_noise2self._numerics.transform import cell_scales, expected_transform, transformed
+from sc_noise2self.denoisers import PCA, Block, Diffusion
+from sc_noise2self.denoisers._search import knn_graph
+from sc_noise2self.denoisers.diffusion import transition_matrix
 
+from ._helpers import fit, predictions
 from .conftest import grid_errors, regret, simulate_low_rank_poisson
 
 
+def _cells(rows) -> Block:
+    """A block named by its cells alone (a held-out sweep reads the data it was fitted on)."""
+    return Block(rows, None, None)
+
+
 def _predictions(sweep, n_cells):
-    rows = slice(0, n_cells)
-    if isinstance(sweep, BlockSweep):
-        return {v: pred.copy() for v, pred in sweep.sweep_blocks(rows)}
-    return {v: predict(rows) for v, predict in sweep.sweep_values()}
+    block = _cells(slice(0, n_cells))
+    if sweep.order == "blocks":
+        return {v: pred.copy() for v, pred in sweep.predictions(block)}
+    return {step.value: step.predict(block) for step in sweep.values()}
 
 
 @pytest.mark.parametrize(
@@ -64,7 +71,7 @@ def test_diffusion_walks_that_avoid_a_cell_group_match_a_plain_reference(simulat
         assert (operators[k] != transition_matrix(distances[:, :listed], indices[:, :listed])).nnz == 0
     # t = 0: the J-invariant rank-20 PCA reconstruction (n_comps), as the PCA gene partition predicts it.
     rank = PCA(random_state=0).held_out_genes(X, genes, cells, np.array([denoiser.n_comps]))
-    (_, reconstruction), *_ = rank.sweep_blocks(slice(None))
+    (_, reconstruction), *_ = rank.predictions(_cells(slice(0, n_cells)))
     for k, P in operators.items():
         for c in range(5):
             inside, outside = cells == c, (cells != c).astype(float)
@@ -100,10 +107,12 @@ def test_pca_gene_partition_choice_is_near_the_oracle(seed):
 def test_diffusion_gene_partition_choice_is_near_the_oracle(simulation):
     grid = n2s.tl.grid(t=range(11), n_neighbors=[5, 15, 30])
     truth = expected_transform(simulation.rates.ravel(), [1.0], "sqrt")[0].reshape(simulation.rates.shape)
-    model = Diffusion(random_state=0).fit(
-        transformed(simulation.counts, "sqrt", None), Diffusion().check_grid(grid, simulation.counts.shape)
+    model, data = fit(
+        Diffusion(random_state=0),
+        transformed(simulation.counts, "sqrt", None),
+        Diffusion().check_grid(grid, simulation.counts.shape),
     )
-    errors = {v: np.mean((p(slice(None)) - truth) ** 2) for v, p in model.sweep_values()}
+    errors = {v: np.mean((p - truth) ** 2) for v, p in predictions(model, data).items()}
     result = n2s.tl.calibrate(simulation.counts, method="diffusion", calibration="genes", grid=grid, progress=False)
     assert errors[result.best] <= 1.10 * min(errors.values())
 
@@ -256,8 +265,9 @@ def test_fused_gene_partition_errors_equal_the_block_sweep(simulation):
     sweep = PCA().held_out_genes(X, genes, cells, np.array([1, 4, 9]))
     rows = slice(100, 400)
     target = X[rows][:, genes].toarray()
-    unfused = np.stack([np.sum((pred - target) ** 2, axis=1) for _, pred in sweep.sweep_blocks(rows)], axis=1)
-    np.testing.assert_allclose(sweep.block_errors(rows, target), unfused, rtol=1e-10)
+    unfused = np.stack([np.sum((pred - target) ** 2, axis=1) for _, pred in sweep.predictions(_cells(rows))], axis=1)
+    assert sweep.fuses("data") and not sweep.fuses("held_out")
+    np.testing.assert_allclose(sweep.losses(_cells(rows), target), unfused, rtol=1e-10)
 
 
 def test_a_pca_used_for_gene_groups_still_pickles(simulation):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import sc_noise2self as n2s
-from sc_noise2self._transform import cell_scales, expected_transform
+from sc_noise2self._numerics.transform import cell_scales, expected_transform
 
 from .conftest import simulate_low_rank_poisson
 

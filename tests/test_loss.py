@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from sc_noise2self._loss import POISSON_FLOOR, held_out_target, score_block
-from sc_noise2self._transform import TRANSFORMS, build_conversion, cell_scales
+from sc_noise2self._numerics.loss import POISSON_FLOOR, held_out_target, score_block
+from sc_noise2self._numerics.transform import TRANSFORMS, build_conversion, cell_scales
 
 
 @pytest.mark.parametrize("transform", ["sqrt", "log1p", "none"])

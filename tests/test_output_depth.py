@@ -7,7 +7,7 @@ import pytest
 
 import sc_noise2self as n2s
 from sc_noise2self import tl
-from sc_noise2self._transform import cell_scales, expected_transform, output_depth, transformed
+from sc_noise2self._numerics.transform import cell_scales, expected_transform, output_depth, transformed
 
 from .conftest import grid_errors, regret, simulate_low_rank_poisson
 
@@ -27,7 +27,7 @@ def test_a_linear_transform_maps_by_the_depth_ratio_alone(normalized):
 @pytest.mark.parametrize("normalized", [True, False], ids=["per-10k", "raw"])
 def test_the_one_pass_map_equals_its_two_tables_read_apart(transform, normalized):
     """``A(m) + R(m) t''`` in one compiled pass: the same bytes as reading each table on its own, at any rate."""
-    from sc_noise2self._transform import _table_at_rates
+    from sc_noise2self._numerics.transform import _table_at_rates
 
     rng = np.random.default_rng(0)
     scales = np.geomspace(0.5, 40.0, 50) if normalized else np.ones(50)

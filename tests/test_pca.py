@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from sc_noise2self.denoisers import PCA, BlockSweep, Denoiser
-from sc_noise2self.denoisers.pca import centered_truncated_svd, gram_stats, merge_gram_stats
+from sc_noise2self._numerics.linalg import centered_truncated_svd, gram_stats, merge_gram_stats
+from sc_noise2self.denoisers import PCA, Denoiser, Sweep
+
+from ._helpers import fit, predict, predictions
 
 
 @pytest.mark.parametrize("as_sparse", [True, False], ids=["csr", "dense"])
@@ -25,12 +27,12 @@ def test_truncated_svd_matches_dense_svd(simulation, as_sparse):
 def test_sweep_equals_direct_prediction(simulation):
     X = sparse.csr_matrix(np.sqrt(simulation.counts.astype(float)))
     grid = np.array([1, 2, 5, 9])
-    pca = PCA(random_state=0).fit(X, grid)
-    assert isinstance(pca, Denoiser) and isinstance(pca, BlockSweep)
+    pca, data = fit(PCA(random_state=0), X, grid)
+    assert isinstance(pca, Denoiser) and isinstance(pca, Sweep) and pca.order == "blocks"
     rows = slice(10, 50)
     seen = []
-    for k, pred in pca.sweep_blocks(rows):
-        np.testing.assert_allclose(pred, pca.predict(rows, k), rtol=1e-5, atol=1e-5)  # the sweep runs in float32
+    for k, pred in pca.predictions(data.block(rows)):
+        np.testing.assert_allclose(pred, predict(pca, data, k, rows), rtol=1e-5, atol=1e-5)  # the sweep runs in float32
         seen.append(k)
     assert seen == grid.tolist()
 
@@ -38,8 +40,8 @@ def test_sweep_equals_direct_prediction(simulation):
 def test_full_rank_reconstructs_the_data():
     rng = np.random.default_rng(0)
     X = rng.poisson(2.0, size=(6, 12)).astype(float)  # centred rank 5
-    pca = PCA(random_state=0).fit(sparse.csr_matrix(X), np.array([5]))
-    out = pca.predict(slice(None), 5)
+    pca, data = fit(PCA(random_state=0), sparse.csr_matrix(X), [5])
+    out = predict(pca, data, 5)
     assert out.dtype == np.float32  # the output layer's dtype, accumulated in float64
     np.testing.assert_allclose(out, X, atol=1e-6)
 
@@ -61,12 +63,13 @@ def test_init_stores_parameters_untouched():
 def test_covariance_route_is_the_exact_svd(simulation, as_sparse):
     """Gram matrix accumulated over blocks of cells (pairwise merges), then a genes × genes eigenproblem."""
     X = np.sqrt(simulation.counts.toarray().astype(float))
-    pca = PCA(solver="covariance").fit(sparse.csr_matrix(X) if as_sparse else X, np.array([10]))
+    pca, data = fit(PCA(solver="covariance"), sparse.csr_matrix(X) if as_sparse else X, [10])
     _, s_ref, vt_ref = np.linalg.svd(X - X.mean(axis=0), full_matrices=False)
     np.testing.assert_allclose(pca.mean_, X.mean(axis=0))
     np.testing.assert_allclose(pca.singular_values_, s_ref[:10], rtol=1e-8)
     np.testing.assert_allclose(np.abs(np.sum(pca.components_ * vt_ref[:10], axis=1)), 1.0, atol=1e-8)
-    np.testing.assert_allclose(pca.scores_, (X - X.mean(axis=0)) @ pca.components_.T, atol=1e-8)
+    scores = pca.output(10).scores(data.block())
+    np.testing.assert_allclose(scores, (X - X.mean(axis=0)) @ pca.components_.T, atol=1e-8)
 
 
 def test_gram_statistics_merge_in_any_grouping(simulation):
@@ -82,20 +85,26 @@ def test_gram_statistics_merge_in_any_grouping(simulation):
 
 
 def test_blockwise_fit_equals_in_memory_fit(simulation):
-    """block_stats / fit_stats / sweep_rows (the dask route) give the in-memory covariance fit."""
+    """Data read block by block (the dask route: Gram statistics merged over blocks) give the in-memory fit."""
+    da = pytest.importorskip("dask.array")
+    from sc_noise2self._engine.blocks import BlockData, Source
+    from sc_noise2self.denoisers import Block
+
     X = sparse.csr_matrix(np.sqrt(simulation.counts.astype(float)))
     grid = np.array([1, 3, 6])
-    memory = PCA(solver="covariance").fit(X, grid)
-    stats = [PCA().block_stats(X[a : a + 50]) for a in range(0, X.shape[0], 50)]
-    merged = stats[0]
-    for part in stats[1:]:
-        merged = merge_gram_stats(merged, part)
-    blockwise = PCA().fit_stats(merged, grid)
-    rows = slice(50, 100)
-    for (k, expected), (k2, got) in zip(memory.sweep_blocks(rows), blockwise.sweep_rows(X[rows], rows), strict=True):
+    memory, data = fit(PCA(solver="covariance"), X, grid)
+    source = Source(da.from_array(X, chunks=(50, -1)), "X", empty="error", counts=False)
+    blocks = BlockData(
+        source, lambda b, rows: Block(rows, b, None), scales=np.ones(X.shape[0]), transform="none", max_rate=1
+    )
+    blockwise = PCA().fit(blocks, grid)
+    np.testing.assert_allclose(blockwise.components_, memory.components_, atol=1e-10)
+    block = data.block(slice(50, 100))
+    for (k, expected), (k2, got) in zip(
+        predictions(memory, data, block.rows).items(), blockwise.predictions(block), strict=True
+    ):
         assert k == k2
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(blockwise.row_scores(X[rows], 3), memory.scores_[rows, :3], atol=1e-8)
 
 
 def test_solver_is_checked_and_auto_switches_on_gene_count():

@@ -9,11 +9,12 @@ import scanpy as sc
 from scipy import sparse
 
 import sc_noise2self as n2s
-from sc_noise2self import _pipeline
-from sc_noise2self._transform import cell_scales, expected_transform, transformed
-from sc_noise2self.denoisers import KNNAverage
+from sc_noise2self._numerics.transform import cell_scales, expected_transform, transformed
+from sc_noise2self.denoisers import Block, KNNAverage
 from sc_noise2self.denoisers.knn import neighbour_means
+from sc_noise2self.pp import _pipeline
 
+from ._helpers import fit, predict, predictions
 from .conftest import simulate_clusters, simulate_low_rank_poisson
 from .test_hostile import assert_same
 
@@ -266,13 +267,13 @@ def test_neighbour_means_are_plain_means():
 def test_knn_sweep_does_not_depend_on_blocks(sim):
     values = transformed(sim.counts, "log1p", 1e4)
     grid = n2s.tl.grid(n_neighbors=KS, n_pcs=PCS)
-    model = KNNAverage(random_state=0).fit(values, KNNAverage().check_grid(grid, values.shape))
-    whole = [pred.copy() for _, pred in model.sweep_blocks(slice(None))]
-    parts = [[p.copy() for _, p in model.sweep_blocks(slice(s, s + 37))] for s in range(0, values.shape[0], 37)]
+    model, data = fit(KNNAverage(random_state=0), values, KNNAverage().check_grid(grid, values.shape))
+    whole = list(predictions(model, data).values())
+    parts = [list(predictions(model, data, slice(s, s + 37)).values()) for s in range(0, values.shape[0], 37)]
     for v, pred in enumerate(whole):
         assert np.concatenate([part[v] for part in parts]).tobytes() == pred.tobytes()
     np.testing.assert_array_equal(
-        model.predict(slice(5, 9), (5, 4)), whole[list(map(tuple, model.grid_)).index((5, 4))][5:9]
+        predict(model, data, (5, 4), slice(5, 9)), whole[list(map(tuple, model.grid_)).index((5, 4))][5:9]
     )
 
 
@@ -281,12 +282,13 @@ def test_knn_gene_partition_is_j_invariant(sim):
     genes = np.zeros(values.shape[1], dtype=bool)
     genes[::5] = True
     grid = np.array([3, 8])
+    cells = Block(slice(0, len(values)), None, None)
     sweep = KNNAverage(n_pcs=5, random_state=0).held_out_genes(values, genes, np.zeros(len(values), int), grid)
-    before = [p.copy() for _, p in sweep.sweep_blocks(slice(None))]
+    before = [p.copy() for _, p in sweep.predictions(cells)]
     changed = values.copy()
     changed[11, genes] += 7.0  # cell 11's own held-out values
     sweep = KNNAverage(n_pcs=5, random_state=0).held_out_genes(changed, genes, np.zeros(len(values), int), grid)
-    after = [p.copy() for _, p in sweep.sweep_blocks(slice(None))]
+    after = [p.copy() for _, p in sweep.predictions(cells)]
     for b, a in zip(before, after, strict=True):
         assert a[11].tobytes() == b[11].tobytes()
 
@@ -302,9 +304,9 @@ def test_knn_choice_is_near_the_oracle(seed):
     sim = simulate_low_rank_poisson(1200, 300, 8, mean_depth=600.0, seed=seed)
     grid = np.array([2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150])
     result = n2s.tl.calibrate(sim.counts, method=KNNAverage(n_pcs=10), grid=grid, random_state=seed, progress=False)
-    model = KNNAverage(n_pcs=10, random_state=0).fit(transformed(sim.counts, "log1p", 1e4), grid)
+    model, data = fit(KNNAverage(n_pcs=10, random_state=0), transformed(sim.counts, "log1p", 1e4), grid)
     truth = _truth(sim)
-    errors = np.array([np.mean((pred - truth) ** 2) for _, pred in model.sweep_blocks(slice(None))])
+    errors = np.array([np.mean((pred - truth) ** 2) for pred in predictions(model, data).values()])
     assert 2 < grid[errors.argmin()] < 150, "the simulator should have an interior optimum"
     assert errors[list(grid).index(result.best)] <= 1.05 * errors.min(), (result.best, grid[errors.argmin()])
 
@@ -313,16 +315,16 @@ def test_knn_noise2self_choice_is_near_the_oracle():
     sim = simulate_low_rank_poisson(1200, 300, 8, mean_depth=600.0, seed=0)
     grid = np.array([3, 5, 10, 20, 30, 50, 100, 150])
     result = n2s.tl.calibrate(sim.counts, method=KNNAverage(n_pcs=10), calibration="genes", grid=grid, progress=False)
-    model = KNNAverage(n_pcs=10, random_state=0).fit(transformed(sim.counts, "log1p", 1e4), grid)
+    model, data = fit(KNNAverage(n_pcs=10, random_state=0), transformed(sim.counts, "log1p", 1e4), grid)
     truth = _truth(sim)
-    errors = np.array([np.mean((pred - truth) ** 2) for _, pred in model.sweep_blocks(slice(None))])
+    errors = np.array([np.mean((pred - truth) ** 2) for pred in predictions(model, data).values()])
     assert errors[list(grid).index(result.best)] <= 1.10 * errors.min(), (result.best, grid[errors.argmin()])
 
 
 @pytest.mark.parametrize(("n_cells", "n_genes"), [(2, 40), (4, 40), (300, 3)], ids=["2 cells", "4 cells", "3 genes"])
 def test_the_default_grid_shrinks_to_what_tiny_data_allow(n_cells, n_genes):
     """Fewer cells than 5 neighbours or genes than 3 components: every value the data allow, not an empty grid."""
-    from sc_noise2self._pipeline import _graph_grid
+    from sc_noise2self.pp._pipeline import _graph_grid
 
     grid = _graph_grid(None, (n_cells, n_genes))
     assert grid.size and grid[:, 0].max() <= n_cells and grid[:, 1].max() <= min(n_cells, n_genes) - 1

@@ -64,7 +64,7 @@ def test_denoise_writes_layer_and_uns_only(adata):
     ("transform", "target_sum"), [("log1p", 1e4), ("sqrt", None)], ids=["default-log1p-1e4", "sqrt-raw"]
 )
 def test_denoised_layer_is_closer_to_truth_than_the_raw_data(adata, simulation, transform, target_sum):
-    from sc_noise2self._transform import TRANSFORMS, cell_scales, expected_transform
+    from sc_noise2self._numerics.transform import TRANSFORMS, cell_scales, expected_transform
 
     pp.denoise(adata, grid=GRID, transform=transform, target_sum=target_sum, progress=False)
     scales = cell_scales(np.asarray(adata.X.sum(axis=1)).ravel(), target_sum)
@@ -178,7 +178,7 @@ def test_empty_cells_and_genes_can_be_dropped(adata, monkeypatch):
     with pytest.raises(ValueError, match=r"1 cell without any counts.*empty='drop'"):
         pp.denoise(adata, grid=GRID, progress=False, empty="error")
     said = []
-    monkeypatch.setattr("sc_noise2self.tl.logg.info", lambda msg, **_: said.append(msg))
+    monkeypatch.setattr("sc_noise2self._engine.logg.info", lambda msg, **_: said.append(msg))
     pp.denoise(adata, grid=GRID, progress=False)  # the default drops them, and says so
     assert "    left out 1 cell and 2 genes without any counts (their output is 0)" in said
     out = adata.layers["denoised"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sc_noise2self import pl, pp, tl
-from sc_noise2self._calibrate import CalibrationResult, simplicity_rank
+from sc_noise2self._engine.result import CalibrationResult, simplicity_rank
 
 from .conftest import simulate_low_rank_poisson
 from .test_calibrate import _truth_errors

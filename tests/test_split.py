@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scipy import sparse, stats
 
 from sc_noise2self import pp
-from sc_noise2self._split import beta_binomial_split, binomial_split, multinomial_folds, split_seed
+from sc_noise2self._numerics.split import beta_binomial_split, binomial_split, multinomial_folds, split_seed
 
 from ._helpers import ARRAY_TYPES, DTYPES, as_type, dense
 

@@ -11,8 +11,8 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import sc_noise2self as n2s
-from sc_noise2self import _threads
-from sc_noise2self._threads import adapted_threads, blas_threads, free_cores
+from sc_noise2self._numerics import machine as _threads
+from sc_noise2self._numerics.machine import adapted_threads, blas_threads, free_cores
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import sparse, stats
 
-from sc_noise2self._transform import (
+from sc_noise2self._numerics.transform import (
     TRANSFORMS,
     build_conversion,
     cell_scales,
@@ -157,7 +157,7 @@ def test_negative_binomial_expectation_matches_direct_sum(transform, dispersion)
 @pytest.mark.parametrize("transform", ["sqrt", "log1p"])
 def test_negative_binomial_conversion_is_unbiased_for_beta_binomial_halves(transform):
     """NB counts split beta-binomially: converting E[T(s' x')] gives E[T(s'' x'')] of the held-out half."""
-    from sc_noise2self._split import beta_binomial_split, split_seed
+    from sc_noise2self._numerics.split import beta_binomial_split, split_seed
 
     rng = np.random.default_rng(1)
     p, phi, n_draws = 0.8, 6.0, 40_000
@@ -187,7 +187,7 @@ def test_tables_pickle_as_their_recipe_and_rebuild_to_the_same_bytes(transform):
     """Dask sends the tables to every worker: megabytes as arrays, a few hundred bytes as recipes."""
     import pickle
 
-    from sc_noise2self import _transform
+    from sc_noise2self._numerics import transform as _transform
 
     scales = np.geomspace(0.5, 40.0, 300)
     tables = [

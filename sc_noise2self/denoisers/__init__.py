@@ -1,48 +1,52 @@
-"""Denoising methods behind the :class:`~sc_noise2self.denoisers.Denoiser` protocol."""
+"""Denoising methods, each in a module of its own, behind one contract (:class:`Denoiser`).
+
+Every public module of this package is imported here and registers its method by name
+(:func:`register`), so a new method is one new file. Pass a name or an instance as ``method=``
+to :func:`sc_noise2self.pp.denoise`; an instance's parameters are used (it is cloned, never
+fitted itself).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from ._base import (
-    BlockSweep,
-    Blockwise,
-    CellGraph,
-    CountModel,
+    ArrayData,
+    BaseDenoiser,
+    BaseSweep,
+    Block,
+    Data,
     Denoiser,
-    GenePartition,
     LowRank,
-    MaskedPartition,
-    RowProjection,
-    Streaming,
-    ValueSweep,
+    Partition,
+    Predicted,
+    Step,
+    Sweep,
+    Tags,
 )
-from .diffusion import Diffusion
-from .knn import KNNAverage
-from .pca import PCA
+from ._registry import register, registered
 
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
-def __getattr__(name: str) -> object:
-    if name == "Autoencoder":  # imports torch, so only when asked for
-        from .autoencoder import Autoencoder
-
-        return Autoencoder
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
-
+globals().update({cls.__name__: cls for cls in registered().values()})
 
 __all__ = [
-    "PCA",
-    "Autoencoder",
-    "BlockSweep",
-    "Blockwise",
-    "CellGraph",
-    "CountModel",
+    "ArrayData",
+    "BaseDenoiser",
+    "BaseSweep",
+    "Block",
+    "Data",
     "Denoiser",
-    "Diffusion",
-    "GenePartition",
-    "KNNAverage",
     "LowRank",
-    "MaskedPartition",
-    "RowProjection",
-    "Streaming",
-    "ValueSweep",
+    "Partition",
+    "Predicted",
+    "Step",
+    "Sweep",
+    "Tags",
+    "register",
+    "registered",
+    *sorted(cls.__name__ for cls in registered().values()),
 ]

@@ -1,93 +1,309 @@
-"""The Denoiser protocol: the one seam every method plugs into.
+"""The contract every method plugs into: a :class:`Denoiser` is fitted on :class:`Data` and is a :class:`Sweep`.
 
-The calibration engine knows nothing of a method, and a method knows nothing of AnnData.
+The calibration engine knows no method, and a method knows no AnnData: it sees the data it is
+fitted on as :class:`Data` (transformed values and the counts behind them, in blocks of cells),
+and is asked for predictions and losses block by block.
 
-A denoiser is fitted once with the whole grid it will be asked about, so it can prepare
-the work for all values at once (one SVD at the largest rank, one graph for all diffusion
-times, …). The fitted object is a *sweep*: it produces predictions at every grid value in
-grid order, each step reusing the previous one, so the whole grid costs about one fit at
-its largest value, and never more than a block of cells × genes is dense at a time.
+A denoiser is fitted once with the whole grid it will be asked about, so it can prepare the work
+for every value at once (one SVD at the largest rank, one graph for all diffusion times, one
+network trained epoch by epoch). The fitted denoiser is a *sweep*: it gives predictions at every
+grid value in grid order, each step reusing the last, so the whole grid costs about one fit at
+its largest value. A sweep offers one of two loop orders (:attr:`Sweep.order`):
 
-A sweep offers one of two loop orders, whichever is cheaper for the method:
+- ``"blocks"``: for one block of cells, every grid value in turn (:meth:`Sweep.predictions`;
+  PCA adds components to the same block in place);
+- ``"values"``: for every grid value in turn, a predictor of any block (:meth:`Sweep.values`;
+  the autoencoder trains further between values).
 
-- ``sweep_blocks(rows)``: for one block of cells, yield ``(value, prediction)`` for every
-  grid value (PCA adds components to the same block in place);
-- ``sweep_values()``: yield ``(value, predict)`` for every grid value, where
-  ``predict(rows)`` returns the block's prediction at that value (diffusion multiplies the
-  operator once more between values, for all cells).
+It may also score a block at every grid value in one compiled pass (:meth:`Sweep.losses`), which
+must give the same bytes as scoring its predictions one by one. After the calibration the engine
+fits the chosen value on all the data and asks for :meth:`Sweep.output`.
 
-Grid values are ints, or tuples of ints for a grid over several settings; a grid is a 1-D
-int array, or a 2-D array with one column per setting (``grid_names``).
-
-Optional, found by ``getattr``: ``block_losses(rows, scorer)`` returns the per-cell MSE of a
-block at every grid value (cells × values), predicting and scoring each cell's row in one
-compiled parallel region (see :class:`sc_noise2self._loss.RowScorer` and
-:func:`sc_noise2self._loss.squared_error_row`); the MCV engine then uses it instead of
-scoring value by value, which on a busy machine waits for descheduled threads once per block
-instead of once per block and value. ``fuses()`` may say it cannot here (e.g. too little
-memory); the losses must be the same bytes either way.
+What a method can do is declared as data, in its class's :class:`Tags`, never inferred from which
+methods it has.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from .._numerics.checks import check_seed
+from .._numerics.rows import low_rank_rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from typing import Any, Self
 
-    import numpy as np
+    from scipy import sparse
 
+    from .._numerics.loss import RowScorer
     from .._types import ArrayLike
 
 __all__ = [
-    "BlockSweep",
-    "Blockwise",
-    "CountModel",
+    "ArrayData",
+    "BaseDenoiser",
+    "BaseSweep",
+    "Block",
+    "Data",
     "Denoiser",
-    "GenePartition",
     "LowRank",
-    "MaskedPartition",
-    "Streaming",
-    "ValueSweep",
+    "Partition",
+    "Predicted",
+    "Step",
+    "Sweep",
+    "Tags",
 ]
 
 GridValue = int | tuple[int, ...]
+ScoreKind = Literal["held_out", "data"]
+"""What a fused :meth:`Sweep.losses` scores against: MCV's held-out part after the depth conversion
+(a :class:`~sc_noise2self._numerics.loss.RowScorer`), or the data themselves (a dense target, the
+gene partition's squared error)."""
+
+
+@dataclass(frozen=True)
+class Tags:
+    """What a method can do, declared on its class (``tags = Tags(...)``)."""
+
+    low_rank: bool = False
+    """Its output is ``offset + scores @ loadings`` (:class:`LowRank`): it can be stored factored, and
+    with ``mask_var`` the other genes are denoised through its scores."""
+    gene_partition: Literal["held_out", "masked"] | None = None
+    """Noise2Self (``calibration="genes"``): ``"held_out"``, one fit per gene group that never sees the
+    group; ``"masked"``, one fit trained by hiding groups (Noise2Self's own loop), refitted so."""
+    uses_counts: bool = False
+    """It may train on the raw counts behind the values (a count likelihood)."""
+    blockwise: bool = False
+    """It fits from blocks of cells (dask arrays, backed AnnData) without the whole matrix in memory."""
+    n_cell_groups: int = 5
+    """Cell groups of the gene partition's cross-fitting (at least 2)."""
+
+
+class Block(NamedTuple):
+    """A block of cells of the data a denoiser was fitted on."""
+
+    rows: slice
+    """The block's cells among the fitted cells."""
+    values: sparse.csr_matrix
+    """Their transformed values (float, canonical CSR)."""
+    counts: sparse.csr_matrix | None
+    """The raw counts behind them (None when the values are not counts)."""
+
+
+class Partition(NamedTuple):
+    """The gene partition of ``calibration="genes"``."""
+
+    groups: np.ndarray
+    """A group index per gene."""
+    held_out: int | None
+    """The group to predict without seeing it (``gene_partition="held_out"``); None for masked training
+    over every group at once."""
+    cell_groups: np.ndarray
+    """A group index per cell: a prediction for a cell may learn the held-out genes from the other groups."""
+
+    @property
+    def genes(self) -> np.ndarray:
+        """Boolean mask of the held-out genes."""
+        return self.groups == self.held_out
+
+
+class Step(NamedTuple):
+    """One grid value of a sweep in value order."""
+
+    value: GridValue
+    predict: Callable[[Block], np.ndarray]
+    """Prediction of a block at this value; valid until the sweep moves on."""
+    train_loss: float | None = None
+    """Shown beside the held-out loss in the progress bar (a network's training loss)."""
+
+
+class LowRank(NamedTuple):
+    """Output ``offset + scores @ loadings``, stored factored when the dense layer would not fit."""
+
+    offset: np.ndarray
+    """Per gene (genes,)."""
+    scores: Callable[[Block], np.ndarray]
+    """A block's scores (cells × k, float64)."""
+    loadings: np.ndarray
+    """k × genes."""
+
+    def block(self, block: Block) -> np.ndarray:
+        """Return the block's output, float32, each row on its own."""
+        return low_rank_rows(self.offset, self.scores(block), self.loadings)
+
+
+class Predicted(NamedTuple):
+    """Output computed block by block (dense)."""
+
+    predict: Callable[[Block], np.ndarray]
+
+    def block(self, block: Block) -> np.ndarray:
+        """Return the block's output, float32."""
+        return self.predict(block)
 
 
 @runtime_checkable
-class BlockSweep(Protocol):
-    """A fitted sweep that loops over grid values inside a block of cells."""
+class Data(Protocol):
+    """The data a denoiser is fitted on: transformed values and their counts, read in blocks of cells.
 
-    def sweep_blocks(self, rows: slice) -> Iterator[tuple[GridValue, np.ndarray]]:
-        """Yield ``(value, prediction)`` for cells ``rows`` at each grid value, in order.
+    In memory the data are one block (:meth:`matrix` gives it whole); from dask or disk they are
+    the input's blocks, read on each pass.
+    """
 
-        The prediction array may be updated in place by the next step: read it before
-        advancing the iterator.
+    shape: tuple[int, int]
+    scales: np.ndarray
+    """Each cell's multiplier before the transform: ``values = T(scales · counts)``."""
+    transform: str
+    max_rate: float
+    """The largest rate an output on the count scale must cover."""
+    in_memory: bool
+
+    def matrix(self) -> sparse.csr_matrix:
+        """All the values (in memory only; a ``ValueError`` says what to do otherwise)."""
+
+    def counts(self) -> sparse.csr_matrix | None:
+        """All the counts behind the values (in memory only)."""
+
+    def block(self, rows: slice = ...) -> Block:
+        """Return the cells ``rows`` (all by default) as one :class:`Block` (in memory only)."""
+
+    def map(self, fn: Callable[[Block], Any]) -> list[Any]:
+        """``fn`` of every block, in cell order."""
+
+    def reduce(self, fn: Callable[[Block], Any], merge: Callable[[Any, Any], Any]) -> Any:
+        """``fn`` of every block, merged pairwise (``merge`` associative)."""
+
+    def stream(self) -> Any:
+        """Return the blocks to train from, read a few at a time.
+
+        The stream has ``bounds`` (slices in cell order) and ``load(indices)``, the :class:`Block` of each.
         """
+
+
+class ArrayData:
+    """:class:`Data` in memory: one block of values, and the counts behind them.
+
+    What the engine fits a method on when the input is in memory; build one to fit a denoiser
+    directly, e.g. ``PCA().fit(ArrayData(values), grid)``.
+
+    Parameters
+    ----------
+    values
+        Transformed values, cells × genes (sparse or dense; kept as float64 CSR).
+    counts
+        The raw counts behind them, for a method that trains on counts; None when they are not counts.
+    scales
+        Each cell's multiplier before the transform, ``values = T(scales · counts)`` (default 1).
+    transform
+        The transform applied (``"log1p"``, ``"sqrt"`` or ``"none"``).
+    max_rate
+        The largest rate an output on the count scale must cover (default: the largest total count, plus one).
+    """
+
+    in_memory = True
+
+    def __init__(
+        self,
+        values: ArrayLike,
+        counts: ArrayLike | None = None,
+        *,
+        scales: np.ndarray | None = None,
+        transform: str = "none",
+        max_rate: float | None = None,
+    ) -> None:
+        from scipy import sparse
+
+        self._values = values if sparse.issparse(values) and values.format == "csr" else sparse.csr_matrix(values)
+        self._counts = None if counts is None else sparse.csr_matrix(counts)
+        self.shape = (int(self._values.shape[0]), int(self._values.shape[1]))
+        self.scales = np.ones(self.shape[0]) if scales is None else np.asarray(scales, dtype=np.float64)
+        self.transform = transform
+        if max_rate is None:
+            totals = np.zeros(1) if self._counts is None else np.asarray(self._counts.sum(axis=1)).ravel()
+            max_rate = float(totals.max()) + 1.0
+        self.max_rate = max_rate
+        self._whole = Block(slice(0, self.shape[0]), self._values, self._counts)
+
+    def matrix(self) -> sparse.csr_matrix:
+        return self._values
+
+    def counts(self) -> sparse.csr_matrix | None:
+        return self._counts
+
+    def block(self, rows: slice = slice(None)) -> Block:
+        """Return the cells ``rows`` (all by default) as one :class:`Block`."""
+        start, stop, _ = rows.indices(self.shape[0])
+        if (start, stop) == (0, self.shape[0]):
+            return self._whole
+        rows = slice(start, stop)
+        return Block(rows, self._values[rows], None if self._counts is None else self._counts[rows])
+
+    def map(self, fn: Callable[[Block], Any]) -> list[Any]:
+        return [fn(self._whole)]
+
+    def reduce(self, fn: Callable[[Block], Any], merge: Callable[[Any, Any], Any]) -> Any:
+        return fn(self._whole)
+
+    def stream(self) -> _OneBlock:
+        return _OneBlock(self._whole)
+
+
+class _OneBlock(NamedTuple):
+    """A stream of one block: all of data in memory."""
+
+    whole: Block
+
+    @property
+    def bounds(self) -> list[slice]:
+        return [self.whole.rows]
+
+    def load(self, blocks: list[int]) -> list[Block]:
+        return [self.whole for _ in blocks]
 
 
 @runtime_checkable
-class ValueSweep(Protocol):
-    """A fitted sweep that loops over blocks of cells inside a grid value."""
+class Sweep(Protocol):
+    """A fitted denoiser: predictions at every grid value, block by block, and the output at one."""
 
-    def sweep_values(self) -> Iterator[tuple[GridValue, Callable[[slice], np.ndarray]]]:
-        """Yield ``(value, predict)`` at each grid value in order; ``predict(rows)`` gives a block.
+    grid_: np.ndarray
 
-        A predictor need only work until the iterator advances (the autoencoder keeps
-        training the same network). It may carry a ``train_loss`` attribute, shown in the
-        progress bar.
+    @property
+    def order(self) -> Literal["blocks", "values"]:
+        """Which loop the sweep offers: :meth:`predictions` per block, or :meth:`values`."""
+
+    def predictions(self, block: Block) -> Iterator[tuple[GridValue, np.ndarray]]:
+        """Yield ``(value, prediction)`` for the block at every grid value (order ``"blocks"``).
+
+        A prediction may be updated in place by the next step: read it before advancing.
         """
+
+    def values(self) -> Iterator[Step]:
+        """Yield a :class:`Step` per grid value (order ``"values"``)."""
+
+    def fuses(self, kind: ScoreKind) -> bool:
+        """Whether :meth:`losses` scores blocks against ``kind`` here (in order ``"blocks"``)."""
+
+    def losses(self, block: Block, scorer: RowScorer | np.ndarray) -> np.ndarray:
+        """Per-cell loss of the block at every grid value (cells × values), predicted and scored in one pass."""
+
+    def output(self, value: GridValue) -> LowRank | Predicted:
+        """Return the output at ``value`` (after a fit at that value)."""
 
 
 @runtime_checkable
 class Denoiser(Protocol):
-    """What :func:`sc_noise2self.tl.calibrate` needs from a method.
+    """What :func:`sc_noise2self.tl.calibrate` needs from a method (see :class:`BaseDenoiser`)."""
 
-    Follow scikit-learn's estimator rules: no logic in ``__init__``, fitted attributes
-    end in ``_``, ``fit`` returns ``self``, ``random_state`` is stored as given.
-    ``fit`` returns a :class:`BlockSweep` or :class:`ValueSweep` (usually ``self``).
-    """
+    tags: ClassVar[Tags]
+
+    def check_params(self) -> None:
+        """Raise a ``ValueError`` for a setting out of range (before any work)."""
+
+    def check_data(self, shape: tuple[int, int], *, in_memory: bool) -> None:
+        """Raise a ``ValueError`` when data of this shape (in memory or read in blocks) cannot be fitted."""
 
     def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
         """Name of each grid axis, e.g. ``("n_comps",)``; used in plots and ``uns``."""
@@ -96,162 +312,77 @@ class Denoiser(Protocol):
         """Return the grid used when the caller gives none, for data of this shape."""
 
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
-        """Validate a grid for data of this shape and return it in sweep order.
+        """Return the grid checked for data of this shape, in sweep order (a ``ValueError`` says what is wrong)."""
 
-        Raises ``ValueError`` with what to do when a value is out of range.
-        """
+    def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> Sweep:
+        """Fit on ``data``, preparing every value of ``grid``; return the sweep (usually ``self``).
 
-    def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
-        """Fit on the normalised data, preparing every value of ``grid``."""
-
-    def predict(self, rows: slice, value: GridValue) -> np.ndarray:
-        """Denoised values for cells ``rows`` at one grid value (after :meth:`fit`)."""
-
-
-@runtime_checkable
-class LowRank(Protocol):
-    """A fitted denoiser whose output is ``offset + scores @ loadings`` (so it can be stored factored)."""
-
-    def factors(self, value: GridValue) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(offset (genes,), scores (cells × k), loadings (k × genes))`` at one grid value, after ``fit``."""
-
-
-@runtime_checkable
-class GenePartition(Protocol):
-    """A denoiser that also offers the J-invariant sweep for Noise2Self (``calibration="genes"``)."""
-
-    def held_out_genes(
-        self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
-    ) -> BlockSweep | ValueSweep:
-        """Sweep predicting genes ``genes`` (boolean mask) without looking at them (Noise2Self).
-
-        The prediction for a cell's masked genes must not depend on the values of those
-        genes in that cell, so that the loss against the data itself has the same
-        minimiser as the loss against the truth. ``cell_groups`` (a group index per
-        cell) lets a method learn from the other groups' values of the masked genes; a
-        method may set a class attribute ``n_cell_groups`` to ask for that many groups
-        (default 5).
+        With a ``partition`` (the gene partition), a prediction for a gene group must not depend
+        on that group's values in that cell (J-invariance).
         """
 
 
-@runtime_checkable
-class CountModel(Protocol):
-    """A denoiser that may train on the raw counts behind the normalised data (a count likelihood).
+class BaseSweep:
+    """Defaults of a :class:`Sweep`: loop order ``"blocks"``, no fused scoring."""
 
-    The engine calls ``fit_counts`` instead of ``fit`` wherever the counts are at hand (each
-    MCV split's training part, the refit on all counts). The output stays on the
-    transformed scale, ``E[T(s X)]`` of the predicted rates, so it is scored and written
-    like every other method's.
+    grid_: np.ndarray
+    order: Literal["blocks", "values"] = "blocks"
+
+    def predictions(self, block: Block) -> Iterator[tuple[GridValue, np.ndarray]]:
+        raise NotImplementedError
+
+    def values(self) -> Iterator[Step]:
+        raise NotImplementedError
+
+    def fuses(self, kind: ScoreKind) -> bool:
+        """No fused scoring by default."""
+        return False
+
+    def losses(self, block: Block, scorer: RowScorer | np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def output(self, value: GridValue) -> LowRank | Predicted:
+        msg = f"{type(self).__name__} gives no output (it is fitted for the calibration only)."
+        raise NotImplementedError(msg)
+
+
+class BaseDenoiser(BaseEstimator, BaseSweep):
+    """Base of the package's denoisers: scikit-learn's estimator contract and the sweep's defaults.
+
+    ``__init__`` stores its keyword arguments and nothing else; :meth:`get_params`,
+    :meth:`set_params`, ``repr`` and :func:`sklearn.base.clone` come from
+    :class:`~sklearn.base.BaseEstimator`. Fitted attributes end in ``_``. The engine clones an
+    instance before fitting it, so the user's object is never changed.
+
+    A subclass sets :attr:`tags` and implements :meth:`grid_names`, :meth:`default_grid`,
+    :meth:`check_grid` and :meth:`fit`, then the sweep's :attr:`order` with
+    :meth:`predictions` or :meth:`values`, and :meth:`output`; it registers itself by name
+    with :func:`~sc_noise2self.denoisers.register`.
     """
 
-    def fit_counts(
-        self,
-        X: ArrayLike,
-        grid: np.ndarray,
-        *,
-        counts: Any,
-        scales: np.ndarray,
-        transform: str,
-        max_rate: float | None = None,
-    ) -> BlockSweep | ValueSweep:
-        """Fit on ``X = T(scales · counts)`` (``counts``: CSR), preparing every value of ``grid``.
+    tags: ClassVar[Tags] = Tags()
+    axis_labels: ClassVar[dict[str, str]] = {}
+    """What each grid axis means, for plots (e.g. ``{"n_comps": "number of principal components"}``)."""
 
-        ``max_rate``: the largest rate the output must cover (default: the largest total).
+    def check_params(self) -> None:
+        """Raise a ``ValueError`` for a setting out of range (before any work): here its ``random_state``.
+
+        A subclass that checks more calls this first.
         """
+        if "random_state" in self.get_params(deep=False):
+            check_seed(self.random_state)
 
+    def check_data(self, shape: tuple[int, int], *, in_memory: bool) -> None:
+        """Raise a ``ValueError`` when data of this shape (in memory or read in blocks) cannot be fitted."""
 
-@runtime_checkable
-class MaskedPartition(Protocol):
-    """A denoiser trained by masking (Noise2Self's own loop) over a fixed partition of the genes.
+    def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
+        raise NotImplementedError
 
-    One fit serves every gene group: training hides random groups in its inputs, and the
-    fitted sweep's predictions are J-invariant for the whole partition — each group
-    predicted from an input where that group is hidden. The calibration scores every gene
-    at once, and the final output after ``calibration="genes"`` is the same J-invariant
-    function refitted on all the data.
-    """
+    def default_grid(self, shape: tuple[int, int]) -> np.ndarray:
+        raise NotImplementedError
 
-    def fit_masked(self, X: ArrayLike, groups: np.ndarray, grid: np.ndarray) -> BlockSweep | ValueSweep:
-        """Fit by masked training over ``groups`` (a group index per gene), preparing every value of ``grid``."""
+    def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
+        raise NotImplementedError
 
-
-@runtime_checkable
-class Streaming(Protocol):
-    """A denoiser trained from minibatches streamed out of blocks of cells (dask or backed input).
-
-    ``source.bounds`` lists the blocks' cells and ``source.load(blocks)`` reads several
-    blocks at once (values and the counts behind them), so that an epoch reads every block
-    once. The fitted sweep's predictors score one block at a time (``predict.block(values,
-    counts, rows)``), and after the refit :meth:`predict_block` gives the output of any
-    block, which the engine wraps in a lazy layer.
-    """
-
-    def fit_stream(
-        self,
-        source: Any,
-        grid: np.ndarray,
-        *,
-        shape: tuple[int, int],
-        scales: np.ndarray,
-        transform: str,
-        max_rate: float,
-    ) -> ValueSweep:
-        """Fit from ``source``, preparing every value of ``grid`` (``shape``: kept cells × genes)."""
-
-    def predict_block(self, values: Any, counts: Any, rows: slice, value: GridValue) -> np.ndarray:
-        """Output for the block of cells ``rows`` from its values and counts, at one grid value."""
-
-
-@runtime_checkable
-class Blockwise(Protocol):
-    """A denoiser fitted from statistics merged over blocks of cells (dask or backed input).
-
-    Each block's prediction must come from its own rows and the fitted statistics (or,
-    for a :class:`CellGraph`, from per-cell state kept in memory), so that no pass needs
-    more than one block of cells × genes in memory. The output's scores come from each
-    block (:class:`RowProjection`) or from the cross-cell state (:class:`CellGraph`).
-    """
-
-    def block_stats(self, X: ArrayLike) -> Any:
-        """Statistics of one block of cells of the normalised data."""
-
-    def merge_stats(self, a: Any, b: Any) -> Any:
-        """Statistics of two blocks together (associative)."""
-
-    def fit_stats(self, stats: Any, grid: np.ndarray) -> Self:
-        """Fit from the statistics of all blocks, preparing every value of ``grid``."""
-
-    def sweep_rows(self, X: ArrayLike, rows: slice) -> Iterator[tuple[GridValue, np.ndarray]]:
-        """Yield ``(value, prediction)`` for the block of cells ``X`` at each grid value, in order.
-
-        ``rows`` are the block's cells in the whole matrix (used by :class:`CellGraph` denoisers).
-        """
-
-
-@runtime_checkable
-class RowProjection(Protocol):
-    """A :class:`Blockwise` denoiser whose output scores for a block come from its own rows."""
-
-    def row_scores(self, X: ArrayLike, value: GridValue) -> np.ndarray:
-        """Low-rank scores of the block of cells ``X`` at one grid value."""
-
-    def loadings(self, value: GridValue) -> tuple[np.ndarray, np.ndarray]:
-        """``(offset (genes,), loadings (k × genes))`` at one grid value: output = offset + scores @ loadings."""
-
-
-@runtime_checkable
-class CellGraph(Protocol):
-    """A :class:`Blockwise` denoiser whose prediction for a cell also reads other cells.
-
-    After :meth:`Blockwise.fit_stats`, one more pass embeds every block
-    (:meth:`block_embedding`, cells × a few components) and the embeddings of all cells
-    are fitted together in memory (:meth:`fit_embedding`, e.g. a kNN graph); then
-    :meth:`Blockwise.sweep_rows` predicts a block from that state and its ``rows``.
-    The output is factored: ``factors(value)`` as for :class:`LowRank`, after refitting.
-    """
-
-    def block_embedding(self, X: ArrayLike) -> np.ndarray:
-        """Embedding of one block of cells of the normalised data (cells × components)."""
-
-    def fit_embedding(self, embedding: np.ndarray) -> Self:
-        """Fit the cross-cell state from the embedding of every cell, in cell order."""
+    def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> Sweep:
+        raise NotImplementedError

@@ -28,12 +28,17 @@ workers, so the result does not depend on the thread count.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numba
 import numpy as np
 
-from .._threads import blas_threads
+from .._numerics.machine import blas_threads
 
-__all__ = ["MARGIN", "exact_neighbours"]
+__all__ = ["EXACT_MAX_CELLS", "MARGIN", "NeighborSearch", "exact_neighbours", "knn_graph"]
+
+NeighborSearch = Literal["auto", "exact", "approximate"]
+EXACT_MAX_CELLS = 100_000  # neighbor_search="auto" searches exactly up to this many cells
 
 MARGIN = 8
 """Candidates kept beyond ``n_neighbors`` by the float32 stage, for the float64 re-ranking."""
@@ -165,3 +170,38 @@ def exact_neighbours(
     indices = np.empty((n, n_neighbors), np.int64)
     _rerank(points, candidates, distances, indices)
     return distances, indices
+
+
+def knn_graph(
+    embedding: np.ndarray,
+    n_neighbors: int,
+    *,
+    method: Literal["exact", "approximate"] = "exact",
+    seed: int = 0,
+    seeds: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices of each cell's ``n_neighbors`` nearest other cells.
+
+    ``"exact"``: a compiled brute-force search (:func:`~sc_noise2self.denoisers._search.exact_neighbours`;
+    its cost grows with cells squared), ``seeds`` being cells likely near each one (they
+    speed it up). ``"approximate"``: pynndescent's NN-descent, seeded by ``seed`` (the same
+    seed gives the same graph); its speed and the share of exact neighbours it finds are
+    measured in ``benchmarks/diffusion_sweep.py``.
+    """
+    if method == "exact":
+        return exact_neighbours(embedding, n_neighbors, seeds=seeds)
+    from pynndescent import NNDescent
+
+    index = NNDescent(embedding, n_neighbors=n_neighbors + 1, random_state=seed, n_jobs=-1)
+    indices, distances = index.neighbor_graph
+    cells = np.arange(len(embedding))[:, None]
+    # A neighbour it did not find (index -1) becomes the cell itself: an extra weight on its
+    # self-loop. Each cell is then dropped from its own list (wherever ties put it), and
+    # self entries still needed to fill the list go last, at the row's farthest distance,
+    # so distances stay sorted and the adaptive kernel's scale holds.
+    indices = np.where(indices < 0, cells, indices)
+    is_self = indices == cells
+    farthest = np.max(np.where(is_self, 0.0, distances), axis=1, keepdims=True)
+    distances = np.where(is_self, farthest, distances)
+    order = np.argsort(is_self, axis=1, kind="stable")[:, :n_neighbors]
+    return np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1)

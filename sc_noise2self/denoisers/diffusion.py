@@ -2,77 +2,33 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numba
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
-from .._output import default_max_dense_bytes
-from .._rows import low_rank_rows, low_rank_sweep_losses
-from .._validate import check_int_grid, check_number, check_positive_int
-from ._search import exact_neighbours
-from .pca import (
-    AUTO_MAX_GENES,
-    PCA,
-    GramStats,
-    _as_float,
-    _cross_fitted_prediction,
-    centred_scores,
-    covariance_svd,
-    gram_stats,
-    merge_gram_stats,
-)
+from .._numerics.checks import check_int_grid, check_number, check_positive_int
+from .._numerics.linalg import as_float, centred_scores, covariance_svd, gram_stats, merge_gram_stats
+from .._numerics.machine import default_max_dense_bytes
+from .._numerics.rows import low_rank_rows, low_rank_sweep_losses
+from ._base import BaseDenoiser, BaseSweep, LowRank, Step, Tags
+from ._registry import register
+from ._search import EXACT_MAX_CELLS, NeighborSearch, knn_graph
+from .pca import AUTO_MAX_GENES, PCA, _cross_fitted_prediction
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from typing import Self
 
-    from .._loss import RowScorer
+    from .._numerics.loss import RowScorer
     from .._types import ArrayLike
+    from ._base import Block, Data, Partition, ScoreKind
 
 __all__ = ["Diffusion", "transition_matrix"]
 
 Kernel = Literal["knn", "adaptive"]
-NeighborSearch = Literal["auto", "exact", "approximate"]
 _MAX_T = 1000
-EXACT_MAX_CELLS = 100_000  # neighbor_search="auto" searches exactly up to this many cells
-
-
-def knn_graph(
-    embedding: np.ndarray,
-    n_neighbors: int,
-    *,
-    method: Literal["exact", "approximate"] = "exact",
-    seed: int = 0,
-    seeds: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Distances and indices of each cell's ``n_neighbors`` nearest other cells.
-
-    ``"exact"``: a compiled brute-force search (:func:`~sc_noise2self.denoisers._search.exact_neighbours`;
-    its cost grows with cells squared), ``seeds`` being cells likely near each one (they
-    speed it up). ``"approximate"``: pynndescent's NN-descent, seeded by ``seed`` (the same
-    seed gives the same graph); its speed and the share of exact neighbours it finds are
-    measured in ``benchmarks/diffusion_sweep.py``.
-    """
-    if method == "exact":
-        return exact_neighbours(embedding, n_neighbors, seeds=seeds)
-    from pynndescent import NNDescent
-
-    index = NNDescent(embedding, n_neighbors=n_neighbors + 1, random_state=seed, n_jobs=-1)
-    indices, distances = index.neighbor_graph
-    cells = np.arange(len(embedding))[:, None]
-    # A neighbour it did not find (index -1) becomes the cell itself: an extra weight on its
-    # self-loop. Each cell is then dropped from its own list (wherever ties put it), and
-    # self entries still needed to fill the list go last, at the row's farthest distance,
-    # so distances stay sorted and the adaptive kernel's scale holds.
-    indices = np.where(indices < 0, cells, indices)
-    is_self = indices == cells
-    farthest = np.max(np.where(is_self, 0.0, distances), axis=1, keepdims=True)
-    distances = np.where(is_self, farthest, distances)
-    order = np.argsort(is_self, axis=1, kind="stable")[:, :n_neighbors]
-    return np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1)
 
 
 def transition_matrix(
@@ -152,15 +108,20 @@ def _own_walks(states, cell_groups, cells, out):  # pragma: no cover - compiled
             row[j] = source[j]
 
 
-class _ValueSweep:
-    def __init__(self, steps: Callable[[], Iterator[tuple[object, Callable[[slice], np.ndarray]]]]):
-        self._steps = steps
+class _HeldOutWalks(BaseSweep):
+    """The gene partition's sweep of :meth:`Diffusion.held_out_genes`, in value order."""
 
-    def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
+    order = "values"
+
+    def __init__(self, grid: np.ndarray, steps: Callable[[], Iterator[Step]]) -> None:
+        self.grid_, self._steps = grid, steps
+
+    def values(self) -> Iterator[Step]:
         return self._steps()
 
 
-class Diffusion:
+@register("diffusion")
+class Diffusion(BaseDenoiser):
     """Denoise by diffusing each cell's expression over a kNN graph of cells for ``t`` steps.
 
     The graph is built on the first ``n_pcs`` principal components of the (transformed)
@@ -195,13 +156,16 @@ class Diffusion:
         :class:`~sc_noise2self.denoisers.PCA`) and of the approximate neighbour search.
     """
 
-    n_cell_groups = 3
-    """Cell groups of the gene partition (:meth:`held_out_genes`): each diffusion step moves
-    one walk per group, and each walk loses a group's share of every neighbourhood, which
-    the graph makes up by listing ``groups / (groups - 1)`` times the neighbours. Three
-    groups move two walks through each neighbour instead of four (with five) over 1.5×
-    instead of 1.25× the edges: 40 % less work per step, and chose as five groups did on
-    every simulator tried (``benchmarks/README.md``, ``genes_cost.py``)."""
+    tags = Tags(low_rank=True, gene_partition="held_out", blockwise=True, n_cell_groups=3)
+    """Three cell groups for the gene partition (:meth:`held_out_genes`): each diffusion step moves
+    one walk per group, and each walk loses a group's share of every neighbourhood, which the
+    graph makes up by listing ``groups / (groups - 1)`` times the neighbours. Three groups move
+    two walks through each neighbour instead of four (with five) over 1.5× instead of 1.25×
+    the edges: 40 % less work per step, and chose as five groups did on every simulator tried."""
+    axis_labels: ClassVar[dict[str, str]] = {
+        "t": "diffusion time t",
+        "n_neighbors": "number of neighbours (the cell included)",
+    }
 
     def __init__(
         self,
@@ -226,13 +190,6 @@ class Diffusion:
         """Pickle without the last neighbour search's indices (kept only to seed the next gene group's)."""
         return {key: value for key, value in self.__dict__.items() if key != "_last_neighbours"}
 
-    def __repr__(self) -> str:
-        return (
-            f"Diffusion(n_neighbors={self.n_neighbors}, n_pcs={self.n_pcs}, n_comps={self.n_comps}, "
-            f"kernel={self.kernel!r}, decay={self.decay}, neighbor_search={self.neighbor_search!r}, "
-            f"random_state={self.random_state!r})"
-        )
-
     # -- grid ---------------------------------------------------------------------------
     def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
         return ("t",) if np.ndim(grid) == 1 else ("t", "n_neighbors")
@@ -243,6 +200,7 @@ class Diffusion:
 
     def check_params(self) -> None:
         """Raise a ``ValueError`` for a setting out of range (called before any work)."""
+        super().check_params()
         check_positive_int(self.n_neighbors, "n_neighbors")
         check_positive_int(self.n_pcs, "n_pcs")
         check_positive_int(self.n_comps, "n_comps")
@@ -311,24 +269,46 @@ class Diffusion:
             for k, n in listed.items()
         }
 
-    def _embed(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return PCA(random_state=self.random_state).embed(X, n_comps)
+    def check_data(self, shape: tuple[int, int], *, in_memory: bool) -> None:
+        """Refuse data read block by block with too many genes for the genes × genes covariance they go through."""
+        if in_memory or shape[1] <= AUTO_MAX_GENES:
+            return
+        msg = (
+            f"Dask or backed input is calibrated block by block through the genes × genes covariance, which is "
+            f"used up to {AUTO_MAX_GENES:,} genes; this data has {shape[1]}. Select genes first "
+            "(e.g. `sc.pp.highly_variable_genes`)."
+        )
+        raise ValueError(msg)
 
     # -- MCV ------------------------------------------------------------------------------
-    def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
-        """Build the graph(s) on the top ``n_pcs`` components of ``X`` and keep its top ``n_comps``."""
-        X = _as_float(X)
+    def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> Diffusion | _HeldOutWalks:
+        """Build the graph(s) on the top ``n_pcs`` components of the data and keep its top ``n_comps``.
+
+        Up to 4,096 genes the components come from the Gram statistics merged over blocks of cells
+        and each block's scores from its own rows (so data read block by block give the
+        in-memory result); above, from a randomised SVD of the data in memory. With a
+        ``partition``, the sweep of :meth:`held_out_genes` for its held-out group.
+        """
+        if partition is not None:
+            return self.held_out_genes(data.matrix(), partition.genes, partition.cell_groups, grid)
         self.grid_ = np.asarray(grid)
         self._held_out_pca = None
-        self.mean_, scores, self.components_ = self._embed(X, min(self.n_comps, min(X.shape) - 1))
-        return self._fit_graph(scores)
-
-    def _fit_graph(self, scores: np.ndarray) -> Self:
+        n_comps = min(self.n_comps, min(data.shape) - 1)
+        if data.shape[1] <= AUTO_MAX_GENES:
+            stats = data.reduce(lambda block: gram_stats(as_float(block.values)), merge_gram_stats)
+            _, self.components_ = covariance_svd(stats, n_comps)
+            self.mean_ = stats.mean
+            scores = np.concatenate(data.map(self._embedding))
+        else:
+            self.mean_, scores, self.components_ = PCA(random_state=self.random_state).embed(data.matrix(), n_comps)
         self.scores_ = scores
         self.operators_ = self._operators(scores[:, : min(self.n_pcs, scores.shape[1])], self.grid_)
-        self._diffused: dict[object, np.ndarray] = {}
-        self._stacked: np.ndarray | None = None
+        self._stacked: tuple[list[object], np.ndarray] | None = None
         return self
+
+    def _embedding(self, block: Block) -> np.ndarray:
+        """Return the block's scores on the fitted components, from its own rows."""
+        return centred_scores(as_float(block.values), self.mean_, self.components_)
 
     def _diffused_scores(self) -> Iterator[tuple[object, np.ndarray]]:
         """For each ``n_neighbors``, the scores diffused one step at a time through the ``t`` grid."""
@@ -341,7 +321,7 @@ class Diffusion:
                 yield self._value(self.grid_, t, k), z
 
     def _block_mapper(self) -> Callable[[np.ndarray], np.ndarray]:
-        """Scores of a block of cells → its genes, each row on its own (see :func:`~sc_noise2self._rows.low_rank_rows`).
+        """Map scores of a block of cells to its genes, each row on its own (``_numerics.rows.low_rank_rows``).
 
         That product dominates the sweep; it runs in float32 (rounding ~1e-7 relative, far
         below the loss differences between settings), every row alone, so the prediction
@@ -350,96 +330,58 @@ class Diffusion:
         mean, components = self.mean_.astype(np.float32), self.components_.astype(np.float32)
         return lambda z: low_rank_rows(mean, z, components, accumulate=np.float32)
 
-    def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
-        """For each grid value in order, a predictor of blocks of cells (see :meth:`_block_mapper`)."""
-        block = self._block_mapper()
-        for value, z in self._diffused_scores():
-            yield value, lambda rows, z=z: block(z[rows])
-
-    def fuses(self) -> bool:
-        """Whether :meth:`block_losses` may keep the diffused scores of every grid value (a sixteenth of memory)."""
+    @property
+    def order(self) -> Literal["blocks", "values"]:
+        """Block order when the diffused scores of every grid value fit in a sixteenth of memory, else value order."""
         needed = len(self.grid_) * self.scores_.shape[0] * self.scores_.shape[1] * 4
-        return needed <= default_max_dense_bytes() // 4
+        return "blocks" if needed <= default_max_dense_bytes() // 4 else "values"
 
-    def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
-        """Per-cell MSE of cells ``rows`` at every grid value, predicted and scored in one parallel region.
-
-        The diffused scores of every grid value are made once (float32, values × cells ×
-        ``n_comps``) and each block is then mapped to genes and scored at every value in a
-        row, as :meth:`sweep_values` would, to the same bytes.
-        """
+    def _stack(self) -> tuple[list[object], np.ndarray]:
+        """Return the grid values and the diffused scores of each, made once (float32, values × cells × ``n_comps``)."""
         if self._stacked is None:
-            self._stacked = np.stack([z.astype(np.float32) for _, z in self._diffused_scores()])
-        return low_rank_sweep_losses(self.mean_, self._stacked[:, rows], self.components_, scorer)
+            values, stacked = [], []
+            for value, z in self._diffused_scores():
+                values.append(value)
+                stacked.append(z.astype(np.float32))
+            self._stacked = (values, np.stack(stacked))
+        return self._stacked
 
-    def factors(self, value: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mean, diffused scores and components: the output after ``t`` steps, factored."""
-        key = value if isinstance(value, int) else tuple(value)
-        if key not in self._diffused:
-            t, k = (key, self.n_neighbors) if isinstance(key, int) else key
-            z = self.scores_
-            for _ in range(int(t)):
-                z = self.operators_[int(k)] @ z
-            self._diffused = {key: z}  # keep one value: the one being written out
-        return self.mean_, self._diffused[key], self.components_
+    def predictions(self, block: Block) -> Iterator[tuple[object, np.ndarray]]:
+        """Predictions for the block at every grid value, from the diffused scores of every value."""
+        mapper = self._block_mapper()
+        values, stacked = self._stack()
+        for value, z in zip(values, stacked, strict=True):
+            yield value, mapper(z[block.rows])
 
-    def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
-        """Denoised values of cells ``rows`` after ``t`` steps."""
-        mean, scores, components = self.factors(value)
-        return low_rank_rows(mean, scores[rows], components)
+    def values(self) -> Iterator[Step]:
+        """For each grid value in order, a predictor of blocks of cells (see :meth:`_block_mapper`)."""
+        mapper = self._block_mapper()
+        for value, z in self._diffused_scores():
+            yield Step(value, lambda block, z=z: mapper(z[block.rows]))
 
-    # -- Blockwise (dask or backed input): the embedding from merged Gram statistics (the
-    # exact route ``fit`` takes up to 4,096 genes), the graph from every cell's embedding
-    # in memory, then each block predicted from its rows of the diffused scores.
-    def uses_covariance(self, n_genes: int) -> bool:
-        """Whether data with ``n_genes`` genes are embedded through the genes × genes covariance."""
-        return n_genes <= AUTO_MAX_GENES
+    def fuses(self, kind: ScoreKind) -> bool:
+        return kind == "held_out" and self.order == "blocks"
 
-    def block_stats(self, X: ArrayLike) -> GramStats:
-        """Gram statistics of one block of cells of the (normalised) data, to be merged."""
-        return gram_stats(_as_float(X))
+    def losses(self, block: Block, scorer: RowScorer) -> np.ndarray:
+        """Per-cell MSE of the block at every grid value, predicted and scored in one parallel region.
 
-    def merge_stats(self, a: GramStats, b: GramStats) -> GramStats:
-        """Statistics of two blocks of cells together."""
-        return merge_gram_stats(a, b)
-
-    def fit_stats(self, stats: GramStats, grid: np.ndarray) -> Self:
-        """Fit the embedding's mean and components from the merged statistics of every block."""
-        self.grid_ = np.asarray(grid)
-        _, self.components_ = covariance_svd(stats, min(self.n_comps, min(stats.n, stats.mean.size) - 1))
-        self.mean_ = stats.mean
-        return self
-
-    def block_embedding(self, X: ArrayLike) -> np.ndarray:
-        """Scores of one block of cells on the fitted components."""
-        return centred_scores(_as_float(X), self.mean_, self.components_)
-
-    def fit_embedding(self, embedding: np.ndarray) -> Self:
-        """Build the graph(s) on every cell's scores (cells × ``n_comps``, in cell order) and diffuse them.
-
-        The diffused scores of every grid value are kept (float32, grid values × cells ×
-        ``n_comps``), so that each block is then read once per split; a need over a
-        quarter of this machine's memory is refused.
+        Each block is mapped to genes and scored at every value in a row, as :meth:`predictions`
+        would, to the same bytes.
         """
-        needed = len(self.grid_) * embedding.shape[0] * embedding.shape[1] * 4
-        if needed > default_max_dense_bytes():
-            msg = (
-                f"Blockwise diffusion keeps the diffused scores for every grid value ({needed / 2**30:.1f} GiB "
-                f"here), over a quarter of this machine's memory. Pass fewer grid values or a smaller n_comps."
-            )
-            raise ValueError(msg)
-        self._fit_graph(embedding)
-        self._chain = [(value, z.astype(np.float32)) for value, z in self._diffused_scores()]
-        return self
+        return low_rank_sweep_losses(self.mean_, self._stack()[1][:, block.rows], self.components_, scorer)
 
-    def sweep_rows(self, X: ArrayLike, rows: slice) -> Iterator[tuple[object, np.ndarray]]:
-        """Predictions for cells ``rows`` at every grid value, from the scores kept by :meth:`fit_embedding`."""
-        block = self._block_mapper()
-        for value, z in self._chain:
-            yield value, block(z[rows])
+    def output(self, value: int | tuple[int, int]) -> LowRank:
+        """Return the output after ``t`` steps, factored: mean + diffused scores @ components."""
+        t, k = (value, self.n_neighbors) if np.ndim(value) == 0 else tuple(value)
+        z = self.scores_
+        for _ in range(int(t)):
+            z = self.operators_[int(k)] @ z
+        return LowRank(self.mean_, lambda block: z[block.rows], self.components_)
 
     # -- Noise2Self -----------------------------------------------------------------------
-    def held_out_genes(self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray) -> _ValueSweep:
+    def held_out_genes(
+        self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
+    ) -> _HeldOutWalks:
         """Smooth genes ``genes`` over a graph built from the other genes, never reading a cell's own values.
 
         The graph comes from the other genes only. A cell group's prediction diffuses the
@@ -471,7 +413,7 @@ class Diffusion:
         seeds = getattr(self, "_last_neighbours", None)
         seeds = seeds if seeds is not None and len(seeds) == len(embedding) else None
         operators = self._operators(embedding, grid, cell_groups=n_groups, seeds=seeds)
-        target = _as_float(X)[:, genes]
+        target = as_float(X)[:, genes]
         target = target.toarray() if sparse.issparse(target) else target
         # t = 0 (and a cell whose every neighbour is in its own group): the rank-n_comps PCA
         # reconstruction the output starts from, in its J-invariant form — the held-out genes
@@ -485,7 +427,7 @@ class Diffusion:
         reconstruction.flags.writeable = False  # every t = 0 of the grid reads this one array
         held_out, n_cells = target.astype(np.float32), target.shape[0]  # the walks' start; target is not kept
 
-        def steps() -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
+        def steps() -> Iterator[Step]:
             for k, P in operators.items():
                 # Cells in reverse Cuthill-McKee order: neighbours' states lie close in memory.
                 cells = reverse_cuthill_mckee(P, symmetric_mode=False)
@@ -513,6 +455,6 @@ class Diffusion:
                         pred = np.empty(held_out.shape)
                         _own_walks(states, groups, order, pred)
                         pred[stranded] = reconstruction[stranded]
-                    yield self._value(grid, t, k), lambda rows, pred=pred: pred[rows]
+                    yield Step(self._value(grid, t, k), lambda block, pred=pred: pred[block.rows])
 
-        return _ValueSweep(steps)
+        return _HeldOutWalks(grid, steps)

@@ -9,23 +9,26 @@ the other genes and a cell's own held-out values are never read.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numba
 import numpy as np
 from scipy import sparse
 
-from .._loss import squared_error_row
-from .._validate import check_int_grid, check_positive_int
-from .diffusion import EXACT_MAX_CELLS, NeighborSearch, knn_graph
-from .pca import PCA, _as_float
+from .._numerics.checks import check_int_grid, check_positive_int
+from .._numerics.linalg import as_float
+from .._numerics.loss import squared_error_row
+from ._base import BaseDenoiser, BaseSweep, Predicted, Tags
+from ._registry import register
+from ._search import EXACT_MAX_CELLS, NeighborSearch, knn_graph
+from .pca import PCA
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import Self
 
-    from .._loss import RowScorer
+    from .._numerics.loss import RowScorer
     from .._types import ArrayLike
+    from ._base import Block, Data, Partition, ScoreKind
 
 __all__ = ["KNNAverage"]
 
@@ -102,7 +105,7 @@ def neighbour_means(X: sparse.csr_matrix, first: np.ndarray, others: np.ndarray,
     return _sweep_kernel(X, first, others, sizes, _NO_SCORER)[0]
 
 
-class _Sweep:
+class _Sweep(BaseSweep):
     """Averages of blocks of cells over growing neighbourhoods, for every ``(n_neighbors, n_pcs)`` of a grid.
 
     ``neighbours`` maps ``n_pcs`` to each cell's nearest other cells in that many
@@ -112,6 +115,7 @@ class _Sweep:
 
     def __init__(self, data: sparse.csr_matrix, neighbours: dict[int, np.ndarray], grid: np.ndarray, *, own: bool):
         self.data, self.neighbours, self.grid, self.own = data, neighbours, grid, own
+        self.grid_ = grid
 
     def _passes(self, rows: slice) -> Iterator[tuple[int, np.ndarray, tuple]]:
         """Per ``n_pcs``: its ``n_neighbors`` values and the kernel's row arguments for cells ``rows``."""
@@ -121,17 +125,22 @@ class _Sweep:
             ks = self.grid if self.grid.ndim == 1 else self.grid[self.grid[:, 1] == n_pcs, 0]
             yield n_pcs, ks, (self.data, first, others[rows], ks if self.own else ks - 1)
 
-    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
-        for n_pcs, ks, args in self._passes(rows):
+    def predictions(self, block: Block) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
+        for n_pcs, ks, args in self._passes(block.rows):
             for k, pred in zip(ks, neighbour_means(*args), strict=True):
                 yield (int(k) if self.grid.ndim == 1 else (int(k), n_pcs)), pred
 
-    def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
-        """Per-cell MSE of cells ``rows`` at every grid value (cells × values), one parallel region per ``n_pcs``."""
-        return np.concatenate([_sweep_kernel(*args, tuple(scorer))[1] for _, _, args in self._passes(rows)], axis=1)
+    def fuses(self, kind: ScoreKind) -> bool:
+        return kind == "held_out"
+
+    def losses(self, block: Block, scorer: RowScorer) -> np.ndarray:
+        """Per-cell MSE of the block at every grid value (cells × values), one parallel region per ``n_pcs``."""
+        passes = self._passes(block.rows)
+        return np.concatenate([_sweep_kernel(*args, tuple(scorer))[1] for _, _, args in passes], axis=1)
 
 
-class KNNAverage:
+@register("knn")
+class KNNAverage(BaseDenoiser):
     """Denoise each cell by the mean over its ``n_neighbors`` nearest cells, itself included.
 
     The neighbours are found in the first ``n_pcs`` principal components of the
@@ -159,16 +168,16 @@ class KNNAverage:
         Seed of the randomised SVD (above 4,096 genes) and of the approximate search.
     """
 
+    tags = Tags(gene_partition="held_out")
+    axis_labels: ClassVar[dict[str, str]] = {
+        "n_neighbors": "number of neighbours (the cell included)",
+        "n_pcs": "number of principal components",
+    }
+
     def __init__(self, *, n_pcs: int = 50, neighbor_search: NeighborSearch = "auto", random_state: object = 0) -> None:
         self.n_pcs = n_pcs
         self.neighbor_search = neighbor_search
         self.random_state = random_state
-
-    def __repr__(self) -> str:
-        return (
-            f"KNNAverage(n_pcs={self.n_pcs}, neighbor_search={self.neighbor_search!r}, "
-            f"random_state={self.random_state!r})"
-        )
 
     def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
         return ("n_neighbors",) if np.ndim(grid) == 1 else ("n_neighbors", "n_pcs")
@@ -179,6 +188,7 @@ class KNNAverage:
 
     def check_params(self) -> None:
         """Raise a ``ValueError`` for a setting out of range (called before any work)."""
+        super().check_params()
         check_positive_int(self.n_pcs, "n_pcs")
         if self.neighbor_search not in ("auto", "exact", "approximate"):
             msg = f"neighbor_search must be 'auto', 'exact' or 'approximate', got {self.neighbor_search!r}."
@@ -227,26 +237,41 @@ class KNNAverage:
         return neighbours
 
     # -- MCV ------------------------------------------------------------------------------
-    def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
-        """Find every cell's nearest other cells in the embedding of ``X``, for every ``n_pcs`` of the grid."""
+    def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> KNNAverage | _Sweep:
+        """Find every cell's nearest other cells in the embedding of the data, for every ``n_pcs`` of the grid.
+
+        With a ``partition``, the sweep of :meth:`held_out_genes` for its held-out group.
+        """
+        if partition is not None:
+            return self.held_out_genes(data.matrix(), partition.genes, partition.cell_groups, grid)
         self.grid_ = np.asarray(grid, dtype=np.int64)
-        self.data_ = sparse.csr_matrix(_as_float(X))
+        self.data_ = sparse.csr_matrix(as_float(data.matrix()))
         self.neighbors_ = self._neighbours(self.data_, self._pcs_and_sizes(self.grid_))
         return self
 
-    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
-        """Yield the averages of cells ``rows`` at every grid value, one pass per ``n_pcs``."""
-        return _Sweep(self.data_, self.neighbors_, self.grid_, own=True).sweep_blocks(rows)
+    def _sweep(self) -> _Sweep:
+        return _Sweep(self.data_, self.neighbors_, self.grid_, own=True)
 
-    def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
-        """Per-cell MSE of cells ``rows`` at every grid value, averaged and scored in one pass per ``n_pcs``."""
-        return _Sweep(self.data_, self.neighbors_, self.grid_, own=True).block_losses(rows, scorer)
+    def predictions(self, block: Block) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
+        """Yield the averages of the block's cells at every grid value, one pass per ``n_pcs``."""
+        return self._sweep().predictions(block)
 
-    def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
-        """Return the average over the ``n_neighbors`` nearest cells (the cell included) for cells ``rows``."""
+    def fuses(self, kind: ScoreKind) -> bool:
+        return kind == "held_out"
+
+    def losses(self, block: Block, scorer: RowScorer) -> np.ndarray:
+        """Per-cell MSE of the block at every grid value, averaged and scored in one pass per ``n_pcs``."""
+        return self._sweep().losses(block, scorer)
+
+    def output(self, value: int | tuple[int, int]) -> Predicted:
+        """Return the average over the ``n_neighbors`` nearest cells (the cell included)."""
         k, n_pcs = (value, int(self.n_pcs)) if np.ndim(value) == 0 else (int(value[0]), int(value[1]))
-        cells = np.arange(self.data_.shape[0])[rows]
-        return neighbour_means(self.data_, cells, self.neighbors_[n_pcs][rows], np.array([k]))[0]
+
+        def predict(block: Block) -> np.ndarray:
+            cells = np.arange(self.data_.shape[0])[block.rows]
+            return neighbour_means(self.data_, cells, self.neighbors_[n_pcs][block.rows], np.array([k]))[0]
+
+        return Predicted(predict)
 
     # -- Noise2Self -----------------------------------------------------------------------
     def held_out_genes(self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray) -> _Sweep:
@@ -257,7 +282,7 @@ class KNNAverage:
         J-invariant. The neighbourhood has the size of scanpy's graph with that
         ``n_neighbors``, the cell itself being the one member that cannot be used.
         """
-        X = sparse.csr_matrix(_as_float(X))
+        X = sparse.csr_matrix(as_float(X))
         grid = np.asarray(grid, dtype=np.int64)
         neighbours = self._neighbours(X[:, ~genes], self._pcs_and_sizes(grid))
         return _Sweep(sparse.csr_matrix(X[:, genes]), neighbours, grid, own=False)

@@ -3,154 +3,36 @@
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numba
 import numpy as np
 from scipy import linalg, sparse
 
-from .._loss import squared_error_row
-from .._rows import low_rank_rows, sparse_dense_product
-from .._threads import blas_threads
-from .._validate import check_int_grid, check_non_negative_int
+from .._numerics.checks import check_int_grid, check_non_negative_int
+from .._numerics.linalg import (
+    GramStats,
+    as_float,
+    centered_truncated_svd,
+    centred_scores,
+    covariance_svd,
+    gram_stats,
+    merge_gram_stats,
+)
+from .._numerics.loss import squared_error_row
+from ._base import BaseDenoiser, BaseSweep, LowRank, Tags
+from ._registry import register
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from typing import Self
+    from collections.abc import Iterator
 
-    from .._loss import RowScorer
+    from .._numerics.loss import RowScorer
     from .._types import ArrayLike
+    from ._base import Block, Data, Partition, ScoreKind
 
-__all__ = ["PCA", "GramStats", "centered_truncated_svd", "covariance_svd", "gram_stats", "merge_gram_stats"]
+__all__ = ["PCA"]
 
-_GRAM_ELEMENTS = 2**22  # cells per dense block × genes when accumulating the Gram matrix (32 MiB)
 AUTO_MAX_GENES = 4096  # solver="auto" uses the covariance route up to this many genes
-
-
-def centered_truncated_svd(
-    X: ArrayLike,
-    n_comps: int,
-    *,
-    n_oversamples: int = 20,
-    n_iter: int = 7,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top ``n_comps`` singular triplets of ``X - mean`` without forming it.
-
-    Randomised subspace iteration (Halko, Martinsson & Tropp 2011) where every product
-    with the centred matrix is a sparse product plus a rank-one correction, so a sparse
-    ``X`` stays sparse. Signs are fixed (largest loading of each component positive) so
-    results are reproducible.
-
-    Returns
-    -------
-    mean, U, s, Vt
-        Gene means (genes,), left vectors (cells × k), singular values (k,),
-        components (k × genes).
-    """
-    n_cells, n_genes = X.shape
-    mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
-    width = min(n_comps + n_oversamples, n_cells, n_genes)
-
-    if sparse.issparse(X):  # products on all threads (scipy's are single-threaded), the same bytes
-        X = sparse.csr_matrix(X)
-        XT = X.T.tocsr()
-
-        def product(m: np.ndarray) -> np.ndarray:
-            return sparse_dense_product(X, m)
-
-        def product_t(m: np.ndarray) -> np.ndarray:
-            return sparse_dense_product(XT, m)
-    else:
-
-        def product(m: np.ndarray) -> np.ndarray:
-            return X @ m
-
-        def product_t(m: np.ndarray) -> np.ndarray:
-            return X.T @ m
-
-    def times(m: np.ndarray) -> np.ndarray:  # (X - 1 mean^T) @ m
-        return product(m) - mean @ m
-
-    def times_t(m: np.ndarray) -> np.ndarray:  # (X - 1 mean^T)^T @ m
-        return product_t(m) - np.outer(mean, m.sum(axis=0))
-
-    # With the compiled products, BLAS (the small QRs) keeps to one thread: its threads left
-    # spinning between calls would wait on numba's, ten times slower on a busy machine.
-    with blas_threads(1 if sparse.issparse(X) else None):
-        q, _ = linalg.qr(times(rng.standard_normal((n_genes, width))), mode="economic")
-        for _ in range(n_iter):
-            q, _ = linalg.qr(times_t(q), mode="economic")
-            q, _ = linalg.qr(times(q), mode="economic")
-        u_small, s, vt = linalg.svd(times_t(q).T, full_matrices=False)
-    u = q @ u_small[:, :n_comps]
-    s, vt = s[:n_comps], vt[:n_comps]
-    signs = _fix_signs(vt)
-    return mean, u * signs, s, vt * signs[:, None]
-
-
-def _fix_signs(vt: np.ndarray) -> np.ndarray:
-    """Sign of each component so that its largest loading is positive (reproducible output)."""
-    signs = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
-    signs[signs == 0] = 1.0
-    return signs
-
-
-class GramStats(NamedTuple):
-    """Cell count, gene means and centred Gram matrix (genes × genes) of a block of cells."""
-
-    n: int
-    mean: np.ndarray
-    m2: np.ndarray
-
-
-def gram_stats(X: ArrayLike) -> GramStats:
-    """Centred second moments of the rows of ``X`` (sparse or dense), a dense block at a time."""
-    n_cells, n_genes = X.shape
-    step = max(1, _GRAM_ELEMENTS // n_genes)
-    total = GramStats(0, np.zeros(n_genes), np.zeros((n_genes, n_genes)))
-    for start in range(0, n_cells, step):
-        block = X[start : start + step]
-        block = block.toarray() if sparse.issparse(block) else np.array(block, dtype=np.float64)
-        mean = block.mean(axis=0)
-        block -= mean
-        total = merge_gram_stats(total, GramStats(block.shape[0], mean, block.T @ block))
-    return total
-
-
-def merge_gram_stats(a: GramStats, b: GramStats) -> GramStats:
-    """Statistics of two blocks of cells together (Chan, Golub & LeVeque's pairwise update)."""
-    if a.n == 0 or b.n == 0:
-        return b if a.n == 0 else a
-    n = a.n + b.n
-    delta = b.mean - a.mean
-    return GramStats(n, a.mean + delta * (b.n / n), a.m2 + b.m2 + np.outer(delta, delta) * (a.n * b.n / n))
-
-
-def covariance_svd(stats: GramStats, n_comps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``n_comps`` singular values and components of the centred data from its Gram matrix.
-
-    The eigenvectors of ``(X - mean)^T (X - mean)`` are the right singular vectors and its
-    eigenvalues the squared singular values: one pass over the cells, then a genes × genes
-    eigenproblem, so it suits many cells and up to a few thousand genes (dask input).
-
-    LAPACK runs on one thread here: its threaded reduction rounds differently with the thread
-    count (the components would then change with it), and on a busy machine two threads of
-    it took many times as long as one.
-    """
-    n_genes = stats.m2.shape[0]
-    with blas_threads(1):
-        values, vectors = linalg.eigh(stats.m2, subset_by_index=[n_genes - n_comps, n_genes - 1])
-    s = np.sqrt(np.clip(values[::-1], 0.0, None))
-    vt = vectors[:, ::-1].T
-    return s, vt * _fix_signs(vt)[:, None]
-
-
-def centred_scores(X: ArrayLike, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """``(X - mean) @ components.T`` without centring a sparse ``X``."""
-    loadings = np.ascontiguousarray(components.T)
-    product = sparse_dense_product(sparse.csr_matrix(X), loadings) if sparse.issparse(X) else np.asarray(X @ loadings)
-    return product - mean @ loadings
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
@@ -217,49 +99,8 @@ def _grouped_rank_errors(offsets, coefs, loadings, groups, ranks, target, out): 
             out[c, v] = acc
 
 
-def _as_float(X: ArrayLike) -> ArrayLike:
-    return sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
-
-
-class _RankSweep:
-    """Adds components to one block's prediction in place, grid value by grid value.
-
-    The block is float32: the sweep is memory-bound, and the rounding (~1e-7 relative)
-    is far below the loss differences between ranks.
-    """
-
-    def __init__(
-        self, grid: np.ndarray, offset: np.ndarray, coefs: Callable[[slice], np.ndarray], loadings: np.ndarray
-    ):
-        self.grid, self.offset, self.coefs = grid, offset, coefs
-        self.loadings = np.ascontiguousarray(loadings, dtype=np.float32)
-
-    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
-        coefs = self.coefs(rows).astype(np.float32)
-        pred = np.empty((coefs.shape[0], self.offset.size), dtype=np.float32)
-        pred[:] = self.offset
-        done = 0
-        for k in self.grid:
-            _add_product(pred, np.ascontiguousarray(coefs[:, done:k]), self.loadings[done:k])
-            done = k
-            yield int(k), pred
-
-    def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
-        """Per-cell MSE of cells ``rows`` at every rank (cells × ranks), in one parallel region."""
-        coefs = np.ascontiguousarray(self.coefs(rows), dtype=np.float32)
-        out = np.empty((coefs.shape[0], len(self.grid)))
-        _rank_sweep_losses(
-            self.offset.astype(np.float32),
-            coefs,
-            self.loadings,
-            np.asarray(self.grid, dtype=np.int64),
-            *scorer,  # target, table, row length, rows, weights, inverse step
-            out,
-        )
-        return out
-
-
-class PCA:
+@register("pca")
+class PCA(BaseDenoiser):
     """Denoise by keeping the top ``n_comps`` principal components of the transformed data.
 
     One truncated SVD at the largest grid value serves the whole grid: the prediction at
@@ -282,6 +123,9 @@ class PCA:
         Seed of the randomised SVD's test matrix (anything :func:`numpy.random.default_rng` takes).
     """
 
+    tags = Tags(low_rank=True, gene_partition="held_out", blockwise=True)
+    axis_labels: ClassVar[dict[str, str]] = {"n_comps": "number of principal components"}
+
     def __init__(
         self,
         *,
@@ -295,12 +139,6 @@ class PCA:
         self.n_iter = n_iter
         self.random_state = random_state
 
-    def __repr__(self) -> str:
-        return (
-            f"PCA(solver={self.solver!r}, n_oversamples={self.n_oversamples}, n_iter={self.n_iter}, "
-            f"random_state={self.random_state!r})"
-        )
-
     def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
         return ("n_comps",)
 
@@ -311,11 +149,24 @@ class PCA:
 
     def check_params(self) -> None:
         """Raise a ``ValueError`` for a setting out of range (called before any work)."""
-        if self.solver not in {"auto", "covariance", "randomized"}:
+        super().check_params()
+        if not isinstance(self.solver, str) or self.solver not in {"auto", "covariance", "randomized"}:
             msg = f"solver must be 'auto', 'covariance' or 'randomized', got {self.solver!r}."
             raise ValueError(msg)
         check_non_negative_int(self.n_oversamples, "n_oversamples")
         check_non_negative_int(self.n_iter, "n_iter")
+
+    def check_data(self, shape: tuple[int, int], *, in_memory: bool) -> None:
+        """Refuse data read block by block with too many genes for the genes × genes covariance they go through."""
+        if in_memory or self.uses_covariance(shape[1]):
+            return
+        msg = (
+            f"Dask or backed input is calibrated block by block through the genes × genes covariance, which is "
+            f"used up to {AUTO_MAX_GENES:,} genes; this data has {shape[1]}. Pass "
+            "`method=sc_noise2self.denoisers.PCA(solver='covariance')` (it holds a genes × genes float64 matrix), "
+            "or select genes first (e.g. `sc.pp.highly_variable_genes`)."
+        )
+        raise ValueError(msg)
 
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
         """Sorted unique ranks from 1 to ``min(n_cells, n_genes) - 1``."""
@@ -327,79 +178,79 @@ class PCA:
         self.check_params()
         return self.solver == "covariance" or (self.solver == "auto" and n_genes <= AUTO_MAX_GENES)
 
-    def _svd(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Mean, scores (``U S``), singular values and components of the centred ``X``."""
+    def embed(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gene means, scores (``U S``, cells × ``n_comps``) and components of the centred ``X``."""
+        X = as_float(X)
         if self.uses_covariance(X.shape[1]):
             stats = gram_stats(X)
-            s, vt = covariance_svd(stats, n_comps)
-            return stats.mean, centred_scores(X, stats.mean, vt), s, vt
+            _, vt = covariance_svd(stats, n_comps)
+            return stats.mean, centred_scores(X, stats.mean, vt), vt
         rng = np.random.default_rng(self.random_state)
         mean, u, s, vt = centered_truncated_svd(
             X, n_comps, n_oversamples=self.n_oversamples, n_iter=self.n_iter, rng=rng
         )
-        return mean, u * s, s, vt
+        return mean, u * s, vt
 
-    def embed(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Gene means, scores (``U S``, cells × ``n_comps``) and components of the centred ``X``."""
-        mean, scores, _, vt = self._svd(_as_float(X), n_comps)
-        return mean, scores, vt
+    def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> PCA | _GroupedRankSweep:
+        """Fit one truncated SVD at ``max(grid)``: from merged Gram statistics, or a randomised SVD in memory.
 
-    def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
-        """Fit one truncated SVD at ``max(grid)`` on (normalised) data ``X``."""
+        With a ``partition``, the sweep of :meth:`held_out_genes` for its held-out group.
+        """
+        if partition is not None:
+            return self.held_out_genes(data.matrix(), partition.genes, partition.cell_groups, grid)
         self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
-        self.mean_, self.scores_, self.singular_values_, self.components_ = self._svd(_as_float(X), int(self.grid_[-1]))
+        n_comps = int(self.grid_[-1])
         self._gram_cache = None
+        if self.uses_covariance(data.shape[1]):  # scores are made block by block from each block's rows
+            stats = data.reduce(lambda block: gram_stats(as_float(block.values)), merge_gram_stats)
+            self.singular_values_, self.components_ = covariance_svd(stats, n_comps)
+            self.mean_, self.scores_ = stats.mean, None
+            return self
+        rng = np.random.default_rng(self.random_state)
+        self.mean_, u, self.singular_values_, self.components_ = centered_truncated_svd(
+            as_float(data.matrix()), n_comps, n_oversamples=self.n_oversamples, n_iter=self.n_iter, rng=rng
+        )
+        self.scores_ = u * self.singular_values_
         return self
 
-    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
-        """Predictions for cells ``rows`` at every rank of the grid, updated in place."""
-        return self._ranks().sweep_blocks(rows)
+    def _scores(self, block: Block) -> np.ndarray:
+        """Return the block's scores (``U S``) on every fitted component."""
+        if self.scores_ is not None:
+            return self.scores_[block.rows]
+        return centred_scores(as_float(block.values), self.mean_, self.components_)
 
-    def block_losses(self, rows: slice, scorer: RowScorer) -> np.ndarray:
-        """Per-cell MSE of cells ``rows`` at every rank of the grid, predicted and scored in one pass."""
-        return self._ranks().block_losses(rows, scorer)
+    def predictions(self, block: Block) -> Iterator[tuple[int, np.ndarray]]:
+        """Predictions for the block at every rank of the grid, updated in place (float32)."""
+        coefs = self._scores(block).astype(np.float32)
+        loadings = np.ascontiguousarray(self.components_, dtype=np.float32)
+        pred = np.empty((coefs.shape[0], self.mean_.size), dtype=np.float32)
+        pred[:] = self.mean_
+        done = 0
+        for k in self.grid_:
+            _add_product(pred, np.ascontiguousarray(coefs[:, done:k]), loadings[done:k])
+            done = k
+            yield int(k), pred
 
-    def _ranks(self) -> _RankSweep:
-        return _RankSweep(self.grid_, self.mean_, lambda r: self.scores_[r], self.components_)
+    def fuses(self, kind: ScoreKind) -> bool:
+        return kind == "held_out"
 
-    def predict(self, rows: slice, value: int) -> np.ndarray:
-        """``mean + scores[:, :k] @ components[:k]`` for cells ``rows`` (float32, from float32 factors)."""
-        return low_rank_rows(self.mean_, self.scores_[rows, :value], self.components_[:value])
+    def losses(self, block: Block, scorer: RowScorer) -> np.ndarray:
+        """Per-cell MSE of the block at every rank (cells × ranks), predicted and scored in one parallel region."""
+        coefs = np.ascontiguousarray(self._scores(block), dtype=np.float32)
+        out = np.empty((coefs.shape[0], len(self.grid_)))
+        _rank_sweep_losses(
+            self.mean_.astype(np.float32),
+            coefs,
+            np.ascontiguousarray(self.components_, dtype=np.float32),
+            np.asarray(self.grid_, dtype=np.int64),
+            *scorer,  # target, table, row length, rows, weights, inverse step
+            out,
+        )
+        return out
 
-    def factors(self, value: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mean, the first ``k`` scores and components: the rank-``k`` output, factored."""
-        return self.mean_, self.scores_[:, :value], self.components_[:value]
-
-    # Blockwise fitting (dask or backed input): statistics per block of cells, merged, then
-    # each block predicted from its own rows. Equal to ``fit`` with solver="covariance".
-
-    def block_stats(self, X: ArrayLike) -> GramStats:
-        """Statistics of one block of cells of the (normalised) data, to be merged."""
-        return gram_stats(_as_float(X))
-
-    def merge_stats(self, a: GramStats, b: GramStats) -> GramStats:
-        """Statistics of two blocks of cells together."""
-        return merge_gram_stats(a, b)
-
-    def fit_stats(self, stats: GramStats, grid: np.ndarray) -> Self:
-        """Fit from the merged statistics of every block (no scores are kept)."""
-        self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
-        self.singular_values_, self.components_ = covariance_svd(stats, int(self.grid_[-1]))
-        self.mean_ = stats.mean
-        return self
-
-    def sweep_rows(self, X: ArrayLike, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
-        """Like :meth:`sweep_blocks`, for a block of cells given by its own (normalised) rows."""
-        scores = centred_scores(_as_float(X), self.mean_, self.components_)
-        return _RankSweep(self.grid_, self.mean_, lambda r: scores[r], self.components_).sweep_blocks(slice(None))
-
-    def row_scores(self, X: ArrayLike, value: int) -> np.ndarray:
-        """Scores of a block of cells on the first ``value`` components, from its own rows."""
-        return centred_scores(_as_float(X), self.mean_, self.components_[:value])
-
-    def loadings(self, value: int) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and the first ``value`` components: output = mean + scores @ components."""
-        return self.mean_, self.components_[:value]
+    def output(self, value: int) -> LowRank:
+        """Return the rank-``value`` output, factored: mean + scores @ components."""
+        return LowRank(self.mean_, lambda block: self._scores(block)[:, :value], self.components_[:value])
 
     def held_out_genes(
         self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
@@ -414,7 +265,7 @@ class PCA:
         """
         grid = np.sort(np.asarray(grid, dtype=np.int64))
         scores = self.other_genes_scores(X, genes, int(grid[-1]))
-        target = _as_float(X)[:, genes]
+        target = as_float(X)[:, genes]
         target = target.toarray() if sparse.issparse(target) else target
         coefs, offsets, loadings = _cross_fitted_regression(scores, target, cell_groups)
         return _GroupedRankSweep(grid, cell_groups, coefs, offsets, loadings)
@@ -427,10 +278,10 @@ class PCA:
         calibration: the components are padded with zeros on ``genes``, whose values then add
         exact zeros to the scores, so they never reach them.
         """
-        source, X = X, _as_float(X)
+        source, X = X, as_float(X)
         others = ~np.asarray(genes, dtype=bool)
         if not self.uses_covariance(int(others.sum())):
-            return self._svd(X[:, others], n_comps)[1]
+            return self.embed(X[:, others], n_comps)[1]
         stats = self._gram_of(source, X)
         _, vt = covariance_svd(GramStats(stats.n, stats.mean[others], stats.m2[np.ix_(others, others)]), n_comps)
         padded = np.zeros((n_comps, X.shape[1]))
@@ -504,8 +355,8 @@ def _cross_fitted_prediction(scores: np.ndarray, target: np.ndarray, cell_groups
     return out
 
 
-class _GroupedRankSweep:
-    """Like :class:`_RankSweep`, with offsets and loadings of its own for each cell group."""
+class _GroupedRankSweep(BaseSweep):
+    """The gene partition's rank sweep: offsets and loadings of its own for each cell group."""
 
     def __init__(
         self,
@@ -515,11 +366,16 @@ class _GroupedRankSweep:
         offsets: list[np.ndarray],
         loadings: list[np.ndarray],
     ):
-        self.grid, self.cell_groups, self.coefs = grid, cell_groups, coefs
+        self.grid = self.grid_ = grid
+        self.cell_groups, self.coefs = cell_groups, coefs
         self.offsets, self.loadings = np.stack(offsets), np.ascontiguousarray(np.stack(loadings))
 
-    def block_errors(self, rows: slice, target: np.ndarray) -> np.ndarray:
-        """Per-cell squared error of cells ``rows`` against their dense ``target`` at every rank, in one pass."""
+    def fuses(self, kind: ScoreKind) -> bool:
+        return kind == "data"
+
+    def losses(self, block: Block, scorer: np.ndarray) -> np.ndarray:
+        """Per-cell squared error of the block against its dense target at every rank, in one pass."""
+        rows, target = block.rows, scorer
         out = np.empty((target.shape[0], len(self.grid)))
         _grouped_rank_errors(
             self.offsets,
@@ -532,7 +388,8 @@ class _GroupedRankSweep:
         )
         return out
 
-    def sweep_blocks(self, rows: slice) -> Iterator[tuple[int, np.ndarray]]:
+    def predictions(self, block: Block) -> Iterator[tuple[int, np.ndarray]]:
+        rows = block.rows
         groups = self.cell_groups[rows]
         members = [np.flatnonzero(groups == g) for g in range(len(self.offsets))]
         coefs = self.coefs[rows]

@@ -22,26 +22,16 @@ training part of ``pp.split_counts(adata, random_state=0)`` draws afresh.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numba
 import numpy as np
 from scipy import sparse
 
-from ._validate import (
-    as_canonical_csr,
-    check_count_values,
-    check_fraction,
-    check_known_chunks,
-    check_positive_int,
-    check_sampling,
-)
+from .checks import check_seed
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from ._dispersion import SplitPlan
-    from ._types import ArrayLike, RandomState, Sampling, SplitScheme
+    from .._types import ArrayLike, RandomState
 
 __all__ = [
     "CountSplit",
@@ -50,7 +40,6 @@ __all__ = [
     "binomial_split",
     "multinomial_folds",
     "seed_sequence",
-    "split_array",
     "split_seed",
 ]
 
@@ -93,11 +82,9 @@ def seed_sequence(random_state: RandomState, *key: int) -> np.random.SeedSequenc
     """
     if isinstance(random_state, np.random.Generator):
         random_state = int(random_state.integers(2**63))
-    if random_state is not None and (
-        isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0
-    ):
-        msg = f"random_state must be a non-negative int, a numpy Generator or None, got {random_state!r}."
-        raise ValueError(msg)
+    if isinstance(random_state, np.random.BitGenerator | np.random.SeedSequence):  # as numpy's default_rng takes
+        random_state = int(np.random.default_rng(random_state).integers(2**63))
+    check_seed(random_state)
     entropy = None if random_state is None else int(random_state)
     return np.random.SeedSequence(entropy, spawn_key=tuple(int(k) for k in key))
 
@@ -349,118 +336,3 @@ def multinomial_folds(
         folds.append(_with_data(X, take.astype(X.dtype, copy=False)))
     folds.append(_with_data(X, left.astype(X.dtype, copy=False)))
     return folds
-
-
-def _like(template: ArrayLike, X: sparse.csr_matrix) -> ArrayLike:
-    """Return ``X`` in the container type of ``template`` (dense, CSR, CSC; matrix or array API)."""
-    if not sparse.issparse(template):
-        return X.toarray()
-    out = X.asformat(template.format) if template.format in {"csr", "csc"} else X
-    if isinstance(template, sparse.sparray):
-        out = sparse.csr_array(out) if out.format == "csr" else sparse.csc_array(out)
-    return out
-
-
-def _split_dask(X: Any, parts: Callable[[sparse.csr_matrix, int], list[sparse.csr_matrix]], n: int) -> list[Any]:
-    """Lazy parts of a dask array of counts, block by block; ``parts(counts, row_offset)`` splits one block.
-
-    The draws are keyed by (cell, gene), so the parts do not depend on the chunking.
-    """
-    if len(X.chunks[1]) > 1:
-        X = X.rechunk({1: -1})
-
-    def part(block: ArrayLike, which: int, block_info: dict | None = None) -> ArrayLike:
-        start = block_info[0]["array-location"][0][0]
-        counts = as_canonical_csr(block)
-        check_count_values(counts, what=f"The count matrix (cells {start}..{start + counts.shape[0] - 1})")
-        return _like(block, parts(counts, start)[which])
-
-    return [X.map_blocks(part, which, dtype=X.dtype, meta=X._meta) for which in range(n)]
-
-
-def _row_sums(counts: sparse.csr_matrix) -> np.ndarray:
-    """Each cell's total count (all genes: a block holds whole rows)."""
-    return np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-
-
-def _plan(
-    X: Any, counts: sparse.csr_matrix | None, sampling: str, dispersion: float | None, random_state: RandomState
-) -> SplitPlan:
-    """Return the split plan (:mod:`sc_noise2self._dispersion`) for in-memory ``counts`` or the dask array ``X``."""
-    from ._dispersion import SplitPlan, plan_split, sample_cells
-
-    if sampling == "poisson":
-        return SplitPlan(None, 1.0, None)  # binomial: the check is the calibration's business
-    keep = sample_cells(X.shape[0], random_state)
-    if counts is not None:
-        sample = counts[keep]
-    else:  # one pass over the blocks for the sampled cells
-        from ._blockwise import RowBlocks
-
-        sample = RowBlocks(X, "The count matrix").gather(keep)
-        check_count_values(sample, what="The count matrix")
-    return plan_split(sampling, dispersion, sample, _row_sums(sample), random_state)
-
-
-def split_array(
-    X: ArrayLike,
-    *,
-    split_fraction: float | None = None,
-    n_splits: int = 1,
-    scheme: SplitScheme = "binomial",
-    sampling: Sampling = "poisson",
-    dispersion: float | None = None,
-    random_state: RandomState = 0,
-) -> list[CountSplit]:
-    """Split raw counts into training and test molecules; see :func:`sc_noise2self.pp.split_counts`."""
-    n_splits = check_positive_int(n_splits, "n_splits")
-    sampling, dispersion = check_sampling(sampling, dispersion)
-    lazy = type(X).__module__.split(".")[0] == "dask"
-    check_known_chunks(X, "The count matrix")
-    if lazy and len(X.shape) != 2:
-        msg = f"Expected a 2-D cells × genes matrix, got an array of shape {X.shape}."
-        raise ValueError(msg)
-    if scheme not in ("binomial", "multinomial"):
-        msg = f"scheme must be 'binomial' or 'multinomial', got {scheme!r}."
-        raise ValueError(msg)
-    if scheme == "multinomial" and split_fraction is not None:
-        msg = (
-            "With scheme='multinomial' the training share is (k-1)/k for k = n_splits folds; "
-            "leave split_fraction unset."
-        )
-        raise ValueError(msg)
-    if scheme == "multinomial" and n_splits < 2:
-        msg = "scheme='multinomial' needs n_splits >= 2 folds."
-        raise ValueError(msg)
-    fraction = check_fraction(0.9 if split_fraction is None else split_fraction) if scheme == "binomial" else None
-    counts = None if lazy else as_canonical_csr(X)
-    if not lazy:
-        check_count_values(counts, what="The count matrix")
-    plan = _plan(X, counts, sampling, dispersion, random_state)
-
-    if scheme == "binomial":
-        splits = []
-        for i in range(n_splits):
-            seed = split_seed(random_state, Stream.SPLIT, i)
-
-            def halves(block: sparse.csr_matrix, start: int, seed: int = seed) -> list[sparse.csr_matrix]:
-                return list(plan.halves(block, _row_sums(block), fraction, seed, row_offset=start))
-
-            train, test = _split_dask(X, halves, 2) if lazy else (_like(X, half) for half in halves(counts, 0))
-            splits.append(CountSplit(train, test, fraction, plan.split_dispersion))
-        return splits
-    seeds = [split_seed(random_state, Stream.FOLDS, j) for j in range(n_splits - 1)]
-
-    def folds_of(block: sparse.csr_matrix, start: int) -> list[sparse.csr_matrix]:
-        folds = multinomial_folds(block, n_splits, seeds, row_offset=start, size=plan.sizes(block, _row_sums(block)))
-        trains = []
-        for fold in folds:
-            train = block - fold
-            train.eliminate_zeros()
-            train.sort_indices()
-            trains.append(train)
-        return trains + folds
-
-    parts = _split_dask(X, folds_of, 2 * n_splits) if lazy else [_like(X, p) for p in folds_of(counts, 0)]
-    fraction = (n_splits - 1) / n_splits
-    return [CountSplit(parts[j], parts[n_splits + j], fraction, plan.split_dispersion) for j in range(n_splits)]

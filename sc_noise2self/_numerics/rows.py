@@ -21,10 +21,10 @@ import numba
 import numpy as np
 from scipy import sparse
 
-from ._loss import squared_error_row
+from .loss import squared_error_row
 
 if TYPE_CHECKING:
-    from ._loss import RowScorer
+    from .loss import RowScorer
 
 __all__ = [
     "GROUP",

@@ -44,13 +44,14 @@ import numba
 import numpy as np
 from scipy import sparse
 
-from ._rows import sparse_dense_product
-from ._split import Stream, beta_binomial_split, binomial_split, seed_sequence
-from ._threads import blas_threads
-from ._transform import transformed
+from .linalg import centered_truncated_svd
+from .machine import blas_threads
+from .rows import sparse_dense_product
+from .split import Stream, beta_binomial_split, binomial_split, seed_sequence
+from .transform import transformed
 
 if TYPE_CHECKING:
-    from ._types import RandomState
+    from .._types import RandomState
 
 __all__ = ["DEPENDENT_HALVES", "SmoothFit", "SplitPlan", "plan_split", "sample_cells", "sampling_dispersion"]
 
@@ -305,8 +306,6 @@ def _fit_on_one_thread(
 
 def _smooth_fit(values: sparse.csr_matrix, genes: np.ndarray, random_state: RandomState) -> SmoothFit:
     """Fit counts per 10,000 ``values`` of the sampled cells on ``genes``, and every gene on the fit's scores."""
-    from .denoisers.pca import centered_truncated_svd
-
     rng = np.random.default_rng(seed_sequence(random_state, Stream.DISPERSION, 1))
     mean, _, _, components = centered_truncated_svd(values[:, genes], RANK, rng=rng)  # randomised: no Gram
     loadings = np.zeros((values.shape[1], RANK))

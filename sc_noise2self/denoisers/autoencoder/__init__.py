@@ -1,25 +1,28 @@
 """Autoencoder denoising with torch, calibrated over bottleneck width and training epochs.
 
-The AnnData-facing code never sees torch: this estimator adapts the network
-(:mod:`._ae_module`) and its training loop (:mod:`._ae_train`) to the Denoiser protocol.
-``torch`` is imported only when this module is.
+The network (:mod:`._module`, a pure ``torch.nn.Module``) and its training loop (:mod:`._train`)
+stand apart from this estimator, which adapts them to the denoiser contract; ``torch`` is imported
+only when a network is built or trained.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from scipy import sparse
 
-from .._split import seed_sequence
-from .._validate import check_flag, check_int_grid, check_number, check_positive_int
+from ..._numerics.checks import check_flag, check_int_grid, check_number, check_positive_int
+from ..._numerics.split import seed_sequence
+from .._base import BaseDenoiser, Predicted, Step, Tags
+from .._registry import register
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from typing import Any, Self
+    from collections.abc import Iterator
+    from typing import Any
 
-    from .._types import ArrayLike
+    from ..._types import ArrayLike
+    from .._base import Block, Data, Partition
 
 __all__ = ["Autoencoder", "require_torch"]
 
@@ -46,18 +49,16 @@ def require_torch() -> None:
 
 
 class _Predictor:
-    """One trained network's output: for cells of the fitted data (``__call__``) or for a block read elsewhere."""
+    """One trained network's output for a block of the fitted cells (in memory: read by position)."""
 
-    def __init__(self, owner: Autoencoder, module: object, train_loss: float) -> None:
-        self.owner, self.module, self.train_loss = owner, module, train_loss
+    def __init__(self, owner: Autoencoder, module: object) -> None:
+        self.owner, self.module = owner, module
         self._cache: dict[int, np.ndarray] = {}
 
-    def __call__(self, rows: slice) -> np.ndarray:
-        return self.owner._infer(self.module, rows, self._cache)
-
-    def block(self, values: sparse.csr_matrix, counts: sparse.csr_matrix | None, rows: slice) -> np.ndarray:
-        """Output for a block of cells ``rows`` given as its values (and counts, for a count likelihood)."""
-        return self.owner._infer_block(self.module, values, counts, rows)
+    def __call__(self, block: Block) -> np.ndarray:
+        if self.owner.X_ is not None:
+            return self.owner._infer(self.module, block.rows, self._cache)
+        return self.owner._infer_block(self.module, block.values, block.counts, block.rows)
 
 
 class _Ensemble:
@@ -75,14 +76,12 @@ class _Ensemble:
             total += out
         return (total / len(self.members)).astype(np.float32)
 
-    def __call__(self, rows: slice) -> np.ndarray:
-        return self._mean(member(rows) for member in self.members)
-
-    def block(self, values: sparse.csr_matrix, counts: sparse.csr_matrix | None, rows: slice) -> np.ndarray:
-        return self._mean(member.block(values, counts, rows) for member in self.members)
+    def __call__(self, block: Block) -> np.ndarray:
+        return self._mean(member(block) for member in self.members)
 
 
-class Autoencoder:
+@register("autoencoder")
+class Autoencoder(BaseDenoiser):
     """Denoise with an MLP autoencoder: the reconstruction through a narrow bottleneck.
 
     Calibrated over ``(bottleneck, epochs)``: for each bottleneck width one network is
@@ -161,6 +160,9 @@ class Autoencoder:
         between the two).
     """
 
+    tags = Tags(gene_partition="masked", uses_counts=True, blockwise=True)
+    axis_labels: ClassVar[dict[str, str]] = {"epochs": "training epochs", "bottleneck": "bottleneck width"}
+
     def __init__(
         self,
         *,
@@ -196,15 +198,6 @@ class Autoencoder:
         self.adapt_threads = adapt_threads
         self.random_state = random_state
 
-    def __repr__(self) -> str:
-        return (
-            f"Autoencoder(bottleneck={self.bottleneck}, hidden={self.hidden}, dropout={self.dropout}, "
-            f"batch_size={self.batch_size}, learning_rate={self.learning_rate}, weight_decay={self.weight_decay}, "
-            f"device={self.device!r}, autocast={self.autocast}, likelihood={self.likelihood!r}, n_fits={self.n_fits}, "
-            f"block_cells={self.block_cells}, buffer_cells={self.buffer_cells}, mask_fill={self.mask_fill!r}, "
-            f"adapt_threads={self.adapt_threads}, random_state={self.random_state!r})"
-        )
-
     # -- grid ---------------------------------------------------------------------------
     def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
         return ("epochs",) if np.ndim(grid) == 1 else ("bottleneck", "epochs")
@@ -216,6 +209,7 @@ class Autoencoder:
 
     def check_params(self) -> None:
         """Raise a ``ValueError`` for a setting out of range, an ``ImportError`` without torch (before any work)."""
+        super().check_params()
         require_torch()
         check_positive_int(self.bottleneck, "bottleneck")
         hidden = self.hidden if isinstance(self.hidden, tuple | list) else None
@@ -232,8 +226,9 @@ class Autoencoder:
         if self.block_cells is not None:
             check_positive_int(self.block_cells, "block_cells")
         check_positive_int(self.buffer_cells, "buffer_cells")
-        check_number(self.learning_rate, "learning_rate", low=0.0, open_low=True, example="1e-3")
-        check_number(self.weight_decay, "weight_decay", low=0.0, example="0")
+        # torch's optimiser holds them as float32: bounded well inside its range
+        check_number(self.learning_rate, "learning_rate", low=0.0, high=1e30, open_low=True, example="1e-3")
+        check_number(self.weight_decay, "weight_decay", low=0.0, high=1e30, example="0")
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         ):
@@ -273,62 +268,34 @@ class Autoencoder:
         return {int(w): grid[grid[:, 0] == w, 1] for w in np.unique(grid[:, 0])}
 
     # -- fitting ------------------------------------------------------------------------
-    def fit(self, X: ArrayLike, grid: np.ndarray) -> Self:
-        """Keep the (normalised) data and the grid; training happens during the sweep."""
-        if self.likelihood not in ("auto", "normal"):
-            msg = (
-                f"likelihood={self.likelihood!r} trains on raw counts, which this fit was not given: calibrate "
-                "it with `tl.calibrate` or `pp.denoise` (calibration='mcv'), or call `fit_counts`."
-            )
-            raise ValueError(msg)
-        return self._prepare(sparse.csr_matrix(X, dtype=np.float32), None, grid)
+    def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> Autoencoder:
+        """Prepare training on ``data``; the networks are trained during the sweep (or for the output).
 
-    def fit_counts(
-        self,
-        X: ArrayLike,
-        grid: np.ndarray,
-        *,
-        counts: sparse.csr_matrix,
-        scales: np.ndarray,
-        transform: str,
-        max_rate: float | None = None,
-    ) -> Self:
-        """Fit on the normalised data ``X`` with the raw ``counts`` behind it (``X = T(scales · counts)``).
-
-        A count likelihood trains against ``counts`` and outputs ``E[T(s X)]`` of its rates
-        for each cell's scale ``s`` (tabulated up to ``max_rate``, by default the largest
-        total count); with ``likelihood="normal"`` this is :meth:`fit`.
+        In memory the values (and, for a count likelihood, the counts behind them) are kept for
+        minibatches; data read block by block are streamed, one pass per epoch (see
+        :func:`~._train.train_epoch`). With the same blocks (``block_cells`` in memory) and seed,
+        training and output are the same bytes either way. With a ``partition``, Noise2Self's
+        masked training over its gene groups (:meth:`fit_masked`).
         """
-        if self.likelihood == "normal":
-            return self.fit(X, grid)
-        counts = sparse.csr_matrix(counts, dtype=np.float32)
-        self._prepare(sparse.csr_matrix(X, dtype=np.float32), counts, grid)
-        self.library_ = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-        self._expect(scales, transform, float(self.library_.max()) + 1.0 if max_rate is None else max_rate)
-        return self
-
-    def fit_stream(
-        self,
-        source: Any,
-        grid: np.ndarray,
-        *,
-        shape: tuple[int, int],
-        scales: np.ndarray,
-        transform: str,
-        max_rate: float,
-    ) -> Self:
-        """Fit on data read block by block (dask or on disk): ``source.bounds`` and ``source.load(blocks)``.
-
-        ``source.bounds`` are the blocks' cells (slices in cell order) and ``source.load``
-        returns a :class:`~._ae_train.Buffer` of the listed blocks. Each epoch reads every
-        block once (see :func:`~._ae_train.train_epoch`); the sweep's predictors and
-        :meth:`predict_block` work on one block at a time. With the same blocks
-        (``block_cells`` in memory) and seed, training and output are the same bytes as in
-        memory.
-        """
-        self._prepare(None, None, grid, source=source, shape=shape)
+        if partition is not None:
+            return self.fit_masked(data, partition.groups, grid)
+        if data.in_memory:
+            counts = data.counts()
+            if self.likelihood not in ("auto", "normal") and counts is None:
+                msg = (
+                    f"likelihood={self.likelihood!r} trains on raw counts, and these values are not counts: pass raw "
+                    "counts, or likelihood='normal'."
+                )
+                raise ValueError(msg)
+            if self.likelihood == "normal" or counts is None:
+                return self._prepare(sparse.csr_matrix(data.matrix(), dtype=np.float32), None, grid)
+            counts = sparse.csr_matrix(counts, dtype=np.float32)
+            self._prepare(sparse.csr_matrix(data.matrix(), dtype=np.float32), counts, grid)
+            self.library_ = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        else:
+            self._prepare(None, None, grid, source=_Buffers(data.stream()), shape=data.shape)
         if self.likelihood_ != "normal":
-            self._expect(scales, transform, max_rate)
+            self._expect(data.scales, data.transform, data.max_rate)
         return self
 
     def _prepare(
@@ -339,8 +306,8 @@ class Autoencoder:
         *,
         source: Any = None,
         shape: tuple[int, int] | None = None,
-    ) -> Self:
-        from ._ae_train import MemorySource, block_bounds, resolve_device
+    ) -> Autoencoder:
+        from ._train import MemorySource, block_bounds, resolve_device
 
         self.device_ = resolve_device(self.device)
         self.likelihood_ = self.likelihood
@@ -361,19 +328,19 @@ class Autoencoder:
         return self
 
     def _expect(self, scales: np.ndarray, transform: str, max_rate: float) -> None:
-        from .._transform import expected_values
+        from ..._numerics.transform import expected_values
 
         scales = np.asarray(scales, dtype=np.float64)
         self.expected_ = (expected_values(transform, scales=scales, max_rate=max_rate), scales)
 
-    def fit_masked(self, X: ArrayLike, groups: np.ndarray, grid: np.ndarray) -> Self:
+    def fit_masked(self, data: Data, groups: np.ndarray, grid: np.ndarray) -> Autoencoder:
         """Prepare Noise2Self training over the gene partition ``groups`` (a group index per gene).
 
         Each minibatch hides one random group per cell and takes the loss on it; every
         prediction (in the sweep and after) is J-invariant: a gene group is predicted from
         the cell's other genes only.
         """
-        from ._ae_mask import Masker
+        from ._mask import Masker
 
         if self.likelihood not in ("auto", "normal"):
             msg = (
@@ -381,7 +348,7 @@ class Autoencoder:
                 "calibration='mcv', or likelihood='normal' with calibration='genes'."
             )
             raise ValueError(msg)
-        self.fit(X, grid)
+        self._prepare(sparse.csr_matrix(data.matrix(), dtype=np.float32), None, grid)
         self.masker_ = Masker(groups, self.mask_fill, self.X_, self._seed(0))
         return self
 
@@ -393,8 +360,8 @@ class Autoencoder:
         """Train one network of this width (``member`` of an ensemble); yield it after every epoch listed."""
         import torch
 
-        from ._ae_module import AutoencoderModule
-        from ._ae_train import free_core_threads, train_epoch
+        from ._module import AutoencoderModule
+        from ._train import free_core_threads, train_epoch
 
         seed = self._seed(width, member)
         generator = torch.Generator().manual_seed(seed)
@@ -430,7 +397,7 @@ class Autoencoder:
                 yield epoch, module
 
     def _infer(self, module: object, rows: slice, cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
-        from ._ae_train import infer
+        from ._train import infer
 
         output = None
         if self.expected_ is not None and self._output_on_device():
@@ -454,7 +421,7 @@ class Autoencoder:
     def _infer_block(
         self, module: object, values: sparse.csr_matrix, counts: sparse.csr_matrix | None, rows: slice
     ) -> np.ndarray:
-        from ._ae_train import infer
+        from ._train import infer
 
         values = sparse.csr_matrix(values, dtype=np.float32)
         library = None if self.expected_ is None else np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
@@ -478,7 +445,7 @@ class Autoencoder:
 
     def _on_device(self, library: np.ndarray, scales: np.ndarray) -> object:
         """Return the count decoder's output step on the device, for cells with these library sizes and scales."""
-        from ._ae_train import DeviceExpected
+        from ._train import DeviceExpected
 
         return DeviceExpected(self.expected_[0], library, scales, self.device_)
 
@@ -490,15 +457,13 @@ class Autoencoder:
     def _value(self, width: int, epoch: int) -> int | tuple[int, int]:
         return int(epoch) if self.grid_.ndim == 1 else (int(width), int(epoch))
 
-    def sweep_values(self) -> Iterator[tuple[object, Callable[[slice], np.ndarray]]]:
-        """Per width, train once and yield a predictor after every epoch of the grid.
+    order = "values"
 
-        Each predictor carries the epoch's training loss (``predict.train_loss``), which
-        the calibration's progress bar shows next to the held-out loss.
-        """
+    def values(self) -> Iterator[Step]:
+        """Per width, train once and yield a predictor after every epoch of the grid, with its training loss."""
         for width, epochs in self._plan(self.grid_).items():
             for epoch, module in self._training(width, epochs):
-                yield self._value(width, epoch), _Predictor(self, module, self.train_loss_[(width, epoch)])
+                yield Step(self._value(width, epoch), _Predictor(self, module), self.train_loss_[(width, epoch)])
 
     def _ensemble(self, value: int | tuple[int, int]) -> _Ensemble:
         """Return the ``n_fits`` networks trained to ``value`` (trained on first use)."""
@@ -508,16 +473,27 @@ class Autoencoder:
             members = []
             for member in range(self.n_fits):
                 for _, module in self._training(key[0], np.array([key[1]]), member):
-                    members.append(_Predictor(self, module, self.train_loss_[key]))
+                    members.append(_Predictor(self, module))
             self._trained = (key, _Ensemble(members))
         return self._trained[1]
 
-    def predict(self, rows: slice, value: int | tuple[int, int]) -> np.ndarray:
-        """Output for cells ``rows`` of the ``n_fits`` networks trained to ``value`` (trained on first use)."""
-        return self._ensemble(value)(rows)
+    def output(self, value: int | tuple[int, int]) -> Predicted:
+        """Return the mean output of the ``n_fits`` networks trained to ``value`` (trained on first use)."""
+        return Predicted(lambda block: self._ensemble(value)(block))
 
-    def predict_block(
-        self, values: sparse.csr_matrix, counts: sparse.csr_matrix | None, rows: slice, value: int | tuple[int, int]
-    ) -> np.ndarray:
-        """Output for a block of cells ``rows`` read elsewhere (after :meth:`fit_stream`): its values and counts."""
-        return self._ensemble(value).block(values, counts, rows)
+
+class _Buffers:
+    """Training data read block by block (dask or disk): ``load(blocks)`` gives them as one buffer."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.bounds = stream, stream.bounds
+
+    def load(self, blocks: list[int]) -> Any:
+        from ._train import Buffer
+
+        parts = self.stream.load(blocks)
+        return Buffer(
+            sparse.vstack([p.values for p in parts], format="csr"),
+            sparse.vstack([p.counts for p in parts], format="csr"),
+            np.concatenate([np.arange(p.rows.start, p.rows.stop) for p in parts]),
+        )

@@ -19,40 +19,40 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import _logging as logg
-from ._blockwise import is_blockwise
-from ._calibrate import (
+from .. import _logging as logg
+from .._anndata import check_key, check_targets, commit, counts_of, resolve_mask_var, writable
+from .._docs import shared_docs
+from .._engine import (
+    Settings,
     add_steps,
     bar_label,
+    calibrate,
     calibration_record,
+    grid_product,
+    is_blockwise,
+    method_seed,
     package_version,
     progress_bar,
-    refit,
     resolve_method,
     warn_about_choice,
 )
-from ._docs import shared_docs
-from ._genes import resolve_mask_var
-from ._output import check_key, check_targets, commit, writable
-from ._split import Stream, seed_sequence
-from ._threads import adapts_threads
-from ._transform import transformed
-from ._validate import check_flag, check_int_grid, get_counts
-from .tl import _run
+from .._numerics.checks import check_flag, check_int_grid, check_positive_int
+from .._numerics.machine import adapts_threads
+from .._numerics.transform import transformed
+from ..denoisers import ArrayData
 
 if TYPE_CHECKING:
     import pandas as pd
     from anndata import AnnData
 
-    from ._calibrate import CalibrationResult
-    from ._genes import GeneMask
-    from ._types import ArrayLike, Depth, RandomState, Sampling, Select, TransformName
-    from ._validate import Counts
-    from .denoisers import Denoiser
+    from .._engine import Calibrated, GeneSelection
+    from .._types import ArrayLike, Depth, RandomState, Sampling, Select, TransformName
+    from ..denoisers import Denoiser
 
 __all__ = ["neighbors", "pca"]
 
@@ -170,66 +170,43 @@ def pca(
         ``"neighbors"`` over ``(n_neighbors, n_pcs)`` pairs; plot it with
         ``n2s.pl.calibration(adata, key="pca")``).
     """
-    from .denoisers import PCA, KNNAverage
-
+    settings = Settings.from_arguments(locals(), loss="mse", empty="drop", chunk_size=None)
     names = ("X_pca", "PCs", "pca") if key_added is None else (check_key(key_added),) * 3
     obsm_key, varm_key, uns_key = names
     check_flag(copy, "copy")
     if objective not in ("neighbors", "reconstruction"):
         msg = f"objective must be 'neighbors' or 'reconstruction', got {objective!r}."
         raise ValueError(msg)
-    seed = _method_seed(random_state)
     genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.pca")
     if objective == "neighbors":
-        n_genes = adata.n_vars if genes is None else int(genes.mask.sum())
-        calibrated, grid = KNNAverage(random_state=seed), _graph_grid(grid, (adata.n_obs, n_genes))
-    else:
-        calibrated = PCA(random_state=seed)
-    _, calibrated = resolve_method(calibrated, random_state)
+        n_genes = adata.n_vars if genes is None else int(genes[0].mask.sum())
+        settings = replace(settings, grid=_graph_grid(grid, (adata.n_obs, n_genes)))
+    name, calibrated = resolve_method("knn" if objective == "neighbors" else "pca", random_state)
     start = logg.info("computing PCA, its number of components calibrated by self-supervision")
     check_targets(
         adata, uns_key, {"obsm": [obsm_key], "varm": [varm_key]}, function="pca", read_layer=None, overwrite=overwrite
     )
-    with progress_bar(bar_label("pca", calibration), progress=progress) as bar:
-        data, calibrated, result = _calibrate(
-            adata,
-            calibrated,
-            layer=layer,
-            genes=genes,
-            grid=grid,
-            calibration=calibration,
-            transform=transform,
-            target_sum=target_sum,
-            split_fraction=split_fraction,
-            n_splits=n_splits,
-            sampling=sampling,
-            dispersion=dispersion,
-            depth=depth,
-            n_groups=n_groups,
-            select=select,
-            random_state=random_state,
-            bar=bar,
-        )
+    with progress_bar(bar_label("pca", calibration), progress=settings.progress) as bar:
+        fit = _calibrate(adata, name, calibrated, settings, layer=layer, genes=genes, bar=bar)
+        result = fit.result
         warn_about_choice(result, axes=("n_pcs", "n_comps"))  # pp.pca's n_neighbors axis is not the user's
         n_comps = int(np.atleast_1d(result.best)[-1])  # (n_neighbors, n_pcs) or the rank
-        totals = None if genes is None else genes.kept_totals(data.cells)
-        values = transformed(data.matrix, transform, target_sum, totals=totals)
-        fitted = refit(values, PCA(random_state=seed), n_comps)
+        values = transformed(fit.source.matrix(), transform, target_sum, totals=fit.totals)
+        _, pca = resolve_method("pca", random_state)
+        pca.fit(ArrayData(values), pca.check_grid(np.array([n_comps]), values.shape))
         bar.update(1)
-    coordinates, loadings = _pca_outputs(fitted, data, genes, adata.shape)
-    variance = fitted.singular_values_**2 / max(values.shape[0] - 1, 1)
-    params = {
-        "zero_center": True,
-        "use_highly_variable": genes is not None and genes.name == "highly_variable",
-        "mask_var": None if genes is None else genes.name,
-    }
+    scores = pca.output(n_comps).scores(ArrayData(values).block())
+    coordinates, loadings = _pca_outputs(pca.mean_, scores, pca.components_, fit.source, genes, adata.shape)
+    variance = pca.singular_values_**2 / max(values.shape[0] - 1, 1)
+    mask_name = None if genes is None else genes[1]
+    params = {"zero_center": True, "use_highly_variable": mask_name == "highly_variable", "mask_var": mask_name}
     if layer is not None:
         params["layer"] = layer
     record = {
         "params": params,
         "variance": variance,
         "variance_ratio": variance / _total_variance(values),
-        "calibration": calibration_record(result, data, genes, layer, calibrated) | {"objective": objective},
+        "calibration": _record(fit, layer, genes) | {"objective": objective},
         "version": package_version(),
     }
     logg.info(f"    chose n_comps={n_comps} ({result.calibration} loss {result.loss_mean.min():.6g})")
@@ -364,8 +341,7 @@ def neighbors(
         scanpy's record (``params``, the ``obsp`` keys) and ``calibration``: the loss
         curve over ``n_neighbors`` and the choice.
     """
-    from .denoisers import KNNAverage
-
+    settings = Settings.from_arguments(locals(), loss="mse", empty="drop", chunk_size=None)
     uns_key = "neighbors" if key_added is None else check_key(key_added)
     obsp_keys = (
         ("distances", "connectivities") if key_added is None else (f"{uns_key}_distances", f"{uns_key}_connectivities")
@@ -384,38 +360,20 @@ def neighbors(
         metric_kwds=metric_kwds,
         random_state=random_state,
     )
-    denoiser = KNNAverage(n_pcs=min(embedding.shape[1], 100), random_state=_method_seed(random_state))
-    _, denoiser = resolve_method(denoiser, random_state)
+    name, denoiser = resolve_method("knn", random_state, n_pcs=min(embedding.shape[1], 100))
     start = logg.info("computing neighbors, their number calibrated by self-supervision")
     genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.neighbors")
     check_targets(adata, uns_key, {"obsp": list(obsp_keys)}, function="neighbors", read_layer=None, overwrite=overwrite)
-    with progress_bar(bar_label("knn", calibration), progress=progress) as bar:
-        data, denoiser, result = _calibrate(
-            adata,
-            denoiser,
-            layer=layer,
-            genes=genes,
-            grid=grid,
-            calibration=calibration,
-            transform=transform,
-            target_sum=target_sum,
-            split_fraction=split_fraction,
-            n_splits=n_splits,
-            sampling=sampling,
-            dispersion=dispersion,
-            depth=depth,
-            n_groups=n_groups,
-            select=select,
-            random_state=random_state,
-            bar=bar,
-        )
+    with progress_bar(bar_label("knn", calibration), progress=settings.progress) as bar:
+        fit = _calibrate(adata, name, denoiser, settings, layer=layer, genes=genes, bar=bar)
+        result = fit.result
         warn_about_choice(result)
         n_neighbors = int(result.best)
         graph = _scanpy_graph(adata.obs_names, rep, embedding, n_neighbors, n_pcs, graph_args)
         bar.update(1)
     record = {
         **graph.uns["neighbors"],
-        "calibration": calibration_record(result, data, genes, layer, denoiser),
+        "calibration": _record(fit, layer, genes),
         "version": package_version(),
     }
     record["connectivities_key"], record["distances_key"] = obsp_keys[1], obsp_keys[0]
@@ -444,8 +402,6 @@ def _graph_grid(grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
     On data too small for the defaults, every value the data allow (``n_pcs`` up to
     ``min(shape) - 1``, ``n_neighbors`` up to the number of cells).
     """
-    from .tl import grid as product
-
     most_pcs = min(shape) - 1
     if grid is None:
         grid = _GRAPH_PCS[_GRAPH_PCS <= most_pcs]
@@ -453,23 +409,14 @@ def _graph_grid(grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
     n_pcs = check_int_grid(grid, low=1, high=most_pcs, name="n_pcs")
     n_neighbors = _GRAPH_NEIGHBORS[_GRAPH_NEIGHBORS <= shape[0]]
     n_neighbors = n_neighbors if n_neighbors.size else np.arange(2, shape[0] + 1)
-    return product(n_neighbors=check_int_grid(n_neighbors, low=2, high=shape[0], name="n_neighbors"), n_pcs=n_pcs)
-
-
-def _method_seed(random_state: RandomState) -> int | None:
-    """Return the seed a denoiser made here gets, as ``pp.denoise`` derives it from ``random_state``."""
-    if random_state is None:
-        return None
-    if not isinstance(random_state, np.random.Generator):
-        seed_sequence(random_state)  # its checks: a clear error for a bad seed
-    return int(seed_sequence(random_state, Stream.METHOD).generate_state(1)[0])
+    return grid_product(n_neighbors=check_int_grid(n_neighbors, low=2, high=shape[0], name="n_neighbors"), n_pcs=n_pcs)
 
 
 def _in_memory_genes(
     adata: AnnData, layer: str | None, mask_var: object, calibration: str, function: str
-) -> GeneMask | None:
-    """Return the gene mask to calibrate on (None: all genes), after refusing data that are not in memory."""
-    if is_blockwise(get_counts(adata, layer)):
+) -> tuple[GeneSelection, str] | None:
+    """Return the genes to calibrate on and their name (None: all genes), after refusing data that are not in memory."""
+    if is_blockwise(counts_of(adata, layer)[0]):
         msg = (
             f"{function} needs the counts in memory (a dask array or backed AnnData was given); load them with "
             "`adata.to_memory()`, or calibrate a subset of cells."
@@ -483,42 +430,54 @@ def _in_memory_genes(
 
 def _calibrate(
     adata: AnnData,
+    name: str,
     denoiser: Denoiser,
+    settings: Settings,
     *,
     layer: str | None,
-    genes: GeneMask | None,
+    genes: tuple[GeneSelection, str] | None,
     bar: Any,
-    **settings: Any,
-) -> tuple[Counts, Denoiser, CalibrationResult]:
+) -> Calibrated:
     """Run the calibration on the counts (of the masked genes, normalised by all genes' totals)."""
     add_steps(bar, 1)  # the final fit, last
-    return _run(
-        adata if genes is None else genes.counts[:, genes.mask],
-        method=denoiser,
-        layer=layer if genes is None else None,
-        loss="mse",
-        empty="drop",
-        chunk_size=None,
-        cell_totals=None if genes is None else genes.totals,
-        bar=bar,
-        **settings,
+    if genes is None:
+        X, what = counts_of(adata, layer)
+        return calibrate(X, name, denoiser, settings, what=what, bar=bar)
+    selection = genes[0]
+    counts = selection.counts[:, selection.mask]
+    return calibrate(counts, name, denoiser, settings, what="The count matrix", bar=bar, cell_totals=selection.totals)
+
+
+def _record(fit: Calibrated, layer: str | None, genes: tuple[GeneSelection, str] | None) -> dict[str, Any]:
+    """Return the calibration's record, kept inside scanpy's ``uns`` entry."""
+    return calibration_record(
+        fit.result,
+        cells=fit.source.cells,
+        genes=fit.source.genes,
+        layer=layer,
+        mask_var=None if genes is None else genes[1],
+        denoiser=fit.denoiser,
     )
 
 
 def _pca_outputs(
-    fitted: Any, data: Counts, genes: GeneMask | None, shape: tuple[int, int]
+    mean: np.ndarray,
+    scores: np.ndarray,
+    components: np.ndarray,
+    source: Any,
+    genes: tuple[GeneSelection, str] | None,
+    shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates of every cell (float32) and loadings of every gene, from the PCA of the kept ones."""
-    mean, scores, components = fitted.mean_, fitted.scores_, fitted.components_
     coordinates = np.empty((shape[0], scores.shape[1]), dtype=np.float32)
-    if data.cells is None:
+    if source.cells is None:
         coordinates[:] = scores
     else:  # an empty cell's values are all zero: it projects to -mean @ components.T
-        coordinates[data.cells] = scores
-        coordinates[~data.cells] = -mean @ components.T
-    fitted_genes = np.flatnonzero(genes.mask) if genes is not None else np.arange(shape[1])
-    if data.genes is not None:
-        fitted_genes = fitted_genes[data.genes]
+        coordinates[source.cells] = scores
+        coordinates[~source.cells] = -mean @ components.T
+    fitted_genes = np.flatnonzero(genes[0].mask) if genes is not None else np.arange(shape[1])
+    if source.genes is not None:
+        fitted_genes = fitted_genes[source.genes]
     loadings = np.zeros((shape[1], components.shape[0]))
     loadings[fitted_genes] = components.T
     return coordinates, loadings
@@ -546,8 +505,6 @@ def _embedding(adata: AnnData, rep: str, n_pcs: int | None) -> np.ndarray:
         msg = f"adata.obsm[{rep!r}] must be a finite cells × components array, got shape {embedding.shape}."
         raise ValueError(msg)
     if n_pcs is not None:
-        from ._validate import check_positive_int
-
         if check_positive_int(n_pcs, "n_pcs") > embedding.shape[1]:
             msg = f"n_pcs={n_pcs} exceeds the {embedding.shape[1]} columns of adata.obsm[{rep!r}]."
             raise ValueError(msg)
@@ -599,7 +556,7 @@ def _graph_args(
     if isinstance(random_state, int | np.integer) and 0 <= int(random_state) < 2**32:
         seed = int(random_state)
     else:
-        seed = _method_seed(random_state) or 0
+        seed = method_seed(random_state) or 0
     args = {
         "method": method,
         "transformer": transformer,

@@ -9,9 +9,7 @@ import numpy as np
 from scipy import sparse
 
 if TYPE_CHECKING:
-    from anndata import AnnData
-
-    from ._types import ArrayLike
+    from .._types import ArrayLike
 
 __all__ = [
     "Counts",
@@ -27,31 +25,11 @@ __all__ = [
     "check_non_negative_int",
     "check_number",
     "check_positive_int",
+    "check_seed",
     "check_target_sum",
-    "get_counts",
     "nonzero_counts",
     "prepare_counts",
 ]
-
-
-def get_counts(adata: AnnData, layer: str | None) -> ArrayLike:
-    """Return ``adata.X`` or ``adata.layers[layer]``, failing clearly when absent."""
-    if layer is None:
-        if adata.X is None:
-            msg = "adata.X is empty; pass the layer that holds raw counts, e.g. `layer='counts'`."
-            raise ValueError(msg)
-        return adata.X
-    if not isinstance(layer, str) or layer not in adata.layers:
-        available = ", ".join(repr(k) for k in adata.layers) or "none"
-        msg = f"Layer {layer!r} not found in adata.layers (available: {available})."
-        if adata.raw is not None:
-            msg += (
-                " adata.raw holds a matrix, which is not a layer: if the raw counts are there, denoise "
-                "`adata.raw.to_adata()`, or copy them into a layer when adata.raw has the same genes "
-                "(`adata.layers['counts'] = adata.raw.X`) and pass layer='counts'."
-            )
-        raise ValueError(msg)
-    return adata.layers[layer]
 
 
 def as_canonical_csr(X: ArrayLike) -> sparse.csr_matrix:
@@ -339,6 +317,16 @@ def check_known_chunks(X: object, what: str) -> None:
     if chunks is not None and any(np.isnan(c) for axis in chunks for c in axis):
         msg = f"{what} is a dask array with unknown chunk sizes; call `X.compute_chunk_sizes()` first."
         raise ValueError(msg)
+
+
+def check_seed(value: object, name: str = "random_state") -> object:
+    """Return ``value`` if numpy can seed from it (None, an int >= 0, a Generator); raise otherwise."""
+    if value is None or isinstance(value, np.random.Generator | np.random.BitGenerator | np.random.SeedSequence):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        msg = f"{name} must be a non-negative int, a numpy Generator or None, got {value!r}."
+        raise ValueError(msg)
+    return value
 
 
 def check_flag(value: object, name: str) -> bool:

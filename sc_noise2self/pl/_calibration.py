@@ -1,4 +1,4 @@
-"""Plotting: the calibration curve with the chosen value marked."""
+"""``pl.calibration``: the held-out loss against the grid, with the chosen value marked."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._validate import check_flag
+from .._numerics.checks import check_flag
+from ..denoisers._registry import registered
 
 if TYPE_CHECKING:
     from typing import Any
@@ -19,13 +20,6 @@ if TYPE_CHECKING:
 
 __all__ = ["calibration"]
 
-_GRID_LABELS = {
-    "n_comps": "number of principal components",
-    "n_pcs": "number of principal components",
-    "n_neighbors": "number of neighbours (the cell included)",
-    "t": "diffusion time t",
-    "epochs": "training epochs",
-}
 _SWEPT = ("t", "epochs", "n_comps", "n_pcs")  # drawn along x; the other axis of a 2-D grid gets one curve per value
 
 
@@ -114,7 +108,7 @@ def calibration(
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 1, 10, 100
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # grid values are whole numbers
-    ax.set_xlabel(_GRID_LABELS.get(names[along], names[along]))
+    ax.set_xlabel(_axis_label(str(info.get("method", "")), names[along]))
     transform = params.get("transform", "")
     loss_name = params.get("loss", "mse")
     scale = f"{transform} scale" if loss_name == "mse" else "count scale"
@@ -132,6 +126,12 @@ def calibration(
         plt.show()
         return None
     return ax
+
+
+def _axis_label(method: str, axis: str) -> str:
+    """Return what a grid axis means, as the method registered under ``method`` says (else the axis's name)."""
+    labels = getattr(registered().get(method), "axis_labels", {})
+    return labels.get(axis, axis)
 
 
 def _calibration_record(adata: AnnData, key: str) -> tuple[Mapping[str, Any], str]:

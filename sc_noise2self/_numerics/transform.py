@@ -22,13 +22,13 @@ import numpy as np
 from scipy import sparse
 from scipy.special import gammaln, xlogy
 
-from ._threads import blas_threads
-from ._validate import check_target_sum
+from .checks import check_target_sum
+from .machine import blas_threads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._types import LossName, TransformName
+    from .._types import LossName, TransformName
 
 __all__ = [
     "TRANSFORMS",

@@ -19,11 +19,11 @@ import numba
 import numpy as np
 from scipy import sparse
 
-from ._transform import transform_counts
+from .transform import transform_counts
 
 if TYPE_CHECKING:
-    from ._transform import DepthConversion
-    from ._types import LossName, TransformName
+    from .._types import LossName, TransformName
+    from .transform import DepthConversion
 
 __all__ = [
     "LOSSES",

@@ -1,4 +1,6 @@
-"""Threads on a busy machine: optionally use only the cores other processes leave free.
+"""What the machine offers: its memory, and threads on a busy machine.
+
+Threads: optionally use only the cores other processes leave free.
 
 Two threads on two cores that another job keeps busy compete with it for time slices.
 With ``sc_noise2self.settings.adapt_threads = True``, each call first counts the runnable
@@ -27,8 +29,8 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 import numba
 from threadpoolctl import ThreadpoolController
 
-from . import _logging as logg
-from ._validate import check_flag
+from .. import _logging as logg
+from .checks import check_flag
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -39,6 +41,7 @@ __all__ = [
     "adapted_threads",
     "adapts_threads",
     "blas_threads",
+    "default_max_dense_bytes",
     "fewer_threads",
     "free_cores",
     "settings",
@@ -77,6 +80,14 @@ class Settings:
 
 
 settings = Settings()
+
+
+def default_max_dense_bytes() -> int:
+    """Return a quarter of this machine's physical memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 4 * 2**30
 
 
 _controller: tuple[int, ThreadpoolController] | None = None

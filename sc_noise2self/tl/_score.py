@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import sparse
 
-from ._loss import POISSON_FLOOR
-from ._validate import (
+from .._numerics.checks import (
     MAX_TARGET_SUM,
     as_canonical_csr,
     check_count_values,
@@ -16,9 +15,10 @@ from ._validate import (
     check_number,
     check_positive_int,
 )
+from .._numerics.loss import POISSON_FLOOR
 
 if TYPE_CHECKING:
-    from ._types import ArrayLike
+    from .._types import ArrayLike
 
 __all__ = ["score_denoising"]
 

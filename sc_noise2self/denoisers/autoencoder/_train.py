@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from .._threads import fewer_threads, free_cores
+from ..._numerics.machine import fewer_threads, free_cores
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from scipy import sparse
 
-    from .._transform import ExpectedValues
-    from ._ae_mask import Masker
-    from ._ae_module import AutoencoderModule
+    from ..._numerics.transform import ExpectedValues
+    from ._mask import Masker
+    from ._module import AutoencoderModule
 
 __all__ = [
     "Buffer",

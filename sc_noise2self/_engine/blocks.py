@@ -1,0 +1,350 @@
+"""One source of row blocks: counts in memory, in a dask array, or in a backed (on-disk) matrix.
+
+Every pass of the engine maps a function over blocks of cells and merges the results. In memory
+the counts are one block; a dask array (CSR or dense chunks along cells, as
+``anndata.experimental.read_elem_lazy`` gives) is read chunk by chunk on dask's scheduler (local
+threads, or the user's ``distributed.Client``); a backed matrix (``anndata.read_h5ad(path,
+backed="r")``) is read block after block. Every random draw is keyed by (cell, gene) and every
+sum over cells is made in a fixed order, so each path gives the in-memory result for the same
+seed, whatever the chunking (up to float rounding in the Gram matrices merged across blocks).
+
+:class:`Source` validates the input in one pass and reads it. A denoiser is fitted on
+:class:`~sc_noise2self.denoisers.Data`: in memory one block
+(:class:`~sc_noise2self.denoisers.ArrayData`), otherwise :class:`BlockData`, each block of counts
+made into its values (a split's training part, or all counts) as it is read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from scipy import sparse
+
+from .._numerics.checks import (
+    as_canonical_csr,
+    check_count_values,
+    check_empty,
+    check_known_chunks,
+    nonzero_counts,
+)
+from ..denoisers._base import ArrayData, Block
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Literal
+
+__all__ = ["CHUNK_ELEMENTS", "BlockData", "Source", "chunk_rows", "is_blockwise", "training_data"]
+
+CHUNK_ELEMENTS = 2**19
+"""Cells per scoring block × genes: a block of predictions is 4 MiB of float64."""
+_BACKED_BLOCK_ELEMENTS = 2**24  # cells per block of a backed matrix × genes
+_FAN_IN = 8  # partial results merged at once in dask's reduction tree
+
+
+def chunk_rows(n_cells: int, n_genes: int, chunk_size: int | None) -> list[slice]:
+    """Blocks of cells so that a block × genes array stays small (``chunk_size`` cells when given)."""
+    size = max(1, CHUNK_ELEMENTS // max(1, n_genes)) if chunk_size is None else chunk_size
+    return [slice(i, min(i + size, n_cells)) for i in range(0, n_cells, size)]
+
+
+def _is_dask(X: object) -> bool:
+    return type(X).__module__.split(".")[0] == "dask"
+
+
+def is_blockwise(X: object) -> bool:
+    """Whether ``X`` is a dask array or a backed (on-disk) matrix, read block by block."""
+    if _is_dask(X) or type(X).__module__.split(".")[0] == "h5py":
+        return True
+    from anndata.abc import CSCDataset, CSRDataset
+
+    return isinstance(X, CSRDataset | CSCDataset)
+
+
+class _Facts(NamedTuple):
+    is_counts: bool
+    totals: np.ndarray
+    has_counts: np.ndarray
+    gene_nonzeros: np.ndarray
+    max_count: float
+
+
+class Source:
+    """Validated counts, read in blocks of cells; cells and genes without counts left out.
+
+    ``map``, ``reduce`` and ``load`` call ``fn(block, rows)`` with the block as canonical CSR
+    (kept cells and genes only) and ``rows``, its cells' positions among the kept cells, so that
+    per-cell arrays and the split's counter keys line up whatever the blocks.
+    """
+
+    def __init__(self, X: Any, what: str, *, empty: Literal["error", "drop"], counts: bool) -> None:
+        self.what = what
+        self.in_memory = not is_blockwise(X)
+        if self.in_memory:
+            self._prepare_in_memory(X, empty=empty, counts=counts)
+        else:
+            self._prepare_blocks(X, empty=empty, counts=counts)
+
+    # -- the validation pass ---------------------------------------------------------------------
+    def _prepare_in_memory(self, X: Any, *, empty: Literal["error", "drop"], counts: bool) -> None:
+        matrix = as_canonical_csr(X)
+        self.is_counts = check_count_values(matrix, what=self.what, counts=counts)
+        keep_cells, gene_nonzeros = nonzero_counts(matrix)
+        self.cells, self.genes = check_empty(keep_cells, gene_nonzeros > 0, what=self.what, empty=empty)
+        if self.cells is not None or self.genes is not None:
+            matrix = as_canonical_csr(matrix[keep_cells][:, gene_nonzeros > 0])
+        self._matrix = matrix
+        self.input_shape = (int(X.shape[0]), int(X.shape[1]))
+        self.totals = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
+        self.max_count = float(matrix.data.max()) if matrix.nnz else 0.0
+        self._slices = [slice(0, matrix.shape[0])]
+        self._kept_before = np.arange(matrix.shape[0] + 1)
+
+    def _prepare_blocks(self, X: Any, *, empty: Literal["error", "drop"], counts: bool) -> None:
+        from anndata.abc import CSCDataset
+
+        if isinstance(X, CSCDataset):
+            msg = (
+                f"{self.what} is a backed CSC matrix, whose cells cannot be read in blocks; write it as CSR "
+                "(e.g. `adata.X = adata.X.tocsr()` before `write_h5ad`) or load it with `adata.to_memory()`."
+            )
+            raise ValueError(msg)
+        if len(X.shape) != 2:
+            msg = f"Expected a 2-D cells × genes matrix, got an array of shape {X.shape}."
+            raise ValueError(msg)
+        check_known_chunks(X, self.what)
+        self.input_shape = (int(X.shape[0]), int(X.shape[1]))
+        if 0 in self.input_shape:
+            msg = f"{self.what} has shape {self.input_shape}; it needs at least one cell and one gene."
+            raise ValueError(msg)
+        if _is_dask(X):
+            if len(X.chunks[1]) > 1:  # whole genes per block: the split keys and statistics need full rows
+                X = X.rechunk({1: -1})
+            bounds = np.cumsum((0, *X.chunks[0]))
+        else:
+            step = max(1, _BACKED_BLOCK_ELEMENTS // max(1, self.input_shape[1]))
+            bounds = np.r_[np.arange(0, self.input_shape[0], step), self.input_shape[0]]
+        self._source = X
+        self._slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+        self._delayed: list[Any] | None = None
+        self.cells = self.genes = None
+        self._kept_before = np.arange(self.input_shape[0] + 1)
+
+        def inspect(block: sparse.csr_matrix, rows: slice) -> _Facts:
+            where = f"{self.what} (cells {rows.start}..{rows.stop - 1})"
+            is_counts = check_count_values(block, what=where, counts=counts)
+            has_counts, gene_nonzeros = nonzero_counts(block)
+            return _Facts(
+                is_counts,
+                np.asarray(block.sum(axis=1), dtype=np.float64).ravel(),
+                has_counts,
+                gene_nonzeros,
+                float(block.data.max()) if block.nnz else 0.0,
+            )
+
+        facts = self.map(inspect)
+        keep_cells = np.concatenate([f.has_counts for f in facts])
+        keep_genes = np.sum([f.gene_nonzeros for f in facts], axis=0) > 0
+        self.cells, self.genes = check_empty(keep_cells, keep_genes, what=self.what, empty=empty)
+        if self.cells is not None:
+            self._kept_before = np.r_[0, np.cumsum(self.cells)]
+        totals = np.concatenate([f.totals for f in facts])  # dropped genes hold no counts
+        self.totals = totals if self.cells is None else totals[self.cells]
+        self.is_counts = all(f.is_counts for f in facts)
+        self.max_count = max(f.max_count for f in facts)
+
+    # -- reading ---------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Kept cells × kept genes."""
+        n_cells = self.input_shape[0] if self.cells is None else int(self.cells.sum())
+        n_genes = self.input_shape[1] if self.genes is None else int(self.genes.sum())
+        return n_cells, n_genes
+
+    def matrix(self) -> sparse.csr_matrix:
+        """All kept counts as canonical CSR (in memory only)."""
+        return self._matrix
+
+    def _apply(self, fn: Callable[[sparse.csr_matrix, slice], Any], block: Any, rows: slice) -> Any:
+        if self.in_memory:
+            return fn(self._matrix, rows)
+        block = as_canonical_csr(block)
+        if self.cells is not None:
+            block = block[self.cells[rows]]
+        if self.genes is not None:
+            block = block[:, self.genes]
+        start = int(self._kept_before[rows.start])
+        return fn(as_canonical_csr(block), slice(start, start + block.shape[0]))
+
+    def _blocks(self) -> list[Any]:
+        """Return the dask array's blocks as delayed objects, made once."""
+        if self._delayed is None:
+            self._delayed = list(self._source.to_delayed().ravel())
+        return self._delayed
+
+    def __getstate__(self) -> dict[str, Any]:
+        # tasks carry this object to dask's workers: the delayed blocks (the whole graph again) stay here
+        return {**self.__dict__, "_delayed": None}
+
+    def _tasks(self, fn: Callable[[sparse.csr_matrix, slice], Any], indices: Iterable[int]) -> list[Any]:
+        import dask
+
+        blocks = self._blocks()
+        return [dask.delayed(self._apply)(fn, blocks[i], self._slices[i]) for i in indices]
+
+    def map(self, fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
+        """``fn`` of every block, in block order."""
+        return self.load(range(len(self._slices)), fn)
+
+    def load(self, indices: Iterable[int], fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
+        """``fn`` of the blocks at ``indices``, in that order, computed together."""
+        if self.in_memory:
+            return [fn(self._matrix, slice(0, self._matrix.shape[0])) for _ in indices]
+        if _is_dask(self._source):
+            import dask
+
+            return list(dask.compute(*self._tasks(fn, indices)))
+        return [self._apply(fn, self._source[self._slices[i]], self._slices[i]) for i in indices]
+
+    def reduce(self, fn: Callable[[sparse.csr_matrix, slice], Any], merge: Callable[[Any, Any], Any]) -> Any:
+        """``fn`` of every block, merged pairwise (a tree of merges under dask, so partials are freed early)."""
+        if not self.in_memory and _is_dask(self._source):
+            import dask
+
+            parts = self._tasks(fn, range(len(self._slices)))
+            while len(parts) > 1:
+                parts = [dask.delayed(_merge_all)(merge, parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]
+            return dask.compute(parts[0])[0]
+        total = None
+        for rows in self._slices:
+            part = self._apply(fn, None if self.in_memory else self._source[rows], rows)
+            total = part if total is None else merge(total, part)
+        return total
+
+    def kept_bounds(self) -> list[slice]:
+        """Each block's cells among the kept cells (empty slices for blocks without kept cells)."""
+        return [slice(int(self._kept_before[r.start]), int(self._kept_before[r.stop])) for r in self._slices]
+
+    def gather(self, keep: np.ndarray) -> sparse.csr_matrix:
+        """Return the kept cells ``keep`` marks (a boolean mask over them), in one pass, as one CSR matrix."""
+        if self.in_memory:
+            return self._matrix if keep.all() else self._matrix[keep]
+        return sparse.vstack(self.map(lambda block, rows: block[keep[rows]]), format="csr")
+
+    def lazy(self, fn: Callable[[sparse.csr_matrix, slice], np.ndarray], n_columns: int) -> Any:
+        """Dask array of ``fn`` over every block (a float32 row per input cell, 0 for dropped cells), computed on use.
+
+        ``fn(block, rows)`` gets the block's kept cells and genes as for :meth:`map`; backed
+        input is read from its file when a block is computed.
+        """
+        import dask
+        import dask.array as da
+
+        def full(block: Any, rows: slice) -> np.ndarray:
+            out = np.zeros((rows.stop - rows.start, n_columns), dtype=np.float32)
+            kept = np.ones(out.shape[0], dtype=bool) if self.cells is None else self.cells[rows]
+            if kept.any():
+                values = self._apply(fn, block, rows)
+                columns = slice(None) if self.genes is None else np.flatnonzero(self.genes)
+                out[np.ix_(np.flatnonzero(kept), np.arange(n_columns)[columns])] = values
+            return out
+
+        if _is_dask(self._source):
+            sources = self._blocks()
+        else:
+            sources = [dask.delayed(self._source.__getitem__)(rows) for rows in self._slices]
+        parts = [
+            da.from_delayed(dask.delayed(full)(b, rows), shape=(rows.stop - rows.start, n_columns), dtype=np.float32)
+            for b, rows in zip(sources, self._slices, strict=True)
+        ]
+        return da.concatenate(parts, axis=0)
+
+
+def _merge_all(merge: Callable[[Any, Any], Any], parts: list[Any]) -> Any:
+    total = parts[0]
+    for part in parts[1:]:
+        total = merge(total, part)
+    return total
+
+
+class _Stream:
+    """The blocks of data read block by block, for a loop that reads a few at a time (the autoencoder)."""
+
+    def __init__(self, data: BlockData) -> None:
+        kept = data.source.kept_bounds()
+        self._data = data
+        self._index = [i for i, rows in enumerate(kept) if rows.stop > rows.start]
+        self.bounds = [kept[i] for i in self._index]
+
+    def load(self, blocks: list[int]) -> list[Block]:
+        """Return the :class:`~sc_noise2self.denoisers.Block` of each of ``blocks`` (indices into ``bounds``)."""
+        return self._data.source.load([self._index[b] for b in blocks], self._data.make)
+
+
+class BlockData:
+    """Data read block by block (:class:`~sc_noise2self.denoisers.Data`): ``make(counts, rows)`` of each block.
+
+    Each pass reads and makes every block again; in memory the engine uses
+    :class:`~sc_noise2self.denoisers.ArrayData` instead.
+    """
+
+    in_memory = False
+
+    def __init__(
+        self,
+        source: Source,
+        make: Callable[[sparse.csr_matrix, slice], Block],
+        *,
+        scales: np.ndarray,
+        transform: str,
+        max_rate: float,
+    ) -> None:
+        self.source, self.make = source, make
+        self.shape = source.shape
+        self.scales, self.transform, self.max_rate = scales, transform, max_rate
+
+    def matrix(self) -> sparse.csr_matrix:
+        """Refused: these data are not in memory."""
+        msg = (
+            "This method needs all the data in memory, and they are read block by block (a dask array or a "
+            "backed AnnData); load them first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
+        )
+        raise ValueError(msg)
+
+    def counts(self) -> sparse.csr_matrix | None:
+        """Refused: these data are not in memory."""
+        return self.matrix()
+
+    def block(self, rows: slice = slice(None)) -> Block:
+        """Refused: these data are not in memory."""
+        return self.matrix()
+
+    def map(self, fn: Callable[[Block], Any]) -> list[Any]:
+        """``fn`` of every block, in cell order."""
+        return self.source.map(lambda counts, rows: fn(self.make(counts, rows)))
+
+    def reduce(self, fn: Callable[[Block], Any], merge: Callable[[Any, Any], Any]) -> Any:
+        """``fn`` of every block, merged pairwise."""
+        return self.source.reduce(lambda counts, rows: fn(self.make(counts, rows)), merge)
+
+    def stream(self) -> _Stream:
+        """Return the input's blocks with kept cells, to read a few at a time."""
+        return _Stream(self)
+
+
+def training_data(
+    source: Source,
+    make: Callable[[sparse.csr_matrix, slice], Block],
+    *,
+    scales: np.ndarray,
+    transform: str,
+    max_rate: float,
+    whole: Block | None = None,
+) -> ArrayData | BlockData:
+    """Return the data to fit on: ``make(counts, rows)`` of every block (in memory one block, or ``whole``)."""
+    if not source.in_memory:
+        return BlockData(source, make, scales=scales, transform=transform, max_rate=max_rate)
+    if whole is None:
+        whole = make(source.matrix(), slice(0, source.shape[0]))
+    return ArrayData(whole.values, whole.counts, scales=scales, transform=transform, max_rate=max_rate)

@@ -1,0 +1,151 @@
+"""Noise2Self: partition the genes at random, predict each group without seeing it, score against the data.
+
+For a J-invariant prediction the error against the data differs from the error against the truth
+by a constant (the noise variance), so both have the same minimiser over the grid. Cells are also
+split into random groups, so that a method may learn the held-out genes from the other cell groups
+(cross-fitting). A method either fits once per gene group (``gene_partition="held_out"``) or once
+by masked training over every group (``"masked"``, Noise2Self's own loop).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._numerics.checks import check_magnitude, check_positive_int
+from .._numerics.loss import row_squared_errors
+from .._numerics.machine import blas_threads
+from .._numerics.rows import CellSum
+from .._numerics.split import Stream, seed_sequence
+from .._numerics.transform import transformed
+from ..denoisers._base import ArrayData, Partition
+from .blocks import chunk_rows
+from .progress import add_steps
+from .result import CalibrationResult
+from .scoring import Passes, Scoring, show_step, sweep_losses, sweep_steps
+
+if TYPE_CHECKING:
+    from scipy import sparse
+    from tqdm import tqdm
+
+    from .._types import RandomState
+    from ..denoisers._base import Block, Denoiser, Sweep
+    from .blocks import Source
+    from .settings import Settings
+
+__all__ = ["random_groups", "run_genes"]
+
+
+def random_groups(n_items: int, n_groups: int, random_state: RandomState, key: int) -> np.ndarray:
+    """Random, balanced assignment of items to ``n_groups`` groups (a group index per item)."""
+    rng = np.random.default_rng(seed_sequence(random_state, key))
+    return rng.permutation(n_items) % n_groups
+
+
+class _Data(Scoring):
+    """The gene partition's scoring: squared error of the held-out genes against the data themselves."""
+
+    kind = "data"
+    costly_targets = True  # a sweep in value order reads every block at every grid value
+
+    def __init__(self, genes: np.ndarray) -> None:
+        self.genes = genes
+
+    def target(self, part: Block, extra: Any) -> np.ndarray:
+        return part.values[:, self.genes].toarray()
+
+    def score(self, part: Block, target: Any, pred: np.ndarray) -> np.ndarray:
+        return row_squared_errors(pred, target)
+
+    def scorer(self, part: Block, target: Any) -> np.ndarray:
+        return target
+
+
+def run_genes(
+    source: Source, denoiser: Denoiser, settings: Settings, *, method: str, totals: np.ndarray, bar: tqdm
+) -> CalibrationResult:
+    """Noise2Self calibration of ``denoiser`` over its grid on validated data (in memory)."""
+    if settings.loss != "mse":
+        msg = "calibration='genes' scores predictions against the data itself with loss='mse'."
+        raise ValueError(msg)
+    if not source.is_counts and (settings.transform != "none" or settings.target_sum is not None):
+        msg = (
+            "These values are not raw counts (negative or non-integer), so they are denoised as they are: "
+            "pass transform='none' and target_sum=None, or pass raw counts."
+        )
+        raise ValueError(msg)
+    values = transformed(source.matrix(), settings.transform, settings.target_sum, totals=totals)
+    check_magnitude(values, what=source.what)
+    n_cells, n_genes = values.shape
+    n_groups = check_positive_int(settings.n_groups, "n_groups")
+    if not 2 <= n_groups <= n_genes:
+        msg = f"n_groups must lie in 2..{n_genes} (the number of genes), got {n_groups}."
+        raise ValueError(msg)
+    kind = denoiser.tags.gene_partition
+    if kind is None:
+        msg = f"method {method!r} has no J-invariant form; calibrate it with calibration='mcv'."
+        raise ValueError(msg)
+    groups = random_groups(n_genes, n_groups, settings.random_state, Stream.GENE_GROUPS)
+    n_cell_groups = check_positive_int(denoiser.tags.n_cell_groups, "n_cell_groups")
+    if n_cell_groups < 2:
+        msg = f"{type(denoiser).__name__}.tags.n_cell_groups must be at least 2 (cross-fitting), got {n_cell_groups}."
+        raise ValueError(msg)
+    cell_groups = random_groups(n_cells, min(n_cell_groups, n_cells), settings.random_state, Stream.CELL_GROUPS)
+    # Each prediction is fitted on the other genes and the other cell groups: the grid must fit those.
+    fitted_on = (n_cells - int(np.bincount(cell_groups).max()), n_genes - int(np.bincount(groups).max()))
+    grid = denoiser.check_grid(denoiser.default_grid(fitted_on) if settings.grid is None else settings.grid, fitted_on)
+    data = ArrayData(values, transform=settings.transform)
+
+    if kind == "masked":
+        sweep = denoiser.fit(data, grid, partition=Partition(groups, None, cell_groups))
+        losses = _masked_losses(sweep, data, groups, len(grid), bar, settings.chunk_size)
+    else:
+        losses = np.zeros((n_groups, len(grid)))
+        add_steps(bar, n_groups)
+        passes = Passes(data, None, None, lambda extra, rows: None)
+        for g in range(n_groups):
+            held_out = groups == g
+            sweep = denoiser.fit(data, grid, partition=Partition(groups, g, cell_groups))
+            if g == 0:
+                add_steps(bar, n_groups * sweep_steps(sweep, passes, len(grid), settings.chunk_size))
+            bar.update(1)
+            losses[g] = sweep_losses(
+                sweep,
+                passes,
+                _Data(held_out),
+                len(grid),
+                bar=bar,
+                n_entries=n_cells * int(held_out.sum()),
+                chunk_size=settings.chunk_size,
+            )
+    return CalibrationResult(
+        method=method,
+        calibration="genes",
+        grid_names=denoiser.grid_names(grid),
+        grid=grid,
+        loss=losses / (n_cells * n_genes / n_groups),
+        params=settings.params(n_groups=n_groups),
+        select=settings.select,
+        gene_groups=groups,
+    )
+
+
+def _masked_losses(
+    sweep: Sweep, data: ArrayData, groups: np.ndarray, n_values: int, bar: tqdm, chunk_size: int | None
+) -> np.ndarray:
+    """Squared error of a masked sweep's J-invariant predictions, per gene group (rows) and grid value."""
+    values: sparse.csr_matrix = data.matrix()
+    order = np.argsort(groups, kind="stable")
+    starts = np.searchsorted(groups[order], np.arange(groups.max() + 1))
+    losses = np.zeros((starts.size, n_values))
+    add_steps(bar, n_values)
+    with blas_threads(1):
+        for j, step in enumerate(sweep.values()):
+            total = CellSum(starts.size)
+            for rows in chunk_rows(*values.shape, chunk_size):
+                errors = (step.predict(data.block(rows)).astype(np.float64) - values[rows].toarray()) ** 2
+                total.add(rows.start, np.add.reduceat(errors[:, order], starts, axis=1))
+            losses[:, j] = total.total()
+            show_step(bar, step, losses[:, j].sum() / (values.shape[0] * values.shape[1]))
+    return losses

@@ -1,0 +1,213 @@
+"""Scoring a sweep over blocks of cells, in whichever loop order it offers: one loop for every calibration.
+
+:func:`sweep_losses` sums a loss per grid value (and, for MCV, of no denoising) over every cell.
+A sweep in block order is scored one block at a time — on dask's workers for blockwise input,
+as a task per block — with every grid value of a block predicted and scored in one parallel
+region when the sweep fuses the two (:meth:`~sc_noise2self.denoisers.Sweep.losses`), which on a
+busy machine waits for descheduled threads once per block instead of once per block and value.
+A sweep in value order predicts every block at one value, then the next (in this process).
+
+Per-cell losses are summed in a fixed order whatever the blocks (:class:`~sc_noise2self._numerics.rows.CellSum`),
+so the sums are the same bytes for any chunking and thread count. BLAS runs on one thread here:
+its products alternate with the compiled kernels' threads, and multi-threaded BLAS left spinning
+between calls made both several times slower.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._numerics.machine import blas_threads
+from .._numerics.rows import CellSum, partial_sum
+from ..denoisers._base import Block
+from .blocks import chunk_rows
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from scipy import sparse
+    from tqdm import tqdm
+
+    from .._numerics.loss import RowScorer
+    from ..denoisers._base import ScoreKind, Step, Sweep
+
+__all__ = ["Scoring", "sweep_losses"]
+
+
+class Scoring:
+    """What a calibration scores a block's predictions against, and how.
+
+    Subclasses give :meth:`target` (from the block and its ``extra``: the held-out part and
+    counts for MCV), :meth:`score` (per-cell losses of a prediction), :meth:`scorer` (what a
+    fused sweep is handed; None where the loss cannot be fused), and optionally
+    :meth:`unchanged` (the prediction of no denoising, scored as one more value).
+    """
+
+    kind: ScoreKind
+    baseline = False
+    costly_targets = False
+    """Whether targets cost more than scoring them (then kept across grid values in value order)."""
+
+    def target(self, part: Block, extra: Any) -> Any:
+        raise NotImplementedError
+
+    def score(self, part: Block, target: Any, pred: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def scorer(self, part: Block, target: Any) -> RowScorer | np.ndarray | None:
+        return None
+
+    def unchanged(self, part: Block) -> np.ndarray:
+        return part.values.toarray()
+
+
+class Passes:
+    """The blocks of one scoring: each the training :class:`Block` and its ``extra``.
+
+    In memory, one whole block (block order) or every ``chunk_size`` cells (value order); from
+    dask or disk, the input's blocks, each made by ``make(counts, rows)`` as it is read.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        make: Callable[[sparse.csr_matrix, slice], tuple[Block, Any]],
+        whole_extra: Any,
+        slice_extra: Callable[[Any, slice], Any],
+    ) -> None:
+        self.data, self.make, self.whole_extra, self.slice_extra = data, make, whole_extra, slice_extra
+
+    def map(self, fn: Callable[[Block, Any], Any]) -> list[Any]:
+        if self.data.in_memory:
+            return [fn(self.data.block(slice(0, self.data.shape[0])), self.whole_extra)]
+        return self.data.source.map(lambda counts, rows: fn(*self.make(counts, rows)))
+
+    def blocks(self, chunk_size: int | None) -> Iterator[tuple[Block, Any]]:
+        if self.data.in_memory:
+            for rows in chunk_rows(*self.data.shape, chunk_size):
+                yield self.data.block(rows), self.slice_extra(self.whole_extra, rows)
+            return
+        for index, rows in enumerate(self.data.source.kept_bounds()):
+            if rows.stop > rows.start:
+                yield from self.data.source.load([index], self.make)
+
+
+def _parts(block: Block, extra: Any, chunk_size: int | None, passes: Passes) -> Iterator[tuple[slice, Block, Any]]:
+    """Sub-blocks of at most ``chunk_size`` cells: (rows within the block, the sub-block, its extra)."""
+    n_cells = block.rows.stop - block.rows.start
+    for local in chunk_rows(n_cells, block.values.shape[1], chunk_size):
+        rows = slice(block.rows.start + local.start, block.rows.start + local.stop)
+        counts = None if block.counts is None else block.counts[local]
+        yield local, Block(rows, block.values[local], counts), passes.slice_extra(extra, local)
+
+
+class _TargetCache:
+    """Targets by block, kept up to 256 MiB when they cost more than their scoring (value order)."""
+
+    BUDGET = 2**28
+
+    def __init__(self, make: Callable[[Block, Any], Any], *, keep: bool) -> None:
+        self.make, self.keep, self.kept, self.size = make, keep, {}, 0
+
+    def __call__(self, part: Block, extra: Any) -> Any:
+        key = (part.rows.start, part.rows.stop)
+        if key in self.kept:
+            return self.kept[key]
+        target = self.make(part, extra)
+        if self.keep and self.size + getattr(target, "nbytes", self.BUDGET) <= self.BUDGET:
+            self.kept[key] = target
+            self.size += target.nbytes
+        return target
+
+
+def sweep_steps(sweep: Sweep, passes: Passes, n_values: int, chunk_size: int | None) -> int:
+    """Progress steps of scoring one sweep: a block of cells (block order, in memory), a pass, or a grid value."""
+    if sweep.order == "values":
+        return n_values
+    return len(chunk_rows(*passes.data.shape, chunk_size)) if passes.data.in_memory else 1
+
+
+def sweep_losses(
+    sweep: Sweep,
+    passes: Passes,
+    scoring: Scoring,
+    n_values: int,
+    *,
+    bar: tqdm,
+    n_entries: int,
+    chunk_size: int | None,
+) -> np.ndarray:
+    """Sum the loss per grid value (and last, with ``scoring.baseline``, that of no denoising)."""
+    with blas_threads(1):
+        if sweep.order == "blocks":
+            return _block_order(sweep, passes, scoring, n_values, bar=bar, chunk_size=chunk_size)
+        return _value_order(sweep, passes, scoring, n_values, bar=bar, n_entries=n_entries, chunk_size=chunk_size)
+
+
+def _block_order(
+    sweep: Sweep, passes: Passes, scoring: Scoring, n_values: int, *, bar: tqdm, chunk_size: int | None
+) -> np.ndarray:
+    fused = sweep.fuses(scoring.kind)
+    progress = bar.update if passes.data.in_memory else None  # a dask task never sees the bar
+
+    def block_sums(block: Block, extra: Any) -> list[Any]:
+        sums = []
+        for _, part, part_extra in _parts(block, extra, chunk_size, passes):
+            target = scoring.target(part, part_extra)
+            scorer = scoring.scorer(part, target) if fused else None
+            if scorer is not None:
+                per_cell = sweep.losses(part, scorer)
+            else:
+                per_cell = np.stack([scoring.score(part, target, pred) for _, pred in sweep.predictions(part)], axis=1)
+            if scoring.baseline:
+                per_cell = np.column_stack([per_cell, scoring.score(part, target, scoring.unchanged(part))])
+            sums.append(partial_sum(part.rows.start, per_cell))
+            if progress is not None:
+                progress(1)
+        return sums
+
+    total = CellSum(n_values + scoring.baseline)
+    for part in itertools.chain.from_iterable(passes.map(block_sums)):
+        total.add_partial(part)
+    if progress is None:
+        bar.update(1)
+    return total.total()
+
+
+def _value_order(
+    sweep: Sweep,
+    passes: Passes,
+    scoring: Scoring,
+    n_values: int,
+    *,
+    bar: tqdm,
+    n_entries: int,
+    chunk_size: int | None,
+) -> np.ndarray:
+    losses = np.zeros(n_values + scoring.baseline)
+    targets = _TargetCache(scoring.target, keep=scoring.costly_targets)
+    baseline = CellSum(1)
+    for j, step in enumerate(sweep.values()):
+        total = CellSum(1)
+        for block, extra in passes.blocks(chunk_size):
+            pred = step.predict(block)
+            for local, part, part_extra in _parts(block, extra, chunk_size, passes):
+                target = targets(part, part_extra)
+                total.add(part.rows.start, scoring.score(part, target, pred[local]))
+                if j == 0 and scoring.baseline:
+                    baseline.add(part.rows.start, scoring.score(part, target, scoring.unchanged(part)))
+        losses[j] = total.total()[0]
+        show_step(bar, step, losses[j] / n_entries)
+    if scoring.baseline:
+        losses[-1] = baseline.total()[0]
+    return losses
+
+
+def show_step(bar: tqdm, step: Step, loss: float) -> None:
+    """Advance the bar past one grid value, showing its loss per entry and the training loss if any."""
+    train = "" if step.train_loss is None else f", train {step.train_loss:.5g}"
+    bar.set_postfix_str(f"{step.value}: loss {loss:.5g}{train}", refresh=False)
+    bar.update(1)

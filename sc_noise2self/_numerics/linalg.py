@@ -1,0 +1,164 @@
+"""Principal components of transformed counts: sparse-aware, in blocks of cells, the same bytes whatever the threads.
+
+- :func:`centered_truncated_svd`: randomised subspace iteration with implicit centring (many genes);
+- :func:`gram_stats` / :func:`merge_gram_stats` / :func:`covariance_svd`: the genes × genes centred
+  Gram matrix accumulated over blocks of cells and merged (Chan, Golub & LeVeque), then one
+  eigenproblem (exact; the route for data read in blocks);
+- :func:`centred_scores`: a block's scores on given components, each row on its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+from scipy import linalg, sparse
+
+from .machine import blas_threads
+from .rows import sparse_dense_product
+
+if TYPE_CHECKING:
+    from .._types import ArrayLike
+
+__all__ = [
+    "GramStats",
+    "as_float",
+    "centered_truncated_svd",
+    "centred_scores",
+    "covariance_svd",
+    "gram_stats",
+    "merge_gram_stats",
+]
+
+_GRAM_ELEMENTS = 2**22  # cells per dense block × genes when accumulating the Gram matrix (32 MiB)
+
+
+def centered_truncated_svd(
+    X: ArrayLike,
+    n_comps: int,
+    *,
+    n_oversamples: int = 20,
+    n_iter: int = 7,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top ``n_comps`` singular triplets of ``X - mean`` without forming it.
+
+    Randomised subspace iteration (Halko, Martinsson & Tropp 2011) where every product
+    with the centred matrix is a sparse product plus a rank-one correction, so a sparse
+    ``X`` stays sparse. Signs are fixed (largest loading of each component positive) so
+    results are reproducible.
+
+    Returns
+    -------
+    mean, U, s, Vt
+        Gene means (genes,), left vectors (cells × k), singular values (k,),
+        components (k × genes).
+    """
+    n_cells, n_genes = X.shape
+    mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+    width = min(n_comps + n_oversamples, n_cells, n_genes)
+
+    if sparse.issparse(X):  # products on all threads (scipy's are single-threaded), the same bytes
+        X = sparse.csr_matrix(X)
+        XT = X.T.tocsr()
+
+        def product(m: np.ndarray) -> np.ndarray:
+            return sparse_dense_product(X, m)
+
+        def product_t(m: np.ndarray) -> np.ndarray:
+            return sparse_dense_product(XT, m)
+    else:
+
+        def product(m: np.ndarray) -> np.ndarray:
+            return X @ m
+
+        def product_t(m: np.ndarray) -> np.ndarray:
+            return X.T @ m
+
+    def times(m: np.ndarray) -> np.ndarray:  # (X - 1 mean^T) @ m
+        return product(m) - mean @ m
+
+    def times_t(m: np.ndarray) -> np.ndarray:  # (X - 1 mean^T)^T @ m
+        return product_t(m) - np.outer(mean, m.sum(axis=0))
+
+    # With the compiled products, BLAS (the small QRs) keeps to one thread: its threads left
+    # spinning between calls would wait on numba's, ten times slower on a busy machine.
+    with blas_threads(1 if sparse.issparse(X) else None):
+        q, _ = linalg.qr(times(rng.standard_normal((n_genes, width))), mode="economic")
+        for _ in range(n_iter):
+            q, _ = linalg.qr(times_t(q), mode="economic")
+            q, _ = linalg.qr(times(q), mode="economic")
+        u_small, s, vt = linalg.svd(times_t(q).T, full_matrices=False)
+    u = q @ u_small[:, :n_comps]
+    s, vt = s[:n_comps], vt[:n_comps]
+    signs = _fix_signs(vt)
+    return mean, u * signs, s, vt * signs[:, None]
+
+
+def _fix_signs(vt: np.ndarray) -> np.ndarray:
+    """Sign of each component so that its largest loading is positive (reproducible output)."""
+    signs = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
+    signs[signs == 0] = 1.0
+    return signs
+
+
+class GramStats(NamedTuple):
+    """Cell count, gene means and centred Gram matrix (genes × genes) of a block of cells."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+
+def gram_stats(X: ArrayLike) -> GramStats:
+    """Centred second moments of the rows of ``X`` (sparse or dense), a dense block at a time."""
+    n_cells, n_genes = X.shape
+    step = max(1, _GRAM_ELEMENTS // n_genes)
+    total = GramStats(0, np.zeros(n_genes), np.zeros((n_genes, n_genes)))
+    for start in range(0, n_cells, step):
+        block = X[start : start + step]
+        block = block.toarray() if sparse.issparse(block) else np.array(block, dtype=np.float64)
+        mean = block.mean(axis=0)
+        block -= mean
+        total = merge_gram_stats(total, GramStats(block.shape[0], mean, block.T @ block))
+    return total
+
+
+def merge_gram_stats(a: GramStats, b: GramStats) -> GramStats:
+    """Statistics of two blocks of cells together (Chan, Golub & LeVeque's pairwise update)."""
+    if a.n == 0 or b.n == 0:
+        return b if a.n == 0 else a
+    n = a.n + b.n
+    delta = b.mean - a.mean
+    return GramStats(n, a.mean + delta * (b.n / n), a.m2 + b.m2 + np.outer(delta, delta) * (a.n * b.n / n))
+
+
+def covariance_svd(stats: GramStats, n_comps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``n_comps`` singular values and components of the centred data from its Gram matrix.
+
+    The eigenvectors of ``(X - mean)^T (X - mean)`` are the right singular vectors and its
+    eigenvalues the squared singular values: one pass over the cells, then a genes × genes
+    eigenproblem, so it suits many cells and up to a few thousand genes (dask input).
+
+    LAPACK runs on one thread here: its threaded reduction rounds differently with the thread
+    count (the components would then change with it), and on a busy machine two threads of
+    it took many times as long as one.
+    """
+    n_genes = stats.m2.shape[0]
+    with blas_threads(1):
+        values, vectors = linalg.eigh(stats.m2, subset_by_index=[n_genes - n_comps, n_genes - 1])
+    s = np.sqrt(np.clip(values[::-1], 0.0, None))
+    vt = vectors[:, ::-1].T
+    return s, vt * _fix_signs(vt)[:, None]
+
+
+def centred_scores(X: ArrayLike, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """``(X - mean) @ components.T`` without centring a sparse ``X``."""
+    loadings = np.ascontiguousarray(components.T)
+    product = sparse_dense_product(sparse.csr_matrix(X), loadings) if sparse.issparse(X) else np.asarray(X @ loadings)
+    return product - mean @ loadings
+
+
+def as_float(X: ArrayLike) -> ArrayLike:
+    """``X`` as float64, sparse (CSR) or dense as it came."""
+    return sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
