@@ -51,6 +51,9 @@ class Shrink(BaseDenoiser):
     def output(self, value):
         return Predicted(lambda block: dict(self.predictions(block))[value])
 
+    def report(self):
+        return {"mean_level": float(self.mean_.mean())}
+
 
 def _add(a, b):
     return a[0] + b[0], a[1] + b[1]
@@ -196,6 +199,11 @@ def test_denoise_writes_a_record_that_survives_h5ad(counts, name, tmp_path):
     for key in ("loss", "grid", "best"):
         np.testing.assert_array_equal(read[key], record[key])
     assert read["method"] == (name if name in registered() else "shrink")
+    for key, values in record.get("method_report", {}).items():  # what each split's fit reported
+        assert values.shape == (record["params"]["n_splits"],)
+        np.testing.assert_array_equal(read["method_report"][key], values)
+    if name == "shrink":
+        assert "mean_level" in read["method_report"]
 
 
 ODD_VALUES = [None, "x", -1, 0, 2.5, float("nan"), 1e300, True, (), [3]]

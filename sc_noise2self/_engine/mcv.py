@@ -168,7 +168,7 @@ def run_mcv(
     scoring = _HeldOut(setup, totals, settings)
     max_rate = float(totals.max()) + 1.0
 
-    losses, baseline = np.zeros((n_splits, len(grid))), np.zeros(n_splits)
+    losses, baseline, reports = np.zeros((n_splits, len(grid))), np.zeros(n_splits), []
     add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known
     for i in range(n_splits):
         seed = split_seed(settings.random_state, Stream.MCV, i)
@@ -189,6 +189,7 @@ def run_mcv(
             whole=whole,
         )
         sweep = denoiser.fit(data, grid)
+        reports.append(sweep.report())
         passes = Passes(data, halves, whole_extra, lambda extra, rows: (extra[0][rows], extra[1][rows]))
         if i == 0:
             add_steps(bar, n_splits * sweep_steps(sweep, passes, len(grid), settings.chunk_size))
@@ -215,4 +216,5 @@ def run_mcv(
         select=settings.select,
         dispersion=setup.plan.dispersion,
         split_dispersion=setup.plan.split_dispersion,
+        reports=reports,
     )

@@ -117,6 +117,9 @@ class CalibrationResult:
         (``sampling="poisson"``), ``φ`` for ``sampling="negative_binomial"``.
     gene_groups
         The gene partition (a group index per gene) of ``calibration="genes"``; None for MCV.
+    reports
+        MCV: what each split's fit reported (:meth:`~sc_noise2self.denoisers.Sweep.report`), e.g.
+        a method's own rule for its setting.
     """
 
     method: str
@@ -130,6 +133,7 @@ class CalibrationResult:
     dispersion: float | None = None
     split_dispersion: float = 1.0
     gene_groups: np.ndarray | None = None
+    reports: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def dependent_halves(self) -> bool:
@@ -227,7 +231,13 @@ class CalibrationResult:
                 else {"sampling_dispersion": self.dispersion, "dependent_halves": self.dependent_halves}
             )
             | ({} if self.calibration != "mcv" else {"split_dispersion": self.split_dispersion})
+            | ({"method_report": self._reported()} if self._reported() else {})
         )
+
+    def _reported(self) -> dict[str, np.ndarray]:
+        """Return what every split's fit reported, an entry per split (the keys every split reports)."""
+        keys = set.intersection(*(set(r) for r in self.reports)) if self.reports else set()
+        return {key: np.array([r[key] for r in self.reports]) for key in sorted(keys)}
 
 
 def calibration_record(

@@ -292,6 +292,9 @@ class Sweep(Protocol):
     def output(self, value: GridValue) -> LowRank | Predicted:
         """Return the output at ``value`` (after a fit at that value)."""
 
+    def report(self) -> dict[str, float]:
+        """Return what the fit found that the calibration's record keeps per MCV split, e.g. a rank rule's choice."""
+
 
 @runtime_checkable
 class Denoiser(Protocol):
@@ -344,6 +347,10 @@ class BaseSweep:
     def output(self, value: GridValue) -> LowRank | Predicted:
         msg = f"{type(self).__name__} gives no output (it is fitted for the calibration only)."
         raise NotImplementedError(msg)
+
+    def report(self) -> dict[str, float]:
+        """Return what the fit found that the calibration's record keeps per split (numbers); nothing by default."""
+        return {}
 
 
 class BaseDenoiser(BaseEstimator, BaseSweep):
