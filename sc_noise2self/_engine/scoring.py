@@ -16,7 +16,7 @@ between calls made both several times slower.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -130,6 +130,68 @@ def sweep_steps(sweep: Sweep, passes: Passes, n_values: int, chunk_size: int | N
     return len(chunk_rows(*passes.data.shape, chunk_size)) if passes.data.in_memory else 1
 
 
+class _Sum(NamedTuple):
+    """One sweep's scoring: its blocks, what they are scored against, and where progress is shown."""
+
+    sweep: Sweep
+    passes: Passes
+    scoring: Scoring
+    n_values: int
+    bar: tqdm
+    n_entries: int
+    chunk_size: int | None
+
+    def blocks(self) -> np.ndarray:
+        """Block order: each block scored at every grid value, where it is read (a dask task for dask input)."""
+        sweep, scoring = self.sweep, self.scoring
+        fused = sweep.fuses(scoring.kind)
+        progress = self.bar.update if self.passes.data.in_memory else None  # a dask task never sees the bar
+
+        def block_sums(block: Block, extra: Any) -> list[Any]:
+            sums = []
+            for _, part, part_extra in _parts(block, extra, self.chunk_size, self.passes):
+                target = scoring.target(part, part_extra)
+                scorer = scoring.scorer(part, target) if fused else None
+                if scorer is not None:
+                    per_cell = sweep.losses(part, scorer)
+                else:
+                    per_cell = np.stack([scoring.score(part, target, p) for _, p in sweep.predictions(part)], axis=1)
+                if scoring.baseline:
+                    per_cell = np.column_stack([per_cell, scoring.score(part, target, scoring.unchanged(part))])
+                sums.append(partial_sum(part.rows.start, per_cell))
+                if progress is not None:
+                    progress(1)
+            return sums
+
+        total = CellSum(self.n_values + scoring.baseline)
+        for part in itertools.chain.from_iterable(self.passes.map(block_sums)):
+            total.add_partial(part)
+        if progress is None:
+            self.bar.update(1)
+        return total.total()
+
+    def values(self) -> np.ndarray:
+        """Value order: every block predicted at one grid value, then at the next (in this process)."""
+        scoring = self.scoring
+        losses = np.zeros(self.n_values + scoring.baseline)
+        targets = _TargetCache(scoring.target, keep=scoring.costly_targets)
+        baseline = CellSum(1)
+        for j, step in enumerate(self.sweep.values()):
+            total = CellSum(1)
+            for block, extra in self.passes.blocks(self.chunk_size):
+                pred = step.predict(block)
+                for local, part, part_extra in _parts(block, extra, self.chunk_size, self.passes):
+                    target = targets(part, part_extra)
+                    total.add(part.rows.start, scoring.score(part, target, pred[local]))
+                    if j == 0 and scoring.baseline:
+                        baseline.add(part.rows.start, scoring.score(part, target, scoring.unchanged(part)))
+            losses[j] = total.total()[0]
+            show_step(self.bar, step, losses[j] / self.n_entries)
+        if scoring.baseline:
+            losses[-1] = baseline.total()[0]
+        return losses
+
+
 def sweep_losses(
     sweep: Sweep,
     passes: Passes,
@@ -141,69 +203,9 @@ def sweep_losses(
     chunk_size: int | None,
 ) -> np.ndarray:
     """Sum the loss per grid value (and last, with ``scoring.baseline``, that of no denoising)."""
+    scored = _Sum(sweep, passes, scoring, n_values, bar, n_entries, chunk_size)
     with blas_threads(1):
-        if sweep.order == "blocks":
-            return _block_order(sweep, passes, scoring, n_values, bar=bar, chunk_size=chunk_size)
-        return _value_order(sweep, passes, scoring, n_values, bar=bar, n_entries=n_entries, chunk_size=chunk_size)
-
-
-def _block_order(
-    sweep: Sweep, passes: Passes, scoring: Scoring, n_values: int, *, bar: tqdm, chunk_size: int | None
-) -> np.ndarray:
-    fused = sweep.fuses(scoring.kind)
-    progress = bar.update if passes.data.in_memory else None  # a dask task never sees the bar
-
-    def block_sums(block: Block, extra: Any) -> list[Any]:
-        sums = []
-        for _, part, part_extra in _parts(block, extra, chunk_size, passes):
-            target = scoring.target(part, part_extra)
-            scorer = scoring.scorer(part, target) if fused else None
-            if scorer is not None:
-                per_cell = sweep.losses(part, scorer)
-            else:
-                per_cell = np.stack([scoring.score(part, target, pred) for _, pred in sweep.predictions(part)], axis=1)
-            if scoring.baseline:
-                per_cell = np.column_stack([per_cell, scoring.score(part, target, scoring.unchanged(part))])
-            sums.append(partial_sum(part.rows.start, per_cell))
-            if progress is not None:
-                progress(1)
-        return sums
-
-    total = CellSum(n_values + scoring.baseline)
-    for part in itertools.chain.from_iterable(passes.map(block_sums)):
-        total.add_partial(part)
-    if progress is None:
-        bar.update(1)
-    return total.total()
-
-
-def _value_order(
-    sweep: Sweep,
-    passes: Passes,
-    scoring: Scoring,
-    n_values: int,
-    *,
-    bar: tqdm,
-    n_entries: int,
-    chunk_size: int | None,
-) -> np.ndarray:
-    losses = np.zeros(n_values + scoring.baseline)
-    targets = _TargetCache(scoring.target, keep=scoring.costly_targets)
-    baseline = CellSum(1)
-    for j, step in enumerate(sweep.values()):
-        total = CellSum(1)
-        for block, extra in passes.blocks(chunk_size):
-            pred = step.predict(block)
-            for local, part, part_extra in _parts(block, extra, chunk_size, passes):
-                target = targets(part, part_extra)
-                total.add(part.rows.start, scoring.score(part, target, pred[local]))
-                if j == 0 and scoring.baseline:
-                    baseline.add(part.rows.start, scoring.score(part, target, scoring.unchanged(part)))
-        losses[j] = total.total()[0]
-        show_step(bar, step, losses[j] / n_entries)
-    if scoring.baseline:
-        losses[-1] = baseline.total()[0]
-    return losses
+        return scored.blocks() if sweep.order == "blocks" else scored.values()
 
 
 def show_step(bar: tqdm, step: Step, loss: float) -> None:

@@ -11,41 +11,18 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ._base import (
-    ArrayData,
-    BaseDenoiser,
-    BaseSweep,
-    Block,
-    Data,
-    Denoiser,
-    LowRank,
-    Partition,
-    Predicted,
-    Step,
-    Sweep,
-    Tags,
-)
+from . import _base
+from ._base import *  # noqa: F403 - the contract, listed in _base.__all__
 from ._registry import register, registered
 
-for _module in pkgutil.iter_modules(__path__):
+for _module in pkgutil.iter_modules(__path__):  # noqa: F405 - the package's own path
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 globals().update({cls.__name__: cls for cls in registered().values()})
 
 __all__ = [
-    "ArrayData",
-    "BaseDenoiser",
-    "BaseSweep",
-    "Block",
-    "Data",
-    "Denoiser",
-    "LowRank",
-    "Partition",
-    "Predicted",
-    "Step",
-    "Sweep",
-    "Tags",
+    *_base.__all__,
     "register",
     "registered",
     *sorted(cls.__name__ for cls in registered().values()),

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
     from .._engine import GeneSelection
-    from .._types import ArrayLike, Depth, LossName, RandomState, Sampling, Select, TransformName
+    from .._types import ArrayLike, Calibration, Depth, Empty, LossName, RandomState, Sampling, Select, TransformName
     from ..denoisers import Denoiser
 
 __all__ = ["denoise", "require_dask"]
@@ -54,7 +54,7 @@ def denoise(
     method: str | Denoiser = "pca",
     layer: str | None = None,
     key_added: str = "denoised",
-    calibration: Literal["mcv", "genes"] = "mcv",
+    calibration: Calibration = "mcv",
     grid: ArrayLike | None = None,
     split_fraction: float = 0.9,
     n_splits: int | None = None,
@@ -66,7 +66,7 @@ def denoise(
     target_sum: float | None = 1e4,
     loss: LossName = "mse",
     random_state: RandomState = 0,
-    empty: Literal["drop", "error"] = "drop",
+    empty: Empty = "drop",
     select: Select = "min",
     scale: Literal["transformed", "counts"] = "transformed",
     mask_var: str | ArrayLike | None = "highly_variable",

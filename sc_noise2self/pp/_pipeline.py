@@ -51,12 +51,10 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
     from .._engine import Calibrated, GeneSelection
-    from .._types import ArrayLike, Depth, RandomState, Sampling, Select, TransformName
+    from .._types import ArrayLike, Calibration, Depth, RandomState, Sampling, Select, TransformName
     from ..denoisers import Denoiser
 
 __all__ = ["neighbors", "pca"]
-
-Calibration = Literal["mcv", "genes"]
 
 
 @adapts_threads

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from scipy import sparse
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from .._types import ArrayLike, RandomState, Sampling, SplitScheme
 
-__all__ = ["split_array", "split_counts"]
+__all__ = ["SplitOptions", "split_array", "split_counts"]
 
 
 @adapts_threads
@@ -104,19 +104,12 @@ def split_counts(
     """
     from anndata import AnnData
 
-    options = {
-        "split_fraction": split_fraction,
-        "n_splits": n_splits,
-        "scheme": scheme,
-        "sampling": sampling,
-        "dispersion": dispersion,
-        "random_state": random_state,
-    }
+    options = SplitOptions.from_arguments(locals())
     if not isinstance(data, AnnData):
         if layer is not None or copy or overwrite:
             msg = "layer, overwrite and copy are only meaningful for AnnData input."
             raise ValueError(msg)
-        return split_array(data, **options)
+        return split_array(data, options)
     key_added = check_key(key_added)
     check_flag(copy, "copy")
     counts = get_counts(data, layer)
@@ -126,11 +119,11 @@ def split_counts(
             "`adata.to_memory()`, or split a dask array of its counts (`anndata.experimental.read_elem_lazy`)."
         )
         raise ValueError(msg)
-    n = check_positive_int(n_splits, "n_splits")
+    n = options.n_splits
     suffixes = [""] if n == 1 else [f"_{i}" for i in range(n)]
     names = [f"{key_added}_{part}{suffix}" for suffix in suffixes for part in ("train", "test")]
     check_targets(data, key_added, {"layers": names}, function="split_counts", read_layer=layer, overwrite=overwrite)
-    splits = split_array(counts, **options)
+    splits = split_array(counts, options)
     layers = {}
     for suffix, split in zip(suffixes, splits, strict=True):
         layers[f"{key_added}_train{suffix}"] = split.train
@@ -215,37 +208,48 @@ def _gather(X: Any, keep: np.ndarray) -> sparse.csr_matrix:
     return sparse.vstack(dask.compute(*parts), format="csr")
 
 
-def split_array(
-    X: ArrayLike,
-    *,
-    split_fraction: float | None = None,
-    n_splits: int = 1,
-    scheme: SplitScheme = "binomial",
-    sampling: Sampling = "poisson",
-    dispersion: float | None = None,
-    random_state: RandomState = 0,
-) -> list[CountSplit]:
+class SplitOptions(NamedTuple):
+    """The settings of :func:`split_counts`, checked when made."""
+
+    split_fraction: float | None
+    n_splits: int
+    scheme: SplitScheme
+    sampling: Sampling
+    dispersion: float | None
+    random_state: RandomState
+
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any]) -> SplitOptions:
+        """Return the checked settings among a call's arguments (``locals()``)."""
+        options = cls(**{name: arguments[name] for name in cls._fields})
+        n_splits = check_positive_int(options.n_splits, "n_splits")
+        sampling, dispersion = check_sampling(options.sampling, options.dispersion)
+        if options.scheme not in ("binomial", "multinomial"):
+            msg = f"scheme must be 'binomial' or 'multinomial', got {options.scheme!r}."
+            raise ValueError(msg)
+        if options.scheme == "multinomial" and options.split_fraction is not None:
+            msg = (
+                "With scheme='multinomial' the training share is (k-1)/k for k = n_splits folds; "
+                "leave split_fraction unset."
+            )
+            raise ValueError(msg)
+        if options.scheme == "multinomial" and n_splits < 2:
+            msg = "scheme='multinomial' needs n_splits >= 2 folds."
+            raise ValueError(msg)
+        fraction = options.split_fraction
+        if options.scheme == "binomial":
+            fraction = check_fraction(0.9 if fraction is None else fraction)
+        return options._replace(split_fraction=fraction, n_splits=n_splits, sampling=sampling, dispersion=dispersion)
+
+
+def split_array(X: ArrayLike, options: SplitOptions) -> list[CountSplit]:
     """Split raw counts into training and test molecules; see :func:`sc_noise2self.pp.split_counts`."""
-    n_splits = check_positive_int(n_splits, "n_splits")
-    sampling, dispersion = check_sampling(sampling, dispersion)
+    fraction, n_splits, scheme, sampling, dispersion, random_state = options
     lazy = type(X).__module__.split(".")[0] == "dask"
     check_known_chunks(X, "The count matrix")
     if lazy and len(X.shape) != 2:
         msg = f"Expected a 2-D cells × genes matrix, got an array of shape {X.shape}."
         raise ValueError(msg)
-    if scheme not in ("binomial", "multinomial"):
-        msg = f"scheme must be 'binomial' or 'multinomial', got {scheme!r}."
-        raise ValueError(msg)
-    if scheme == "multinomial" and split_fraction is not None:
-        msg = (
-            "With scheme='multinomial' the training share is (k-1)/k for k = n_splits folds; "
-            "leave split_fraction unset."
-        )
-        raise ValueError(msg)
-    if scheme == "multinomial" and n_splits < 2:
-        msg = "scheme='multinomial' needs n_splits >= 2 folds."
-        raise ValueError(msg)
-    fraction = check_fraction(0.9 if split_fraction is None else split_fraction) if scheme == "binomial" else None
     counts = None if lazy else as_canonical_csr(X)
     if not lazy:
         check_count_values(counts, what="The count matrix")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from .._anndata import counts_of
 from .._docs import shared_docs
@@ -25,12 +25,10 @@ if TYPE_CHECKING:
     import numpy as np
     from anndata import AnnData
 
-    from .._types import ArrayLike, Depth, LossName, RandomState, Sampling, Select, TransformName
+    from .._types import ArrayLike, Calibration, Depth, Empty, LossName, RandomState, Sampling, Select, TransformName
     from ..denoisers import Denoiser
 
 __all__ = ["calibrate", "grid"]
-
-Calibration = Literal["mcv", "genes"]
 
 
 @adapts_threads
@@ -52,7 +50,7 @@ def calibrate(
     target_sum: float | None = 1e4,
     loss: LossName = "mse",
     random_state: RandomState = 0,
-    empty: Literal["drop", "error"] = "drop",
+    empty: Empty = "drop",
     select: Select = "min",
     chunk_size: int | None = None,
     progress: bool | None = None,
