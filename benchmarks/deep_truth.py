@@ -38,12 +38,13 @@ import sys
 import time
 
 import numpy as np
+from _fitted import fit, predict
 from _real_data import pbmc8k
 from numba import njit, prange
 from scipy import sparse
 
 import sc_noise2self as n2s
-from sc_noise2self._transform import cell_scales, transformed
+from sc_noise2self._numerics.transform import cell_scales, transformed
 from sc_noise2self.denoisers import PCA, Autoencoder, Diffusion
 
 TARGET_SUM = 1e4
@@ -103,16 +104,17 @@ def grid_outputs(values: sparse.csr_matrix, shallow: sparse.csr_matrix, scales: 
     """
     grid = GRIDS[method]
     if method.startswith("autoencoder"):
-        model = method_of(method).fit_counts(values, grid, counts=shallow, scales=scales, transform="log1p")
-        for value, predict in model.sweep_values():
-            yield tuple(int(v) for v in value), predict(slice(None))
+        model, data = fit(method_of(method), values, grid, shallow, scales=scales, transform="log1p")
+        for step in model.values():
+            yield tuple(int(v) for v in step.value), step.predict(data.block())
         return
     if method == "pca":
-        yield from PCA(random_state=0).fit(values, grid).sweep_blocks(slice(None))
+        model, data = fit(PCA(random_state=0), values, grid)
+        yield from model.predictions(data.block())
         return
-    model = Diffusion(random_state=0).fit(values, Diffusion().check_grid(grid, values.shape))
-    for value, predict in model.sweep_values():
-        yield tuple(value), predict(slice(None))
+    model, data = fit(Diffusion(random_state=0), values, Diffusion().check_grid(grid, values.shape))
+    for step in model.values():
+        yield tuple(step.value), step.predict(data.block())
 
 
 def evaluate(counts: sparse.csr_matrix, q: float, seed: int, methods: list[str]) -> None:
@@ -149,10 +151,10 @@ def evaluate(counts: sparse.csr_matrix, q: float, seed: int, methods: list[str])
             best = result.best if np.ndim(result.best) == 0 else tuple(np.asarray(result.best).tolist())
             cell = f"{best}: {errors[best] / errors[oracle]:.3f} ({time.perf_counter() - start:.0f} s)"
             if method.startswith("autoencoder"):  # the written output: the mean of n_fits networks
-                model = method_of(method).fit_counts(
-                    values, np.array([best]), counts=shallow, scales=scales, transform="log1p"
+                model, data = fit(
+                    method_of(method), values, np.array([best]), shallow, scales=scales, transform="log1p"
                 )
-                out = model.predict(slice(None), best)
+                out = predict(model, data, best)
                 cell += f", written {np.mean((out - truth1) * (out - truth2)):.5f}"
             cells.append(cell)
         print(f"| {method} | {oracle} ({errors[oracle]:.5f}) | " + " | ".join(cells) + " |", flush=True)

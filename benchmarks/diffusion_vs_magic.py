@@ -30,7 +30,7 @@ import numpy as np
 from scipy import sparse
 
 import sc_noise2self as n2s
-from sc_noise2self._transform import expected_transform
+from sc_noise2self._numerics.transform import expected_transform
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))

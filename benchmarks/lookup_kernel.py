@@ -1,8 +1,8 @@
 """Is the exact depth conversion bound by its table reads? Today's scoring loop against a vectorised one.
 
 Run: ``.venv/bin/python benchmarks/lookup_kernel.py`` (not CI). The MCV sweep scores every
-entry at every grid value through the conversion table (``_loss._squares``: a gather and a
-linear interpolation per entry). Today's loop checks each prediction for non-finite values with
+entry at every grid value through the conversion table (``_numerics.loss._squares``: a gather
+and a linear interpolation per entry). Today's loop checks each prediction for non-finite values with
 a branch, which keeps LLVM from vectorising it. Here the same lookup is written branch-free (a
 non-finite prediction still gives NaN, through ``value - value``) so that it vectorises with
 gather instructions, and both are timed side by side on the same block (2,000 cells × 2,000
@@ -28,8 +28,8 @@ import numba
 import numpy as np
 from numpy.polynomial import chebyshev
 
-from sc_noise2self._loss import _FAST, _squares
-from sc_noise2self._transform import build_conversion
+from sc_noise2self._numerics.loss import _FAST, _squares
+from sc_noise2self._numerics.transform import build_conversion
 
 
 @numba.njit(inline="always", fastmath=_FAST)

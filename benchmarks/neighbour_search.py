@@ -30,7 +30,7 @@ N_PCS = (3, 5, 7, 10, 15, 20, 30, 40, 50)  # pp.pca's default n_pcs axis
 
 
 def _embedding(counts, n_comps: int) -> np.ndarray:
-    from sc_noise2self._transform import transformed
+    from sc_noise2self._numerics.transform import transformed
     from sc_noise2self.denoisers import PCA
 
     return PCA(random_state=0).embed(transformed(counts, "log1p", 1e4), n_comps)[1]

@@ -6,7 +6,7 @@ to 2 % of the cells — 40 cells for the rarest —, a state gradient inside eac
 1. ``n2s.pp.pca`` chooses ``n_pcs`` (package defaults) on the log-normalised data.
 2. MCV per cell: one binomial split (0.9 / 0.1); the kNN average of the training half over
    ``n_neighbors`` 5..100 in its own first ``n_pcs`` components, converted to the held-out depth
-   and scored against each cell's held-out half (``block_losses``: a loss per cell and ``k``).
+   and scored against each cell's held-out half (``losses``: a loss per cell and ``k``).
 3. Choices: one ``k`` for all (the sum over cells: what ``n2s.pp.neighbors`` does), each cell's own
    argmin ("raw"), and each cell's argmin of its loss curve averaged over its ``--smooth``
    nearest cells ("smoothed"; one cell's held-out genes are too few to choose on).
@@ -45,12 +45,13 @@ from umap.umap_ import smooth_knn_dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _fitted import fit
 from pipeline_clusters import leiden_ari, log_normalised, with_scanpy_defaults
 
 import sc_noise2self as n2s
-from sc_noise2self._loss import held_out_target, row_scorer
-from sc_noise2self._split import binomial_split
-from sc_noise2self._transform import build_conversion, cell_scales, expected_transform, transformed
+from sc_noise2self._numerics.loss import held_out_target, row_scorer
+from sc_noise2self._numerics.split import binomial_split
+from sc_noise2self._numerics.transform import build_conversion, cell_scales, expected_transform, transformed
 from sc_noise2self.denoisers import KNNAverage
 from sc_noise2self.denoisers.knn import neighbour_means
 from tests.conftest import simulate_clusters
@@ -63,7 +64,7 @@ def per_cell_losses(counts: sparse.csr_matrix, n_pcs: int, seed: int) -> tuple[n
     train, test = binomial_split(sparse.csr_matrix(counts), 0.9, seed)
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     train_scales, test_scales = cell_scales(totals, 1e4, 0.9), cell_scales(totals, 1e4, 0.1)
-    model = KNNAverage(n_pcs=n_pcs, random_state=seed).fit(transformed(train, "log1p", 1e4, 0.9, totals), GRID)
+    model, data = fit(KNNAverage(n_pcs=n_pcs, random_state=seed), transformed(train, "log1p", 1e4, 0.9, totals), GRID)
     conversion = build_conversion(
         "log1p",
         fraction=0.9,
@@ -74,7 +75,7 @@ def per_cell_losses(counts: sparse.csr_matrix, n_pcs: int, seed: int) -> tuple[n
     )
     target = held_out_target(test, test_scales, transform="log1p", loss="mse", reused=True)
     scorer = row_scorer(target, conversion=conversion, train_scales=train_scales)
-    return model.block_losses(slice(None), scorer), model.neighbors_[n_pcs]
+    return model.losses(data.block(), scorer), model.neighbors_[n_pcs]
 
 
 def knn_graph_full(embedding: np.ndarray, k_max: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +160,7 @@ def real(share: float, seeds: list[int], smooth: int) -> None:
         one_k = int(GRID[losses.sum(axis=0).argmin()])
         ks = smoothed_choice(losses, train_neighbours, smooth)
         values = sparse.csr_matrix(transformed(shallow, "log1p", 1e4), dtype=np.float64)
-        neighbours = KNNAverage(n_pcs=n_pcs, random_state=seed).fit(values, GRID).neighbors_[n_pcs]
+        neighbours = fit(KNNAverage(n_pcs=n_pcs, random_state=seed), values, GRID)[0].neighbors_[n_pcs]
         means = neighbour_means(values, np.arange(values.shape[0]), neighbours, GRID)  # GRID × cells × genes
         errors = {int(k): float(np.mean((m - truth1) * (m - truth2))) for k, m in zip(GRID, means, strict=True)}
         out = means[np.searchsorted(GRID, ks), np.arange(values.shape[0])]
@@ -207,7 +208,7 @@ def main() -> None:
         smoothed = smoothed_choice(losses, train_neighbours, args.smooth)
 
         values = sparse.csr_matrix(transformed(sim.counts, "log1p", 1e4), dtype=np.float64)
-        full_neighbours = KNNAverage(n_pcs=n_pcs, random_state=seed).fit(values, GRID).neighbors_[n_pcs]
+        full_neighbours = fit(KNNAverage(n_pcs=n_pcs, random_state=seed), values, GRID)[0].neighbors_[n_pcs]
         errors = {k: truth_errors(sim, values, full_neighbours, np.full(values.shape[0], k)) for k in GRID}
         per_raw = truth_errors(sim, values, full_neighbours, raw).mean()
         cells = truth_errors(sim, values, full_neighbours, smoothed)

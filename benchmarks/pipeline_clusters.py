@@ -23,12 +23,13 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import scanpy as sc
+from _fitted import fit
 from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sc_noise2self as n2s
-from sc_noise2self._transform import cell_scales, expected_transform, transformed
+from sc_noise2self._numerics.transform import cell_scales, expected_transform, transformed
 from sc_noise2self.denoisers import KNNAverage
 from tests.conftest import simulate_clusters
 
@@ -73,8 +74,8 @@ def knn_regret(sim, n_pcs: int, grid: np.ndarray, chosen: int) -> float:
     totals = np.asarray(sim.counts.sum(axis=1)).ravel()
     scales = cell_scales(totals, 1e4, 1.0)
     truth = np.stack([expected_transform(r, [s], "log1p")[0] for r, s in zip(sim.rates, scales, strict=True)])
-    model = KNNAverage(n_pcs=n_pcs, random_state=0).fit(transformed(sim.counts, "log1p", 1e4), grid)
-    errors = np.array([np.mean((pred - truth) ** 2) for _, pred in model.sweep_blocks(slice(None))])
+    model, data = fit(KNNAverage(n_pcs=n_pcs, random_state=0), transformed(sim.counts, "log1p", 1e4), grid)
+    errors = np.array([np.mean((pred - truth) ** 2) for _, pred in model.predictions(data.block())])
     return float(errors[list(grid).index(chosen)] / errors.min())
 
 

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sc_noise2self as n2s
-from sc_noise2self._transform import cell_scales, transformed
+from sc_noise2self._numerics.transform import cell_scales, transformed
 from tests.conftest import amplify, grid_errors, read_dispersion, regret, simulate_reads
 
 PCA_GRID = np.arange(1, 31)
