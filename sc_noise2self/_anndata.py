@@ -8,6 +8,7 @@ package keeps of what it wrote under ``uns[key]``, and everything is then assign
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,7 @@ def get_counts(adata: AnnData, layer: str | None) -> ArrayLike:
         return adata.X
     if not isinstance(layer, str) or layer not in adata.layers:
         available = ", ".join(repr(k) for k in adata.layers) or "none"
-        msg = f"Layer {layer!r} not found in adata.layers (available: {available})."
+        msg = f"Layer {layer!r} not found in adata.layers (available: {available}); pass one of them, or None (X)."
         if adata.raw is not None:
             msg += (
                 " adata.raw holds a matrix, which is not a layer: if the raw counts are there, denoise "
@@ -132,8 +133,15 @@ def check_key(key: object, name: str = "key_added") -> str:
     return key
 
 
+_SLOTS = ("layers", "obsm", "varm", "obsp", "obs", "var")
+
+
 def _container(adata: AnnData, slot: str) -> Any:
     return getattr(adata, slot)
+
+
+def _get(adata: AnnData, slot: str, name: str) -> Any:
+    return _container(adata, slot)[name]
 
 
 def _names(adata: AnnData, slot: str) -> set[str]:
@@ -141,26 +149,40 @@ def _names(adata: AnnData, slot: str) -> set[str]:
     return set(container.columns if slot in ("obs", "var") else container.keys())
 
 
+def fingerprint(value: Any) -> str:
+    """Return an entry's shape and a checksum of a few of its rows: what tells the package's own output apart.
+
+    It survives ``write_h5ad``/``read_h5ad`` (a lazy layer is read back computed, to the same values).
+    """
+    shape = tuple(int(n) for n in np.shape(value))
+    rows = sorted({0, shape[0] // 2, shape[0] - 1}) if shape and shape[0] else []
+    sample = value.iloc[rows] if hasattr(value, "iloc") else value[rows]
+    sample = sample.compute() if hasattr(sample, "compute") else sample
+    sample = sample.toarray() if hasattr(sample, "toarray") else sample
+    return f"{shape}:{zlib.crc32(np.asarray(sample, dtype=np.float64).tobytes()):08x}"
+
+
 def previous_outputs(adata: AnnData, key: str, function: str) -> dict[str, list[str]] | None:
-    """Return what ``function`` of this package wrote under ``key``, per slot (None: not its record)."""
+    """Return what ``function`` of this package wrote under ``key`` and still stands as written, per slot.
+
+    None when ``uns[key]`` is not such a record. An entry the record lists counts as the package's
+    own only while its fingerprint matches: a record copied, edited or forged claims nothing.
+    """
     record = adata.uns.get(key)
-    if not isinstance(record, Mapping) or "version" not in record:
+    if not isinstance(record, Mapping) or record.get("function") != function:
         return None
-    if "outputs" in record:
-        if record.get("function") != function:
-            return None
-        return {slot: [str(n) for n in names] for slot, names in record["outputs"].items()}
-    if function == "denoise" and {"method", "calibration", "loss", "best"} <= set(record):  # written before the list
-        if record.get("output") == "factored":
-            return {
-                "layers": [key],
-                "obsm": [f"{key}_scores"],
-                "varm": [f"{key}_loadings"],
-                "var": [f"{key}_offset"],
-                "obs": [f"{key}_kept"],
-            }
-        return {"layers": [key]}
-    return None
+    prints, outputs = record.get("fingerprints"), record.get("outputs")
+    if not isinstance(prints, Mapping) or not isinstance(outputs, Mapping):
+        return None
+    ours: dict[str, list[str]] = {}
+    for slot, names in outputs.items():
+        written = prints.get(slot)
+        if slot not in _SLOTS or not isinstance(written, Mapping):
+            continue
+        for name in map(str, np.atleast_1d(names)):
+            if name in _names(adata, slot) and written.get(name) == fingerprint(_get(adata, slot, name)):
+                ours.setdefault(slot, []).append(name)
+    return ours
 
 
 def check_targets(
@@ -179,6 +201,12 @@ def check_targets(
     layer being read never.
     """
     overwrite = check_flag(overwrite, "overwrite")
+    if adata.is_view and adata.isbacked:
+        msg = (
+            f"This AnnData is a view of a backed (on-disk) AnnData, which sc_noise2self.pp.{function} cannot write "
+            "to; load those cells first (`adata = adata.to_memory()`), or pass the backed AnnData itself."
+        )
+        raise ValueError(msg)
     if read_layer is not None and read_layer in targets.get("layers", []):
         msg = (
             f"key_added={key!r} would write over adata.layers[{read_layer!r}], the layer being read; "
@@ -200,8 +228,9 @@ def check_targets(
         if taken:
             where = ", ".join(f"adata.{slot}[{n!r}]" for n in taken)
             msg = (
-                f"{where} exists and was not written by sc_noise2self.pp.{function} under key_added={key!r}; "
-                "pass another key_added, or overwrite=True to replace it."
+                f"{where} exists and is not what sc_noise2self.pp.{function} wrote under key_added={key!r} "
+                "(written by something else, or changed since); pass another key_added, or overwrite=True to "
+                "replace it."
             )
             raise ValueError(msg)
 
@@ -254,7 +283,13 @@ def commit(
     an interruption included, puts every entry back as it was.
     """
     previous = previous_outputs(adata, key, function) or {}
-    record = {**record, "function": function, "outputs": {s: sorted(n) for s, n in outputs.items() if n}}
+    prints = {slot: {name: fingerprint(value) for name, value in values.items()} for slot, values in outputs.items()}
+    record = {
+        **record,
+        "function": function,
+        "outputs": {s: sorted(n) for s, n in outputs.items() if n},
+        "fingerprints": prints,
+    }
     undo: list[Callable[[], None]] = []
     try:
         for slot, names in previous.items():

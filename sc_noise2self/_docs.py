@@ -10,17 +10,25 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound="Callable")
 
 FRAGMENTS = {
-    "mcv_sampling": """    n_splits
+    "calibration": """    calibration
+        ``"mcv"`` (molecular cross-validation: each cell's molecules are split at random, the
+        setting is fitted on one part and scored on the other; needs raw counts) or ``"genes"``
+        (Noise2Self: each random group of genes is predicted without being seen and scored
+        against the data itself; any values, with ``transform="none"`` for values that are not
+        counts).
+    split_fraction
+        MCV: expected share of each cell's molecules used for fitting.
+    n_splits
         MCV: independent random splits; the choice minimises their mean loss. None: 3 when
         the held-out part is shallow — a median below 50 molecules per cell, e.g. fewer than
         500 counts at ``split_fraction=0.9``, where one split's choice moves from split to
-        split — or with ``select="1se"``; otherwise 1 (``benchmarks/n_splits.py``).
+        split — or with ``select="1se"``; otherwise 1.
     sampling
         MCV: how the counts were sampled, which decides how each cell's counts are split.
         ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.
         ``"negative_binomial"`` (read counts without UMIs, each molecule amplified into
         several reads): each entry is thinned beta-binomially, so that counts whose variance
-        is ``dispersion`` times their mean split into uncorrelated halves (README, "Read counts").
+        is ``dispersion`` times their mean split into uncorrelated halves.
     dispersion
         ``sampling="negative_binomial"``: the counts' variance over their mean given the
         cell, ``φ`` (1 for molecules); None estimates it from the data (the check recorded as
@@ -29,11 +37,30 @@ FRAGMENTS = {
         MCV, ``loss="mse"``: the sequencing depth the held-out error is measured at.
         ``"output"``: the full data's, where the output is written — each held-out value is
         carried there to first order around the entry's expected count from a smooth fit,
-        which weighs lowly expressed genes as the output's own error does (README, "The
-        error at the output's depth"). ``"held_out"``: the held-out part's own (the
+        which weighs lowly expressed genes as the output's own error does. ``"held_out"``: the held-out part's own (the
         prediction converted exactly to it), which leans to less denoising. None (default):
         ``"output"``, or ``"held_out"`` where the output's is undefined (``loss="poisson"``,
         or data too small for the smooth fit). The choice is recorded in ``params``.
+    n_groups
+        Noise2Self: number of random gene groups.
+    transform
+        Applied to the (depth-normalised) counts before denoising: ``"log1p"`` (the default,
+        with ``target_sum=1e4``: scanpy's log-normalised scale, as ``sc.pp.normalize_total`` +
+        ``sc.pp.log1p``), ``"sqrt"`` (with ``target_sum=None``: the variance-stabilising scale of
+        raw counts that molecular cross-validation was introduced with) or ``"none"``.
+    target_sum
+        Scale each cell to this many counts before the transform (as ``sc.pp.normalize_total``);
+        None keeps each cell's own depth.
+""",
+    "select": """    select
+        ``"min"``: the value with the lowest mean loss. ``"1se"``: the simplest value (fewest
+        components, shortest diffusion time, fewest neighbours, narrowest bottleneck) whose mean
+        loss is within one standard error of the minimum, the error of the difference estimated
+        across splits (MCV, needs ``n_splits >= 2``) or gene groups.
+""",
+    "progress": """    progress
+        Show a progress bar; by default when scanpy's verbosity is at least ``"info"``
+        (``sc.settings.verbosity = "info"``).
 """,
 }
 

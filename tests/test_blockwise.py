@@ -170,9 +170,13 @@ def test_blockwise_errors_say_what_to_do_and_leave_adata_untouched(counts):
             n2s.pp.denoise(lazy, progress=False, **kwargs)
     assert not good.layers and not good.uns and not good.obsm
     X = good.X
-    split = n2s.pp.split_counts(ad.AnnData(_dask(bad.tocsr(), (100, -1))), copy=True)
-    with pytest.raises(ValueError, match="negative"):
+    inside = counts.astype(np.float32).tolil()
+    inside[150, 3] = -1  # in a block the split's record does not read (it reads rows 0, 200 and 399)
+    split = n2s.pp.split_counts(ad.AnnData(_dask(inside.tocsr(), (100, -1))), copy=True)
+    with pytest.raises(ValueError, match=r"cells 100\.\.199\) contains negative values"):
         split.layers["split_train"].compute()
+    with pytest.raises(ValueError, match=r"cells 300\.\.399\) contains negative values"):  # one it reads: now
+        n2s.pp.split_counts(ad.AnnData(_dask(bad.tocsr(), (100, -1))), copy=True)
     assert good.X is X
 
 

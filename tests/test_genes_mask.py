@@ -118,5 +118,7 @@ def test_dask_input_refuses_an_explicit_mask(adata):
     lazy = ad.AnnData(da.from_array(adata.X, chunks=(200, -1)), var=adata.var)
     with pytest.raises(ValueError, match="mask_var needs the counts in memory"):
         n2s.pp.denoise(lazy, progress=False)
+    with pytest.raises(ValueError, match="mask_var needs the counts in memory"):  # an array as the mask too
+        n2s.pp.denoise(lazy, mask_var=adata.var["highly_variable"].to_numpy(), progress=False)
     n2s.pp.denoise(lazy, mask_var=None, grid=[2, 4], progress=False)
     assert lazy.uns["denoised"]["n_genes_fitted"] == adata.n_vars

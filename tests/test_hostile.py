@@ -124,6 +124,37 @@ def test_rerunning_replaces_all_of_the_package_own_output(adata):
     assert list(adata.obs.columns) == ["group"] and adata.uns["user"] == {"note": "mine"}
 
 
+def test_a_record_that_only_claims_the_users_entries_takes_nothing(adata):
+    """A ``uns`` entry shaped like the package's record, listing the user's own entries, claims nothing."""
+    adata.obsm["X_umap"] = np.ones((adata.n_obs, 2))
+    adata.uns["denoised"] = {
+        "version": "0",
+        "function": "denoise",
+        "outputs": {"obsm": ["X_umap"], "layers": ["counts"]},
+    }
+    before = adata.copy()
+    with pytest.raises(ValueError, match=r"adata.uns\['denoised'\] exists and was not written by"):
+        pp.denoise(adata, grid=GRID, progress=False)
+    assert_same(adata, before)
+    pp.denoise(adata, grid=GRID, progress=False, key_added="mine")  # another key: the user's entries stay
+    np.testing.assert_array_equal(adata.obsm["X_umap"], before.obsm["X_umap"])
+    np.testing.assert_array_equal(_value(adata.layers["counts"]), _value(before.layers["counts"]))
+    _assert_same_tree(dict(adata.uns["denoised"]), dict(before.uns["denoised"]))
+
+
+def test_the_package_own_output_changed_since_is_not_replaced_without_asking(adata):
+    pp.denoise(adata, grid=GRID, progress=False)
+    adata.layers["denoised"] = adata.layers["denoised"] * 2  # the user's own edit
+    with pytest.raises(ValueError, match=r"adata.layers\['denoised'\] exists and is not what .* changed since"):
+        pp.denoise(adata, grid=GRID, progress=False)
+    subset = adata[::2].copy()  # a subset keeps the record but not the rows written
+    with pytest.raises(ValueError, match="changed since"):
+        pp.denoise(subset, grid=GRID, progress=False)
+    pp.denoise(subset, grid=GRID, progress=False, overwrite=True)
+    pp.denoise(subset, grid=GRID, progress=False, random_state=3)  # now the record stands as written again
+    assert subset.uns["denoised"]["params"]["random_state"] == 3
+
+
 @pytest.mark.parametrize("key", ["", "a/b", ".", 5, None, ("a",)])
 def test_keys_that_h5ad_cannot_hold_are_refused(adata, key):
     before = adata.copy()
@@ -593,3 +624,60 @@ def test_a_methods_bad_number_of_cell_groups_is_refused(adata, groups):
     with pytest.raises(ValueError, match="n_cell_groups must be"):
         pp.denoise(adata, method=method, calibration="genes", grid=[0, 1], progress=False)
     assert_same(adata, before)
+
+
+# -- inputs that used to crash or give a library's message ---------------------------------------
+
+
+@pytest.mark.parametrize("method", ["pca", "diffusion", "knn", "alra", "autoencoder"])
+@pytest.mark.parametrize("calibration", ["mcv", "genes"])
+def test_identical_cells_are_denoised_or_refused_clearly(method, calibration):
+    """A hundred copies of one cell: nothing varies, so no linear system may be solved as if it did."""
+    if method == "autoencoder":
+        pytest.importorskip("torch")
+        from sc_noise2self.denoisers import Autoencoder
+
+        method = Autoencoder(hidden=(16,), n_fits=1, device="cpu")
+    row = np.random.default_rng(0).poisson(3.0, 200)
+    a = ad.AnnData(sparse.csr_matrix(np.tile(row, (100, 1))).astype(np.float32))
+    grid = [1, 2] if not isinstance(method, str) else None
+    try:
+        pp.denoise(a, method=method, calibration=calibration, grid=grid, progress=False)
+    except ValueError as error:
+        assert "no J-invariant form" in str(error)  # ALRA has no gene partition
+    else:
+        assert np.isfinite(a.layers["denoised"]).all()
+
+
+def test_a_dispersion_beyond_what_the_split_handles_is_refused(adata):
+    before = adata.copy()
+    with pytest.raises(ValueError, match=r"dispersion must be a finite number in \[1, 1000\]"):
+        pp.denoise(adata, sampling="negative_binomial", dispersion=1e6, progress=False)
+    assert_same(adata, before)
+
+
+def test_a_view_of_a_backed_anndata_is_refused_before_any_work(adata, tmp_path):
+    view = _backed(adata, tmp_path)[:50]
+    with pytest.raises(ValueError, match=r"view of a backed .*to_memory"):
+        pp.denoise(view, grid=GRID, progress=False)
+    with pytest.raises(ValueError, match=r"view of a backed .*to_memory"):
+        pp.pca(view, progress=False)
+    view.file.close()
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda a: pp.denoise(a, layer="nope", progress=False), r"pass one of them, or None"),
+        (lambda a: pp.denoise(a, mask_var=np.arange(a.n_vars) < 3, progress=False, grid=[1]), "select genes"),
+        (lambda a: pp.split_counts(np.array([[0.5, 1.0], [1.0, 2.0]])), r"raw UMI counts: pass the layer[^;]*\.$"),
+        (lambda a: tl.calibrate(a, calibration="genes", depth="output", progress=False), "pass depth=None"),
+    ],
+    ids=["layer", "mask-without-counts", "split-not-counts", "depth"],
+)
+def test_messages_say_what_to_do(adata, call, match):
+    X = adata.X.toarray()
+    X[:, :3] = 0  # three genes without counts
+    adata.X = sparse.csr_matrix(X)
+    with pytest.raises(ValueError, match=match):
+        call(adata)

@@ -166,7 +166,7 @@ def run_mcv(
     shape = source.shape
     grid = denoiser.check_grid(denoiser.default_grid(shape) if settings.grid is None else settings.grid, shape)
     scoring = _HeldOut(setup, totals, settings)
-    max_rate = float(totals.max()) + 1.0
+    max_rate, n_entries = float(totals.max()) + 1.0, shape[0] * shape[1]
 
     losses, baseline, reports = np.zeros((n_splits, len(grid))), np.zeros(n_splits), []
     add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known
@@ -195,16 +195,9 @@ def run_mcv(
             add_steps(bar, n_splits * sweep_steps(sweep, passes, len(grid), settings.chunk_size))
         bar.update(1)
         sums = sweep_losses(
-            sweep,
-            passes,
-            scoring,
-            len(grid),
-            bar=bar,
-            n_entries=shape[0] * shape[1],
-            chunk_size=settings.chunk_size,
+            sweep, passes, scoring, len(grid), bar=bar, n_entries=n_entries, chunk_size=settings.chunk_size
         )
         losses[i], baseline[i] = sums[:-1], sums[-1]
-    n_entries = shape[0] * shape[1]
     return CalibrationResult(
         method=method,
         calibration="mcv",

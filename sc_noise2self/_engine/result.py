@@ -295,12 +295,8 @@ def check_select(select: object, *, n_repeats: int | None, calibration: str) -> 
 
 
 SHALLOW_HELD_OUT = 50.0
-"""Median held-out molecules per cell below which ``n_splits=None`` takes three splits.
-
-Measured by ``benchmarks/n_splits.py``: on mouse 10k (137 counts per cell, 14 held out) one
-split's PCA choice moves between 3 and 5 from seed to seed and three splits' does not; on the
-PBMC sets (3,200–3,500 counts) one split chooses as three do, for a third of the time.
-"""
+"""Median held-out molecules per cell below which ``n_splits=None`` takes three splits: there one
+split's choice moves from seed to seed, and three splits' does not."""
 
 
 def resolve_n_splits(n_splits: int | None, *, select: str, median_count: float, split_fraction: float) -> int:

@@ -99,6 +99,9 @@ def _parts(block: Block, extra: Any, chunk_size: int | None, passes: Passes) -> 
     """Sub-blocks of at most ``chunk_size`` cells: (rows within the block, the sub-block, its extra)."""
     n_cells = block.rows.stop - block.rows.start
     for local in chunk_rows(n_cells, block.values.shape[1], chunk_size):
+        if (local.start, local.stop) == (0, n_cells):  # the block is one part: no copy of it
+            yield local, block, extra
+            continue
         rows = slice(block.rows.start + local.start, block.rows.start + local.stop)
         counts = None if block.counts is None else block.counts[local]
         yield local, Block(rows, block.values[local], counts), passes.slice_extra(extra, local)

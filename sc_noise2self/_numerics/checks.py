@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import sparse
@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from .._types import ArrayLike
 
 __all__ = [
-    "Counts",
     "as_canonical_csr",
     "check_count_values",
     "check_dtype",
@@ -28,7 +27,6 @@ __all__ = [
     "check_seed",
     "check_target_sum",
     "nonzero_counts",
-    "prepare_counts",
 ]
 
 
@@ -117,11 +115,13 @@ def _too_large(data: np.ndarray) -> str | None:
     return None
 
 
-def check_count_values(X: sparse.csr_matrix, *, what: str = "the input", counts: bool = True) -> bool:
+def check_count_values(
+    X: sparse.csr_matrix, *, what: str = "the input", counts: bool = True, calibrating: bool = True
+) -> bool:
     """Raise ``ValueError`` unless ``X`` is a non-empty finite numeric matrix.
 
     With ``counts=True`` it must also hold raw counts (non-negative integers); otherwise
-    return whether it does.
+    return whether it does. ``calibrating``: the message may point to the gene partition.
     """
     data = X.data
     check_dtype(data.dtype)
@@ -137,49 +137,13 @@ def check_count_values(X: sparse.csr_matrix, *, what: str = "the input", counts:
         msg = f"{what} {large}."
         raise ValueError(msg)
     if counts and problem:
+        other = "; or calibrate on these values with `calibration='genes', transform='none', target_sum=None`"
         msg = (
             f"{what} {problem}. Molecular cross-validation splits molecules and needs raw UMI counts: "
-            f"{_HOW_TO_PASS_COUNTS}; or calibrate on these values with "
-            "`calibration='genes', transform='none', target_sum=None`."
+            f"{_HOW_TO_PASS_COUNTS}{other if calibrating else ''}."
         )
         raise ValueError(msg)
     return problem is None
-
-
-class Counts(NamedTuple):
-    """Validated data for calibration, with the cells and genes they were taken from."""
-
-    matrix: sparse.csr_matrix
-    """Canonical CSR counts without empty cells or genes."""
-    cells: np.ndarray | None
-    """Boolean mask of the input's cells kept, or None when all were."""
-    genes: np.ndarray | None
-    """Boolean mask of the input's genes kept, or None when all were."""
-    is_counts: bool
-    """Whether the values are raw counts (non-negative integers)."""
-
-
-def prepare_counts(
-    X: ArrayLike, *, what: str, empty: Literal["error", "drop"] = "error", counts: bool = True
-) -> Counts:
-    """Canonical CSR data without cells or genes that have no counts (all zeros).
-
-    Empty cells and genes carry no information for a molecular split and break per-cell
-    normalisation: with ``empty="error"`` they raise a ``ValueError`` that gives their
-    number, with ``empty="drop"`` they are left out (and reported in the masks). With
-    ``counts=False`` the values need not be counts (see :func:`check_count_values`).
-    """
-    if empty not in ("error", "drop"):
-        msg = f"empty must be 'error' or 'drop', got {empty!r}."
-        raise ValueError(msg)
-    matrix = as_canonical_csr(X)
-    is_counts = check_count_values(matrix, what=what, counts=counts)
-    keep_cells, gene_nonzeros = nonzero_counts(matrix)
-    keep_genes = gene_nonzeros > 0
-    cells, genes = check_empty(keep_cells, keep_genes, what=what, empty=empty)
-    if cells is not None or genes is not None:
-        matrix = as_canonical_csr(matrix[keep_cells][:, keep_genes])
-    return Counts(matrix, cells, genes, is_counts)
 
 
 def nonzero_counts(matrix: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -211,7 +175,10 @@ def check_empty(
         )
         raise ValueError(msg)
     if not keep_cells.any():
-        msg = f"{what} has no counts at all."
+        msg = (
+            f"{what} has no counts at all (every value is 0): pass the layer that holds the raw counts, e.g. "
+            "`layer='counts'`, or (with mask_var) select genes that have counts."
+        )
         raise ValueError(msg)
     return (keep_cells if n_cells else None), (keep_genes if n_genes else None)
 
@@ -254,7 +221,8 @@ def check_fraction(split_fraction: object) -> float:
     )
 
 
-MAX_DISPERSION = 1e6
+MAX_DISPERSION = 1e3
+"""Largest dispersion the negative-binomial split takes: the cost of its tables grows with it (seconds at 1,000)."""
 
 
 def check_sampling(sampling: object, dispersion: object) -> tuple[str, float | None]:
@@ -283,7 +251,7 @@ def check_depth(depth: object, *, calibration: str, loss: str) -> str | None:
     if depth == "output" and (calibration != "mcv" or loss != "mse"):
         msg = (
             "depth='output' carries the held-out half's values to the output's depth: it applies to "
-            "calibration='mcv' with loss='mse'."
+            "calibration='mcv' with loss='mse'; pass depth=None (the default) or depth='held_out'."
         )
         raise ValueError(msg)
     return depth

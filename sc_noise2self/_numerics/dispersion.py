@@ -44,6 +44,7 @@ import numba
 import numpy as np
 from scipy import sparse
 
+from .checks import MAX_DISPERSION
 from .linalg import centered_truncated_svd
 from .machine import blas_threads
 from .rows import sparse_dense_product
@@ -203,7 +204,7 @@ class SplitPlan(NamedTuple):
         With ``φ > 1`` each entry is thinned beta-binomially with negative-binomial size
         ``m / (φ - 1)`` for its expected count ``m``: counts of variance ``φ m`` (amplified
         reads) then split into halves that are uncorrelated given the cell, as molecules'
-        binomial halves are (README, "Read counts").
+        binomial halves are.
         """
         size = self.sizes(counts, totals)
         if size is None:
@@ -233,6 +234,13 @@ def plan_split(
         raise ValueError(msg)
     if dispersion is None:  # an estimate within the check's resolution of Poisson is Poisson
         dispersion = measured if measured is not None and measured > POISSON_RESOLUTION else 1.0
+        if dispersion > MAX_DISPERSION:
+            msg = (
+                f"These counts vary {dispersion:.3g}x as much as Poisson sampling of molecules, beyond the "
+                f"{MAX_DISPERSION:g} the negative-binomial split handles; calibrate with calibration='genes' "
+                "(it does not split molecules)."
+            )
+            raise ValueError(msg)
     return SplitPlan(measured, dispersion, fit)
 
 
@@ -313,6 +321,10 @@ def _smooth_fit(values: sparse.csr_matrix, genes: np.ndarray, random_state: Rand
     empty = np.zeros(values.shape[1])
     fit = SmoothFit(loadings, mean @ components.T, np.zeros((RANK + 1, values.shape[1])), empty, empty)
     design = np.column_stack([np.ones(values.shape[0]), fit.scores(values)])
-    coef = np.linalg.solve(design.T @ design, np.asarray((values.T @ design).T))
+    gram, cross = design.T @ design, np.asarray((values.T @ design).T)
+    try:
+        coef = np.linalg.solve(gram, cross)
+    except np.linalg.LinAlgError:  # scores without variance (identical cells): the least-squares fit of least norm
+        coef = np.linalg.lstsq(gram, cross, rcond=None)[0]
     own = np.einsum("gk,kg->g", loadings, coef[1:])  # zero outside the fit genes
     return fit._replace(coef=coef, own=own, floor=np.maximum(0.01 * coef[0], 1e-8))

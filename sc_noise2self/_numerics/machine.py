@@ -10,10 +10,9 @@ with one thread per free core (at least one) for that call. It never raises a li
 set (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``, ``threadpoolctl``), and results do not
 depend on the number of threads (``tests/test_determinism.py``), so only the time changes.
 
-Off by default: measured in ``benchmarks/contention.py``, it makes two calibrations sharing
-two cores each take 26–31 % less time, but one calibration beside a program that keeps its own
-threads busy (BLAS products) 14–16 % more, since it then takes a smaller share of the cores.
-It does nothing where this process may run on only some of the machine's cores (a cpuset, as
+Off by default: it pays where several calibrations share the cores, and costs beside a program
+that keeps its own threads busy regardless (it then takes a smaller share of the cores). It
+does nothing where this process may run on only some of the machine's cores (a cpuset, as
 batch schedulers give), because ``procs_running`` counts every core's threads.
 """
 
@@ -67,7 +66,7 @@ class Settings:
         ``pp.split_counts`` and ``tl.calibrate`` (Linux, when this process may use every core;
         elsewhere nothing changes). It only lowers thread counts, and the results are the
         same bytes with any count. It pays where several jobs like this one share a machine,
-        and costs where the other job keeps its threads busy regardless (see the README).
+        and costs where the other job keeps its threads busy regardless.
         """
         return self._adapt_threads
 

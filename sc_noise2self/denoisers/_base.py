@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ArrayData",
     "BaseDenoiser",
-    "BaseSweep",
     "Block",
     "Data",
     "Denoiser",
@@ -266,110 +265,49 @@ class _OneBlock(NamedTuple):
 
 @runtime_checkable
 class Sweep(Protocol):
-    """A fitted denoiser: predictions at every grid value, block by block, and the output at one."""
+    """A fitted denoiser: predictions at every grid value, block by block, and the output at one.
+
+    Subclass it for its defaults (loop order ``"blocks"``, no fused scoring, nothing reported).
+    """
 
     grid_: np.ndarray
-
-    @property
-    def order(self) -> Literal["blocks", "values"]:
-        """Which loop the sweep offers: :meth:`predictions` per block, or :meth:`values`."""
+    order: Literal["blocks", "values"] = "blocks"
+    """Which loop the sweep offers: :meth:`predictions` per block, or :meth:`values`."""
 
     def predictions(self, block: Block) -> Iterator[tuple[GridValue, np.ndarray]]:
         """Yield ``(value, prediction)`` for the block at every grid value (order ``"blocks"``).
 
         A prediction may be updated in place by the next step: read it before advancing.
         """
+        raise NotImplementedError
 
     def values(self) -> Iterator[Step]:
         """Yield a :class:`Step` per grid value (order ``"values"``)."""
+        raise NotImplementedError
 
     def fuses(self, kind: ScoreKind) -> bool:
-        """Whether :meth:`losses` scores blocks against ``kind`` here (in order ``"blocks"``)."""
+        """Return whether :meth:`losses` scores blocks against ``kind`` here (order ``"blocks"``); no by default."""
+        return False
 
     def losses(self, block: Block, scorer: RowScorer | np.ndarray) -> np.ndarray:
-        """Per-cell loss of the block at every grid value (cells × values), predicted and scored in one pass."""
+        """Return the per-cell loss of the block at every grid value, predicted and scored in one pass."""
+        raise NotImplementedError
 
     def output(self, value: GridValue) -> LowRank | Predicted:
         """Return the output at ``value`` (after a fit at that value)."""
+        msg = f"{type(self).__name__} gives no output (it is fitted for the calibration only)."
+        raise NotImplementedError(msg)
 
     def report(self) -> dict[str, float]:
-        """Return what the fit found that the calibration's record keeps per MCV split, e.g. a rank rule's choice."""
+        """Return what the fit found that the calibration keeps per MCV split (numbers); nothing by default."""
+        return {}
 
 
 @runtime_checkable
 class Denoiser(Protocol):
     """What :func:`sc_noise2self.tl.calibrate` needs from a method (see :class:`BaseDenoiser`)."""
 
-    tags: ClassVar[Tags]
-
-    def check_params(self) -> None:
-        """Raise a ``ValueError`` for a setting out of range (before any work)."""
-
-    def check_data(self, shape: tuple[int, int], *, in_memory: bool) -> None:
-        """Raise a ``ValueError`` when data of this shape (in memory or read in blocks) cannot be fitted."""
-
-    def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
-        """Name of each grid axis, e.g. ``("n_comps",)``; used in plots and ``uns``."""
-
-    def default_grid(self, shape: tuple[int, int]) -> np.ndarray:
-        """Return the grid used when the caller gives none, for data of this shape."""
-
-    def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
-        """Return the grid checked for data of this shape, in sweep order (a ``ValueError`` says what is wrong)."""
-
-    def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> Sweep:
-        """Fit on ``data``, preparing every value of ``grid``; return the sweep (usually ``self``).
-
-        With a ``partition`` (the gene partition), a prediction for a gene group must not depend
-        on that group's values in that cell (J-invariance).
-        """
-
-
-class BaseSweep:
-    """Defaults of a :class:`Sweep`: loop order ``"blocks"``, no fused scoring."""
-
-    grid_: np.ndarray
-    order: Literal["blocks", "values"] = "blocks"
-
-    def predictions(self, block: Block) -> Iterator[tuple[GridValue, np.ndarray]]:
-        raise NotImplementedError
-
-    def values(self) -> Iterator[Step]:
-        raise NotImplementedError
-
-    def fuses(self, kind: ScoreKind) -> bool:
-        """No fused scoring by default."""
-        return False
-
-    def losses(self, block: Block, scorer: RowScorer | np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def output(self, value: GridValue) -> LowRank | Predicted:
-        msg = f"{type(self).__name__} gives no output (it is fitted for the calibration only)."
-        raise NotImplementedError(msg)
-
-    def report(self) -> dict[str, float]:
-        """Return what the fit found that the calibration's record keeps per split (numbers); nothing by default."""
-        return {}
-
-
-class BaseDenoiser(BaseEstimator, BaseSweep):
-    """Base of the package's denoisers: scikit-learn's estimator contract and the sweep's defaults.
-
-    ``__init__`` stores its keyword arguments and nothing else; :meth:`get_params`,
-    :meth:`set_params`, ``repr`` and :func:`sklearn.base.clone` come from
-    :class:`~sklearn.base.BaseEstimator`. Fitted attributes end in ``_``. The engine clones an
-    instance before fitting it, so the user's object is never changed.
-
-    A subclass sets :attr:`tags` and implements :meth:`grid_names`, :meth:`default_grid`,
-    :meth:`check_grid` and :meth:`fit`, then the sweep's :attr:`order` with
-    :meth:`predictions` or :meth:`values`, and :meth:`output`; it registers itself by name
-    with :func:`~sc_noise2self.denoisers.register`.
-    """
-
     tags: ClassVar[Tags] = Tags()
-    axis_labels: ClassVar[dict[str, str]] = {}
-    """What each grid axis means, for plots (e.g. ``{"n_comps": "number of principal components"}``)."""
 
     def check_params(self) -> None:
         """Raise a ``ValueError`` for a setting out of range (before any work): here its ``random_state``.
@@ -383,13 +321,39 @@ class BaseDenoiser(BaseEstimator, BaseSweep):
         """Raise a ``ValueError`` when data of this shape (in memory or read in blocks) cannot be fitted."""
 
     def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
+        """Return the name of each grid axis, e.g. ``("n_comps",)``; used in plots and ``uns``."""
         raise NotImplementedError
 
     def default_grid(self, shape: tuple[int, int]) -> np.ndarray:
+        """Return the grid used when the caller gives none, for data of this shape."""
         raise NotImplementedError
 
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
+        """Return the grid checked for data of this shape, in sweep order (a ``ValueError`` says what is wrong)."""
         raise NotImplementedError
 
     def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> Sweep:
+        """Fit on ``data``, preparing every value of ``grid``; return the sweep (usually ``self``).
+
+        With a ``partition`` (the gene partition), a prediction for a gene group must not depend
+        on that group's values in that cell (J-invariance).
+        """
         raise NotImplementedError
+
+
+class BaseDenoiser(BaseEstimator, Denoiser, Sweep):
+    """Base of the package's denoisers: scikit-learn's estimator contract, and the defaults of the contract.
+
+    ``__init__`` stores its keyword arguments and nothing else; :meth:`get_params`,
+    :meth:`set_params`, ``repr`` and :func:`sklearn.base.clone` come from
+    :class:`~sklearn.base.BaseEstimator`. Fitted attributes end in ``_``. The engine clones an
+    instance before fitting it, so the user's object is never changed.
+
+    A subclass sets :attr:`tags` and implements :meth:`grid_names`, :meth:`default_grid`,
+    :meth:`check_grid` and :meth:`fit`, then the sweep's :attr:`order` with
+    :meth:`predictions` or :meth:`values`, and :meth:`output`; it registers itself by name
+    with :func:`~sc_noise2self.denoisers.register`.
+    """
+
+    axis_labels: ClassVar[dict[str, str]] = {}
+    """What each grid axis means, for plots (e.g. ``{"n_comps": "number of principal components"}``)."""

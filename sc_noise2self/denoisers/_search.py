@@ -185,8 +185,7 @@ def knn_graph(
     ``"exact"``: a compiled brute-force search (:func:`~sc_noise2self.denoisers._search.exact_neighbours`;
     its cost grows with cells squared), ``seeds`` being cells likely near each one (they
     speed it up). ``"approximate"``: pynndescent's NN-descent, seeded by ``seed`` (the same
-    seed gives the same graph); its speed and the share of exact neighbours it finds are
-    measured in ``benchmarks/diffusion_sweep.py``.
+    seed gives the same graph).
     """
     if method == "exact":
         return exact_neighbours(embedding, n_neighbors, seeds=seeds)

@@ -13,7 +13,7 @@ from .._numerics.checks import check_int_grid, check_number, check_positive_int
 from .._numerics.linalg import as_float, centred_scores, covariance_svd, gram_stats, merge_gram_stats
 from .._numerics.machine import default_max_dense_bytes
 from .._numerics.rows import low_rank_rows, low_rank_sweep_losses
-from ._base import BaseDenoiser, BaseSweep, LowRank, Step, Tags
+from ._base import BaseDenoiser, LowRank, Step, Sweep, Tags
 from ._registry import register
 from ._search import EXACT_MAX_CELLS, NeighborSearch, knn_graph
 from .pca import AUTO_MAX_GENES, PCA, _cross_fitted_prediction
@@ -108,7 +108,7 @@ def _own_walks(states, cell_groups, cells, out):  # pragma: no cover - compiled
             row[j] = source[j]
 
 
-class _HeldOutWalks(BaseSweep):
+class _HeldOutWalks(Sweep):
     """The gene partition's sweep of :meth:`Diffusion.held_out_genes`, in value order."""
 
     order = "values"

@@ -18,7 +18,7 @@ from scipy import sparse
 from .._numerics.checks import check_int_grid, check_positive_int
 from .._numerics.linalg import as_float
 from .._numerics.loss import squared_error_row
-from ._base import BaseDenoiser, BaseSweep, Predicted, Tags
+from ._base import BaseDenoiser, Predicted, Sweep, Tags
 from ._registry import register
 from ._search import EXACT_MAX_CELLS, NeighborSearch, knn_graph
 from .pca import PCA
@@ -105,7 +105,7 @@ def neighbour_means(X: sparse.csr_matrix, first: np.ndarray, others: np.ndarray,
     return _sweep_kernel(X, first, others, sizes, _NO_SCORER)[0]
 
 
-class _Sweep(BaseSweep):
+class _Sweep(Sweep):
     """Averages of blocks of cells over growing neighbourhoods, for every ``(n_neighbors, n_pcs)`` of a grid.
 
     ``neighbours`` maps ``n_pcs`` to each cell's nearest other cells in that many

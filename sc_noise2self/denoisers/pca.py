@@ -20,7 +20,7 @@ from .._numerics.linalg import (
     merge_gram_stats,
 )
 from .._numerics.loss import squared_error_row
-from ._base import BaseDenoiser, BaseSweep, LowRank, Tags
+from ._base import BaseDenoiser, LowRank, Sweep, Tags
 from ._registry import register
 
 if TYPE_CHECKING:
@@ -335,11 +335,26 @@ def _cross_fitted_regression(
             r = linalg.cholesky(zz - n * np.outer(z_mean, z_mean), lower=False)
         except linalg.LinAlgError:  # rank-deficient components (tiny data): QR of the rows themselves
             rest = np.concatenate([m for h, m in enumerate(members) if h != g])
-            r = linalg.qr(Z[rest] - z_mean, mode="economic")[1]
+            r = _without_empty_directions(linalg.qr(Z[rest] - z_mean, mode="economic")[1])
         coefs[inside] = linalg.solve_triangular(r, (Z[inside] - z_mean).T, trans="T", lower=False).T
         offsets.append(y_mean)
         loadings.append(linalg.solve_triangular(r, zy - n * np.outer(z_mean, y_mean), trans="T", lower=False))
     return coefs, offsets, loadings
+
+
+def _without_empty_directions(r: np.ndarray) -> np.ndarray:
+    """``R`` with each zero pivot's row and column replaced by the identity's.
+
+    A direction without variance (e.g. among identical cells) then gets the coefficient its
+    right-hand side has, which is zero there too, instead of a division by zero.
+    """
+    pivots = np.abs(np.diag(r))
+    empty = pivots <= 1e-12 * max(float(pivots.max(initial=0.0)), np.finfo(float).tiny)
+    r = r.copy()
+    r[empty, :] = 0.0
+    r[:, empty] = 0.0
+    r[empty, empty] = 1.0
+    return r
 
 
 def _cross_fitted_prediction(scores: np.ndarray, target: np.ndarray, cell_groups: np.ndarray) -> np.ndarray:
@@ -355,7 +370,7 @@ def _cross_fitted_prediction(scores: np.ndarray, target: np.ndarray, cell_groups
     return out
 
 
-class _GroupedRankSweep(BaseSweep):
+class _GroupedRankSweep(Sweep):
     """The gene partition's rank sweep: offsets and loadings of its own for each cell group."""
 
     def __init__(

@@ -54,8 +54,8 @@ def denoise(
     method: str | Denoiser = "pca",
     layer: str | None = None,
     key_added: str = "denoised",
-    calibration: Calibration = "mcv",
     grid: ArrayLike | None = None,
+    calibration: Calibration = "mcv",
     split_fraction: float = 0.9,
     n_splits: int | None = None,
     sampling: Sampling = "poisson",
@@ -100,29 +100,13 @@ def denoise(
         Layer holding raw counts; ``adata.X`` when None.
     key_added
         Name of the output layer and of the ``uns`` entry.
-    calibration
-        ``"mcv"`` (molecular cross-validation, needs counts) or ``"genes"``
-        (Noise2Self gene partition, any values; the autoencoder then trains by masking).
     grid
         Values to sweep. PCA: numbers of components, default 1..20, then steps up to
         100 (capped by ``min(n_cells, n_genes) - 1``). Diffusion: times ``t``, default
         0..20, or ``(t, n_neighbors)`` pairs from :func:`sc_noise2self.tl.grid`.
         Autoencoder: epochs, or ``(bottleneck, epochs)`` pairs (default widths 4..128 ×
         epochs 1..20).
-    split_fraction
-        MCV: expected share of each cell's molecules used for fitting.
-    {mcv_sampling}
-    n_groups
-        Noise2Self: number of random gene groups.
-    transform
-        ``"log1p"`` (the default, with ``target_sum=1e4``: scanpy's log-normalised
-        scale, as ``sc.pp.normalize_total`` + ``sc.pp.log1p``), ``"sqrt"`` (with
-        ``target_sum=None``: the variance-stabilising scale of raw counts that molecular
-        cross-validation was introduced with) or ``"none"``; applied to the
-        (depth-normalised) counts before denoising.
-    target_sum
-        Scale each cell to this many counts before the transform (as
-        ``sc.pp.normalize_total``); None keeps each cell's own depth.
+    {calibration}
     loss
         ``"mse"`` on the transformed scale, or (MCV only) ``"poisson"`` negative
         log-likelihood on the count scale.
@@ -133,11 +117,7 @@ def denoise(
         part of a split): ``"drop"`` (the default) calibrates and denoises the others,
         writes zeros for them (their transformed counts) and logs how many; ``"error"``
         refuses them, saying how many.
-    select
-        ``"min"``: the value with the lowest mean loss. ``"1se"``: the simplest value (fewest
-        components, shortest diffusion time, fewest neighbours, narrowest bottleneck) whose mean
-        loss is within one standard error of the minimum, the error of the difference
-        estimated across splits (MCV, needs ``n_splits >= 2``) or gene groups.
+    {select}
     scale
         What the layer holds: ``"transformed"`` (the denoised values on the scale of
         ``transform``) or ``"counts"``: the denoised expected count of each gene in each cell
@@ -157,9 +137,7 @@ def denoise(
         with a lazy dask layer; other methods raise a ``ValueError``.
     chunk_size
         Cells per block when scoring and writing; default keeps a block under 4 MiB.
-    progress
-        Show a progress bar; by default when scanpy's verbosity is at least ``"info"``
-        (``sc.settings.verbosity = "info"``).
+    {progress}
     overwrite
         Replace entries of the names below that this package did not write (by default
         that is refused before any work). The layer being read is never written over; the

@@ -68,14 +68,14 @@ def pca(
     grid: ArrayLike | None = None,
     mask_var: str | ArrayLike | None = "highly_variable",
     calibration: Calibration = "mcv",
-    transform: TransformName = "log1p",
-    target_sum: float | None = 1e4,
     split_fraction: float = 0.9,
     n_splits: int | None = None,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
     depth: Depth | None = None,
     n_groups: int = 10,
+    transform: TransformName = "log1p",
+    target_sum: float | None = 1e4,
     select: Select = "min",
     random_state: RandomState = 0,
     progress: bool | None = None,
@@ -97,8 +97,7 @@ def pca(
       best predicts held-out molecules — the denoising rank of
       :func:`sc_noise2self.pp.denoise` with ``method="pca"``. On shallow data it is the
       lower one: a component whose signal is below the noise of each single gene can
-      still separate cells once its many genes are summed in a distance (README, "How
-      many PCs", with what each choice does to Leiden clusters).
+      still separate cells once its many genes are summed in a distance.
 
     The PCA is then computed on all counts with that many components, on the scale
     scanpy users compute it on — ``sc.pp.normalize_total(target_sum=1e4)``,
@@ -126,26 +125,11 @@ def pca(
         Genes to compute the PCA on, as in ``sc.pp.pca``: a boolean ``var`` column, a
         boolean array, or None for all genes; by default ``var["highly_variable"]`` when
         that column exists. Depth normalisation uses each cell's total over all genes.
-    calibration
-        ``"mcv"`` (molecular cross-validation, needs counts) or ``"genes"`` (Noise2Self
-        gene partition, for values that are not counts, with ``transform="none"``).
-    transform
-        Scale of the PCA: ``"log1p"`` (default, with ``target_sum=1e4``: scanpy's
-        log-normalised expression), ``"sqrt"`` or ``"none"``.
-    target_sum
-        Counts per cell after depth normalisation; None keeps each cell's depth.
-    split_fraction
-        MCV: expected share of each cell's molecules used for fitting.
-    {mcv_sampling}
-    n_groups
-        Noise2Self: number of random gene groups.
-    select
-        ``"min"`` (the lowest loss) or ``"1se"`` (the smallest number of components whose loss is within
-        one standard error of the minimum; needs ``n_splits >= 2`` with MCV).
+    {calibration}
+    {select}
     random_state
         Seed of the splits and of the randomised SVD (above 4,096 genes).
-    progress
-        Show a progress bar; by default when scanpy's verbosity is at least ``"info"``.
+    {progress}
     overwrite
         Replace a PCA that this package did not write (e.g. from ``sc.pp.pca``); by
         default that is refused before any work.
@@ -233,14 +217,14 @@ def neighbors(
     use_rep: str | None = None,
     mask_var: str | ArrayLike | None = "highly_variable",
     calibration: Calibration = "mcv",
-    transform: TransformName = "log1p",
-    target_sum: float | None = 1e4,
     split_fraction: float = 0.9,
     n_splits: int | None = None,
     sampling: Sampling = "poisson",
     dispersion: float | None = None,
     depth: Depth | None = None,
     n_groups: int = 10,
+    transform: TransformName = "log1p",
+    target_sum: float | None = 1e4,
     method: Literal["umap", "gauss"] = "umap",
     transformer: Any = None,
     metric: str | Callable[..., float] = "euclidean",
@@ -290,18 +274,7 @@ def neighbors(
         ``obsm`` key of the embedding the graph is built on; default ``"X_pca"``.
     mask_var
         Genes the calibration's embedding and average use, as in :func:`pca`.
-    calibration
-        ``"mcv"`` or ``"genes"`` (see above).
-    transform
-        Scale of the expression that is averaged and scored (default scanpy's ``log1p``
-        of counts per ``target_sum``).
-    target_sum
-        Counts per cell after depth normalisation; None keeps each cell's depth.
-    split_fraction
-        MCV: expected share of each cell's molecules used for fitting.
-    {mcv_sampling}
-    n_groups
-        Noise2Self: number of random gene groups.
+    {calibration}
     method
         ``sc.pp.neighbors``' connectivity kernel: ``"umap"`` or ``"gauss"``.
     transformer
@@ -312,14 +285,11 @@ def neighbors(
         ``sc.pp.neighbors``' distance for the graph.
     metric_kwds
         Options of ``metric``.
-    select
-        ``"min"`` (the lowest loss) or ``"1se"`` (the smallest ``n_neighbors`` whose loss is within
-        one standard error of the minimum; needs ``n_splits >= 2`` with MCV).
+    {select}
     random_state
         Seed of the splits, of the calibration's neighbour search and of
         ``sc.pp.neighbors`` (an int below 2**32 is passed to it as is).
-    progress
-        Show a progress bar; by default when scanpy's verbosity is at least ``"info"``.
+    {progress}
     overwrite
         Replace a graph that this package did not write (e.g. from ``sc.pp.neighbors``);
         by default that is refused before any work.
@@ -504,7 +474,10 @@ def _embedding(adata: AnnData, rep: str, n_pcs: int | None) -> np.ndarray:
         raise ValueError(msg)
     if n_pcs is not None:
         if check_positive_int(n_pcs, "n_pcs") > embedding.shape[1]:
-            msg = f"n_pcs={n_pcs} exceeds the {embedding.shape[1]} columns of adata.obsm[{rep!r}]."
+            msg = (
+                f"n_pcs={n_pcs} exceeds the {embedding.shape[1]} columns of adata.obsm[{rep!r}]; pass n_pcs="
+                f"{embedding.shape[1]} or fewer, or None for all of them."
+            )
             raise ValueError(msg)
         embedding = embedding[:, :n_pcs]
     return embedding

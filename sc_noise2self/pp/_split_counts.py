@@ -164,7 +164,8 @@ def _split_dask(X: Any, parts: Callable[[sparse.csr_matrix, int], list[sparse.cs
     def part(block: ArrayLike, which: int, block_info: dict | None = None) -> ArrayLike:
         start = block_info[0]["array-location"][0][0]
         counts = as_canonical_csr(block)
-        check_count_values(counts, what=f"The count matrix (cells {start}..{start + counts.shape[0] - 1})")
+        where = f"The count matrix (cells {start}..{start + counts.shape[0] - 1})"
+        check_count_values(counts, what=where, calibrating=False)
         return _like(block, parts(counts, start)[which])
 
     return [X.map_blocks(part, which, dtype=X.dtype, meta=X._meta) for which in range(n)]
@@ -186,7 +187,7 @@ def _plan(
         sample = counts[keep]
     else:  # one pass over the blocks for the sampled cells
         sample = _gather(X, keep)
-        check_count_values(sample, what="The count matrix")
+        check_count_values(sample, what="The count matrix", calibrating=False)
     return plan_split(sampling, dispersion, sample, _row_sums(sample), random_state)
 
 
@@ -252,7 +253,7 @@ def split_array(X: ArrayLike, options: SplitOptions) -> list[CountSplit]:
         raise ValueError(msg)
     counts = None if lazy else as_canonical_csr(X)
     if not lazy:
-        check_count_values(counts, what="The count matrix")
+        check_count_values(counts, what="The count matrix", calibrating=False)
     plan = _plan(X, counts, sampling, dispersion, random_state)
 
     if scheme == "binomial":

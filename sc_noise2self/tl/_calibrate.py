@@ -38,8 +38,8 @@ def calibrate(
     *,
     method: str | Denoiser = "pca",
     layer: str | None = None,
-    calibration: Calibration = "mcv",
     grid: ArrayLike | None = None,
+    calibration: Calibration = "mcv",
     split_fraction: float = 0.9,
     n_splits: int | None = None,
     sampling: Sampling = "poisson",
@@ -77,23 +77,11 @@ def calibrate(
         fitted), e.g. ``sc_noise2self.denoisers.Diffusion(kernel="adaptive")``.
     layer
         Layer holding the data; ``adata.X`` when None.
-    calibration
-        ``"mcv"`` or ``"genes"``.
     grid
         Values to sweep. PCA: numbers of components (default 1..20, then steps to 100,
         capped by the data size). Diffusion: times ``t`` (default 0..20), or
         ``(t, n_neighbors)`` pairs from :func:`grid`.
-    split_fraction
-        MCV: expected share of each cell's molecules used for fitting.
-    {mcv_sampling}
-    n_groups
-        Noise2Self: number of gene groups.
-    transform
-        Applied to the (depth-normalised) counts before denoising: ``"log1p"`` (default,
-        scanpy's scale with ``target_sum=1e4``), ``"sqrt"`` or ``"none"``.
-    target_sum
-        Scale each cell to this many counts before the transform; None keeps each
-        cell's own depth (e.g. ``transform="sqrt", target_sum=None``: ``sqrt`` of raw counts).
+    {calibration}
     loss
         MCV: ``"mse"`` on the transformed scale or ``"poisson"`` negative
         log-likelihood on the count scale. Noise2Self: ``"mse"``.
@@ -102,16 +90,10 @@ def calibrate(
     empty
         Cells or genes without any counts: ``"drop"`` (the default: calibrate on the
         others, and log how many were left out) or ``"error"`` (refuse, saying how many).
-    select
-        ``"min"``: the value with the lowest mean loss. ``"1se"``: the simplest value
-        (fewest components, shortest diffusion time, fewest neighbours, narrowest bottleneck)
-        whose mean loss is within one standard error of the minimum, the error of the
-        difference being estimated across splits (MCV, needs ``n_splits >= 2``) or gene groups.
+    {select}
     chunk_size
         Cells per block when scoring; default keeps a block under 4 MiB.
-    progress
-        Show a progress bar; by default when scanpy's verbosity is at least ``"info"``
-        (``sc.settings.verbosity = "info"``).
+    {progress}
 
     Returns
     -------

@@ -70,7 +70,10 @@ def _gene_positions(adata: AnnData, genes: object) -> np.ndarray:
         var_names = adata.var_names
         missing = [str(n) for n in names if n not in var_names]
         if missing:
-            msg = f"Genes not in adata.var_names: {missing[:5]}."
+            msg = (
+                f"Genes not in adata.var_names: {missing[:5]}; pass names from adata.var_names, integer positions "
+                "or a boolean mask over the genes."
+            )
             raise ValueError(msg)
         if not var_names.is_unique:
             counts = var_names.value_counts()

@@ -56,8 +56,7 @@ def score_denoising(
         :func:`sc_noise2self.pp.denoise` writes with that transform); it is mapped back
         by squaring or ``expm1`` (negative values clipped to 0), as OpenProblems' own
         wrappers do. Inverting ``E[T(Poisson(μ))]`` instead would give unbiased rates, but
-        at the held-out depth this protocol's log-MSE rewards shrinking small values
-        (measured on mouse 10k: every denoiser then scores worse than no denoising), so the
+        at the held-out depth this protocol's log-MSE rewards shrinking small values, so the
         convention is kept for comparability.
     target_sum
         Counts per cell after normalisation, for the MSE.

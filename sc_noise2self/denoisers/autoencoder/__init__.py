@@ -129,10 +129,8 @@ class Autoencoder(BaseDenoiser):
     n_fits
         Networks trained (from different seeds) for the output after the calibration; the
         output is their mean. One network's output varies with its seed about as much as
-        between neighbouring settings; on the shared real datasets the mean of three scored
-        better than one network (OpenProblems MSE, mouse 10k 2.149 vs 2.164, PBMC 8k 1.000 vs
-        1.010) and varied less with the seeds on two of three
-        (``benchmarks/autoencoder_refit.py``). The calibration trains one network per width.
+        between neighbouring settings; the mean of three scores better and varies less. The
+        calibration trains one network per width.
     block_cells
         In memory: train from blocks of this many cells, as from dask chunks or a backed
         file (None: one block, a random order of all cells each epoch). Dask and backed
@@ -144,16 +142,13 @@ class Autoencoder(BaseDenoiser):
     mask_fill
         Noise2Self training (``calibration="genes"``) only: what stands in for a hidden
         gene group in the input — ``"zero"``, ``"mean"`` (the gene's mean over cells), or
-        ``"donor"`` (the values of another cell, fixed per cell). Zero gave the lowest
-        error against the truth on the simulator (``benchmarks/autoencoder_calibration.py``).
+        ``"donor"`` (the values of another cell, fixed per cell).
     adapt_threads
         On CPU, train each epoch with at most one torch thread per core that other
         processes leave free (read before an epoch, at most once a second; Linux, where
         this process may use every core). It only lowers torch's thread count, which
-        changes no bit of the result. Two torch threads on two cores beside another busy
-        process once took 2.9× the time of one; in medians of three runs the two are level
-        (``benchmarks/contention.py --methods autoencoder``): a guard against that slow
-        tail. False keeps torch's count throughout.
+        changes no bit of the result: a guard against the slow tail of threads that compete
+        with another busy process. False keeps torch's count throughout.
     random_state
         Seed of the weights, dropout and batch order; training is deterministic on CPU and on
         CUDA (the same seed gives the same bytes on the same device; dropout masks differ
