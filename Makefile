@@ -16,11 +16,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m sc_noise2self._demo --out demo_output
 
+# One worker per core, each on one thread (tests/conftest.py); the notebooks first, as the longest;
+# a notebook cell may take up to 30 minutes on a busy machine.
+PYTEST := $(PY) -m pytest -n auto --dist worksteal --nbmake --nbmake-timeout=1800
+
 test: $(STAMP)
-	$(PY) -m pytest --nbmake tests notebooks
+	$(PYTEST) notebooks tests
 
 test-all: $(STAMP)
-	$(PY) -m pytest -m "" --nbmake tests notebooks
+	$(PYTEST) -m "" notebooks tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sc_noise2self tests benchmarks docs

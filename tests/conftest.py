@@ -14,6 +14,30 @@ from scipy import sparse
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker starts on one thread (numba, BLAS, torch), so workers share the cores.
+
+    The notebooks' kernels, started by a worker, inherit one BLAS and torch thread. A test that needs more
+    threads sets them itself (``numba.set_num_threads(2)``); results do not depend on the thread
+    count, so only the time changes.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import numba  # first: its pool keeps every core for the tests that ask for them
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(1)
+    config._thread_limits = threadpool_limits(1)  # held for the session
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        torch.set_num_threads(1)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # not numba's: it rereads it
+        os.environ[name] = "1"  # for the processes this worker starts (the notebooks' kernels)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked ``gpu`` when torch sees no CUDA device."""
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
