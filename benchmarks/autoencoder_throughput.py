@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 from _fitted import fit
-from pca_sweep import simulate
+from _synthetic import simulate
 
 from sc_noise2self._numerics.transform import expected_values, transformed
 from sc_noise2self.denoisers import ArrayData, Autoencoder

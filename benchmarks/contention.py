@@ -40,7 +40,7 @@ _WORKER = """
 import os, sys, time
 sys.path.insert(0, {here!r})
 import numpy as np
-from pca_sweep import simulate
+from _synthetic import simulate
 import sc_noise2self as n2s
 if os.environ.get("CONTENTION_ADAPT") == "1" and hasattr(n2s, "settings"):  # trees before it have no setting
     n2s.settings.adapt_threads = True

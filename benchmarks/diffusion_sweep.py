@@ -25,7 +25,7 @@ import argparse
 import resource
 
 import numpy as np
-from pca_sweep import best_of, simulate
+from _synthetic import best_of, simulate
 
 from sc_noise2self import tl
 from sc_noise2self._engine.blocks import chunk_rows

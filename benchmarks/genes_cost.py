@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     from _competitor import competing
     from _real_data import mouse10k, pbmc8k
-    from pca_sweep import simulate
+    from _synthetic import simulate
 
     sc.settings.verbosity = 0
     small = simulate(300, 100, 500.0)

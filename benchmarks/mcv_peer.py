@@ -45,7 +45,7 @@ SQRT = {"transform": "sqrt", "target_sum": None}
 
 def datasets() -> dict[str, sparse.csr_matrix]:
     from _real_data import pbmc8k
-    from pca_sweep import simulate
+    from _synthetic import simulate
 
     return {
         "PBMC 8k, 2,000 genes": sparse.csr_matrix(pbmc8k(2000).X, dtype=np.int32),
@@ -84,7 +84,7 @@ def main() -> None:
         sys.exit(f"the peer's venv is missing ({PEER_PYTHON}); see benchmarks/README.md")
     import scanpy as sc
     from _competitor import competing
-    from pca_sweep import simulate
+    from _synthetic import simulate
 
     sc.settings.verbosity = 0  # the two-value compile run would warn that its choice is on the grid's edge
     n2s.tl.calibrate(simulate(300, 100, 500.0), method="pca", grid=[1, 2], progress=False, **SQRT)  # compile

@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     from _competitor import competing
     from _real_data import mouse10k, pbmc8k
-    from pca_sweep import simulate
+    from _synthetic import simulate
 
     warm = np.random.default_rng(0).normal(size=(300, 50))
     _ours(warm, 15)

@@ -24,6 +24,7 @@ import argparse
 import time
 
 import numpy as np
+from _synthetic import best_of, simulate
 from scipy import sparse
 from threadpoolctl import threadpool_info
 
@@ -36,27 +37,6 @@ from sc_noise2self.denoisers import PCA, ArrayData
 from sc_noise2self.denoisers.pca import _grouped_rank_errors, _rank_sweep_losses
 
 SQRT = {"transform": "sqrt", "target_sum": None}  # the scale these figures were measured on
-
-
-def simulate(n_cells: int, n_genes: int, depth: float, seed: int = 0) -> sparse.csr_matrix:
-    """Cells mix 10 gene programs; gene abundances spread log-normally (σ = 2), as in 10x data."""
-    rng = np.random.default_rng(seed)
-    baseline = rng.lognormal(0.0, 2.0, n_genes)
-    programs = rng.gamma(0.4, 1.0, size=(10, n_genes)) * np.geomspace(3, 0.3, 10)[:, None] * baseline
-    profile = baseline + rng.dirichlet(np.full(10, 0.3), size=n_cells) @ programs
-    profile /= profile.sum(axis=1, keepdims=True)
-    counts = sparse.csr_matrix(rng.poisson(depth * rng.lognormal(0, 0.4, (n_cells, 1)) * profile), dtype=np.int32)
-    keep = np.asarray(counts.sum(axis=0)).ravel() > 0
-    return counts[:, keep]
-
-
-def best_of(repeats: int, func) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def covariance_fit(data: ArrayData, grid: np.ndarray) -> tuple[PCA, np.ndarray]:
