@@ -84,7 +84,7 @@ def kernel_seconds(
         totals["exact"] += out.sum()
         tic = time.perf_counter()
         _grouped_rank_errors(
-            offset[None], coefs, loadings[None], np.zeros(coefs.shape[0], np.int64), ranks, scorer.target, out
+            offset[None], coefs, loadings[None], np.zeros(coefs.shape[0], np.int64), ranks, scorer.target, -np.inf, out
         )
         times["none"] += time.perf_counter() - tic
         totals["none"] += out.sum()

@@ -135,13 +135,13 @@ MASKED_EPOCHS = range(1, 51)
 
 
 def _masked_errors(model, values, truth, groups, grid):
-    """Truth error and Noise2Self loss of the masked network's J-invariant output after every epoch."""
+    """Truth error and Noise2Self loss of the masked network's J-invariant output (as written: ≥ 0) per epoch."""
     data = ArrayData(values)
     model.fit_masked(data, groups, model.check_grid(grid, values.shape))
     dense = values.toarray()
     errors, losses = {}, {}
     for step in model.values():
-        value, pred = step.value, step.predict(data.block())
+        value, pred = step.value, np.maximum(step.predict(data.block()), 0)
         errors[value], losses[value] = float(np.mean((pred - truth) ** 2)), float(np.mean((pred - dense) ** 2))
     return errors, losses
 

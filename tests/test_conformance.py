@@ -206,6 +206,33 @@ def test_denoise_writes_a_record_that_survives_h5ad(counts, name, tmp_path):
         assert "mean_level" in read["method_report"]
 
 
+def _paths(name: str):
+    """Each way a method's output is written: dense, factored (low rank), from dask, by the gene partition."""
+    tags = METHODS[name].tags
+    yield "dense", {}
+    if tags.low_rank:
+        yield "factored", {"max_dense_bytes": 1}
+    if tags.blockwise:
+        yield "dask", {}
+    if tags.gene_partition is not None:
+        yield "genes", {"calibration": "genes", "n_groups": 4}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_denoised_layer_is_never_negative(counts, name):
+    for path, kwargs in _paths(name):
+        adata = ad.AnnData(counts.astype(np.float32))
+        if path == "dask":
+            da = pytest.importorskip("dask.array")
+            adata.X = da.from_array(counts.toarray().astype(np.float32), chunks=(40, -1))
+        method = _method(name, **({"block_cells": 40} if name == "autoencoder" and path == "dask" else {}))
+        n2s.pp.denoise(adata, method=method, grid=_grid(name), progress=False, **kwargs)
+        layer = adata.layers["denoised"]
+        layer = np.asarray(layer.compute() if hasattr(layer, "compute") else layer)
+        assert layer.min() >= 0 and np.isfinite(layer).all(), path
+        assert adata.uns["denoised"]["non_negative"] is True
+
+
 ODD_VALUES = [None, "x", -1, 0, 2.5, float("nan"), 1e300, True, (), [3]]
 
 

@@ -9,6 +9,7 @@ from scipy import sparse
 
 import sc_noise2self as n2s
 from sc_noise2self._engine.genes import random_groups
+from sc_noise2self._numerics.loss import DataScorer
 from sc_noise2self._numerics.transform import cell_scales, expected_transform, transformed
 from sc_noise2self.denoisers import PCA, Block, Diffusion
 from sc_noise2self.denoisers._search import knn_graph
@@ -265,9 +266,15 @@ def test_fused_gene_partition_errors_equal_the_block_sweep(simulation):
     sweep = PCA().held_out_genes(X, genes, cells, np.array([1, 4, 9]))
     rows = slice(100, 400)
     target = X[rows][:, genes].toarray()
-    unfused = np.stack([np.sum((pred - target) ** 2, axis=1) for _, pred in sweep.predictions(_cells(rows))], axis=1)
     assert sweep.fuses("data") and not sweep.fuses("held_out")
-    np.testing.assert_allclose(sweep.losses(_cells(rows), target), unfused, rtol=1e-10)
+    fused = {}
+    for lower in (-np.inf, 0.0):  # as written for any data, and for data without negative values
+        preds = [np.maximum(pred, lower) for _, pred in sweep.predictions(_cells(rows))]
+        unfused = np.stack([np.sum((pred - target) ** 2, axis=1) for pred in preds], axis=1)
+        fused[lower] = sweep.losses(_cells(rows), DataScorer(target, lower))
+        np.testing.assert_allclose(fused[lower], unfused, rtol=1e-10)
+    # the projection onto ≥ 0 never raises a cell's error against non-negative data, and here lowers some
+    assert np.all(fused[0.0] <= fused[-np.inf] + 1e-12) and np.any(fused[0.0] < fused[-np.inf] - 1e-9)
 
 
 def test_a_pca_used_for_gene_groups_still_pickles(simulation):

@@ -73,3 +73,44 @@ def test_output_without_low_rank_form_that_does_not_fit_is_refused(adata):
     with pytest.raises(ValueError, match="no low-rank form"):
         n2s.pp.denoise(adata, method=Autoencoder(device="cpu"), grid=[1], progress=False, max_dense_bytes=1)
     assert (sorted(adata.layers), sorted(adata.uns)) == before
+
+
+def test_the_layer_is_the_projection_of_the_factors_onto_non_negative_values(adata):
+    n2s.pp.denoise(adata, grid=GRID, progress=False, max_dense_bytes=1)
+    record = adata.uns["denoised"]
+    assert record["non_negative"] is True
+    scores, loadings = adata.obsm["denoised_scores"], adata.varm["denoised_loadings"]
+    product = adata.var["denoised_offset"].to_numpy() + scores @ loadings.T
+    assert (product < -1e-3).any(), "no negative value to project: the test checks nothing"
+    layer = adata.layers["denoised"].compute()
+    assert layer.min() >= 0
+    np.testing.assert_allclose(layer, np.maximum(product, 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(n2s.tl.denoised_genes(adata, genes=np.arange(adata.n_vars)), layer)
+
+
+def test_values_with_negative_entries_are_not_projected(simulation):
+    """Data that may be negative (e.g. scaled values) carry no bound: the output keeps its sign."""
+    values = simulation.counts.toarray().astype(np.float64)
+    values = (values - values.mean(axis=0)) / (values.std(axis=0) + 1)
+    adata = ad.AnnData(values.astype(np.float32))
+    n2s.pp.denoise(adata, calibration="genes", transform="none", target_sum=None, grid=[2, 5], progress=False)
+    assert adata.uns["denoised"]["non_negative"] is False and adata.layers["denoised"].min() < 0
+
+
+def test_scanpy_reads_the_layer_without_invalid_values(adata):
+    """Log fold changes of ``rank_genes_groups`` on the layer are finite, even where the fit dips lowest."""
+    import warnings
+
+    import scanpy as sc
+
+    n2s.pp.denoise(adata, grid=GRID, progress=False, max_dense_bytes=1)
+    fitted = adata.var["denoised_offset"].to_numpy() + adata.obsm["denoised_scores"] @ adata.varm["denoised_loadings"].T
+    gene = int(np.argmin(fitted.min(axis=0)))
+    low = np.argsort(fitted[:, gene])[:10]
+    assert fitted[low, gene].mean() < -1e-3, "no negative fit: the test checks nothing"
+    adata.layers["denoised"] = adata.layers["denoised"].compute()
+    adata.obs["group"] = np.where(np.isin(np.arange(adata.n_obs), low), "low", "rest")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="invalid value", category=RuntimeWarning)
+        sc.tl.rank_genes_groups(adata, "group", groups=["low"], layer="denoised", use_raw=False)
+    assert np.isfinite(adata.uns["rank_genes_groups"]["logfoldchanges"]["low"].astype(float)).all()

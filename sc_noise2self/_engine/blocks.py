@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Literal
 
-__all__ = ["CHUNK_ELEMENTS", "BlockData", "Source", "chunk_rows", "is_blockwise", "training_data"]
+__all__ = ["CHUNK_ELEMENTS", "BlockData", "Source", "chunk_rows", "is_blockwise", "non_negative", "training_data"]
 
 CHUNK_ELEMENTS = 2**19
 """Cells per scoring block × genes: a block of predictions is 4 MiB of float64."""
@@ -62,8 +62,14 @@ def is_blockwise(X: object) -> bool:
     return isinstance(X, CSRDataset | CSCDataset)
 
 
+def non_negative(X: sparse.csr_matrix) -> bool:
+    """Whether a sparse matrix holds no negative value."""
+    return not X.nnz or bool(X.data.min() >= 0)
+
+
 class _Facts(NamedTuple):
     is_counts: bool
+    non_negative: bool
     totals: np.ndarray
     has_counts: np.ndarray
     gene_nonzeros: np.ndarray
@@ -75,7 +81,9 @@ class Source:
 
     ``map``, ``reduce`` and ``load`` call ``fn(block, rows)`` with the block as canonical CSR
     (kept cells and genes only) and ``rows``, its cells' positions among the kept cells, so that
-    per-cell arrays and the split's counter keys line up whatever the blocks.
+    per-cell arrays and the split's counter keys line up whatever the blocks. ``is_counts``:
+    raw counts throughout; ``non_negative``: no negative value (the output is then projected
+    onto values ≥ 0).
     """
 
     def __init__(self, X: Any, what: str, *, empty: Literal["error", "drop"], counts: bool) -> None:
@@ -90,6 +98,7 @@ class Source:
     def _prepare_in_memory(self, X: Any, *, empty: Literal["error", "drop"], counts: bool) -> None:
         matrix = as_canonical_csr(X)
         self.is_counts = check_count_values(matrix, what=self.what, counts=counts)
+        self.non_negative = self.is_counts or non_negative(matrix)
         keep_cells, gene_nonzeros = nonzero_counts(matrix)
         self.cells, self.genes = check_empty(keep_cells, gene_nonzeros > 0, what=self.what, empty=empty)
         if self.cells is not None or self.genes is not None:
@@ -137,6 +146,7 @@ class Source:
             has_counts, gene_nonzeros = nonzero_counts(block)
             return _Facts(
                 is_counts,
+                is_counts or non_negative(block),
                 np.asarray(block.sum(axis=1), dtype=np.float64).ravel(),
                 has_counts,
                 gene_nonzeros,
@@ -152,6 +162,7 @@ class Source:
         totals = np.concatenate([f.totals for f in facts])  # dropped genes hold no counts
         self.totals = totals if self.cells is None else totals[self.cells]
         self.is_counts = all(f.is_counts for f in facts)
+        self.non_negative = all(f.non_negative for f in facts)
         self.max_count = max(f.max_count for f in facts)
 
     # -- reading ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._numerics.checks import check_magnitude, check_positive_int
-from .._numerics.loss import row_squared_errors
+from .._numerics.loss import DataScorer, row_squared_errors
 from .._numerics.machine import blas_threads
 from .._numerics.rows import CellSum
 from .._numerics.split import Stream, seed_sequence
@@ -49,17 +49,17 @@ class _Data(Scoring):
     kind = "data"
     costly_targets = True  # a sweep in value order reads every block at every grid value
 
-    def __init__(self, genes: np.ndarray) -> None:
-        self.genes = genes
+    def __init__(self, genes: np.ndarray, lower: float) -> None:
+        self.genes, self.lower = genes, lower
 
     def target(self, part: Block, extra: Any) -> np.ndarray:
         return part.values[:, self.genes].toarray()
 
     def score(self, part: Block, target: Any, pred: np.ndarray) -> np.ndarray:
-        return row_squared_errors(pred, target)
+        return row_squared_errors(pred, target, self.lower)
 
-    def scorer(self, part: Block, target: Any) -> np.ndarray:
-        return target
+    def scorer(self, part: Block, target: Any) -> DataScorer:
+        return DataScorer(target, self.lower)
 
 
 def run_genes(
@@ -96,10 +96,11 @@ def run_genes(
     fitted_on = (n_cells - int(np.bincount(cell_groups).max()), n_genes - int(np.bincount(groups).max()))
     grid = denoiser.check_grid(denoiser.default_grid(fitted_on) if settings.grid is None else settings.grid, fitted_on)
     data = ArrayData(values, transform=settings.transform)
+    lower = 0.0 if source.non_negative else -np.inf  # predictions scored as the output is written
 
     if kind == "masked":
         sweep = denoiser.fit(data, grid, partition=Partition(groups, None, cell_groups))
-        losses = _masked_losses(sweep, data, groups, len(grid), bar, settings.chunk_size)
+        losses = _masked_losses(sweep, data, groups, len(grid), bar, settings.chunk_size, lower)
     else:
         losses = np.zeros((n_groups, len(grid)))
         add_steps(bar, n_groups)
@@ -113,7 +114,7 @@ def run_genes(
             losses[g] = sweep_losses(
                 sweep,
                 passes,
-                _Data(held_out),
+                _Data(held_out, lower),
                 len(grid),
                 bar=bar,
                 n_entries=n_cells * int(held_out.sum()),
@@ -132,7 +133,7 @@ def run_genes(
 
 
 def _masked_losses(
-    sweep: Sweep, data: ArrayData, groups: np.ndarray, n_values: int, bar: tqdm, chunk_size: int | None
+    sweep: Sweep, data: ArrayData, groups: np.ndarray, n_values: int, bar: tqdm, chunk_size: int | None, lower: float
 ) -> np.ndarray:
     """Squared error of a masked sweep's J-invariant predictions, per gene group (rows) and grid value."""
     values: sparse.csr_matrix = data.matrix()
@@ -144,7 +145,8 @@ def _masked_losses(
         for j, step in enumerate(sweep.values()):
             total = CellSum(starts.size)
             for rows in chunk_rows(*values.shape, chunk_size):
-                errors = (step.predict(data.block(rows)).astype(np.float64) - values[rows].toarray()) ** 2
+                pred = step.predict(data.block(rows)).astype(np.float64)
+                errors = (np.where(pred < lower, lower, pred) - values[rows].toarray()) ** 2
                 total.add(rows.start, np.add.reduceat(errors[:, order], starts, axis=1))
             losses[:, j] = total.total()
             show_step(bar, step, losses[:, j].sum() / (values.shape[0] * values.shape[1]))

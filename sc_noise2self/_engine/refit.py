@@ -5,6 +5,12 @@ principal components) is ``offset + scores @ loadings``, so it can be kept as fa
 layer that computes blocks of cells on demand (also when written to h5ad/zarr); an output that is
 not low rank, fitted on data read block by block (the autoencoder), is a dask layer that runs the
 fitted method block by block. Every array is checked finite before it is handed back.
+
+Where the input holds no negative value, the truth on the transformed scale is ≥ 0 too, and the
+written layer is the output's projection ``max(ŷ, 0)``: entry by entry it is never further from
+a non-negative truth than ``ŷ`` (``|max(ŷ, 0) - t| ≤ |ŷ - t|`` for ``t ≥ 0``), and it keeps
+negative values out of tools downstream that take logarithms. Factors stay those of ``ŷ``; the
+calibration scores the same projection (:mod:`sc_noise2self._numerics.loss`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from scipy import linalg
 from .._numerics.rows import low_rank_rows
 from .._numerics.transform import cell_scales, to_counts, transform_counts, transformed
 from ..denoisers._base import Block, LowRank, Partition
-from .blocks import chunk_rows, training_data
+from .blocks import chunk_rows, non_negative, training_data
 from .result import check_finite_output
 
 if TYPE_CHECKING:
@@ -55,6 +61,8 @@ class Output(NamedTuple):
     """``(offset (genes,), scores (cells × k), loadings (genes × k))``, float32: offset + scores @ loadings.T."""
     kept: np.ndarray | None
     """Which input cells the calibration kept (for factored or lazy output when some were left out)."""
+    non_negative: bool
+    """Whether the layer is projected onto values ≥ 0 (``max(offset + scores @ loadings.T, 0)`` when factored)."""
 
 
 def embed(values: np.ndarray, rows: np.ndarray | None, columns: np.ndarray | None = None) -> np.ndarray:
@@ -75,11 +83,14 @@ def lazy_low_rank(
     loadings: np.ndarray,
     cells: np.ndarray,
     counts: ToCounts | None = None,
+    *,
+    non_negative: bool = False,
 ) -> Any:
     """Dask array ``cells * (offset + scores @ loadings)``, float32, in blocks of cells.
 
     ``cells`` is 1 for kept cells and 0 for dropped ones (their output is 0, as in the dense
-    layer). With ``counts``, each block is mapped to expected counts.
+    layer). With ``counts``, each block is mapped to expected counts; with ``non_negative``,
+    projected onto values ≥ 0.
     """
     import dask.array as da
 
@@ -90,14 +101,19 @@ def lazy_low_rank(
     block_rows = da.arange(n_cells, chunks=rows)[:, None]
 
     def block(s: np.ndarray, c: np.ndarray, r: np.ndarray) -> np.ndarray:
-        values = low_rank_rows(offset, s, loadings)
-        if counts is not None:
-            values = counts(values, r[:, 0])
+        values = finish(low_rank_rows(offset, s, loadings), r[:, 0], counts, non_negative=non_negative)
         return np.where(c > 0, values, np.float32(0))
 
     return da.map_blocks(
         block, block_scores, block_cells, block_rows, chunks=(block_scores.chunks[0], (n_genes,)), dtype=np.float32
     )
+
+
+def finish(values: np.ndarray, rows: Any, counts: ToCounts | None, *, non_negative: bool) -> np.ndarray:
+    """Return a block of output as written: expected counts with ``counts``, else ≥ 0 if ``non_negative``."""
+    if counts is not None:
+        return counts(values, rows)
+    return np.maximum(values, 0, out=values) if non_negative else values
 
 
 def refit(
@@ -153,13 +169,14 @@ def output(
             )
             raise ValueError(msg)
         counts = to_counts(settings.transform, totals, settings.target_sum, max_count, source.cells)
+    positive = source.non_negative and (genes is None or non_negative(genes.counts))
     n_cells = source.input_shape[0]
     if not isinstance(fitted, LowRank):
         if not source.in_memory:
-            return _lazy(source, data, fitted, value, denoiser, settings, totals, max_count, scale)
+            return _lazy(source, data, fitted, value, denoiser, settings, totals, max_count, scale, positive)
         layer = _dense(fitted, data, settings.chunk_size)
         check_finite_output((layer,), value, denoiser)
-        return _dense_output(embed(layer, source.cells, source.genes), counts, value, denoiser, settings)
+        return _dense_output(embed(layer, source.cells, source.genes), counts, value, denoiser, settings, positive)
     scores = np.concatenate(data.map(fitted.scores))
     factors, columns = (fitted.offset, scores, fitted.loadings), source.genes
     if genes is not None:  # fitted on the masked genes: every other gene through the low-rank output
@@ -168,10 +185,10 @@ def output(
     if factored or not source.in_memory:
         factors = (factors[0], factors[1].astype(np.float32), factors[2])
         check_finite_output(factors, value, denoiser)
-        return _factored(factors, source.cells, columns, n_cells, counts)
+        return _factored(factors, source.cells, columns, n_cells, counts, positive)
     layer = _low_rank_dense(factors, settings.chunk_size)
     check_finite_output((layer,), value, denoiser)
-    return _dense_output(embed(layer, source.cells, columns), counts, value, denoiser, settings)
+    return _dense_output(embed(layer, source.cells, columns), counts, value, denoiser, settings, positive)
 
 
 def _dense(fitted: LowRank | Predicted, data: Data, chunk_size: int | None) -> np.ndarray:
@@ -192,13 +209,19 @@ def _low_rank_dense(factors: tuple[np.ndarray, np.ndarray, np.ndarray], chunk_si
 
 
 def _dense_output(
-    layer: np.ndarray, counts: ToCounts | None, value: GridValue, denoiser: Denoiser, settings: Settings
+    layer: np.ndarray,
+    counts: ToCounts | None,
+    value: GridValue,
+    denoiser: Denoiser,
+    settings: Settings,
+    non_negative: bool,
 ) -> Output:
-    if counts is not None:
+    if counts is not None or non_negative:
         for rows in chunk_rows(*layer.shape, settings.chunk_size):
-            layer[rows] = counts(layer[rows], rows)
+            layer[rows] = finish(layer[rows], rows, counts, non_negative=non_negative)
+    if counts is not None:
         check_finite_output((layer,), value, denoiser)
-    return Output("dense", layer, None, None)
+    return Output("dense", layer, None, None, non_negative)
 
 
 def _factored(
@@ -207,6 +230,7 @@ def _factored(
     genes: np.ndarray | None,
     n_cells: int,
     counts: ToCounts | None,
+    non_negative: bool,
 ) -> Output:
     """Low-rank output as factors and a lazy layer, kept cells and genes placed (expected counts with ``counts``)."""
     offset, scores, loadings = factors
@@ -214,8 +238,8 @@ def _factored(
     full_loadings = embed(np.ascontiguousarray(loadings.T, dtype=np.float32), genes)
     full_scores = embed(scores.astype(np.float32), cells)
     kept = np.ones(n_cells, dtype=bool) if cells is None else cells
-    layer = lazy_low_rank(full_offset, full_scores, full_loadings.T, kept, counts)
-    return Output("factored", layer, (full_offset, full_scores, full_loadings), cells)
+    layer = lazy_low_rank(full_offset, full_scores, full_loadings.T, kept, counts, non_negative=non_negative)
+    return Output("factored", layer, (full_offset, full_scores, full_loadings), cells, non_negative)
 
 
 def _lazy(
@@ -228,6 +252,7 @@ def _lazy(
     totals: np.ndarray,
     max_count: float,
     scale: str,
+    non_negative: bool,
 ) -> Output:
     """Return a dask layer that computes the fitted method's output block by block (for data read in blocks)."""
     counts = None
@@ -235,15 +260,14 @@ def _lazy(
         counts = to_counts(settings.transform, totals, settings.target_sum, max_count, None)  # by kept cell
 
     def block_output(block: sparse.csr_matrix, rows: slice) -> np.ndarray:
-        out = fitted.block(data.make(block, rows))
-        return out if counts is None else counts(out, rows)
+        return finish(fitted.block(data.make(block, rows)), rows, counts, non_negative=non_negative)
 
     # fitted now; each block's output is checked once, here, where the fitted method lives (dask only reads)
     for index, rows in enumerate(source.kept_bounds()):
         if rows.stop > rows.start:
             (read,) = source.load([index], lambda block, rows: (block, rows))
             check_finite_output((block_output(*read),), value, denoiser)
-    return Output("lazy", source.lazy(block_output, source.input_shape[1]), None, source.cells)
+    return Output("lazy", source.lazy(block_output, source.input_shape[1]), None, source.cells, non_negative)
 
 
 def extend_factors(

@@ -1,7 +1,8 @@
 """Held-out losses, accumulated block by block over cells.
 
 Both losses compare a denoiser's training-depth prediction with the held-out half after
-the exact depth conversion (:mod:`sc_noise2self._transform`):
+the exact depth conversion (:mod:`sc_noise2self._numerics.transform`), which maps a negative
+prediction as 0: the score is that of the output as written, projected onto values ≥ 0.
 
 - ``"mse"``: squared error on the transformed scale, ``(c(ŷ) - T(s'' x''))²``.
 - ``"poisson"``: Poisson negative log-likelihood on the count scale, prediction first:
@@ -28,7 +29,9 @@ if TYPE_CHECKING:
 __all__ = [
     "LOSSES",
     "POISSON_FLOOR",
+    "DataScorer",
     "RowScorer",
+    "at_least",
     "held_out_target",
     "row_scorer",
     "row_squared_errors",
@@ -96,21 +99,37 @@ def _squares(flat, n, row, weight, pred, target, inv_step, dense):
     return acc
 
 
+@numba.njit(cache=True, inline="always")
+def at_least(value, lower):
+    """``max(value, lower)``, but NaN stays NaN (a diverged prediction must not score as the floor)."""
+    return lower if value < lower else value
+
+
 @numba.njit(parallel=True, cache=True)
-def _row_squared_errors(pred, target, out):  # pragma: no cover - compiled
+def _row_squared_errors(pred, target, lower, out):  # pragma: no cover - compiled
     for c in numba.prange(pred.shape[0]):
         acc = 0.0
         for g in range(pred.shape[1]):
-            d = pred[c, g] - target[c, g]
+            d = at_least(pred[c, g], lower) - target[c, g]
             acc += d * d
         out[c] = acc
 
 
-def row_squared_errors(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Return the summed squared difference of each row of two dense blocks (genes in order; rows in parallel)."""
+def row_squared_errors(pred: np.ndarray, target: np.ndarray, lower: float = -np.inf) -> np.ndarray:
+    """Return the summed squared difference of each row of ``max(pred, lower)`` and ``target`` (rows in parallel)."""
     out = np.empty(pred.shape[0])
-    _row_squared_errors(np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64), out)
+    _row_squared_errors(np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64), float(lower), out)
     return out
+
+
+class DataScorer(NamedTuple):
+    """What a fused sweep scores a block against in the gene partition: the data, and a floor for predictions."""
+
+    target: np.ndarray
+    """Dense values of the block's held-out genes, float64 cells × genes."""
+    lower: float
+    """Predictions are scored as ``max(ŷ, lower)``: 0 for data without negative values (as the
+    output is written), ``-inf`` otherwise."""
 
 
 @numba.njit(cache=True, inline="always", fastmath=_FAST)

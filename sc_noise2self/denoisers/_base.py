@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from scipy import sparse
 
-    from .._numerics.loss import RowScorer
+    from .._numerics.loss import DataScorer, RowScorer
     from .._types import ArrayLike
 
 __all__ = [
@@ -59,8 +59,8 @@ __all__ = [
 GridValue = int | tuple[int, ...]
 ScoreKind = Literal["held_out", "data"]
 """What a fused :meth:`Sweep.losses` scores against: MCV's held-out part after the depth conversion
-(a :class:`~sc_noise2self._numerics.loss.RowScorer`), or the data themselves (a dense target, the
-gene partition's squared error)."""
+(a :class:`~sc_noise2self._numerics.loss.RowScorer`), or the data themselves (a
+:class:`~sc_noise2self._numerics.loss.DataScorer`: the gene partition's squared error)."""
 
 
 @dataclass(frozen=True)
@@ -289,8 +289,12 @@ class Sweep(Protocol):
         """Return whether :meth:`losses` scores blocks against ``kind`` here (order ``"blocks"``); no by default."""
         return False
 
-    def losses(self, block: Block, scorer: RowScorer | np.ndarray) -> np.ndarray:
-        """Return the per-cell loss of the block at every grid value, predicted and scored in one pass."""
+    def losses(self, block: Block, scorer: RowScorer | DataScorer) -> np.ndarray:
+        """Return the per-cell loss of the block at every grid value, predicted and scored in one pass.
+
+        ``scorer``: a :class:`~sc_noise2self._numerics.loss.RowScorer` for ``"held_out"``, a
+        :class:`~sc_noise2self._numerics.loss.DataScorer` for ``"data"``.
+        """
         raise NotImplementedError
 
     def output(self, value: GridValue) -> LowRank | Predicted:

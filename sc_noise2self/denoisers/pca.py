@@ -19,14 +19,14 @@ from .._numerics.linalg import (
     gram_stats,
     merge_gram_stats,
 )
-from .._numerics.loss import squared_error_row
+from .._numerics.loss import at_least, squared_error_row
 from ._base import BaseDenoiser, LowRank, Sweep, Tags
 from ._registry import register
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from .._numerics.loss import RowScorer
+    from .._numerics.loss import DataScorer, RowScorer
     from .._types import ArrayLike
     from ._base import Block, Data, Partition, ScoreKind
 
@@ -75,11 +75,12 @@ def _rank_sweep_losses(
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
-def _grouped_rank_errors(offsets, coefs, loadings, groups, ranks, target, out):  # pragma: no cover - compiled
+def _grouped_rank_errors(offsets, coefs, loadings, groups, ranks, target, lower, out):  # pragma: no cover - compiled
     """Write each cell's summed squared error against ``target`` at every rank of ``ranks`` (its group's fit).
 
     One parallel region per block of cells for the whole grid (the gene partition's
-    counterpart of :func:`_rank_sweep_losses`, on the data's own scale: no conversion).
+    counterpart of :func:`_rank_sweep_losses`, on the data's own scale: no conversion;
+    predictions floored at ``lower``).
     """
     n_genes = offsets.shape[1]
     for c in numba.prange(coefs.shape[0]):
@@ -94,7 +95,7 @@ def _grouped_rank_errors(offsets, coefs, loadings, groups, ranks, target, out): 
             done = ranks[v]
             acc = 0.0
             for g in range(n_genes):
-                d = pred[g] - target[c, g]
+                d = at_least(pred[g], lower) - target[c, g]
                 acc += d * d
             out[c, v] = acc
 
@@ -388,9 +389,9 @@ class _GroupedRankSweep(Sweep):
     def fuses(self, kind: ScoreKind) -> bool:
         return kind == "data"
 
-    def losses(self, block: Block, scorer: np.ndarray) -> np.ndarray:
+    def losses(self, block: Block, scorer: DataScorer) -> np.ndarray:
         """Per-cell squared error of the block against its dense target at every rank, in one pass."""
-        rows, target = block.rows, scorer
+        rows, (target, lower) = block.rows, scorer
         out = np.empty((target.shape[0], len(self.grid)))
         _grouped_rank_errors(
             self.offsets,
@@ -399,6 +400,7 @@ class _GroupedRankSweep(Sweep):
             np.ascontiguousarray(self.cell_groups[rows], dtype=np.int64),
             self.grid,
             np.ascontiguousarray(target, dtype=np.float64),
+            float(lower),
             out,
         )
         return out

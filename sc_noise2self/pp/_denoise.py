@@ -155,12 +155,15 @@ def denoise(
         Denoised expression on the transformed scale of the full data,
         ``T(x · target_sum / total)`` (by default ``log1p`` of counts per 10,000, the scale
         of scanpy's log-normalised ``X``) or ``T(x)`` with ``target_sum=None``; with
-        ``scale="counts"``, expected counts. Cells × genes, dense; or, when that would
-        exceed ``max_dense_bytes``, a lazy dask array computed from the factors below
-        block by block (also when written to h5ad/zarr).
+        ``scale="counts"``, expected counts. Never negative when the input holds no negative
+        value (counts always): the output is projected onto values ≥ 0, which can only bring
+        it closer to the truth, and the calibration scores that projection. Cells × genes,
+        dense; or, when that would exceed ``max_dense_bytes``, a lazy dask array computed
+        from the factors below block by block (also when written to h5ad/zarr).
     ``adata.obsm[f"{key_added}_scores"]``, ``adata.varm[f"{key_added}_loadings"]``, ``adata.var[f"{key_added}_offset"]``
-        Only for factored output: layer = offset + scores @ loadings.T (and
-        ``adata.obs[f"{key_added}_kept"]`` when empty cells were dropped).
+        Only for factored output: layer = offset + scores @ loadings.T, projected onto
+        values ≥ 0 where ``non_negative`` (and ``adata.obs[f"{key_added}_kept"]`` when
+        empty cells were dropped).
     ``adata.uns[key_added]`` : :class:`dict`
         ``method``, ``calibration``, ``grid_names``, ``grid``, ``loss`` (splits or gene
         groups × grid, per matrix entry), ``loss_mean``, ``loss_se`` (its standard error
@@ -171,7 +174,8 @@ def denoise(
         empty when none),
         ``params`` (every setting, including ``layer``), ``output`` (``"dense"``,
         ``"factored"`` or ``"lazy"``: a dask layer that runs the autoencoder block by
-        block), ``scale`` (``"transformed"`` or ``"counts"``), ``outputs`` (the names
+        block), ``scale`` (``"transformed"`` or ``"counts"``), ``non_negative`` (whether the
+        layer was projected onto values ≥ 0), ``outputs`` (the names
         written, per slot) and the package ``version``.
     """
     settings = Settings.from_arguments(locals())
@@ -231,6 +235,7 @@ def denoise(
     )
     uns["output"] = out.kind
     uns["scale"] = scale
+    uns["non_negative"] = out.non_negative
     uns["n_genes_fitted"] = int(adata.n_vars if genes is None else genes[0].mask.sum())
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
@@ -242,6 +247,10 @@ def denoise(
         "    finished",
         time=start,
         deep=f"added\n{describe_outputs(slots)}    {key_added!r}, calibration curve and choice (adata.uns)",
+    )
+    logg.info(
+        f"    layers[{key_added!r}] is for plots, embeddings and clustering; test differential expression on "
+        "the counts (see 'Downstream use' in the documentation)"
     )
     return adata if copy else None
 

@@ -44,7 +44,10 @@ def denoised_genes(adata: AnnData, *, genes: ArrayLike, key: str = "denoised") -
     loadings = adata.varm[f"{key}_loadings"][columns]
     offset = adata.var[f"{key}_offset"].to_numpy()[columns]
     kept = adata.obs[f"{key}_kept"].to_numpy() if f"{key}_kept" in adata.obs else np.ones(adata.n_obs, dtype=bool)
-    return np.where(kept[:, None], low_rank_rows(offset, scores, loadings.T), np.float32(0))
+    values = low_rank_rows(offset, scores, loadings.T)
+    if adata.uns[key].get("non_negative", False):
+        np.maximum(values, 0, out=values)  # as the layer is written
+    return np.where(kept[:, None], values, np.float32(0))
 
 
 def _gene_positions(adata: AnnData, genes: object) -> np.ndarray:
