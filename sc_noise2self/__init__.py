@@ -6,13 +6,12 @@
 >>> adata.uns["denoised"]["best"]  # doctest: +SKIP
 """
 
-from __future__ import annotations
-
 from . import datasets, denoisers, pl, pp, tl
-from ._engine import CalibrationResult, package_version
+from ._engine import CalibrationResult
+from ._engine import package_version as _package_version
 from ._numerics.machine import settings
 from ._numerics.split import CountSplit
 
-__version__ = package_version()
+__version__ = _package_version()
 
 __all__ = ["CalibrationResult", "CountSplit", "__version__", "datasets", "denoisers", "pl", "pp", "settings", "tl"]

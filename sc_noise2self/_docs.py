@@ -59,8 +59,8 @@ FRAGMENTS = {
         across splits (MCV, needs ``n_splits >= 2``) or gene groups.
 """,
     "progress": """    progress
-        Show a progress bar; by default when scanpy's verbosity is at least ``"info"``
-        (``sc.settings.verbosity = "info"``).
+        Show a progress bar (a widget in Jupyter), drawn once the call has run for a second.
+        By default shown unless scanpy's verbosity is ``"error"``; ``False`` hides it.
 """,
 }
 

@@ -14,6 +14,14 @@ def test_bundled_pbmc_is_raw_counts():
     assert "CC BY 4.0" in adata.uns["source"]
 
 
+def test_bundled_pbmc_names_genes_by_symbol_with_ensembl_ids_beside():
+    adata = n2s.datasets.pbmc2k()
+    assert adata.var_names.is_unique
+    assert {"CD3E", "IL7R", "LYZ", "NKG7"} <= set(adata.var_names)
+    assert adata.var.loc["CD3E", "gene_ids"] == "ENSG00000198851"
+    assert adata.var["gene_ids"].str.startswith("ENSG").all() and adata.var["gene_ids"].is_unique
+
+
 def test_bundled_pbmc_end_to_end():
     adata = n2s.datasets.pbmc2k()
     n2s.pp.denoise(adata, progress=False, grid=[1, 5, 10, 20, 30, 40])

@@ -62,6 +62,14 @@ def test_public_names_are_listed():
             assert hasattr(mod, name), f"{mod.__name__}.{name}"
 
 
+def test_modules_show_only_their_public_names():
+    """``dir(n2s.pp)`` lists what a user may call, not the helpers its modules import."""
+    for mod in (n2s, n2s.pp, n2s.tl, n2s.pl, n2s.datasets, n2s.denoisers):
+        public = {name for name in dir(mod) if not name.startswith("_")}
+        submodules = {name for name in public if inspect.ismodule(getattr(mod, name)) and mod is n2s.denoisers}
+        assert public - submodules == {name for name in mod.__all__ if not name.startswith("_")}, mod.__name__
+
+
 # -- The shape of the package: layers that read top-down ------------------------------------------
 
 PACKAGE = Path(n2s.__file__).parent

@@ -31,6 +31,17 @@ def test_calibration_plot_marks_the_choice(calibrated, tmp_path):
     plt.close("all")
 
 
+def test_a_plain_savefig_keeps_the_labels_inside_the_figure(calibrated):
+    ax = n2s.pl.calibration(calibrated, show=False)
+    figure = ax.figure
+    figure.canvas.draw()  # what plt.savefig(path) renders, without bbox_inches="tight"
+    inside = figure.bbox
+    for label in (ax.xaxis.label, ax.yaxis.label, ax.title):
+        extent = label.get_window_extent()
+        assert inside.x0 <= extent.x0 and extent.x1 <= inside.x1 and inside.y0 <= extent.y0 and extent.y1 <= inside.y1
+    plt.close("all")
+
+
 def test_calibration_into_given_axes(calibrated):
     _, ax = plt.subplots()
     assert n2s.pl.calibration(calibrated, ax=ax) is ax

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -221,23 +223,54 @@ def test_anndata_view_input(adata):
     assert not view.is_view and "denoised" in view.layers and "denoised" not in adata.layers
 
 
-def test_progress_bar_follows_scanpy_verbosity_unless_asked(adata, capsys):
+def test_progress_bar_is_shown_by_default_unless_scanpy_is_silenced(adata, capsys, monkeypatch):
     import scanpy as sc
+
+    from sc_noise2self._engine import progress
 
     pp.denoise(adata, grid=GRID, progress=False)
     assert "MCV" not in capsys.readouterr().err
     pp.denoise(adata, grid=GRID, progress=True)
     assert "MCV" in capsys.readouterr().err
+    monkeypatch.setattr(progress, "DELAY", 0)  # a default bar waits a second before it is drawn
     verbosity = sc.settings.verbosity
     try:
-        sc.settings.verbosity = "warning"
-        pp.denoise(adata, grid=GRID)  # the default: silent below info
-        assert "MCV" not in capsys.readouterr().err
-        sc.settings.verbosity = "info"
+        sc.settings.verbosity = "warning"  # scanpy's default
         pp.denoise(adata, grid=GRID)
         assert "MCV" in capsys.readouterr().err
+        sc.settings.verbosity = "error"
+        pp.denoise(adata, grid=GRID)
+        assert "MCV" not in capsys.readouterr().err
     finally:
         sc.settings.verbosity = verbosity
+
+
+def test_a_quick_call_prints_nothing_by_default(adata, capsys, monkeypatch):
+    from sc_noise2self._engine import progress
+
+    monkeypatch.setattr(progress, "DELAY", 3600)
+    pp.denoise(adata, grid=GRID)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_bar_is_drawn_with_its_whole_total_and_log_lines_beside_it(adata, capsys):
+    import re
+
+    import scanpy as sc
+
+    verbosity, logfile = sc.settings.verbosity, sc.settings.logfile
+    try:
+        sc.settings.verbosity, sc.settings.logfile = "info", sys.stderr  # scanpy writes to the captured stream
+        pp.denoise(adata, grid=[1, 2], progress=True, n_splits=2)  # warns, bar drawn, that 2 is the grid's edge
+        err = capsys.readouterr().err
+    finally:
+        sc.settings.verbosity, sc.settings.logfile = verbosity, logfile
+    totals = {int(total) for total in re.findall(r"\| \d+/(\d+) \[", err)}
+    assert len(totals) == 1 and totals != {0}, totals
+    lines = re.split(r"[\r\n]", err)
+    messages = ("denoising", "largest value swept", "chose")
+    assert all(any(message in line for line in lines) for message in messages)
+    assert not any("%|" in line and any(message in line for message in messages) for line in lines)
 
 
 def test_one_cell_is_too_small_to_calibrate():

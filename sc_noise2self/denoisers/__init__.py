@@ -6,18 +6,16 @@ to :func:`sc_noise2self.pp.denoise`; an instance's parameters are used (it is cl
 fitted itself).
 """
 
-from __future__ import annotations
-
-import importlib
-import pkgutil
+from importlib import import_module as _import_module
+from pkgutil import iter_modules as _iter_modules
 
 from . import _base
 from ._base import *  # noqa: F403 - the contract, listed in _base.__all__
 from ._registry import register, registered
 
-for _module in pkgutil.iter_modules(__path__):  # noqa: F405 - the package's own path
+for _module in _iter_modules(__path__):  # noqa: F405 - the package's own path
     if not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+        _import_module(f"{__name__}.{_module.name}")
 
 globals().update({cls.__name__: cls for cls in registered().values()})
 

@@ -88,7 +88,7 @@ def calibration(
 
     own_figure = ax is None
     if own_figure:
-        _, ax = plt.subplots(figsize=(5, 3.5))
+        _, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")  # labels inside even with a plain savefig
     se = np.asarray(info["difference_se"]) if "difference_se" in info else np.zeros_like(mean)
     x, along = _draw_curves(ax, grid, loss, se, names, calibration)
     if "loss_no_denoising" in info:  # MCV: the same loss for the training part itself
@@ -115,7 +115,7 @@ def calibration(
     what = "held-out" if calibration == "mcv" else "Noise2Self"
     ax.set_ylabel(f"{what} {loss_name} ({scale})")
     kind = "Molecular cross-validation" if calibration == "mcv" else "Noise2Self gene partition"
-    ax.set_title(f"{kind}: {info.get('method', '')} ({where})")
+    ax.set_title(f"{kind}\n{info.get('method', '')}, {where}", fontsize="medium")
     ax.legend(frameon=False)
     path = _save_path(save)
     if path is not None:

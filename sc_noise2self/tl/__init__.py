@@ -1,7 +1,5 @@
 """Tools: the calibration sweep alone, scores, and reads of the output."""
 
-from __future__ import annotations
-
 from .._engine import CalibrationResult
 from ._calibrate import calibrate, grid
 from ._denoised_genes import denoised_genes
