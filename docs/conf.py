@@ -38,8 +38,9 @@ extensions = [
     "sphinx.ext.extlinks",
     "sphinx.ext.mathjax",
 ]
-source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}  # .rst first: autosummary writes its pages with the first suffix
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
+templates_path = ["_templates"]
 
 # MyST
 myst_enable_extensions = ["amsmath", "colon_fence", "deflist", "dollarmath", "substitution"]
