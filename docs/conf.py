@@ -38,7 +38,8 @@ extensions = [
     "sphinx.ext.extlinks",
     "sphinx.ext.mathjax",
 ]
-source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}  # .rst first: autosummary writes its pages with the first suffix
+# .rst first: autosummary writes its generated pages with the first suffix
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 templates_path = ["_templates"]
 
