@@ -4,12 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench docs clean
+.PHONY: demo test test-all lint bench docs dist clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# Pin the CPU build of torch first, so the project's `torch` requirement pulls no CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
+	# torch first, pinned. PyPI's Linux wheel is a CUDA build: for the CPU build, add
+	# TORCH_INDEX=https://download.pytorch.org/whl/cpu (e.g. `make test TORCH_INDEX=...`).
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
@@ -34,6 +35,13 @@ docs: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[docs]"
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
+
+# The release files, checked as PyPI will check them (a release: docs/contributing.md).
+dist: $(STAMP)
+	$(PY) -m pip install --quiet build twine
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
 
 bench: $(STAMP)
 	$(PY) benchmarks/pca_sweep.py

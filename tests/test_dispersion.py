@@ -105,7 +105,7 @@ def test_negative_binomial_split_finds_the_oracle_on_negative_binomial_reads(see
 def test_geometric_reads_leave_diffusion_short_of_the_oracle():
     """The split matches the reads' variance, not their whole law: with 1 + Geometric reads per
     molecule (not negative binomial) diffusion's choice is far better than binomial MCV's
-    (8.5× the oracle) but not within 1.05× of the oracle (README, "Read counts")."""
+    (8.5× the oracle) but not within 1.05× of the oracle (the user guide, "Read counts without UMIs")."""
     sim = simulate_reads(mean_reads=8.0, seed=0)
     errors = _read_truth_errors(sim, 8.0, method="diffusion")
     kwargs = {"method": "diffusion", "grid": DIFFUSION_GRID, "random_state": 0, "progress": False}

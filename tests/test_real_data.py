@@ -33,7 +33,7 @@ def test_mouse10k_needs_filtering_then_finds_a_low_rank(mouse10k):
 
 @pytest.mark.slow
 def test_pbmc8k_readme_recipe(pbmc8k, tmp_path):
-    """The README's pipeline on all 18,340 genes: denoise, then scanpy's PCA, neighbours, UMAP, Leiden."""
+    """A whole pipeline on all 18,340 genes: denoise, then scanpy's PCA, neighbours, UMAP, Leiden."""
     import scanpy as sc
 
     adata = pbmc8k.copy()

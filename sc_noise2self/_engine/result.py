@@ -139,7 +139,7 @@ class CalibrationResult:
     def dependent_halves(self) -> bool:
         """Whether :attr:`dispersion` says the MCV halves are dependent (read counts split as molecules).
 
-        True when the counts vary more than :data:`~sc_noise2self._dispersion.DEPENDENT_HALVES`
+        True when the counts vary more than 1.5
         times what the split assumed (:attr:`split_dispersion`): binomial thinning then leaves
         each molecule's reads in both halves, and MCV chooses too little denoising.
         ``sampling="negative_binomial"`` splits such counts into uncorrelated halves; the gene
