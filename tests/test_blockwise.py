@@ -38,6 +38,7 @@ def test_dask_calibration_equals_in_memory(counts, chunks, dense):
     assert got.best == expected.best
     np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-9)
     np.testing.assert_allclose(got.baseline, expected.baseline, rtol=1e-9)
+    np.testing.assert_allclose(got.cell_group_loss, expected.cell_group_loss, rtol=1e-9)
     assert got.params == expected.params
 
 

@@ -114,3 +114,63 @@ def test_a_choice_inside_the_grid_is_not_at_its_edge(simulation):
     assert result.grid_edge == []
     edge = tl.calibrate(simulation.counts, grid=[1, 2], progress=False)
     assert edge.grid_edge == ["n_comps"]
+
+
+def test_cell_groups_add_up_to_the_loss_and_give_an_error_with_one_split(simulation):
+    result = tl.calibrate(simulation.counts, grid=np.arange(1, 16), n_splits=1, progress=False)
+    groups = result.cell_group_loss
+    assert groups.shape == (1, -(-simulation.counts.shape[0] // 256), 15)
+    np.testing.assert_allclose(groups.sum(axis=1), result.loss, rtol=1e-12)
+    assert result.difference_se.tolist() == [0] * 15  # one split: no error across splits
+    se = result.cell_difference_se
+    assert se[result.best_index] == 0 and (np.delete(se, result.best_index) > 0).all()
+
+
+def test_the_error_across_cells_is_that_of_the_summed_differences():
+    # Two cell groups, one split: the differences to the minimum (value 2) are 0.1 and 0.3 at value 1,
+    # 0.05 and 0 at value 3; the error of a sum over two groups is √2 times their spread.
+    groups = np.array([[[1.1, 1.0, 1.05], [2.3, 2.0, 2.0]]])
+    result = CalibrationResult(
+        "pca", "mcv", ("n_comps",), np.array([1, 2, 3]), groups.sum(axis=1), cell_group_loss=groups
+    )
+    assert result.best == 2
+    np.testing.assert_allclose(result.cell_difference_se, [0.2, 0, 0.05])
+    np.testing.assert_array_equal(result.within_one_se, [1, 2])  # value 1 is 0.4 above (error 0.2); 3 is 0.05
+
+
+def test_a_flat_curve_is_reported_in_uns_and_in_the_edge_warning(simulation, caplog):
+    import scanpy as sc
+
+    a = ad.AnnData(simulation.counts.copy())  # rank-5 truth: the curve is flat well beyond it
+    verbosity = sc.settings.verbosity
+    try:
+        sc.settings.verbosity = "info"
+        pp.denoise(a, grid=[1, 3, 5, 8, 12, 20, 30], n_splits=1, progress=False)
+    finally:
+        sc.settings.verbosity = verbosity
+    record = a.uns["denoised"]
+    within = record["within_1se"]
+    assert record["best"] in within and len(within) >= 2 and 1 not in within and 3 not in within
+    assert record["difference_se_cells"].shape == (7,)
+
+
+def test_an_edge_choice_on_a_flat_curve_is_said_to_be_flat(capsys):
+    import sys
+
+    import scanpy as sc
+
+    from sc_noise2self._engine.result import warn_about_choice
+
+    loss = [[3.0, 2.0, 1.91, 1.90, 1.89], [3.2, 2.2, 1.98, 2.01, 2.0], [2.8, 1.8, 1.75, 1.73, 1.74]]
+    flat, steep = _result(loss, [10, 20, 30, 40, 50]), _result([[3.0, 2.0, 1.0]] * 3, [10, 20, 50])
+    logfile = sc.settings.logfile
+    try:
+        sc.settings.logfile = sys.stderr
+        warn_about_choice(flat)
+        said_flat = capsys.readouterr().err
+        warn_about_choice(steep)
+        said_steep = capsys.readouterr().err
+    finally:
+        sc.settings.logfile = logfile
+    assert flat.best == 50 and "flat curve: n_comps 30–50 (3 of 5 settings)" in said_flat
+    assert steep.best == 50 and "flat" not in said_steep and "largest value swept" in said_steep

@@ -23,7 +23,7 @@ from ..denoisers._base import ArrayData, Partition
 from .blocks import chunk_rows
 from .progress import add_steps
 from .result import CalibrationResult
-from .scoring import Passes, Scoring, show_step, sweep_losses, sweep_steps
+from .scoring import Passes, Scoring, show_step, sweep_losses, sweep_steps, total
 
 if TYPE_CHECKING:
     from scipy import sparse
@@ -111,14 +111,16 @@ def run_genes(
             if g == 0:
                 add_steps(bar, n_groups * sweep_steps(sweep, passes, len(grid), settings.chunk_size))
             bar.update(1)
-            losses[g] = sweep_losses(
-                sweep,
-                passes,
-                _Data(held_out, lower),
-                len(grid),
-                bar=bar,
-                n_entries=n_cells * int(held_out.sum()),
-                chunk_size=settings.chunk_size,
+            losses[g] = total(
+                sweep_losses(
+                    sweep,
+                    passes,
+                    _Data(held_out, lower),
+                    len(grid),
+                    bar=bar,
+                    n_entries=n_cells * int(held_out.sum()),
+                    chunk_size=settings.chunk_size,
+                )
             )
     return CalibrationResult(
         method=method,

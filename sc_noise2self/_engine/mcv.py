@@ -21,7 +21,7 @@ from ..denoisers._base import Block
 from .blocks import training_data
 from .progress import add_steps
 from .result import CalibrationResult, resolve_n_splits
-from .scoring import Passes, Scoring, sweep_losses, sweep_steps
+from .scoring import Passes, Scoring, sweep_losses, sweep_steps, total
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -168,7 +168,7 @@ def run_mcv(
     scoring = _HeldOut(setup, totals, settings)
     max_rate, n_entries = float(totals.max()) + 1.0, shape[0] * shape[1]
 
-    losses, baseline, reports = np.zeros((n_splits, len(grid))), np.zeros(n_splits), []
+    losses, baseline, reports, cell_groups = np.zeros((n_splits, len(grid))), np.zeros(n_splits), [], []
     add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known
     for i in range(n_splits):
         seed = split_seed(settings.random_state, Stream.MCV, i)
@@ -194,10 +194,12 @@ def run_mcv(
         if i == 0:
             add_steps(bar, n_splits * sweep_steps(sweep, passes, len(grid), settings.chunk_size))
         bar.update(1)
-        sums = sweep_losses(
+        group_sums = sweep_losses(
             sweep, passes, scoring, len(grid), bar=bar, n_entries=n_entries, chunk_size=settings.chunk_size
         )
+        sums = total(group_sums)
         losses[i], baseline[i] = sums[:-1], sums[-1]
+        cell_groups.append(group_sums[:, :-1] / n_entries)
     return CalibrationResult(
         method=method,
         calibration="mcv",
@@ -210,4 +212,5 @@ def run_mcv(
         dispersion=setup.plan.dispersion,
         split_dispersion=setup.plan.split_dispersion,
         reports=reports,
+        cell_group_loss=np.stack(cell_groups),
     )

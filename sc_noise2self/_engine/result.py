@@ -21,7 +21,9 @@ __all__ = [
     "check_finite_loss",
     "check_finite_output",
     "check_select",
+    "flat_range",
     "grid_value",
+    "log_choice",
     "package_version",
     "resolve_n_splits",
     "seed_record",
@@ -120,6 +122,10 @@ class CalibrationResult:
     reports
         MCV: what each split's fit reported (:meth:`~sc_noise2self.denoisers.Sweep.report`), e.g.
         a method's own rule for its setting.
+    cell_group_loss
+        MCV: the loss of each fixed group of 256 cells (split × group × grid value; a split's
+        groups add up to its row of :attr:`loss`), for the standard error across cells; None
+        for the gene partition.
     """
 
     method: str
@@ -134,6 +140,7 @@ class CalibrationResult:
     split_dispersion: float = 1.0
     gene_groups: np.ndarray | None = None
     reports: list[dict[str, float]] = field(default_factory=list)
+    cell_group_loss: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def dependent_halves(self) -> bool:
@@ -166,6 +173,32 @@ class CalibrationResult:
         itself — what the 1-SE rule needs.
         """
         return _standard_error(self.loss - self.loss[:, [self._minimum]])
+
+    @property
+    def cell_difference_se(self) -> np.ndarray:
+        """Standard error of each value's mean loss minus the minimum's, from the spread across cells.
+
+        MCV scores every cell's held-out molecules: groups of cells give independent pieces of
+        each difference, so their spread bounds it even with one split. Zeros for the gene
+        partition (see :attr:`difference_se`) or fewer than two groups of cells.
+        """
+        groups = self.cell_group_loss
+        if groups is None or groups.shape[1] < 2:
+            return np.zeros(len(self.grid))
+        differences = (groups - groups[:, :, [self._minimum]]).mean(axis=0)  # cell groups × grid values
+        return np.sqrt(differences.shape[0]) * differences.std(axis=0, ddof=1)
+
+    @property
+    def within_one_se(self) -> np.ndarray:
+        """Positions in :attr:`grid` whose mean loss is within one standard error of the minimum.
+
+        The error is the larger of :attr:`difference_se` (across splits or gene groups) and
+        :attr:`cell_difference_se` (across cells): where several values are within it, the data
+        cannot tell them apart, and the curve is flat there.
+        """
+        mean = self.loss_mean
+        error = np.maximum(self.difference_se, self.cell_difference_se)
+        return np.flatnonzero(mean - mean[self._minimum] <= error)
 
     @property
     def _minimum(self) -> int:
@@ -220,6 +253,8 @@ class CalibrationResult:
                 "select": self.select,
                 "best": best if isinstance(best, int) else np.array(best),
                 "best_min": minimum if isinstance(minimum, int) else np.array(minimum),
+                "within_1se": self.grid[self.within_one_se].copy(),
+                "difference_se_cells": self.cell_difference_se,
                 "grid_edge": ", ".join(self.grid_edge),
                 "params": dict(self.params),
                 "version": package_version(),
@@ -325,7 +360,36 @@ def warn_about_choice(result: CalibrationResult, axes: tuple[str, ...] | None = 
         return
     best = dict(zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     where = ", ".join(f"{name}={best[name]}" for name in edge)
-    logg.warning(
-        f"the choice ({where}) is the largest value swept: the loss may keep falling beyond it; "
-        "sweep further with `grid=` if the data allow (recorded in uns as 'grid_edge')"
-    )
+    flat = flat_range(result)
+    if flat is None:
+        logg.warning(
+            f"the choice ({where}) is the largest value swept: the loss may keep falling beyond it; "
+            "sweep further with `grid=` if the data allow (recorded in uns as 'grid_edge')"
+        )
+    else:
+        logg.warning(
+            f"the choice ({where}) is the largest value swept, on a flat curve: {flat} are within one standard "
+            "error of it, so smaller values serve as well; sweep further with `grid=` to see whether the loss "
+            "falls on (recorded in uns as 'grid_edge' and 'within_1se')"
+        )
+
+
+def log_choice(result: CalibrationResult, chosen: str) -> None:
+    """Log the choice, its loss, and the settings the data cannot tell from it (within one standard error)."""
+    logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
+    flat = flat_range(result)
+    if flat is not None:
+        logg.info(f"    within one standard error of the best: {flat}; recorded in uns as 'within_1se'")
+
+
+def flat_range(result: CalibrationResult) -> str | None:
+    """Describe the grid values within one standard error of the best; None when it stands alone."""
+    within = result.within_one_se
+    if within.size < 2:
+        return None
+    grid = result.grid.reshape(len(result.grid), -1)[within]
+    axes = [
+        f"{name} {lo}–{hi}" if lo != hi else f"{name} {lo}"
+        for name, lo, hi in zip(result.grid_names, grid.min(axis=0), grid.max(axis=0), strict=True)
+    ]
+    return f"{', '.join(axes)} ({within.size} of {len(result.grid)} settings)"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from .._numerics.machine import blas_threads
-from .._numerics.rows import CellSum, partial_sum
+from .._numerics.rows import CellSum, partial_sum, sum_rows
 from ..denoisers._base import Block
 from .blocks import chunk_rows
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .._numerics.loss import RowScorer
     from ..denoisers._base import ScoreKind, Step, Sweep
 
-__all__ = ["Scoring", "sweep_losses"]
+__all__ = ["Scoring", "sweep_losses", "total"]
 
 
 class Scoring:
@@ -171,12 +171,12 @@ class _Sum(NamedTuple):
             total.add_partial(part)
         if progress is None:
             self.bar.update(1)
-        return total.total()
+        return total.group_sums()
 
     def values(self) -> np.ndarray:
         """Value order: every block predicted at one grid value, then at the next (in this process)."""
         scoring = self.scoring
-        losses = np.zeros(self.n_values + scoring.baseline)
+        groups = []
         targets = _TargetCache(scoring.target, keep=scoring.costly_targets)
         baseline = CellSum(1)
         for j, step in enumerate(self.sweep.values()):
@@ -188,11 +188,11 @@ class _Sum(NamedTuple):
                     total.add(part.rows.start, scoring.score(part, target, pred[local]))
                     if j == 0 and scoring.baseline:
                         baseline.add(part.rows.start, scoring.score(part, target, scoring.unchanged(part)))
-            losses[j] = total.total()[0]
-            show_step(self.bar, step, losses[j] / self.n_entries)
+            groups.append(total.group_sums())
+            show_step(self.bar, step, total.total()[0] / self.n_entries)
         if scoring.baseline:
-            losses[-1] = baseline.total()[0]
-        return losses
+            groups.append(baseline.group_sums())
+        return np.hstack(groups)
 
 
 def sweep_losses(
@@ -205,10 +205,20 @@ def sweep_losses(
     n_entries: int,
     chunk_size: int | None,
 ) -> np.ndarray:
-    """Sum the loss per grid value (and last, with ``scoring.baseline``, that of no denoising)."""
+    """Sum the loss per grid value (and last, with ``scoring.baseline``, that of no denoising).
+
+    Returned per fixed group of cells (:meth:`~sc_noise2self._numerics.rows.CellSum.group_sums`:
+    groups × values), so that the spread across cells gives a standard error; :func:`total`
+    adds the groups up.
+    """
     scored = _Sum(sweep, passes, scoring, n_values, bar, n_entries, chunk_size)
     with blas_threads(1):
         return scored.blocks() if sweep.order == "blocks" else scored.values()
+
+
+def total(group_sums: np.ndarray) -> np.ndarray:
+    """Sum over every cell of :func:`sweep_losses`' group sums, in their fixed order (the same bytes as before)."""
+    return sum_rows(group_sums)
 
 
 def show_step(bar: tqdm, step: Step, loss: float) -> None:

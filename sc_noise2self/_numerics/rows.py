@@ -34,6 +34,7 @@ __all__ = [
     "low_rank_sweep_losses",
     "partial_sum",
     "sparse_dense_product",
+    "sum_rows",
 ]
 
 GROUP = 256
@@ -169,6 +170,11 @@ def _sum_rows(values):  # pragma: no cover - compiled
     return out
 
 
+def sum_rows(values: np.ndarray) -> np.ndarray:
+    """Sum of the rows (rows × values), added one after the other: the same bytes for the same rows."""
+    return _sum_rows(np.ascontiguousarray(values, dtype=np.float64).reshape(len(values), -1))
+
+
 def _group_sums(values: np.ndarray) -> np.ndarray:
     """Sum of each consecutive run of :data:`GROUP` rows (``len(values)`` a multiple of it)."""
     return np.array([_sum_rows(values[i : i + GROUP]) for i in range(0, len(values), GROUP)]).reshape(
@@ -246,10 +252,14 @@ class CellSum:
             self._groups.append(_sum_rows(np.concatenate(pending)))
         self._pending = []
 
-    def total(self) -> np.ndarray:
-        """Sum over every cell added (one entry per value); call once all blocks are in."""
+    def group_sums(self) -> np.ndarray:
+        """Return the sum of each fixed group of cells (groups × values; the last may be partial)."""
         groups = list(self._groups)
         pending = [v for v in self._pending if len(v)]
         if pending:
             groups.append(_sum_rows(np.concatenate(pending)))
-        return _sum_rows(np.array(groups).reshape(-1, self._n_values))
+        return np.array(groups).reshape(-1, self._n_values)
+
+    def total(self) -> np.ndarray:
+        """Sum over every cell added (one entry per value); call once all blocks are in."""
+        return _sum_rows(self.group_sums())

@@ -27,6 +27,7 @@ from .._engine import (
     calibrate,
     calibration_record,
     is_blockwise,
+    log_choice,
     output,
     progress_bar,
     resolve_method,
@@ -238,7 +239,7 @@ def denoise(
     uns["non_negative"] = out.non_negative
     uns["n_genes_fitted"] = int(adata.n_vars if genes is None else genes[0].mask.sum())
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
-    logg.info(f"    chose {chosen} ({result.calibration} loss {result.loss_mean.min():.6g})")
+    log_choice(result, chosen)
 
     adata = writable(adata, copy)
     slots = output_slots(key_added, out)

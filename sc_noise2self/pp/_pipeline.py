@@ -35,6 +35,7 @@ from .._engine import (
     calibration_record,
     grid_product,
     is_blockwise,
+    log_choice,
     method_seed,
     package_version,
     progress_bar,
@@ -191,7 +192,7 @@ def pca(
         "calibration": _record(fit, layer, genes) | {"objective": objective},
         "version": package_version(),
     }
-    logg.info(f"    chose n_comps={n_comps} ({result.calibration} loss {result.loss_mean.min():.6g})")
+    log_choice(result, f"n_comps={n_comps}")
     adata = writable(adata, copy)
     commit(adata, uns_key, {"obsm": {obsm_key: coordinates}, "varm": {varm_key: loadings}}, record, function="pca")
     logg.info(
@@ -346,7 +347,7 @@ def neighbors(
     }
     record["connectivities_key"], record["distances_key"] = obsp_keys[1], obsp_keys[0]
     outputs = {"obsp": {obsp_keys[0]: graph.obsp["distances"], obsp_keys[1]: graph.obsp["connectivities"]}}
-    logg.info(f"    chose n_neighbors={n_neighbors} ({result.calibration} loss {result.loss_mean.min():.6g})")
+    log_choice(result, f"n_neighbors={n_neighbors}")
     adata = writable(adata, copy)
     commit(adata, uns_key, outputs, record, function="neighbors")
     logg.info(
