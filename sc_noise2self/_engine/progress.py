@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from .. import _logging as logg
@@ -26,16 +27,19 @@ def progress_bar(desc: str, *, progress: bool | None) -> tqdm:
     """Return the bar (``progress=None``: drawn after :data:`DELAY` seconds unless scanpy is set to errors only).
 
     Each stage adds its steps with :func:`add_steps` before its first step is done, so the bar
-    is drawn with its whole total. ``tqdm.auto`` draws a widget in
-    Jupyter, but warns when ipywidgets is missing: then the plain text bar is used.
+    is drawn with its whole total. In a Jupyter kernel ``tqdm.auto`` draws a widget, but warns
+    when ipywidgets is missing: then, and outside Jupyter, the plain text bar is used.
     """
     shown = logg.verbosity() >= logg.WARNING if progress is None else check_flag(progress, "progress")
-    try:
-        import ipywidgets  # noqa: F401
-    except ImportError:
-        from tqdm.std import tqdm as bar_class
-    else:
-        from tqdm.auto import tqdm as bar_class
+    from tqdm.std import tqdm as bar_class
+
+    if shown and "ipykernel" in sys.modules:  # a Jupyter kernel: a widget where ipywidgets is there
+        try:
+            import ipywidgets  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            from tqdm.auto import tqdm as bar_class
     bar = bar_class(
         total=0,
         desc=desc,
