@@ -36,7 +36,7 @@ class Shrink(BaseDenoiser):
         return np.arange(11)
 
     def check_grid(self, grid, shape):
-        return n2s._numerics.checks.check_int_grid(grid, low=0, high=10, name="k")
+        return n2s.denoisers.check_int_grid(grid, low=0, high=10, name="k")
 
     def fit(self, data, grid, *, partition=None):
         sums = data.reduce(lambda b: (b.values.shape[0], np.asarray(b.values.sum(axis=0)).ravel()), _add)

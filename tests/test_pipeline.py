@@ -339,3 +339,26 @@ def test_the_default_grid_fits_a_small_gene_mask(adata):
     grid = np.asarray(adata.uns["pca"]["calibration"]["grid"])
     assert grid[:, 1].max() <= 10 and adata.obsm["X_pca"].shape[1] <= 10
     assert not adata.varm["PCs"][12:].any()
+
+
+@pytest.mark.parametrize("objective", ["neighbors", "reconstruction"])
+def test_a_choice_at_the_default_grids_edge_sweeps_on(adata, monkeypatch, objective):
+    # A default grid that stops short of the clusters' structure: the choice sits on its edge.
+    if objective == "neighbors":
+        monkeypatch.setattr(_pipeline, "_GRAPH_PCS", np.array([1, 2]))
+    else:
+        monkeypatch.setattr(n2s.denoisers.PCA, "default_grid", lambda self, shape: np.array([1, 2]))
+    swept = n2s.pp.pca(adata, layer="counts", objective=objective, progress=False, copy=True)
+    record = swept.uns["pca"]["calibration"]
+    axis = record["grid_names"].index("n_pcs" if objective == "neighbors" else "n_comps")
+    values = np.unique(np.asarray(record["grid"]).reshape(len(record["grid"]), -1)[:, axis]).tolist()
+    assert values[:4] == [1, 2, 3, 4] and len(values) > 4  # swept on twice: 2 -> 3, 4 -> 6, 8 (or stopped inside)
+    given = n2s.pp.pca(adata, layer="counts", objective=objective, grid=values, progress=False, copy=True)
+    np.testing.assert_array_equal(given.uns["pca"]["calibration"]["loss"], record["loss"])  # as if given at once
+    np.testing.assert_array_equal(given.obsm["X_pca"], swept.obsm["X_pca"])
+
+
+def test_a_given_grid_is_never_extended(adata):
+    result = n2s.pp.pca(adata, layer="counts", grid=[1, 2], progress=False, copy=True).uns["pca"]["calibration"]
+    assert result["grid_edge"] == "n_pcs"
+    assert sorted(set(np.asarray(result["grid"])[:, 1].tolist())) == [1, 2]

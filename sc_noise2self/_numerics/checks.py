@@ -323,7 +323,11 @@ def check_non_negative_int(value: object, name: str) -> int:
 
 
 def check_int_grid(grid: ArrayLike, *, low: int, high: int, name: str) -> np.ndarray:
-    """Sorted unique integers of a 1-D grid, each in ``low..high``."""
+    """Return the sorted unique integers of a 1-D grid, each in ``low..high``.
+
+    For a denoiser's ``check_grid``: anything else (not integers, empty, nested, out of range)
+    raises a ``ValueError`` that names the grid ``name`` and the range the data allow.
+    """
     if high < low:
         msg = f"This data is too small for any {name}: it needs at least {low} and allows at most {high}."
         raise ValueError(msg)

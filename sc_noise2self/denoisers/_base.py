@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, 
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from .._numerics.checks import check_seed
+from .._numerics.checks import check_int_grid, check_seed
 from .._numerics.rows import low_rank_rows
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ __all__ = [
     "Step",
     "Sweep",
     "Tags",
+    "check_int_grid",
 ]
 
 GridValue = int | tuple[int, ...]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -121,7 +122,9 @@ def pca(
     grid
         Numbers of components to compare. Default: 3, 5, 7, 10, 15, 20, 30, 40, 50 for
         ``"neighbors"``; 1..20, then steps up to 100 for ``"reconstruction"`` (both capped
-        by the data size).
+        by the data size). Where the choice is the default grid's largest value, the sweep
+        goes on to about 1.4× and 2× that value (twice at most, within the data size), on the
+        same splits; a given grid is swept as it is.
     mask_var
         Genes to compute the PCA on, as in ``sc.pp.pca``: a boolean ``var`` column, a
         boolean array, or None for all genes; by default ``var["highly_variable"]`` when
@@ -170,7 +173,11 @@ def pca(
         adata, uns_key, {"obsm": [obsm_key], "varm": [varm_key]}, function="pca", read_layer=None, overwrite=overwrite
     )
     with progress_bar(bar_label("pca", calibration), progress=settings.progress) as bar:
+        add_steps(bar, 1)  # the final fit, last
         fit = _calibrate(adata, name, calibrated, settings, layer=layer, genes=genes, bar=bar)
+        if grid is None:  # the default grid: sweep on where the choice is its largest number of components
+            recalibrate = partial(_calibrate, adata, name, calibrated, layer=layer, genes=genes, bar=bar)
+            fit = _sweep_on(fit, settings, recalibrate, graph=objective == "neighbors")
         result = fit.result
         warn_about_choice(result, axes=("n_pcs", "n_comps"))  # pp.pca's n_neighbors axis is not the user's
         n_comps = int(np.atleast_1d(result.best)[-1])  # (n_neighbors, n_pcs) or the rank
@@ -334,6 +341,7 @@ def neighbors(
     genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.neighbors")
     check_targets(adata, uns_key, {"obsp": list(obsp_keys)}, function="neighbors", read_layer=None, overwrite=overwrite)
     with progress_bar(bar_label("knn", calibration), progress=settings.progress) as bar:
+        add_steps(bar, 1)  # the final graph, last
         fit = _calibrate(adata, name, denoiser, settings, layer=layer, genes=genes, bar=bar)
         result = fit.result
         warn_about_choice(result)
@@ -363,6 +371,34 @@ def neighbors(
 
 _GRAPH_PCS = np.array([3, 5, 7, 10, 15, 20, 30, 40, 50])
 _GRAPH_NEIGHBORS = np.array([5, 10, 15, 20, 30, 50, 100])
+
+
+SWEEPS_ON = 2
+"""How many times :func:`pca` sweeps on past its default grid's largest number of components."""
+
+
+def _sweep_on(
+    fit: Calibrated, settings: Settings, recalibrate: Callable[[Settings], Calibrated], *, graph: bool
+) -> Calibrated:
+    """Sweep on while the choice is the largest number of components of the default grid and the data allow more.
+
+    Each time, about 1.4× and 2× the largest value are added and the whole grid is calibrated
+    again on the same splits, so the result is that of passing the longer grid from the start.
+    """
+    axis = "n_pcs" if graph else "n_comps"
+    for _ in range(SWEEPS_ON):
+        result = fit.result
+        grid = result.grid.reshape(len(result.grid), -1)
+        values = np.unique(grid[:, result.grid_names.index(axis)])
+        most = min(fit.source.shape) - 1  # (cells, genes) with counts
+        more = np.unique([v for v in (round(1.4 * values[-1]), 2 * values[-1]) if values[-1] < v <= most])
+        if axis not in result.grid_edge or not more.size:
+            break
+        logg.info(f"    {axis}={values[-1]} is the largest swept and the loss still falls: sweeping on to {more[-1]}")
+        longer = np.r_[values, more]
+        wider = _graph_grid(longer, fit.source.shape) if graph else longer
+        fit = recalibrate(replace(settings, grid=wider))
+    return fit
 
 
 def _graph_grid(grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
@@ -408,7 +444,6 @@ def _calibrate(
     bar: Any,
 ) -> Calibrated:
     """Run the calibration on the counts (of the masked genes, normalised by all genes' totals)."""
-    add_steps(bar, 1)  # the final fit, last
     if genes is None:
         X, what = counts_of(adata, layer)
         return calibrate(X, name, denoiser, settings, what=what, bar=bar)
