@@ -59,8 +59,9 @@ FRAGMENTS = {
         across splits (MCV, needs ``n_splits >= 2``) or gene groups.
 """,
     "progress": """    progress
-        Show a progress bar (a widget in Jupyter), drawn once the call has run for a second.
-        By default shown unless scanpy's verbosity is ``"error"``; ``False`` hides it.
+        Show a progress bar (a widget in Jupyter). None (default): shown unless scanpy's
+        verbosity is ``"error"``, drawn once the call has run for a second; ``True``: drawn from
+        the first step; ``False``: hidden.
 """,
 }
 

@@ -8,8 +8,12 @@ written around a running progress bar, never glued onto it.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 WARNING, INFO = 1, 2  # scanpy's Verbosity levels
 
@@ -41,8 +45,30 @@ def warning(msg: str) -> None:
         logg.warning(msg)
 
 
-def _beside_bars() -> Any:
-    """Clear the text progress bars while a message is written, and draw them again after it."""
+def note(msg: str) -> None:
+    """Write ``msg`` to standard error beside any progress bar, whatever scanpy's verbosity."""
+    with _beside_bars():
+        print(msg, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _beside_bars() -> Iterator[None]:
+    """Clear the text progress bars already drawn while a message is written; draw them again after it.
+
+    A bar still waiting for its delay is left alone (tqdm's own ``external_write_mode`` would draw it).
+    """
     from tqdm.std import tqdm
 
-    return tqdm.external_write_mode(file=sys.stderr)
+    with tqdm.get_lock():
+        drawn = [
+            bar
+            for bar in list(getattr(tqdm, "_instances", ()))
+            if type(bar) is tqdm and not bar.disable and bar.last_print_t >= bar.start_t + bar.delay
+        ]
+        for bar in drawn:
+            bar.clear(nolock=True)
+        try:
+            yield
+        finally:
+            for bar in drawn:
+                bar.refresh(nolock=True)

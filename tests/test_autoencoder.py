@@ -638,3 +638,26 @@ def test_the_load_is_read_at_most_once_a_second(monkeypatch):
     assert [load.free_cores() for _ in range(5)] == [1] * 5 and len(readings) == 1
     load.read_at -= 1.0  # a second later
     assert load.free_cores() == 2 and len(readings) == 2
+
+
+@pytest.mark.parametrize("calibration", ["mcv", "genes"])
+def test_the_last_epoch_of_the_default_grid_trains_on(sim, monkeypatch, calibration):
+    from sc_noise2self.denoisers import autoencoder
+
+    # A default grid whose last epoch is still the best: the chosen width trains on, to twice its epochs.
+    monkeypatch.setattr(autoencoder, "_DEFAULT_EPOCHS", 2)
+    model = Autoencoder(bottleneck=4, **SMALL, device="cpu", random_state=0)
+    monkeypatch.setattr(Autoencoder, "default_grid", lambda self, shape: np.array([[2, 1], [2, 2], [4, 1], [4, 2]]))
+    swept = n2s.tl.calibrate(sim.counts, method=model, calibration=calibration, progress=False)
+    width = int(swept.best[0])  # two epochs are too few here: the loss still falls at the second
+    added = [(width, 3), (width, 4)]  # the chosen width only
+    assert sorted(map(tuple, swept.grid.tolist())) == sorted([(2, 1), (2, 2), (4, 1), (4, 2), *added])
+    given = n2s.tl.calibrate(sim.counts, method=model, calibration=calibration, grid=swept.grid, progress=False)
+    np.testing.assert_array_equal(given.grid, swept.grid)  # in sweep order
+    np.testing.assert_array_equal(given.loss, swept.loss)  # as if the longer grid had been given
+
+
+def test_a_given_autoencoder_grid_is_never_extended(sim):
+    grid = np.array([[4, 1], [4, 2]])
+    result = n2s.tl.calibrate(sim.counts, method=Autoencoder(**SMALL, device="cpu"), grid=grid, progress=False)
+    np.testing.assert_array_equal(result.grid, grid)

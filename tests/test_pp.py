@@ -251,6 +251,16 @@ def test_a_quick_call_prints_nothing_by_default(adata, capsys, monkeypatch):
     monkeypatch.setattr(progress, "DELAY", 3600)
     pp.denoise(adata, grid=GRID)
     assert capsys.readouterr().err == ""
+    import scanpy as sc
+
+    logfile = sc.settings.logfile
+    try:
+        sc.settings.logfile = sys.stderr
+        pp.denoise(adata, grid=[1, 2])  # warns that 2 is the grid's edge: the warning alone, no bar
+    finally:
+        sc.settings.logfile = logfile
+    err = capsys.readouterr().err
+    assert "largest value swept" in err and "MCV" not in err and "%|" not in err
 
 
 def test_the_bar_is_drawn_with_its_whole_total_and_log_lines_beside_it(adata, capsys):
@@ -276,3 +286,21 @@ def test_the_bar_is_drawn_with_its_whole_total_and_log_lines_beside_it(adata, ca
 def test_one_cell_is_too_small_to_calibrate():
     with pytest.raises(ValueError, match="too small for any n_comps"):
         pp.denoise(ad.AnnData(sparse.csr_matrix(np.array([[3, 4, 5]]))), progress=False)
+
+
+def test_the_first_compile_of_a_process_is_announced_once(capsys, monkeypatch):
+    import numba
+
+    from sc_noise2self._engine import progress
+
+    monkeypatch.setattr(progress, "_announced", False)
+    with progress.progress_bar("MCV toy", progress=True):
+        numba.njit(lambda x: x + 1)(1)  # a kernel numba has never compiled: a cache miss
+    assert progress.COMPILING in capsys.readouterr().err
+    with progress.progress_bar("MCV toy", progress=True):
+        numba.njit(lambda x: x + 2)(1)
+    assert progress.COMPILING not in capsys.readouterr().err  # once per process
+    monkeypatch.setattr(progress, "_announced", False)
+    with progress.progress_bar("MCV toy", progress=False):
+        numba.njit(lambda x: x + 3)(1)
+    assert capsys.readouterr().err == ""  # no bar asked for: nothing said

@@ -131,14 +131,25 @@ def test_the_error_across_cells_is_that_of_the_summed_differences():
     # 0.05 and 0 at value 3; the error of a sum over two groups is √2 times their spread.
     groups = np.array([[[1.1, 1.0, 1.05], [2.3, 2.0, 2.0]]])
     result = CalibrationResult(
-        "pca", "mcv", ("n_comps",), np.array([1, 2, 3]), groups.sum(axis=1), cell_group_loss=groups
+        "pca", "mcv", ("n_comps",), np.array([1, 2, 3]), groups.sum(axis=1), cell_group_loss=groups, n_cells=512
     )
     assert result.best == 2
     np.testing.assert_allclose(result.cell_difference_se, [0.2, 0, 0.05])
     np.testing.assert_array_equal(result.within_one_se, [1, 2])  # value 1 is 0.4 above (error 0.2); 3 is 0.05
 
 
-def test_a_flat_curve_is_reported_in_uns_and_in_the_edge_warning(simulation, caplog):
+def test_a_smaller_last_group_of_cells_is_not_taken_for_noise():
+    # 300 cells: groups of 256 and 44. Every cell's difference is the same, so there is no noise.
+    per_cell = np.array([0.002, 0.0, 0.001])
+    groups = np.stack([256 * per_cell, 44 * per_cell])[None]
+    result = CalibrationResult(
+        "pca", "mcv", ("n_comps",), np.array([1, 2, 3]), groups.sum(axis=1), cell_group_loss=groups, n_cells=300
+    )
+    np.testing.assert_allclose(result.cell_difference_se, 0, atol=1e-15)
+    np.testing.assert_array_equal(result.within_one_se, [1])
+
+
+def test_a_flat_curve_is_reported_in_uns(simulation):
     import scanpy as sc
 
     a = ad.AnnData(simulation.counts.copy())  # rank-5 truth: the curve is flat well beyond it
@@ -172,5 +183,5 @@ def test_an_edge_choice_on_a_flat_curve_is_said_to_be_flat(capsys):
         said_steep = capsys.readouterr().err
     finally:
         sc.settings.logfile = logfile
-    assert flat.best == 50 and "flat curve: n_comps 30–50 (3 of 5 settings)" in said_flat
+    assert flat.best == 50 and "on a flat curve (n_comps 30–50: 3 of 5 settings within one" in said_flat
     assert steep.best == 50 and "flat" not in said_steep and "largest value swept" in said_steep

@@ -7,6 +7,7 @@ and no AnnData: the public functions hand it a matrix and one :class:`Settings`.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -16,7 +17,7 @@ from .. import _logging as logg
 from .._numerics.split import Stream, seed_sequence
 from ..denoisers._base import Denoiser
 from ..denoisers._registry import registered
-from .blocks import Source, chunk_rows, is_blockwise
+from .blocks import Source, chunk_rows, is_blockwise, non_negative
 from .genes import run_genes
 from .mcv import run_mcv
 from .progress import add_steps, bar_label, progress_bar
@@ -55,6 +56,7 @@ __all__ = [
     "log_choice",
     "method_name",
     "method_seed",
+    "non_negative",
     "output",
     "package_version",
     "progress_bar",
@@ -118,15 +120,19 @@ def calibrate(
     what: str,
     bar: tqdm,
     cell_totals: np.ndarray | None = None,
+    others_non_negative: bool = True,
 ) -> Calibrated:
     """Validate ``X`` (one pass), then calibrate ``denoiser`` over its grid.
 
     ``what`` names the matrix in messages. ``cell_totals`` (one per cell of ``X``): the totals the
-    depth normalisation divides by, when ``X`` holds only some of the genes (``mask_var``).
+    depth normalisation divides by, when ``X`` holds only some of the genes (``mask_var``);
+    ``others_non_negative``: whether the other genes, written too, have no negative value (else
+    nothing is projected onto ≥ 0, neither in the scoring nor in the output).
     """
     if is_blockwise(X):
         _check_blockwise(denoiser, name, settings.calibration)
     source = Source(X, what, empty=settings.empty, counts=settings.calibration == "mcv")
+    source.non_negative = source.non_negative and others_non_negative
     _log_dropped(source.cells, source.genes)
     denoiser.check_data(source.shape, in_memory=source.in_memory)
     totals = source.totals
@@ -134,8 +140,20 @@ def calibrate(
         totals = cell_totals if source.cells is None else cell_totals[source.cells]
     run = run_mcv if settings.calibration == "mcv" else run_genes
     result = run(source, denoiser, settings, method=name, totals=totals, bar=bar)
+    for _ in range(SWEEPS_ON if settings.grid is None else 0):  # the default grid: on where the method says
+        more = denoiser.grid_beyond(result.grid, result.best, result.grid_edge)
+        if more is None:
+            break
+        logg.info(f"    the choice {result.best} is the largest swept on {', '.join(result.grid_edge)}: sweeping on")
+        extra = run(source, denoiser, replace(settings, grid=more), method=name, totals=totals, bar=bar)
+        merged = np.concatenate([result.grid, extra.grid])
+        result = result.merged(extra, denoiser.check_grid(merged, source.shape))
     check_finite_loss(result, denoiser)
     return Calibrated(source, denoiser, result, totals)
+
+
+SWEEPS_ON = 2
+"""How many times a calibration over a method's default grid may sweep on past it (see ``grid_beyond``)."""
 
 
 def _check_blockwise(denoiser: Denoiser, name: str, calibration: str) -> None:

@@ -145,11 +145,11 @@ def _masked_losses(
     add_steps(bar, n_values)
     with blas_threads(1):
         for j, step in enumerate(sweep.values()):
-            total = CellSum(starts.size)
+            sums = CellSum(starts.size)
             for rows in chunk_rows(*values.shape, chunk_size):
                 pred = step.predict(data.block(rows)).astype(np.float64)
                 errors = (np.where(pred < lower, lower, pred) - values[rows].toarray()) ** 2
-                total.add(rows.start, np.add.reduceat(errors[:, order], starts, axis=1))
-            losses[:, j] = total.total()
+                sums.add(rows.start, np.add.reduceat(errors[:, order], starts, axis=1))
+            losses[:, j] = sums.total()
             show_step(bar, step, losses[:, j].sum() / (values.shape[0] * values.shape[1]))
     return losses

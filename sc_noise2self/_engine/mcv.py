@@ -213,4 +213,5 @@ def run_mcv(
         split_dispersion=setup.plan.split_dispersion,
         reports=reports,
         cell_group_loss=np.stack(cell_groups),
+        n_cells=shape[0],
     )

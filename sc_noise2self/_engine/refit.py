@@ -23,7 +23,7 @@ from scipy import linalg
 from .._numerics.rows import low_rank_rows
 from .._numerics.transform import cell_scales, to_counts, transform_counts, transformed
 from ..denoisers._base import Block, LowRank, Partition
-from .blocks import chunk_rows, non_negative, training_data
+from .blocks import chunk_rows, training_data
 from .result import check_finite_output
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ def output(
             )
             raise ValueError(msg)
         counts = to_counts(settings.transform, totals, settings.target_sum, max_count, source.cells)
-    positive = source.non_negative and (genes is None or non_negative(genes.counts))
+    positive = source.non_negative  # (with a gene mask: and the other genes, see calibrate)
     n_cells = source.input_shape[0]
     if not isinstance(fitted, LowRank):
         if not source.in_memory:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import _logging as logg
 from .._numerics.dispersion import DEPENDENT_HALVES
+from .._numerics.rows import GROUP
 
 if TYPE_CHECKING:
     from .._types import RandomState, Select
@@ -123,9 +124,11 @@ class CalibrationResult:
         MCV: what each split's fit reported (:meth:`~sc_noise2self.denoisers.Sweep.report`), e.g.
         a method's own rule for its setting.
     cell_group_loss
-        MCV: the loss of each fixed group of 256 cells (split × group × grid value; a split's
-        groups add up to its row of :attr:`loss`), for the standard error across cells; None
-        for the gene partition.
+        MCV: the loss of each fixed group of 256 consecutive cells, the last one smaller (split
+        × group × grid value; a split's groups add up to its row of :attr:`loss`), for the
+        standard error across cells; None for the gene partition.
+    n_cells
+        MCV: the cells scored (the groups of :attr:`cell_group_loss` hold them in order).
     """
 
     method: str
@@ -141,13 +144,14 @@ class CalibrationResult:
     gene_groups: np.ndarray | None = None
     reports: list[dict[str, float]] = field(default_factory=list)
     cell_group_loss: np.ndarray | None = field(default=None, repr=False)
+    n_cells: int = 0
 
     @property
     def dependent_halves(self) -> bool:
         """Whether :attr:`dispersion` says the MCV halves are dependent (read counts split as molecules).
 
-        True when the counts vary more than 1.5
-        times what the split assumed (:attr:`split_dispersion`): binomial thinning then leaves
+        True when the counts vary more than ``DEPENDENT_HALVES`` (1.5) times what the split
+        assumed (:attr:`split_dispersion`): binomial thinning then leaves
         each molecule's reads in both halves, and MCV chooses too little denoising.
         ``sampling="negative_binomial"`` splits such counts into uncorrelated halves; the gene
         partition (``calibration="genes"``) does not split molecules.
@@ -179,14 +183,21 @@ class CalibrationResult:
         """Standard error of each value's mean loss minus the minimum's, from the spread across cells.
 
         MCV scores every cell's held-out molecules: groups of cells give independent pieces of
-        each difference, so their spread bounds it even with one split. Zeros for the gene
-        partition (see :attr:`difference_se`) or fewer than two groups of cells.
+        each difference, so their spread bounds it even with one split. The groups are runs of
+        consecutive cells: where cells are ordered by sample or type, groups differ by more than
+        noise and the error is larger (conservative). Zeros for the gene partition (see
+        :attr:`difference_se`) or fewer than two groups of cells.
         """
         groups = self.cell_group_loss
         if groups is None or groups.shape[1] < 2:
             return np.zeros(len(self.grid))
         differences = (groups - groups[:, :, [self._minimum]]).mean(axis=0)  # cell groups × grid values
-        return np.sqrt(differences.shape[0]) * differences.std(axis=0, ddof=1)
+        # Each group's share of the difference is in proportion to its cells (the last group is
+        # smaller): the spread around those shares is the noise.
+        n_groups, last = differences.shape[0], self.n_cells - GROUP * (differences.shape[0] - 1)
+        shares = np.r_[np.full(n_groups - 1, GROUP), last] / self.n_cells
+        residuals = differences - shares[:, None] * differences.sum(axis=0)
+        return np.sqrt(n_groups / (n_groups - 1) * (residuals**2).sum(axis=0))
 
     @property
     def within_one_se(self) -> np.ndarray:
@@ -236,6 +247,26 @@ class CalibrationResult:
             for a, name in enumerate(self.grid_names)
             if np.unique(grid[:, a]).size > 1 and chosen[a] == grid[:, a].max()
         ]
+
+    def merged(self, more: CalibrationResult, order: np.ndarray) -> CalibrationResult:
+        """Return this result with ``more``'s grid values added (the same splits or gene groups), in ``order``.
+
+        ``order``: the merged grid as the denoiser sweeps it; values of ``more`` already here are
+        taken from ``more``.
+        """
+        grid = np.concatenate([self.grid, more.grid])
+        rows = grid.reshape(len(grid), -1)
+        position = {tuple(row): i for i, row in enumerate(rows)}  # later entries (``more``'s) win
+        take = np.array([position[tuple(row)] for row in order.reshape(len(order), -1)])
+        groups = None
+        if self.cell_group_loss is not None and more.cell_group_loss is not None:
+            groups = np.concatenate([self.cell_group_loss, more.cell_group_loss], axis=2)[:, :, take]
+        return replace(
+            self,
+            grid=grid[take],
+            loss=np.concatenate([self.loss, more.loss], axis=1)[:, take],
+            cell_group_loss=groups,
+        )
 
     def to_uns(self) -> dict[str, Any]:
         """Plain types and arrays only, so it survives ``write_h5ad``/``read_h5ad``."""
@@ -361,17 +392,11 @@ def warn_about_choice(result: CalibrationResult, axes: tuple[str, ...] | None = 
     best = dict(zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     where = ", ".join(f"{name}={best[name]}" for name in edge)
     flat = flat_range(result)
-    if flat is None:
-        logg.warning(
-            f"the choice ({where}) is the largest value swept: the loss may keep falling beyond it; "
-            "sweep further with `grid=` if the data allow (recorded in uns as 'grid_edge')"
-        )
-    else:
-        logg.warning(
-            f"the choice ({where}) is the largest value swept, on a flat curve: {flat} are within one standard "
-            "error of it, so smaller values serve as well; sweep further with `grid=` to see whether the loss "
-            "falls on (recorded in uns as 'grid_edge' and 'within_1se')"
-        )
+    flat = "" if flat is None else f" on a flat curve ({flat} within one standard error, uns 'within_1se')"
+    logg.warning(
+        f"the choice ({where}) is the largest value swept{flat}: the loss may keep falling beyond it; "
+        "sweep further with `grid=` if the data allow (recorded in uns as 'grid_edge')"
+    )
 
 
 def log_choice(result: CalibrationResult, chosen: str) -> None:
@@ -392,4 +417,4 @@ def flat_range(result: CalibrationResult) -> str | None:
         f"{name} {lo}–{hi}" if lo != hi else f"{name} {lo}"
         for name, lo, hi in zip(result.grid_names, grid.min(axis=0), grid.max(axis=0), strict=True)
     ]
-    return f"{', '.join(axes)} ({within.size} of {len(result.grid)} settings)"
+    return f"{', '.join(axes)}: {within.size} of {len(result.grid)} settings"

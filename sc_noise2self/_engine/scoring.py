@@ -189,7 +189,7 @@ class _Sum(NamedTuple):
                     if j == 0 and scoring.baseline:
                         baseline.add(part.rows.start, scoring.score(part, target, scoring.unchanged(part)))
             groups.append(total.group_sums())
-            show_step(self.bar, step, total.total()[0] / self.n_entries)
+            show_step(self.bar, step, sum_rows(groups[-1])[0] / self.n_entries)
         if scoring.baseline:
             groups.append(baseline.group_sums())
         return np.hstack(groups)

@@ -337,6 +337,14 @@ class Denoiser(Protocol):
         """Return the grid checked for data of this shape, in sweep order (a ``ValueError`` says what is wrong)."""
         raise NotImplementedError
 
+    def grid_beyond(self, grid: np.ndarray, best: GridValue, edge: list[str]) -> np.ndarray | None:
+        """Return grid values to sweep on to, where ``best`` is the default grid's largest on the axes ``edge``.
+
+        Only where going on is cheap and may pay; the values are added to the grid and calibrated
+        on the same splits. None (the default): the sweep ends with the grid.
+        """
+        return None
+
     def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> Sweep:
         """Fit on ``data``, preparing every value of ``grid``; return the sweep (usually ``self``).
 

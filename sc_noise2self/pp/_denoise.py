@@ -28,6 +28,7 @@ from .._engine import (
     calibration_record,
     is_blockwise,
     log_choice,
+    non_negative,
     output,
     progress_bar,
     resolve_method,
@@ -210,7 +211,14 @@ def denoise(
             selection = genes[0]
             counts = selection.counts[:, selection.mask]
             fit = calibrate(
-                counts, name, denoiser, settings, what="The count matrix", bar=bar, cell_totals=selection.totals
+                counts,
+                name,
+                denoiser,
+                settings,
+                what="The count matrix",
+                bar=bar,
+                cell_totals=selection.totals,
+                others_non_negative=non_negative(selection.counts),
             )
         result = fit.result
         warn_about_choice(result)

@@ -38,6 +38,7 @@ from .._engine import (
     is_blockwise,
     log_choice,
     method_seed,
+    non_negative,
     package_version,
     progress_bar,
     resolve_method,
@@ -164,9 +165,9 @@ def pca(
         msg = f"objective must be 'neighbors' or 'reconstruction', got {objective!r}."
         raise ValueError(msg)
     genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.pca")
+    shape = (adata.n_obs, adata.n_vars if genes is None else int(genes[0].mask.sum()))
     if objective == "neighbors":
-        n_genes = adata.n_vars if genes is None else int(genes[0].mask.sum())
-        settings = replace(settings, grid=_graph_grid(grid, (adata.n_obs, n_genes)))
+        settings = replace(settings, grid=_graph_grid(grid, shape))
     name, calibrated = resolve_method("knn" if objective == "neighbors" else "pca", random_state)
     start = logg.info("computing PCA, its number of components calibrated by self-supervision")
     check_targets(
@@ -175,9 +176,9 @@ def pca(
     with progress_bar(bar_label("pca", calibration), progress=settings.progress) as bar:
         add_steps(bar, 1)  # the final fit, last
         fit = _calibrate(adata, name, calibrated, settings, layer=layer, genes=genes, bar=bar)
-        if grid is None:  # the default grid: sweep on where the choice is its largest number of components
+        if grid is None and calibration == "mcv":  # the default grid: on past its largest number of components
             recalibrate = partial(_calibrate, adata, name, calibrated, layer=layer, genes=genes, bar=bar)
-            fit = _sweep_on(fit, settings, recalibrate, graph=objective == "neighbors")
+            fit = _sweep_on(fit, settings, recalibrate, graph=objective == "neighbors", shape=shape)
         result = fit.result
         warn_about_choice(result, axes=("n_pcs", "n_comps"))  # pp.pca's n_neighbors axis is not the user's
         n_comps = int(np.atleast_1d(result.best)[-1])  # (n_neighbors, n_pcs) or the rank
@@ -378,26 +379,31 @@ SWEEPS_ON = 2
 
 
 def _sweep_on(
-    fit: Calibrated, settings: Settings, recalibrate: Callable[[Settings], Calibrated], *, graph: bool
+    fit: Calibrated,
+    settings: Settings,
+    recalibrate: Callable[[Settings], Calibrated],
+    *,
+    graph: bool,
+    shape: tuple[int, int],
 ) -> Calibrated:
     """Sweep on while the choice is the largest number of components of the default grid and the data allow more.
 
     Each time, about 1.4× and 2× the largest value are added and the whole grid is calibrated
-    again on the same splits, so the result is that of passing the longer grid from the start.
+    again on the same splits (the embedding of a longer grid has more components, so the curve is
+    that of passing the longer grid from the start). ``shape``: the cells and genes the default
+    grid was made for.
     """
     axis = "n_pcs" if graph else "n_comps"
+    most = min(*shape, *fit.source.shape) - 1
     for _ in range(SWEEPS_ON):
         result = fit.result
-        grid = result.grid.reshape(len(result.grid), -1)
-        values = np.unique(grid[:, result.grid_names.index(axis)])
-        most = min(fit.source.shape) - 1  # (cells, genes) with counts
+        values = np.unique(result.grid.reshape(len(result.grid), -1)[:, result.grid_names.index(axis)])
         more = np.unique([v for v in (round(1.4 * values[-1]), 2 * values[-1]) if values[-1] < v <= most])
         if axis not in result.grid_edge or not more.size:
             break
         logg.info(f"    {axis}={values[-1]} is the largest swept and the loss still falls: sweeping on to {more[-1]}")
         longer = np.r_[values, more]
-        wider = _graph_grid(longer, fit.source.shape) if graph else longer
-        fit = recalibrate(replace(settings, grid=wider))
+        fit = recalibrate(replace(settings, grid=_graph_grid(longer, shape) if graph else longer))
     return fit
 
 
@@ -449,7 +455,16 @@ def _calibrate(
         return calibrate(X, name, denoiser, settings, what=what, bar=bar)
     selection = genes[0]
     counts = selection.counts[:, selection.mask]
-    return calibrate(counts, name, denoiser, settings, what="The count matrix", bar=bar, cell_totals=selection.totals)
+    return calibrate(
+        counts,
+        name,
+        denoiser,
+        settings,
+        what="The count matrix",
+        bar=bar,
+        cell_totals=selection.totals,
+        others_non_negative=non_negative(selection.counts),
+    )
 
 
 def _record(fit: Calibrated, layer: str | None, genes: tuple[GeneSelection, str] | None) -> dict[str, Any]:

@@ -22,11 +22,12 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..._types import ArrayLike
-    from .._base import Block, Data, Partition
+    from .._base import Block, Data, GridValue, Partition
 
 __all__ = ["Autoencoder", "require_torch"]
 
 _MAX_EPOCHS = 10_000
+_DEFAULT_EPOCHS = 20
 _INFER_BATCH = 1024  # cells per inference batch, fixed so that outputs do not depend on batch_size
 LIKELIHOODS = ("auto", "normal", "poisson", "negative_binomial")
 """The training loss: squared error on the transformed scale, or a count likelihood of the decoder's rates
@@ -87,8 +88,10 @@ class Autoencoder(BaseDenoiser):
     Calibrated over ``(bottleneck, epochs)``: for each bottleneck width one network is
     trained epoch by epoch and scored after every epoch in the grid, so the held-out loss
     per width per epoch comes from one training run per width, and the chosen epoch is a
-    self-supervised early stop. Minibatches are sliced from the sparse matrix and made
-    dense one batch at a time; inference streams blocks of cells.
+    self-supervised early stop. On the default grid (widths 4..128 × epochs 1..20), where
+    epoch 20 is best, the chosen width trains on to epoch 40 (:meth:`grid_beyond`).
+    Minibatches are sliced from the sparse matrix and made dense one batch at a time;
+    inference streams blocks of cells.
 
     With ``calibration="genes"`` it trains by Noise2Self's own loop (:meth:`fit_masked`):
     each cell of a minibatch has a random group of the gene partition hidden in its input
@@ -200,7 +203,21 @@ class Autoencoder(BaseDenoiser):
     def default_grid(self, shape: tuple[int, int]) -> np.ndarray:
         """Bottlenecks 4..128 (doubling, below the number of genes) × epochs 1..20."""
         widths = [w for w in (4, 8, 16, 32, 64, 128) if w < shape[1]] or [max(1, shape[1] - 1)]
-        return np.array([(w, e) for w in widths for e in range(1, 21)], dtype=np.int64)
+        return np.array([(w, e) for w in widths for e in range(1, _DEFAULT_EPOCHS + 1)], dtype=np.int64)
+
+    def grid_beyond(self, grid: np.ndarray, best: GridValue, edge: list[str]) -> np.ndarray | None:
+        """Train the chosen width on, to twice the default's epochs, where the last epoch is chosen.
+
+        The networks of the other widths are not trained again: only the chosen width's held-out
+        loss is followed beyond the default's last epoch.
+        """
+        last = int(np.max(grid if grid.ndim == 1 else grid[:, 1]))
+        epochs = np.arange(last + 1, 2 * _DEFAULT_EPOCHS + 1)
+        if "epochs" not in edge or not epochs.size:
+            return None
+        if grid.ndim == 1:
+            return epochs
+        return np.column_stack([np.full(epochs.size, np.atleast_1d(best)[0]), epochs]).astype(np.int64)
 
     def check_params(self) -> None:
         """Raise a ``ValueError`` for a setting out of range, an ``ImportError`` without torch (before any work)."""
