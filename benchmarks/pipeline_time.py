@@ -1,6 +1,6 @@
 """What the calibrated pipeline steps cost: n2s.pp.pca + n2s.pp.neighbors vs sc.pp.pca + sc.pp.neighbors.
 
-Run: ``.venv/bin/python benchmarks/pipeline_time.py [--loaded]`` (not CI). Data: all 8,381 cells
+Run: ``.venv/bin/python benchmarks/pipeline_time.py [--loaded] [--steps]`` (not CI). Data: all 8,381 cells
 of PBMC 8k (``../shared/data``), log-normalised by scanpy, its 2,000 highly variable genes
 (``sc.pp.highly_variable_genes``, seurat flavour), raw counts in a layer. Both pipelines run
 in one process, alternately, best of ``--repeats``; scanpy's and our compiled kernels are
@@ -65,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loaded", action="store_true")
+    parser.add_argument("--steps", action="store_true", help="also time each step, and pp.pca without sweeping on")
     args = parser.parse_args()
     import scanpy as sc
 
@@ -103,6 +104,29 @@ def main() -> None:
         f"(chose n_pcs={chosen[0]}, n_neighbors={chosen[1]})"
     )
     print(f"ratio ours / scanpy: {best['ours'] / best['scanpy']:.2f} (goal <= 2)")
+    if args.steps:
+        steps(adata, args.repeats)
+
+
+def steps(adata, repeats: int) -> None:
+    """Each calibrated step alone, and pp.pca with its default grid only (no sweeping on), best of ``repeats``."""
+    import sc_noise2self as n2s
+    from sc_noise2self.pp import _pipeline
+
+    default = _pipeline.SWEEPS_ON
+    times = {"n2s.pp.pca, default grid only": [], "n2s.pp.pca (sweeps on)": [], "n2s.pp.neighbors": []}
+    for _ in range(repeats):
+        for sweeps_on, label in ((0, "n2s.pp.pca, default grid only"), (default, "n2s.pp.pca (sweeps on)")):
+            _pipeline.SWEEPS_ON, data = sweeps_on, adata.copy()
+            start = time.perf_counter()
+            n2s.pp.pca(data, layer="counts", progress=False)
+            times[label].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            n2s.pp.neighbors(data, layer="counts", progress=False)
+            times["n2s.pp.neighbors"].append(time.perf_counter() - start)
+    _pipeline.SWEEPS_ON = default
+    for label, values in times.items():
+        print(f"{label}: {min(values):.2f} s")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,6 @@ __all__ = [
     "log_choice",
     "method_name",
     "method_seed",
-    "non_negative",
     "output",
     "package_version",
     "progress_bar",
@@ -119,16 +118,18 @@ def calibrate(
     *,
     what: str,
     bar: tqdm,
-    cell_totals: np.ndarray | None = None,
-    others_non_negative: bool = True,
+    genes: GeneSelection | None = None,
 ) -> Calibrated:
     """Validate ``X`` (one pass), then calibrate ``denoiser`` over its grid.
 
-    ``what`` names the matrix in messages. ``cell_totals`` (one per cell of ``X``): the totals the
-    depth normalisation divides by, when ``X`` holds only some of the genes (``mask_var``);
-    ``others_non_negative``: whether the other genes, written too, have no negative value (else
-    nothing is projected onto ≥ 0, neither in the scoring nor in the output).
+    ``what`` names the matrix in messages. ``genes`` (``mask_var``): calibrate on its genes of
+    ``X`` only, each cell's depth normalised by its total over all genes; the output is
+    projected onto ≥ 0 (and scored so) only if every gene is non-negative.
     """
+    cell_totals, others_non_negative = None, True
+    if genes is not None:
+        X, what = genes.counts[:, genes.mask], "The count matrix"
+        cell_totals, others_non_negative = genes.totals, non_negative(genes.counts)
     if is_blockwise(X):
         _check_blockwise(denoiser, name, settings.calibration)
     source = Source(X, what, empty=settings.empty, counts=settings.calibration == "mcv")

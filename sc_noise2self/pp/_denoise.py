@@ -28,7 +28,6 @@ from .._engine import (
     calibration_record,
     is_blockwise,
     log_choice,
-    non_negative,
     output,
     progress_bar,
     resolve_method,
@@ -205,21 +204,7 @@ def denoise(
     check_targets(adata, key_added, targets, function="denoise", read_layer=layer, overwrite=overwrite)
     with progress_bar(bar_label(name, calibration), progress=settings.progress) as bar:
         add_steps(bar, 1)  # the refit on all counts, last
-        if genes is None:
-            fit = calibrate(X, name, denoiser, settings, what=what, bar=bar)
-        else:
-            selection = genes[0]
-            counts = selection.counts[:, selection.mask]
-            fit = calibrate(
-                counts,
-                name,
-                denoiser,
-                settings,
-                what="The count matrix",
-                bar=bar,
-                cell_totals=selection.totals,
-                others_non_negative=non_negative(selection.counts),
-            )
+        fit = calibrate(X, name, denoiser, settings, what=what, bar=bar, genes=None if genes is None else genes[0])
         result = fit.result
         warn_about_choice(result)
         out = output(

@@ -38,7 +38,6 @@ from .._engine import (
     is_blockwise,
     log_choice,
     method_seed,
-    non_negative,
     package_version,
     progress_bar,
     resolve_method,
@@ -450,21 +449,8 @@ def _calibrate(
     bar: Any,
 ) -> Calibrated:
     """Run the calibration on the counts (of the masked genes, normalised by all genes' totals)."""
-    if genes is None:
-        X, what = counts_of(adata, layer)
-        return calibrate(X, name, denoiser, settings, what=what, bar=bar)
-    selection = genes[0]
-    counts = selection.counts[:, selection.mask]
-    return calibrate(
-        counts,
-        name,
-        denoiser,
-        settings,
-        what="The count matrix",
-        bar=bar,
-        cell_totals=selection.totals,
-        others_non_negative=non_negative(selection.counts),
-    )
+    X, what = counts_of(adata, layer)
+    return calibrate(X, name, denoiser, settings, what=what, bar=bar, genes=None if genes is None else genes[0])
 
 
 def _record(fit: Calibrated, layer: str | None, genes: tuple[GeneSelection, str] | None) -> dict[str, Any]:
