@@ -6,11 +6,16 @@ where IN holds raw counts (scipy ``save_npz``). The loop is the per-trial loop o
 ``molecular_cross_validation/scripts/pca_sweep.py`` (czbiohub-sf/molecular-cross-validation
 at 04d9df0): binomial split of the dense counts with ``ut.split_molecules``, ``sqrt`` of both
 halves, an uncentred ``randomized_svd`` at ``MAX_K``, then for every rank the reconstruction,
-its conversion to the held-out depth and the MSE against the held-out half. Two changes,
-both in the peer's favour or needed to run it: the conversion is ``ut.convert_exp_sqrt``
+its conversion to the held-out depth and the MSE against the held-out half. Three changes,
+in the peer's favour or needed to run it reproducibly: the conversion is ``ut.convert_exp_sqrt``
 (the script's call of ``convert_expectations()`` passes the wrong arguments and fails at
-HEAD), and the losses the choice does not need (reconstruction and ground truth) are not
-computed. Writes the held-out losses (trials × ranks) and prints the seconds of the loop.
+HEAD); the losses the choice does not need (reconstruction and ground truth) are not
+computed; and the loop's ``randomized_svd`` gets ``random_state=0``. The script passes no
+``random_state`` there, which under the scikit-learn of its time meant the default seed 0;
+since scikit-learn 1.2 the default is ``None`` (the global NumPy state), so the peer's chosen
+rank moved between runs. A fixed integer seed restores the original behaviour and leaves the
+splits' own ``RandomState`` stream untouched. Writes the held-out losses (trials × ranks)
+and prints the seconds of the loop.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def main() -> None:
         umis_X, umis_Y = ut.split_molecules(umis, data_split, overlap, random_state)
         umis_X = np.sqrt(umis_X)
         umis_Y = np.sqrt(umis_Y)
-        U, S, V = randomized_svd(umis_X, n_components=max_k)
+        U, S, V = randomized_svd(umis_X, n_components=max_k, random_state=0)  # the default before scikit-learn 1.2
         US = U.dot(np.diag(S))
         for j, k in enumerate(k_range):
             pca_X = US[:, :k].dot(V[:k, :])

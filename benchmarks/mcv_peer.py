@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/mcv_peer.py [--trials 1] [--loaded]`` (not CI; needs the
 peer's venv, see ``benchmarks/README.md``). The peer is czbiohub-sf/molecular-cross-validation
 (not on PyPI), installed from its public repository into ``benchmarks/venvs/mcv``; its per-trial
-PCA loop runs in ``_mcv_runner.py`` as a subprocess (see there for the two changes needed to
+PCA loop runs in ``_mcv_runner.py`` as a subprocess (see there for the changes needed to
 run it). Both sides at their default threads, on the same raw counts, same grid (ranks
 1..100), same split fraction (0.9) and number of splits, on ``sqrt`` of raw counts (the
 paper's scale; ours with ``target_sum=None``):
