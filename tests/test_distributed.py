@@ -17,7 +17,7 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def client():
-    """Two worker processes; the environment is put back after (see below)."""
+    """Two worker processes (the dashboard on a free port: 8787 may be taken); the environment is put back after."""
     # distributed's nannies set OMP_NUM_THREADS=1 (and MKL/OpenBLAS's, MALLOC_TRIM_THRESHOLD_,
     # PYTHONHASHSEED) in this process's own environment and leave them there, so every process
     # started later — the notebooks' kernels — would run torch and BLAS on one thread.
@@ -25,7 +25,7 @@ def client():
     try:
         with (
             distributed.LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50
             ) as cluster,
             distributed.Client(cluster) as client,
         ):
