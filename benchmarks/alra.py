@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "openproblems"))
 
 from _real_data import SHARED_DATA, mouse10k, pbmc8k  # noqa: E402
-from metrics import scores  # noqa: E402
+from metrics import score_table  # noqa: E402
 from run import task_split  # noqa: E402
 
 import sc_noise2self as n2s  # noqa: E402
@@ -56,16 +56,7 @@ def denoised_counts(train: sparse.csr_matrix, scale: str = "counts", **settings)
 def evaluate(name: str, counts: sparse.csr_matrix) -> None:
     train, test = task_split(counts)
     print(f"\n### {name}: {train.shape[0]:,} cells × {train.shape[1]:,} genes (after the split)\n")
-    print("| method | rank | MSE | Poisson (task) | Poisson (prediction first) | wall time (s) |")
-    print("|---|---|---|---|---|---|")
-
-    def row(label: str, rank: object, denoised: np.ndarray, seconds: float) -> None:
-        s = scores(train, test, denoised)
-        print(
-            f"| {label} | {rank} | {s['mse']:.4f} | {s['poisson_task']:.4f} | "
-            f"{s['poisson_prediction_first']:.4f} | {seconds:.1f} |",
-            flush=True,
-        )
+    row = score_table(train, test, "rank")
 
     row("no denoising", "-", train.toarray(), 0.0)
     values = transformed(train, "log1p", 1e4)

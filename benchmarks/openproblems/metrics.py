@@ -43,3 +43,22 @@ def scores(train, test, denoised) -> dict[str, float]:
         "poisson_task": float(np.mean(y - rho * np.log(y + EPS))),
         "poisson_prediction_first": float(np.mean(rho - y * np.log(rho + EPS))),
     }
+
+
+def score_table(train, test, setting: str):
+    """Print the header of a Markdown table of scores; return ``row(method, value, denoised, seconds)`` for its rows.
+
+    ``setting`` heads the column of each method's setting (e.g. ``"rank"``).
+    """
+    print(f"| method | {setting} | MSE | Poisson (task) | Poisson (prediction first) | wall time (s) |")
+    print("|---|---|---|---|---|---|")
+
+    def row(method: str, value: object, denoised, seconds: float) -> None:
+        s = scores(train, test, denoised)
+        print(
+            f"| {method} | {value} | {s['mse']:.4f} | {s['poisson_task']:.4f} | "
+            f"{s['poisson_prediction_first']:.4f} | {seconds:.1f} |",
+            flush=True,
+        )
+
+    return row

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-from metrics import scores
+from metrics import score_table
 from scipy import sparse
 
 HERE = Path(__file__).resolve().parent
@@ -96,16 +96,7 @@ def run_knn_smoothing(train: sparse.csr_matrix, tmp: Path, k: int = 10) -> tuple
 def evaluate(name: str, counts: sparse.csr_matrix) -> None:
     train, test = task_split(counts)
     print(f"\n### {name}: {train.shape[0]:,} cells × {train.shape[1]:,} genes (after the split)\n")
-    print("| method | setting | MSE | Poisson (task) | Poisson (prediction first) | wall time (s) |")
-    print("|---|---|---|---|---|---|")
-
-    def row(method: str, setting: str, denoised: np.ndarray, seconds: float) -> None:
-        s = scores(train, test, denoised)
-        print(
-            f"| {method} | {setting} | {s['mse']:.4f} | {s['poisson_task']:.4f} | "
-            f"{s['poisson_prediction_first']:.4f} | {seconds:.1f} |",
-            flush=True,
-        )
+    row = score_table(train, test, "setting")
 
     row("no denoising", "-", train, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
