@@ -21,7 +21,7 @@ from .blocks import Source, chunk_rows, is_blockwise, non_negative
 from .genes import run_genes
 from .mcv import run_mcv
 from .progress import add_steps, bar_label, progress_bar
-from .refit import GeneSelection, Output, output
+from .refit import GeneSelection, Output, finish, output
 from .result import (
     CalibrationResult,
     calibration_record,
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .._types import ArrayLike, RandomState
 
 __all__ = [
+    "SWEEPS_ON",
     "Calibrated",
     "CalibrationResult",
     "GeneSelection",
@@ -51,6 +52,7 @@ __all__ = [
     "calibrate",
     "calibration_record",
     "chunk_rows",
+    "finish",
     "grid_product",
     "is_blockwise",
     "log_choice",
@@ -154,7 +156,7 @@ def calibrate(
 
 
 SWEEPS_ON = 2
-"""How many times a calibration over a method's default grid may sweep on past it (see ``grid_beyond``)."""
+"""How many times a calibration over a default grid may sweep on past it (``grid_beyond``; ``pp.pca``'s too)."""
 
 
 def _check_blockwise(denoiser: Denoiser, name: str, calibration: str) -> None:

@@ -147,8 +147,8 @@ def _masked_losses(
         for j, step in enumerate(sweep.values()):
             sums = CellSum(starts.size)
             for rows in chunk_rows(*values.shape, chunk_size):
-                pred = step.predict(data.block(rows)).astype(np.float64)
-                errors = (np.where(pred < lower, lower, pred) - values[rows].toarray()) ** 2
+                pred = np.maximum(step.predict(data.block(rows)).astype(np.float64), lower)  # NaN stays NaN
+                errors = (pred - values[rows].toarray()) ** 2
                 sums.add(rows.start, np.add.reduceat(errors[:, order], starts, axis=1))
             losses[:, j] = sums.total()
             show_step(bar, step, losses[:, j].sum() / (values.shape[0] * values.shape[1]))

@@ -29,6 +29,7 @@ from .. import _logging as logg
 from .._anndata import check_key, check_targets, commit, counts_of, resolve_mask_var, writable
 from .._docs import shared_docs
 from .._engine import (
+    SWEEPS_ON,
     Settings,
     add_steps,
     bar_label,
@@ -371,10 +372,6 @@ def neighbors(
 
 _GRAPH_PCS = np.array([3, 5, 7, 10, 15, 20, 30, 40, 50])
 _GRAPH_NEIGHBORS = np.array([5, 10, 15, 20, 30, 50, 100])
-
-
-SWEEPS_ON = 2
-"""How many times :func:`pca` sweeps on past its default grid's largest number of components."""
 
 
 def _sweep_on(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._engine import finish
 from .._numerics.rows import low_rank_rows
 
 if TYPE_CHECKING:
@@ -44,10 +45,10 @@ def denoised_genes(adata: AnnData, *, genes: ArrayLike, key: str = "denoised") -
     loadings = adata.varm[f"{key}_loadings"][columns]
     offset = adata.var[f"{key}_offset"].to_numpy()[columns]
     kept = adata.obs[f"{key}_kept"].to_numpy() if f"{key}_kept" in adata.obs else np.ones(adata.n_obs, dtype=bool)
-    values = low_rank_rows(offset, scores, loadings.T)
-    if adata.uns[key].get("non_negative", False):
-        np.maximum(values, 0, out=values)  # as the layer is written
-    return np.where(kept[:, None], values, np.float32(0))
+    values = finish(
+        low_rank_rows(offset, scores, loadings.T), None, None, non_negative=adata.uns[key].get("non_negative", False)
+    )
+    return np.where(kept[:, None], values, np.float32(0))  # as the layer is written
 
 
 def _gene_positions(adata: AnnData, genes: object) -> np.ndarray:
