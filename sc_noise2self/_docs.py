@@ -23,6 +23,12 @@ FRAGMENTS = {
         the held-out part is shallow — a median below 50 molecules per cell, e.g. fewer than
         500 counts at ``split_fraction=0.9``, where one split's choice moves from split to
         split — or with ``select="1se"``; otherwise 1.
+    max_scored_cells
+        MCV: score each split's sweep on about this many cells at most — a seeded sample of
+        whole groups of 256 neighbouring cells (the same in every split), recorded in
+        ``params`` as ``scored_cells`` — while every cell is fitted on. Scoring costs as much
+        per cell as fitting; above a few ten thousand cells the choice no longer moves with
+        more of them, and ``difference_se`` says how sure it is. None: score every cell.
     sampling
         MCV: how the counts were sampled, which decides how each cell's counts are split.
         ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.

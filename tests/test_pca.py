@@ -84,6 +84,31 @@ def test_gram_statistics_merge_in_any_grouping(simulation):
     np.testing.assert_allclose(merged.m2, whole.m2, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("share", [0.0, 0.1, 1.0])
+def test_sparse_gram_statistics_equal_the_dense_ones(simulation, share, monkeypatch):
+    """Dense genes by BLAS, the others by their stored entries: the dense route's result, exactly symmetric."""
+    import numba
+
+    from sc_noise2self._numerics import linalg as linalg_module
+
+    monkeypatch.setattr(linalg_module, "_DENSE_SHARE", share)  # all genes dense, some, none
+    monkeypatch.setattr(linalg_module, "_GRAM_ELEMENTS", 5000)  # several blocks of cells
+    dense = np.log1p(simulation.counts.toarray().astype(float))
+    dense[3] = 0  # an empty cell
+    X = sparse.csr_matrix(dense)
+    stats = gram_stats(X)
+    want = gram_stats(X.toarray())
+    np.testing.assert_allclose(stats.mean, want.mean, rtol=1e-12)
+    np.testing.assert_allclose(stats.m2, want.m2, rtol=1e-9, atol=1e-10 * np.abs(want.m2).max())
+    assert stats.n == want.n and np.array_equal(stats.m2, stats.m2.T)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert gram_stats(X).m2.tobytes() == stats.m2.tobytes()
+    finally:
+        numba.set_num_threads(threads)
+
+
 def test_blockwise_fit_equals_in_memory_fit(simulation):
     """Data read block by block (the dask route: Gram statistics merged over blocks) give the in-memory fit."""
     da = pytest.importorskip("dask.array")

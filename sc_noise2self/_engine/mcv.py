@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from .. import _logging as logg
 from .._numerics.checks import check_fraction
 from .._numerics.dispersion import plan_split, sample_cells
 from .._numerics.loss import held_out_target, row_scorer, score_block
-from .._numerics.split import Stream, split_seed
+from .._numerics.rows import GROUP, ScoredCells
+from .._numerics.split import Stream, seed_sequence, split_seed
 from .._numerics.transform import build_conversion, cell_scales, output_depth, transform_counts
 from ..denoisers._base import Block
 from .blocks import training_data
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from .blocks import Source
     from .settings import Settings
 
-__all__ = ["McvSetup", "mcv_setup", "run_mcv"]
+__all__ = ["McvSetup", "mcv_setup", "run_mcv", "scored_cells"]
 
 
 class McvSetup(NamedTuple):
@@ -148,6 +150,20 @@ class _HeldOut(Scoring):
         return row_scorer(target, conversion=self.setup.conversion, train_scales=self.setup.train_scales[part.rows])
 
 
+def scored_cells(n_cells: int, max_cells: int | None, random_state: object) -> ScoredCells:
+    """Every cell, or for more than ``max_cells`` a seeded sample of whole groups of neighbouring cells.
+
+    ``max_cells // GROUP`` of the fixed groups of :data:`~sc_noise2self._numerics.rows.GROUP`
+    cells (at least one), drawn by position only: the same cells for any chunking or input kind.
+    """
+    n_groups = -(-n_cells // GROUP)
+    take = 0 if max_cells is None else max(1, max_cells // GROUP)
+    if max_cells is None or n_cells <= max_cells or take >= n_groups:
+        return ScoredCells(n_cells)
+    rng = np.random.default_rng(seed_sequence(random_state, Stream.SCORED, 0))
+    return ScoredCells(n_cells, np.sort(rng.choice(n_groups, size=take, replace=False)))
+
+
 def run_mcv(
     source: Source, denoiser: Denoiser, settings: Settings, *, method: str, totals: np.ndarray, bar: tqdm
 ) -> CalibrationResult:
@@ -166,7 +182,10 @@ def run_mcv(
     shape = source.shape
     grid = denoiser.check_grid(denoiser.default_grid(shape) if settings.grid is None else settings.grid, shape)
     scoring = _HeldOut(setup, totals, settings)
-    max_rate, n_entries = float(totals.max()) + 1.0, shape[0] * shape[1]
+    scored = scored_cells(shape[0], settings.max_scored_cells, settings.random_state)
+    if scored.n_scored < shape[0]:
+        logg.info(f"    scoring {scored.n_scored:,} of {shape[0]:,} cells (a seeded sample; max_scored_cells)")
+    max_rate, n_entries = float(totals.max()) + 1.0, scored.n_scored * shape[1]
 
     losses, baseline, reports, cell_groups = np.zeros((n_splits, len(grid))), np.zeros(n_splits), [], []
     add_steps(bar, n_splits)  # the fits; the scoring steps once the sweep's loop order is known
@@ -190,7 +209,7 @@ def run_mcv(
         )
         sweep = denoiser.fit(data, grid)
         reports.append(sweep.report())
-        passes = Passes(data, halves, whole_extra, lambda extra, rows: (extra[0][rows], extra[1][rows]))
+        passes = Passes(data, halves, whole_extra, lambda extra, rows: (extra[0][rows], extra[1][rows]), scored)
         if i == 0:
             add_steps(bar, n_splits * sweep_steps(sweep, passes, len(grid), settings.chunk_size))
         bar.update(1)
@@ -206,12 +225,14 @@ def run_mcv(
         grid_names=denoiser.grid_names(grid),
         grid=grid,
         loss=losses / n_entries,
-        params=settings.params(n_splits=n_splits, depth="held_out" if setup.output is None else "output"),
+        params=settings.params(
+            n_splits=n_splits, depth="held_out" if setup.output is None else "output", scored_cells=scored.n_scored
+        ),
         baseline=baseline / n_entries,
         select=settings.select,
         dispersion=setup.plan.dispersion,
         split_dispersion=setup.plan.split_dispersion,
         reports=reports,
         cell_group_loss=np.stack(cell_groups),
-        n_cells=shape[0],
+        n_cells=scored.n_scored,
     )

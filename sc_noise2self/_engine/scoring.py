@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from .._numerics.machine import blas_threads
-from .._numerics.rows import CellSum, partial_sum, sum_rows
+from .._numerics.rows import CellSum, ScoredCells, partial_sum, sum_rows
 from ..denoisers._base import Block
 from .blocks import chunk_rows
 
@@ -68,7 +68,8 @@ class Passes:
     """The blocks of one scoring: each the training :class:`Block` and its ``extra``.
 
     In memory, one whole block (block order) or every ``chunk_size`` cells (value order); from
-    dask or disk, the input's blocks, each made by ``make(counts, rows)`` as it is read.
+    dask or disk, the input's blocks, each made by ``make(counts, rows)`` as it is read. Only
+    the cells of ``scored`` are scored (default all); blocks without any are not made.
     """
 
     def __init__(
@@ -77,34 +78,39 @@ class Passes:
         make: Callable[[sparse.csr_matrix, slice], tuple[Block, Any]],
         whole_extra: Any,
         slice_extra: Callable[[Any, slice], Any],
+        scored: ScoredCells | None = None,
     ) -> None:
         self.data, self.make, self.whole_extra, self.slice_extra = data, make, whole_extra, slice_extra
+        self.scored = ScoredCells(data.shape[0]) if scored is None else scored
 
     def map(self, fn: Callable[[Block, Any], Any]) -> list[Any]:
         if self.data.in_memory:
             return [fn(self.data.block(slice(0, self.data.shape[0])), self.whole_extra)]
-        return self.data.source.map(lambda counts, rows: fn(*self.make(counts, rows)))
+        runs = self.scored.runs
+        return self.data.source.map(lambda counts, rows: fn(*self.make(counts, rows)) if runs(rows) else [])
 
     def blocks(self, chunk_size: int | None) -> Iterator[tuple[Block, Any]]:
         if self.data.in_memory:
             for rows in chunk_rows(*self.data.shape, chunk_size):
-                yield self.data.block(rows), self.slice_extra(self.whole_extra, rows)
+                if self.scored.runs(rows):
+                    yield self.data.block(rows), self.slice_extra(self.whole_extra, rows)
             return
         for index, rows in enumerate(self.data.source.kept_bounds()):
-            if rows.stop > rows.start:
+            if self.scored.runs(rows):
                 yield from self.data.source.load([index], self.make)
 
-
-def _parts(block: Block, extra: Any, chunk_size: int | None, passes: Passes) -> Iterator[tuple[slice, Block, Any]]:
-    """Sub-blocks of at most ``chunk_size`` cells: (rows within the block, the sub-block, its extra)."""
-    n_cells = block.rows.stop - block.rows.start
-    for local in chunk_rows(n_cells, block.values.shape[1], chunk_size):
-        if (local.start, local.stop) == (0, n_cells):  # the block is one part: no copy of it
-            yield local, block, extra
-            continue
-        rows = slice(block.rows.start + local.start, block.rows.start + local.stop)
-        counts = None if block.counts is None else block.counts[local]
-        yield local, Block(rows, block.values[local], counts), passes.slice_extra(extra, local)
+    def parts(self, block: Block, extra: Any, chunk_size: int | None) -> Iterator[tuple[slice, Block, Any]]:
+        """Yield the block's scored cells in parts of at most ``chunk_size``: (rows within the block, part, extra)."""
+        first, n_cells = block.rows.start, block.rows.stop - block.rows.start
+        for run in self.scored.runs(block.rows):
+            for piece in chunk_rows(run.stop - run.start, block.values.shape[1], chunk_size):
+                local = slice(run.start - first + piece.start, run.start - first + piece.stop)
+                if (local.start, local.stop) == (0, n_cells):  # the block is one part: no copy of it
+                    yield local, block, extra
+                    continue
+                counts = None if block.counts is None else block.counts[local]
+                rows = slice(first + local.start, first + local.stop)
+                yield local, Block(rows, block.values[local], counts), self.slice_extra(extra, local)
 
 
 class _TargetCache:
@@ -130,7 +136,11 @@ def sweep_steps(sweep: Sweep, passes: Passes, n_values: int, chunk_size: int | N
     """Progress steps of scoring one sweep: a block of cells (block order, in memory), a pass, or a grid value."""
     if sweep.order == "values":
         return n_values
-    return len(chunk_rows(*passes.data.shape, chunk_size)) if passes.data.in_memory else 1
+    if not passes.data.in_memory:
+        return 1
+    n_genes = passes.data.shape[1]
+    runs = passes.scored.runs(slice(0, passes.data.shape[0]))
+    return sum(len(chunk_rows(run.stop - run.start, n_genes, chunk_size)) for run in runs)
 
 
 class _Sum(NamedTuple):
@@ -152,7 +162,7 @@ class _Sum(NamedTuple):
 
         def block_sums(block: Block, extra: Any) -> list[Any]:
             sums = []
-            for _, part, part_extra in _parts(block, extra, self.chunk_size, self.passes):
+            for _, part, part_extra in self.passes.parts(block, extra, self.chunk_size):
                 target = scoring.target(part, part_extra)
                 scorer = scoring.scorer(part, target) if fused else None
                 if scorer is not None:
@@ -183,7 +193,7 @@ class _Sum(NamedTuple):
             total = CellSum(1)
             for block, extra in self.passes.blocks(self.chunk_size):
                 pred = step.predict(block)
-                for local, part, part_extra in _parts(block, extra, self.chunk_size, self.passes):
+                for local, part, part_extra in self.passes.parts(block, extra, self.chunk_size):
                     target = targets(part, part_extra)
                     total.add(part.rows.start, scoring.score(part, target, pred[local]))
                     if j == 0 and scoring.baseline:

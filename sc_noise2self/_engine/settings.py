@@ -40,6 +40,7 @@ class Settings:
     grid: ArrayLike | None = None
     split_fraction: float = 0.9
     n_splits: int | None = None
+    max_scored_cells: int | None = 20_000
     sampling: Sampling = "poisson"
     dispersion: float | None = None
     depth: Depth | None = None
@@ -68,8 +69,9 @@ class Settings:
         check_loss(self.loss)
         check_fraction(self.split_fraction)
         check_target_sum(self.target_sum)
-        if self.n_splits is not None:
-            check_positive_int(self.n_splits, "n_splits")
+        for name in ("n_splits", "max_scored_cells"):
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), name)
         check_positive_int(self.n_groups, "n_groups")
         if self.chunk_size is not None:
             check_positive_int(self.chunk_size, "chunk_size")

@@ -30,6 +30,7 @@ __all__ = [
     "GROUP",
     "CellSum",
     "PartialSum",
+    "ScoredCells",
     "low_rank_rows",
     "low_rank_sweep_losses",
     "partial_sum",
@@ -216,7 +217,8 @@ class CellSum:
     """Sum of per-cell values over all cells, added block by block in cell order.
 
     Cells are summed in groups of :data:`GROUP` at fixed positions and the groups in
-    order, so the total is the same bytes for any blocking of the cells.
+    order, so the total is the same bytes for any blocking of the cells. Whole groups may
+    be left out (:class:`ScoredCells`): the sums are then those of the groups added.
 
     Parameters
     ----------
@@ -236,7 +238,8 @@ class CellSum:
 
     def add_partial(self, part: PartialSum) -> None:
         """Add a block reduced by :func:`partial_sum` (blocks must come in cell order)."""
-        if part.start != self._next:
+        skips_groups = part.start > self._next and self._next % GROUP == 0 and part.start % GROUP == 0
+        if part.start != self._next and not skips_groups:
             msg = f"blocks must be added in cell order: expected cell {self._next}, got {part.start}"
             raise RuntimeError(msg)
         self._pending.append(part.head)
@@ -263,3 +266,40 @@ class CellSum:
     def total(self) -> np.ndarray:
         """Sum over every cell added (one entry per value); call once all blocks are in."""
         return _sum_rows(self.group_sums())
+
+
+class ScoredCells(NamedTuple):
+    """The fixed groups of :data:`GROUP` cells a sweep is scored on: all of them, or a sample.
+
+    Whole groups, so that :class:`CellSum` adds the same cells in the same order whatever
+    the blocks.
+    """
+
+    n_cells: int
+    """Cells in the data."""
+    groups: np.ndarray | None = None
+    """Sorted indices of the groups scored; None: every cell."""
+
+    @property
+    def n_scored(self) -> int:
+        """Cells scored."""
+        if self.groups is None:
+            return self.n_cells
+        starts = self.groups * GROUP
+        return int((np.minimum(starts + GROUP, self.n_cells) - starts).sum())
+
+    def runs(self, rows: slice) -> list[slice]:
+        """Return the scored cells among ``rows`` as runs of neighbouring cells (positions in the data)."""
+        if rows.stop <= rows.start:
+            return []
+        if self.groups is None:
+            return [rows]
+        lo, hi = np.searchsorted(self.groups, [rows.start // GROUP, (rows.stop - 1) // GROUP + 1])
+        runs: list[slice] = []
+        for group in self.groups[lo:hi].tolist():
+            start, stop = max(group * GROUP, rows.start), min((group + 1) * GROUP, rows.stop)
+            if runs and runs[-1].stop == start:
+                runs[-1] = slice(runs[-1].start, stop)
+            else:
+                runs.append(slice(start, stop))
+        return runs

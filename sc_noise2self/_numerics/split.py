@@ -61,6 +61,8 @@ class Stream(IntEnum):
     """:func:`sc_noise2self.pp.split_counts`, binomial splits."""
     DISPERSION = 6
     """The cells and the fit of the sampling-dispersion check (``sc_noise2self._dispersion``)."""
+    SCORED = 7
+    """The groups of cells an MCV sweep is scored on, when not all of them."""
 
 
 class CountSplit(NamedTuple):
