@@ -40,7 +40,7 @@ class Settings:
     grid: ArrayLike | None = None
     split_fraction: float = 0.9
     n_splits: int | None = None
-    max_scored_cells: int | None = 20_000
+    max_scored_cells: int | None = 10_000
     sampling: Sampling = "poisson"
     dispersion: float | None = None
     depth: Depth | None = None

@@ -169,13 +169,16 @@ def _sparse_gram_stats(X: sparse.csr_matrix) -> GramStats:
     d_genes, s_genes = np.flatnonzero(dense), np.flatnonzero(~dense)
     dd, sd, ss = np.zeros((d_genes.size,) * 2), np.zeros((s_genes.size, d_genes.size)), np.zeros((s_genes.size,) * 2)
     on_dense, on_sparse = X[:, d_genes], X[:, s_genes].tocsr()
-    step = max(1, _GRAM_ELEMENTS // max(1, d_genes.size))
-    for start in range(0, n_cells, step):
-        block, rest = on_dense[start : start + step].toarray(), on_sparse[start : start + step]
+    starts = range(0, n_cells, max(1, _GRAM_ELEMENTS // max(1, d_genes.size)))
+    step = starts.step
+    for start in starts:  # the compiled products, then BLAS's: their threads never wait on each other
+        rest = on_sparse[start : start + step]
         rest_t = rest.T.tocsr()
-        dd += block.T @ block
-        _add_sparse_dense_gram(rest_t.indptr, rest_t.indices, rest_t.data, block, sd)
+        _add_sparse_dense_gram(rest_t.indptr, rest_t.indices, rest_t.data, on_dense[start : start + step].toarray(), sd)
         _add_sparse_gram(rest.indptr, rest.indices, rest.data, rest_t.indptr, rest_t.indices, rest_t.data, ss)
+    for start in starts:
+        block = on_dense[start : start + step].toarray()
+        dd += block.T @ block
     gram = np.empty((n_genes, n_genes))
     gram[np.ix_(d_genes, d_genes)], gram[np.ix_(s_genes, s_genes)] = dd, ss
     gram[np.ix_(s_genes, d_genes)], gram[np.ix_(d_genes, s_genes)] = sd, sd.T
