@@ -38,7 +38,7 @@ ROOT = HERE.parent
 CHUNK = 50_000
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {here!r})
 import anndata as ad, numpy as np
 from scipy import sparse
@@ -68,7 +68,9 @@ else:
     extra = {{"best": int(uns["best"]), "n_splits": int(uns["params"]["n_splits"]),
               "scored": int(uns["params"]["scored_cells"])}}
 seconds = time.perf_counter() - start
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's over the exec)
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+rss = int(status.split()[0]) / 2**20
 print(json.dumps({{"seconds": seconds, "rss_gib": rss, **extra}}))
 """
 

@@ -65,14 +65,21 @@ def test_cell_sums_leave_out_whole_groups_only():
 
 def test_the_sample_gives_the_sums_of_its_groups_in_the_full_scoring(counts):
     full = tl.calibrate(counts, grid=[1, 2, 3, 5], n_splits=2, progress=False)
-    part = tl.calibrate(counts, grid=[1, 2, 3, 5], n_splits=2, max_scored_cells=2 * GROUP, progress=False)
-    groups = scored_cells(N_CELLS, 2 * GROUP, 0).groups
+    part = tl.calibrate(counts, grid=[1, 2, 3, 5], n_splits=2, max_scored_cells=4 * GROUP, progress=False)
+    groups = scored_cells(N_CELLS, 2 * GROUP, 0).groups  # the cells are shared among the splits: 2 groups each
     assert part.n_cells == 2 * GROUP and part.params["scored_cells"] == 2 * GROUP
     assert full.params["scored_cells"] == N_CELLS
     sums = full.cell_group_loss[:, groups].sum(axis=1) * full.n_cells / part.n_cells
     np.testing.assert_allclose(part.loss, sums, rtol=1e-12)
     np.testing.assert_allclose(part.cell_group_loss, full.cell_group_loss[:, groups] * full.n_cells / part.n_cells)
     assert part.baseline is not None and np.all(np.isfinite(part.difference_se))
+
+
+def test_the_cells_to_score_are_shared_among_the_splits(counts):
+    kwargs = {"grid": [1, 2], "max_scored_cells": 2 * GROUP, "progress": False}
+    assert tl.calibrate(counts, n_splits=1, **kwargs).n_cells == 2 * GROUP
+    assert tl.calibrate(counts, n_splits=2, **kwargs).n_cells == GROUP
+    assert tl.calibrate(counts, n_splits=3, **kwargs).n_cells == GROUP  # one group at least
 
 
 @pytest.mark.parametrize("method", ["pca", "diffusion"])

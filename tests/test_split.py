@@ -147,6 +147,7 @@ def test_property_split_is_exact_and_within_pattern(n_cells, n_genes, p, seed, d
     np.testing.assert_array_equal((train + test).toarray(), X.toarray())
     assert set(zip(*train.nonzero(), strict=True)) <= set(zip(*X.nonzero(), strict=True))
     assert train.has_sorted_indices and test.has_sorted_indices
+    assert train.dtype == test.dtype == X.dtype and np.all(train.data != 0) and np.all(test.data != 0)
 
 
 @pytest.mark.parametrize("n", [1, 4, 30, 700, 5000])

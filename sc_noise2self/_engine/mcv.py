@@ -182,7 +182,8 @@ def run_mcv(
     shape = source.shape
     grid = denoiser.check_grid(denoiser.default_grid(shape) if settings.grid is None else settings.grid, shape)
     scoring = _HeldOut(setup, totals, settings)
-    scored = scored_cells(shape[0], settings.max_scored_cells, settings.random_state)
+    most = settings.max_scored_cells
+    scored = scored_cells(shape[0], None if most is None else max(1, most // n_splits), settings.random_state)
     if scored.n_scored < shape[0]:
         logg.info(f"    scoring {scored.n_scored:,} of {shape[0]:,} cells (a seeded sample; max_scored_cells)")
     max_rate, n_entries = float(totals.max()) + 1.0, scored.n_scored * shape[1]

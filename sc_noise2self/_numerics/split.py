@@ -259,7 +259,7 @@ def _binomial(X: sparse.csr_matrix, n: np.ndarray, p: float, seed: int, row_offs
     """``Bin(n, p)`` for the stored entries of canonical-CSR ``X`` (``n`` aligned with ``X.data``)."""
     q = min(p, 1.0 - p)
     out = np.empty(n.size, dtype=np.int64)
-    small = np.where(n > _LARGE, 0, n)  # the kernel draws nothing for the large ones
+    small = np.where(n > _LARGE, 0, n) if n.size and n.max() > _LARGE else n  # the kernel draws nothing for those
     _binomial_kernel(X.indptr, X.indices, small, q, np.uint64(seed), row_offset, X.shape[1], out)
     _draw_large(X, n, q, seed, row_offset, out)
     return n - out if p > 0.5 else out
@@ -278,6 +278,49 @@ def _beta_binomial(
     return np.where(share > 0.5, n - out, out)
 
 
+@numba.njit(parallel=True, cache=True)
+def _count_halves(indptr, n, train, train_nnz, test_nnz):  # pragma: no cover - compiled
+    for r in numba.prange(indptr.size - 1):
+        a, b = 0, 0
+        for i in range(indptr[r], indptr[r + 1]):
+            a += train[i] != 0
+            b += n[i] != train[i]
+        train_nnz[r], test_nnz[r] = a, b
+
+
+@numba.njit(parallel=True, cache=True)
+def _fill_halves(
+    indptr, indices, n, train, train_ptr, test_ptr, train_idx, train_data, test_idx, test_data
+):  # pragma: no cover
+    for r in numba.prange(indptr.size - 1):
+        a, b = train_ptr[r], test_ptr[r]
+        for i in range(indptr[r], indptr[r + 1]):
+            if train[i] != 0:
+                train_idx[a], train_data[a] = indices[i], train[i]
+                a += 1
+            if n[i] != train[i]:
+                test_idx[b], test_data[b] = indices[i], n[i] - train[i]
+                b += 1
+
+
+def _halves(X: sparse.csr_matrix, n: np.ndarray, train: np.ndarray) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """Return the CSR halves ``train`` and ``n - train`` of ``X`` (stored ``n``), zeros left out, in its dtype."""
+    n_rows = X.shape[0]
+    train_nnz, test_nnz = np.empty(n_rows, dtype=np.int64), np.empty(n_rows, dtype=np.int64)
+    _count_halves(X.indptr, n, train, train_nnz, test_nnz)
+    halves = []
+    for nnz in (train_nnz, test_nnz):
+        indptr = np.zeros(n_rows + 1, dtype=X.indptr.dtype)
+        np.cumsum(nnz, out=indptr[1:])
+        halves.append((indptr, np.empty(int(indptr[-1]), dtype=X.indices.dtype), np.empty(int(indptr[-1]), X.dtype)))
+    (train_ptr, train_idx, train_data), (test_ptr, test_idx, test_data) = halves
+    _fill_halves(X.indptr, X.indices, n, train, train_ptr, test_ptr, train_idx, train_data, test_idx, test_data)
+    return (
+        sparse.csr_matrix((train_data, train_idx, train_ptr), shape=X.shape),
+        sparse.csr_matrix((test_data, test_idx, test_ptr), shape=X.shape),
+    )
+
+
 def _with_data(X: sparse.csr_matrix, data: np.ndarray) -> sparse.csr_matrix:
     out = sparse.csr_matrix((data, X.indices.copy(), X.indptr.copy()), shape=X.shape)
     out.eliminate_zeros()
@@ -294,9 +337,7 @@ def binomial_split(
     of the same entries in the whole matrix.
     """
     n = X.data.astype(np.int64, copy=False)
-    train = _binomial(X, n, fraction, seed, row_offset)
-    test = n - train
-    return _with_data(X, train.astype(X.dtype, copy=False)), _with_data(X, test.astype(X.dtype, copy=False))
+    return _halves(X, n, _binomial(X, n, fraction, seed, row_offset))
 
 
 def beta_binomial_split(
@@ -310,9 +351,7 @@ def beta_binomial_split(
     """
     n = X.data.astype(np.int64, copy=False)
     size = np.asarray(size, dtype=np.float64)
-    train = _beta_binomial(X, n, fraction * size, (1.0 - fraction) * size, seed, row_offset)
-    test = n - train
-    return _with_data(X, train.astype(X.dtype, copy=False)), _with_data(X, test.astype(X.dtype, copy=False))
+    return _halves(X, n, _beta_binomial(X, n, fraction * size, (1.0 - fraction) * size, seed, row_offset))
 
 
 def multinomial_folds(
