@@ -29,6 +29,14 @@ def _naive_counts(values: np.ndarray, totals: np.ndarray, transform: str, target
     return np.maximum(back, 0) / scale[:, None]
 
 
+def _null_floor(adata: ad.AnnData, counts=None) -> np.ndarray:
+    """The floor the layer was written with: its share of each entry's null rate (cell total × gene share)."""
+    counts = adata.X if counts is None else counts
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    shares = np.asarray(counts.sum(axis=0), dtype=np.float64).ravel() / totals.sum()
+    return adata.uns["denoised"]["count_floor"]["share"] * np.outer(totals, shares)
+
+
 @pytest.mark.parametrize("settings", SCALES)
 def test_counts_are_closer_to_the_true_rates_than_naive_back_transforms(sim, settings):
     a = ad.AnnData(sim.counts.copy())
@@ -39,7 +47,7 @@ def test_counts_are_closer_to_the_true_rates_than_naive_back_transforms(sim, set
     counts = b.layers["denoised"]
     assert counts.dtype == np.float32 and (counts >= 0).all()
     totals = np.asarray(sim.counts.sum(axis=1), dtype=np.float64).ravel()
-    naive = _naive_counts(a.layers["denoised"], totals, **settings)
+    naive = np.maximum(_naive_counts(a.layers["denoised"], totals, **settings), _null_floor(b))
     error, naive_error = np.mean((counts - sim.rates) ** 2), np.mean((naive - sim.rates) ** 2)
     if settings["transform"] == "none":  # a linear scale: the inversion is the plain rescaling
         np.testing.assert_allclose(counts, naive, rtol=1e-4, atol=1e-4)
@@ -90,7 +98,10 @@ def test_autoencoder_counts(sim):
     counts = b.layers["denoised"]
     assert np.isfinite(counts).all() and (counts >= 0).all()
     totals = np.asarray(sim.counts.sum(axis=1), dtype=np.float64).ravel()
-    expected = to_counts("log1p", totals, 1e4, sim.counts.max(), None)(a.layers["denoised"], slice(None))
+    floor = b.uns["denoised"]["count_floor"]["share"]
+    shares = np.asarray(sim.counts.sum(axis=0), dtype=np.float64).ravel() / totals.sum()
+    expected = to_counts("log1p", totals, 1e4, sim.counts.max(), None).with_floor(floor, shares)
+    expected = expected(a.layers["denoised"], slice(None))
     np.testing.assert_array_equal(counts, expected)  # the same network's output, inverted
 
 
@@ -104,3 +115,32 @@ def test_counts_need_counts_and_a_known_scale(sim):
             lognorm, calibration="genes", transform="none", target_sum=None, grid=[2], scale="counts", progress=False
         )
     assert "denoised" not in lognorm.layers and "denoised" not in lognorm.uns
+
+
+def test_the_floor_is_chosen_on_the_held_out_likelihood(sim):
+    from sc_noise2self._engine.floor import FLOORS, PER
+
+    a = ad.AnnData(sim.counts.copy())
+    n2s.pp.denoise(a, grid=[2, 4, 6], scale="counts", progress=False)
+    record = a.uns["denoised"]["count_floor"]
+    np.testing.assert_array_equal(record["grid"], FLOORS / PER)
+    assert record["loss"].shape == record["grid"].shape and np.isfinite(record["loss"]).all()
+    assert record["share"] == record["grid"][np.argmin(record["loss"])]
+    floor = _null_floor(a)
+    layer = a.layers["denoised"]
+    assert np.all(layer >= floor.astype(np.float32) * (1 - 1e-6))
+    if record["share"] > 0:
+        assert np.any(layer == floor.astype(np.float32))  # some entries sit on the floor
+    transformed = ad.AnnData(sim.counts.copy())
+    n2s.pp.denoise(transformed, grid=[2, 4, 6], progress=False)
+    assert "count_floor" not in transformed.uns["denoised"]
+
+
+def test_every_gene_is_floored_with_a_gene_mask(sim):
+    a = ad.AnnData(sim.counts.copy())
+    a.var["highly_variable"] = np.arange(a.n_vars) < 120
+    n2s.pp.denoise(a, grid=[2, 4], scale="counts", progress=False)
+    assert a.uns["denoised"]["n_genes_fitted"] == 120
+    layer, floor = a.layers["denoised"], _null_floor(a)
+    assert np.all(layer >= floor.astype(np.float32) * (1 - 1e-6))
+    assert np.isfinite(layer).all() and layer[:, 120:].any()

@@ -18,6 +18,7 @@ from .._numerics.split import Stream, seed_sequence
 from ..denoisers._base import Denoiser
 from ..denoisers._registry import registered
 from .blocks import Source, chunk_rows, is_blockwise, non_negative
+from .floor import count_floor
 from .genes import run_genes
 from .mcv import run_mcv
 from .progress import add_steps, bar_label, progress_bar
@@ -52,6 +53,7 @@ __all__ = [
     "calibrate",
     "calibration_record",
     "chunk_rows",
+    "count_floor",
     "finish",
     "grid_product",
     "is_blockwise",

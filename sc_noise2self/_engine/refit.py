@@ -109,6 +109,12 @@ def lazy_low_rank(
     )
 
 
+def null_shares(source: Source, totals: np.ndarray) -> np.ndarray:
+    """Each kept gene's share of all counts: ``totals[c] · share[g]`` is an entry's null rate (its expected count)."""
+    genes = source.reduce(lambda counts, rows: np.asarray(counts.sum(axis=0), dtype=np.float64).ravel(), np.add)
+    return genes / max(float(totals.sum()), 1.0)
+
+
 def finish(values: np.ndarray, rows: Any, counts: ToCounts | None, *, non_negative: bool) -> np.ndarray:
     """Return a block of output as written: expected counts with ``counts``, else ≥ 0 if ``non_negative``."""
     if counts is not None:
@@ -149,13 +155,14 @@ def output(
     totals: np.ndarray,
     max_count: float,
     genes: GeneSelection | None = None,
+    count_floor: float = 0.0,
 ) -> Output:
     """Refit at the chosen value and return the output over every input cell and gene, checked finite.
 
     ``factored``: store a low-rank output as factors with a lazy layer (data read block by block
     always are). ``scale="counts"``: the expected count of each entry instead of the transformed
-    value. ``genes``: the method was fitted on some genes; every other gene is denoised through
-    its low-rank output.
+    value, at least ``count_floor`` times its null rate (:func:`null_shares`). ``genes``: the
+    method was fitted on some genes; every other gene is denoised through its low-rank output.
     """
     value = result.best
     partition = None if result.gene_groups is None else Partition(result.gene_groups, None, np.zeros(0, int))
@@ -168,12 +175,19 @@ def output(
                 "scale='transformed'."
             )
             raise ValueError(msg)
+        shares = null_shares(source, totals)  # of the kept genes
+        if genes is not None:  # every gene is written: the shares of all of them
+            columns = np.asarray(genes.counts.sum(axis=0), dtype=np.float64).ravel() / max(float(genes.totals.sum()), 1)
+        else:
+            columns = embed(shares[None], None, source.genes)[0]
         counts = to_counts(settings.transform, totals, settings.target_sum, max_count, source.cells)
+        counts = counts.with_floor(count_floor, columns)
     positive = source.non_negative  # (with a gene mask: and the other genes, see calibrate)
     n_cells = source.input_shape[0]
     if not isinstance(fitted, LowRank):
         if not source.in_memory:
-            return _lazy(source, data, fitted, value, denoiser, settings, totals, max_count, scale, positive)
+            lazy_counts = None if counts is None else counts.with_floor(count_floor, shares)
+            return _lazy(source, data, fitted, value, denoiser, totals, lazy_counts, positive)
         layer = _dense(fitted, data, settings.chunk_size)
         check_finite_output((layer,), value, denoiser)
         return _dense_output(embed(layer, source.cells, source.genes), counts, value, denoiser, settings, positive)
@@ -248,16 +262,14 @@ def _lazy(
     fitted: Predicted,
     value: GridValue,
     denoiser: Denoiser,
-    settings: Settings,
     totals: np.ndarray,
-    max_count: float,
-    scale: str,
+    counts: ToCounts | None,
     non_negative: bool,
 ) -> Output:
     """Return a dask layer that computes the fitted method's output block by block (for data read in blocks)."""
-    counts = None
-    if scale == "counts":
-        counts = to_counts(settings.transform, totals, settings.target_sum, max_count, None)  # by kept cell
+    if counts is not None:  # by kept cell and gene, as the blocks come
+        scales = counts.scales if source.cells is None else counts.scales[source.cells]
+        counts = counts._replace(scales=scales, depths=totals)
 
     def block_output(block: sparse.csr_matrix, rows: slice) -> np.ndarray:
         return finish(fitted.block(data.make(block, rows)), rows, counts, non_negative=non_negative)

@@ -608,16 +608,29 @@ class ToCounts(NamedTuple):
     A prediction ``ŷ ≈ E[T(s X)]``, ``X ~ Poisson(μ)``, is mapped to ``μ`` by inverting the
     tabulated ``F_s(μ) = E[T(s X)]`` for the cell's own scale ``s`` (exact, unlike ``expm1``
     or squaring, which are biased by Jensen's inequality); predictions below ``F_s(0) = 0``
-    give 0.
+    give 0, or with a ``floor`` the share ``floor`` of the entry's null rate, its cell's
+    depth times its gene's share of all counts.
     """
 
     inversion: DepthConversion
     scales: np.ndarray
     """Per-cell scale of the full data (1 for cells left out; their output is 0)."""
+    floor: float = 0.0
+    depths: np.ndarray | None = None
+    """Per-cell depth (0 for cells left out), for the floor."""
+    shares: np.ndarray | None = None
+    """Per-gene share of all counts (of the columns the map is applied to), for the floor."""
 
     def __call__(self, values: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
         """Return the expected counts (float32) for ``values`` of the cells ``rows``."""
-        return np.maximum(self.inversion(values, self.scales[rows]), 0.0).astype(np.float32)
+        rates = np.maximum(self.inversion(values, self.scales[rows]), 0.0)
+        if self.floor > 0:
+            rates = np.maximum(rates, self.floor * np.outer(self.depths[rows], self.shares))
+        return rates.astype(np.float32)
+
+    def with_floor(self, floor: float, shares: np.ndarray) -> ToCounts:
+        """Return this map with expected counts floored at ``floor`` times the null rates (``shares`` per column)."""
+        return self._replace(floor=float(floor), shares=np.asarray(shares, dtype=np.float64))
 
 
 def to_counts(
@@ -635,6 +648,7 @@ def to_counts(
         loss="poisson",  # the table of rates, here at the data's own depth
     )
     full = np.ones(cells.size) if cells is not None else scales
+    depths = np.asarray(totals, dtype=np.float64) if cells is None else np.zeros(cells.size)
     if cells is not None:
-        full[cells] = scales
-    return ToCounts(inversion, full)
+        full[cells], depths[cells] = scales, totals
+    return ToCounts(inversion, full, depths=depths)

@@ -26,6 +26,7 @@ from .._engine import (
     bar_label,
     calibrate,
     calibration_record,
+    count_floor,
     is_blockwise,
     log_choice,
     output,
@@ -125,7 +126,10 @@ def denoise(
         ``transform``) or ``"counts"``: the denoised expected count of each gene in each cell
         at that cell's depth, for count-based tools and benchmarks (e.g. OpenProblems'
         denoising task), from the exact inversion of ``E[T(s X)]`` — not ``expm1`` or
-        squaring, which are biased. Needs raw counts as input.
+        squaring, which are biased — and at least a share of the entry's null rate (its
+        cell's total times its gene's share of all counts), the share chosen by molecular
+        cross-validation on the held-out Poisson likelihood, so that no expected count is
+        an exact 0. Needs raw counts as input.
     mask_var
         Genes to calibrate and fit on, as ``sc.pp.pca``'s ``mask_var``: a boolean ``var``
         column, a boolean array, or None for all genes. By default
@@ -177,7 +181,9 @@ def denoise(
         ``params`` (every setting, including ``layer``), ``output`` (``"dense"``,
         ``"factored"`` or ``"lazy"``: a dask layer that runs the autoencoder block by
         block), ``scale`` (``"transformed"`` or ``"counts"``), ``non_negative`` (whether the
-        layer was projected onto values ≥ 0), ``outputs`` (the names
+        layer was projected onto values ≥ 0), with ``scale="counts"`` ``count_floor``
+        (``share``: the floor chosen, ``grid`` and ``loss``: the shares swept and their held-out
+        Poisson loss per entry), ``outputs`` (the names
         written, per slot) and the package ``version``.
     """
     settings = Settings.from_arguments(locals())
@@ -208,6 +214,9 @@ def denoise(
         fit = calibrate(X, name, denoiser, settings, what=what, bar=bar, genes=None if genes is None else genes[0])
         result = fit.result
         warn_about_choice(result)
+        floor = None
+        if scale == "counts" and fit.source.is_counts:
+            floor = count_floor(fit.source, fit.denoiser, result, settings, totals=fit.totals, bar=bar)
         out = output(
             fit.source,
             fit.denoiser,
@@ -218,6 +227,7 @@ def denoise(
             totals=fit.totals,
             max_count=fit.source.max_count if genes is None else float(genes[0].counts.data.max()),
             genes=None if genes is None else genes[0],
+            count_floor=0.0 if floor is None else floor["share"],
         )
         bar.update(1)
     uns = calibration_record(
@@ -232,6 +242,8 @@ def denoise(
     uns["scale"] = scale
     uns["non_negative"] = out.non_negative
     uns["n_genes_fitted"] = int(adata.n_vars if genes is None else genes[0].mask.sum())
+    if floor is not None:
+        uns["count_floor"] = floor
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     log_choice(result, chosen)
 
