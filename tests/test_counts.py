@@ -144,3 +144,10 @@ def test_every_gene_is_floored_with_a_gene_mask(sim):
     layer, floor = a.layers["denoised"], _null_floor(a)
     assert np.all(layer >= floor.astype(np.float32) * (1 - 1e-6))
     assert np.isfinite(layer).all() and layer[:, 120:].any()
+
+
+def test_the_gene_partition_writes_counts_without_a_floor(sim):
+    a = ad.AnnData(sim.counts.copy())
+    n2s.pp.denoise(a, calibration="genes", grid=[2, 4], scale="counts", progress=False)
+    assert "count_floor" not in a.uns["denoised"]
+    assert (a.layers["denoised"] >= 0).all() and np.isfinite(a.layers["denoised"]).all()

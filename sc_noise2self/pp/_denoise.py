@@ -126,10 +126,10 @@ def denoise(
         ``transform``) or ``"counts"``: the denoised expected count of each gene in each cell
         at that cell's depth, for count-based tools and benchmarks (e.g. OpenProblems'
         denoising task), from the exact inversion of ``E[T(s X)]`` — not ``expm1`` or
-        squaring, which are biased — and at least a share of the entry's null rate (its
-        cell's total times its gene's share of all counts), the share chosen by molecular
-        cross-validation on the held-out Poisson likelihood, so that no expected count is
-        an exact 0. Needs raw counts as input.
+        squaring, which are biased. With ``calibration="mcv"`` each is at least a share of
+        its null rate (its cell's total times its gene's share of all counts), the share
+        chosen on the held-out Poisson likelihood of the same splits, so that an expected
+        count is not 0 where the data say it should not be. Needs raw counts as input.
     mask_var
         Genes to calibrate and fit on, as ``sc.pp.pca``'s ``mask_var``: a boolean ``var``
         column, a boolean array, or None for all genes. By default
@@ -181,8 +181,8 @@ def denoise(
         ``params`` (every setting, including ``layer``), ``output`` (``"dense"``,
         ``"factored"`` or ``"lazy"``: a dask layer that runs the autoencoder block by
         block), ``scale`` (``"transformed"`` or ``"counts"``), ``non_negative`` (whether the
-        layer was projected onto values ≥ 0), with ``scale="counts"`` ``count_floor``
-        (``share``: the floor chosen, ``grid`` and ``loss``: the shares swept and their held-out
+        layer was projected onto values ≥ 0), ``count_floor`` (``scale="counts"`` with MCV:
+        ``share``, the floor chosen; ``grid`` and ``loss``, the shares swept and their held-out
         Poisson loss per entry), ``outputs`` (the names
         written, per slot) and the package ``version``.
     """
@@ -215,7 +215,7 @@ def denoise(
         result = fit.result
         warn_about_choice(result)
         floor = None
-        if scale == "counts" and fit.source.is_counts:
+        if scale == "counts" and calibration == "mcv" and fit.source.is_counts:
             floor = count_floor(fit.source, fit.denoiser, result, settings, totals=fit.totals, bar=bar)
         out = output(
             fit.source,
