@@ -27,9 +27,10 @@ FRAGMENTS = {
         MCV: score the sweep on at most this many cells in all, shared among the splits (each
         split's share a seeded sample of whole groups of 256 neighbouring cells, the same in
         every split), while every cell is fitted on. Scoring costs about as much per cell as
-        fitting, so on large data the sample keeps its cost constant; ``difference_se`` and
-        ``within_1se`` include the sample's uncertainty. Recorded in ``params`` as
-        ``scored_cells`` (per split). None: every cell in every split.
+        fitting, so on large data the sample keeps its cost constant; ``difference_se_cells``
+        and ``within_1se`` include the sample's uncertainty (``difference_se`` is the spread
+        across splits only). Recorded in ``params`` as ``scored_cells`` (per split). None:
+        every cell in every split.
     sampling
         MCV: how the counts were sampled, which decides how each cell's counts are split.
         ``"poisson"`` (UMI counts, molecules sampled independently): binomial thinning.

@@ -107,7 +107,7 @@ def count_floor(
 ) -> dict[str, Any]:
     """Calibrate the floor of the count output at ``result``'s choice: MCV with the Poisson loss over :data:`FLOORS`.
 
-    The splits are the calibration's own kind (same seed and sampling). Returns the record
+    The splits are drawn as the calibration's (the same ones for an integer seed). Returns the record
     ``uns`` keeps: the chosen ``share`` of the null rate, the ``grid`` of shares and its ``loss``
     (held-out Poisson negative log-likelihood per entry).
     """

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
-from scipy import linalg
+from scipy import linalg, sparse
 
 from .._numerics.rows import low_rank_rows
 from .._numerics.transform import cell_scales, to_counts, transform_counts, transformed
@@ -27,8 +27,6 @@ from .blocks import chunk_rows, training_data
 from .result import check_finite_output
 
 if TYPE_CHECKING:
-    from scipy import sparse
-
     from .._numerics.transform import ToCounts
     from ..denoisers._base import Data, Denoiser, GridValue, Predicted
     from .blocks import Source
@@ -109,10 +107,15 @@ def lazy_low_rank(
     )
 
 
+def gene_sums(counts: sparse.csr_matrix) -> np.ndarray:
+    """Each gene's total count, added in float64 (scipy adds float32 counts in float32)."""
+    counts = sparse.csr_matrix(counts)
+    return np.bincount(counts.indices, weights=counts.data, minlength=counts.shape[1])
+
+
 def null_shares(source: Source, totals: np.ndarray) -> np.ndarray:
     """Each kept gene's share of all counts: ``totals[c] · share[g]`` is an entry's null rate (its expected count)."""
-    genes = source.reduce(lambda counts, rows: np.asarray(counts.sum(axis=0), dtype=np.float64).ravel(), np.add)
-    return genes / max(float(totals.sum()), 1.0)
+    return source.reduce(lambda counts, rows: gene_sums(counts), np.add) / max(float(totals.sum()), 1.0)
 
 
 def finish(values: np.ndarray, rows: Any, counts: ToCounts | None, *, non_negative: bool) -> np.ndarray:
@@ -175,12 +178,12 @@ def output(
                 "scale='transformed'."
             )
             raise ValueError(msg)
-        shares = null_shares(source, totals)  # of the kept genes
+        counts = to_counts(settings.transform, totals, settings.target_sum, max_count, source.cells)
+        shares = null_shares(source, totals) if count_floor > 0 else np.zeros(source.shape[1])  # kept genes
         if genes is not None:  # every gene is written: the shares of all of them
-            columns = np.asarray(genes.counts.sum(axis=0), dtype=np.float64).ravel() / max(float(genes.totals.sum()), 1)
+            columns = gene_sums(genes.counts) / max(float(genes.totals.sum()), 1.0) if count_floor > 0 else None
         else:
             columns = embed(shares[None], None, source.genes)[0]
-        counts = to_counts(settings.transform, totals, settings.target_sum, max_count, source.cells)
         counts = counts.with_floor(count_floor, columns)
     positive = source.non_negative  # (with a gene mask: and the other genes, see calibrate)
     n_cells = source.input_shape[0]

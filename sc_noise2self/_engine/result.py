@@ -124,9 +124,10 @@ class CalibrationResult:
         MCV: what each split's fit reported (:meth:`~sc_noise2self.denoisers.Sweep.report`), e.g.
         a method's own rule for its setting.
     cell_group_loss
-        MCV: the loss of each fixed group of 256 consecutive cells, the last one smaller (split
-        × group × grid value; a split's groups add up to its row of :attr:`loss`), for the
-        standard error across cells; None for the gene partition.
+        MCV: the loss of each fixed group of 256 consecutive cells scored (all of them, or the
+        sample of ``max_scored_cells``; the data's last group may be smaller; split × group × grid
+        value; a split's groups add up to its row of :attr:`loss`), for the standard error across
+        cells; None for the gene partition.
     n_cells
         MCV: the cells scored (the groups of :attr:`cell_group_loss` hold them in order).
     """
@@ -182,8 +183,8 @@ class CalibrationResult:
     def cell_difference_se(self) -> np.ndarray:
         """Standard error of each value's mean loss minus the minimum's, from the spread across cells.
 
-        MCV scores every cell's held-out molecules: groups of cells give independent pieces of
-        each difference, so their spread bounds it even with one split. The groups are runs of
+        MCV scores each scored cell's held-out molecules: groups of cells give independent pieces
+        of each difference, so their spread bounds it even with one split. The groups are runs of
         consecutive cells: where cells are ordered by sample or type, groups differ by more than
         noise and the error is larger (conservative). Zeros for the gene partition (see
         :attr:`difference_se`) or fewer than two groups of cells.

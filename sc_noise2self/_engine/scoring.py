@@ -1,6 +1,7 @@
 """Scoring a sweep over blocks of cells, in whichever loop order it offers: one loop for every calibration.
 
-:func:`sweep_losses` sums a loss per grid value (and, for MCV, of no denoising) over every cell.
+:func:`sweep_losses` sums a loss per grid value (and, for MCV, of no denoising) over the cells
+scored (every cell, or the groups of a :class:`~sc_noise2self._numerics.rows.ScoredCells` sample).
 A sweep in block order is scored one block at a time — on dask's workers for blockwise input,
 as a task per block — with every grid value of a block predicted and scored in one parallel
 region when the sweep fuses the two (:meth:`~sc_noise2self.denoisers.Sweep.losses`), which on a
@@ -227,7 +228,7 @@ def sweep_losses(
 
 
 def total(group_sums: np.ndarray) -> np.ndarray:
-    """Sum over every cell of :func:`sweep_losses`' group sums, in their fixed order (the same bytes as before)."""
+    """Sum of :func:`sweep_losses`' group sums over the cells scored, in their fixed order."""
     return sum_rows(group_sums)
 
 

@@ -162,22 +162,23 @@ def _sparse_gram_stats(X: sparse.csr_matrix) -> GramStats:
     cells at a time, and multiplied by BLAS; the products that involve the other genes add
     only their stored entries (compiled kernels), which on shallow data is most of the
     matrix at a fraction of the cost. The Gram matrix of the raw values is centred at the
-    end, ``Xᵀ X - n x̄ x̄ᵀ``, in float64.
+    end, ``Xᵀ X - n x̄ x̄ᵀ``, in float64 (a relative error of about ``ε x̄² / var``: negligible
+    on transformed counts).
     """
     n_cells, n_genes = X.shape
     dense = np.bincount(X.indices, minlength=n_genes) > _DENSE_SHARE * n_cells
     d_genes, s_genes = np.flatnonzero(dense), np.flatnonzero(~dense)
     dd, sd, ss = np.zeros((d_genes.size,) * 2), np.zeros((s_genes.size, d_genes.size)), np.zeros((s_genes.size,) * 2)
-    on_dense, on_sparse = X[:, d_genes], X[:, s_genes].tocsr()
     starts = range(0, n_cells, max(1, _GRAM_ELEMENTS // max(1, d_genes.size)))
     step = starts.step
     for start in starts:  # the compiled products, then BLAS's: their threads never wait on each other
-        rest = on_sparse[start : start + step]
+        block = X[start : start + step]
+        rest = block[:, s_genes].tocsr()
         rest_t = rest.T.tocsr()
-        _add_sparse_dense_gram(rest_t.indptr, rest_t.indices, rest_t.data, on_dense[start : start + step].toarray(), sd)
+        _add_sparse_dense_gram(rest_t.indptr, rest_t.indices, rest_t.data, block[:, d_genes].toarray(), sd)
         _add_sparse_gram(rest.indptr, rest.indices, rest.data, rest_t.indptr, rest_t.indices, rest_t.data, ss)
     for start in starts:
-        block = on_dense[start : start + step].toarray()
+        block = X[start : start + step][:, d_genes].toarray()
         dd += block.T @ block
     gram = np.empty((n_genes, n_genes))
     gram[np.ix_(d_genes, d_genes)], gram[np.ix_(s_genes, s_genes)] = dd, ss

@@ -128,8 +128,9 @@ def denoise(
         denoising task), from the exact inversion of ``E[T(s X)]`` — not ``expm1`` or
         squaring, which are biased. With ``calibration="mcv"`` each is at least a share of
         its null rate (its cell's total times its gene's share of all counts), the share
-        chosen on the held-out Poisson likelihood of the same splits, so that an expected
-        count is not 0 where the data say it should not be. Needs raw counts as input.
+        chosen on the held-out Poisson likelihood of MCV splits (the chosen setting refitted
+        on each), so that an expected count is not 0 where the data say it should not be.
+        Needs raw counts as input.
     mask_var
         Genes to calibrate and fit on, as ``sc.pp.pca``'s ``mask_var``: a boolean ``var``
         column, a boolean array, or None for all genes. By default
