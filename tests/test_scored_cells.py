@@ -49,7 +49,7 @@ def test_cell_sums_leave_out_whole_groups_only():
     sample = ScoredCells(N_CELLS, np.array([0, 3, 5]))
     sums = set()
     for step in (N_CELLS, 37, GROUP):
-        total = CellSum(2)
+        total = CellSum(2, sample)
         for a in range(0, N_CELLS, step):
             for run in sample.runs(slice(a, min(a + step, N_CELLS))):
                 total.add_partial(partial_sum(run.start, values[run]))
@@ -57,10 +57,18 @@ def test_cell_sums_leave_out_whole_groups_only():
     assert len(sums) == 1
     want = [values[g * GROUP : (g + 1) * GROUP].sum(axis=0) for g in (0, 3, 5)]
     np.testing.assert_allclose(np.frombuffer(sums.pop()).reshape(-1, 2), want, rtol=1e-12)
-    total = CellSum(1)
+    total = CellSum(1, sample)
     total.add(0, np.ones(10))
     with pytest.raises(RuntimeError, match="cell order"):  # a group left half-way
         total.add(GROUP, np.ones(3))
+    total = CellSum(1, sample)
+    total.add(0, np.ones(GROUP))
+    with pytest.raises(RuntimeError, match="cell order"):  # group 3 is in the sample: it cannot be skipped
+        total.add(4 * GROUP, np.ones(3))
+    total = CellSum(1)
+    total.add(0, np.ones(GROUP))
+    with pytest.raises(RuntimeError, match="cell order"):  # without a sample nothing may be skipped
+        total.add(2 * GROUP, np.ones(3))
 
 
 def test_the_sample_gives_the_sums_of_its_groups_in_the_full_scoring(counts):

@@ -177,7 +177,7 @@ class _Sum(NamedTuple):
                     progress(1)
             return sums
 
-        total = CellSum(self.n_values + scoring.baseline)
+        total = CellSum(self.n_values + scoring.baseline, self.passes.scored)
         for part in itertools.chain.from_iterable(self.passes.map(block_sums)):
             total.add_partial(part)
         if progress is None:
@@ -189,9 +189,9 @@ class _Sum(NamedTuple):
         scoring = self.scoring
         groups = []
         targets = _TargetCache(scoring.target, keep=scoring.costly_targets)
-        baseline = CellSum(1)
+        baseline = CellSum(1, self.passes.scored)
         for j, step in enumerate(self.sweep.values()):
-            total = CellSum(1)
+            total = CellSum(1, self.passes.scored)
             for block, extra in self.passes.blocks(self.chunk_size):
                 pred = step.predict(block)
                 for local, part, part_extra in self.passes.parts(block, extra, self.chunk_size):

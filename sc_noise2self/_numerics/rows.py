@@ -217,16 +217,18 @@ class CellSum:
     """Sum of per-cell values over all cells, added block by block in cell order.
 
     Cells are summed in groups of :data:`GROUP` at fixed positions and the groups in
-    order, so the total is the same bytes for any blocking of the cells. Whole groups may
-    be left out (:class:`ScoredCells`): the sums are then those of the groups added.
+    order, so the total is the same bytes for any blocking of the cells.
 
     Parameters
     ----------
     n_values
         Values per cell (e.g. one loss per grid value).
+    scored
+        The cells that will be added (default all): the groups outside a sample are skipped.
     """
 
-    def __init__(self, n_values: int) -> None:
+    def __init__(self, n_values: int, scored: ScoredCells | None = None) -> None:
+        self._scored = scored
         self._n_values = n_values
         self._next = 0
         self._pending: list[np.ndarray] = []
@@ -238,8 +240,7 @@ class CellSum:
 
     def add_partial(self, part: PartialSum) -> None:
         """Add a block reduced by :func:`partial_sum` (blocks must come in cell order)."""
-        skips_groups = part.start > self._next and self._next % GROUP == 0 and part.start % GROUP == 0
-        if part.start != self._next and not skips_groups:
+        if part.start != self._next and not self._skips_unscored(part.start):
             msg = f"blocks must be added in cell order: expected cell {self._next}, got {part.start}"
             raise RuntimeError(msg)
         self._pending.append(part.head)
@@ -248,6 +249,14 @@ class CellSum:
         self._groups.extend(part.groups)
         self._pending.append(part.tail)
         self._next = part.start + len(part.head) + len(part.groups) * GROUP + len(part.tail)
+
+    def _skips_unscored(self, start: int) -> bool:
+        """Whether the cells from the next expected one to ``start`` are whole groups outside the sample."""
+        groups = None if self._scored is None else self._scored.groups
+        if groups is None or start < self._next or self._next % GROUP or start % GROUP:
+            return False
+        lo, hi = np.searchsorted(groups, [self._next // GROUP, start // GROUP])
+        return bool(lo == hi)
 
     def _close(self) -> None:
         pending = [v for v in self._pending if len(v)]
