@@ -22,7 +22,7 @@ from .. import _logging as logg
 from .._numerics.transform import expected_values
 from ..denoisers._base import BaseDenoiser, Tags
 from .mcv import run_mcv
-from .refit import null_shares
+from .refit import CountFloor, null_shares
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -104,12 +104,13 @@ def count_floor(
     *,
     totals: np.ndarray,
     bar: tqdm,
-) -> dict[str, Any]:
+) -> CountFloor:
     """Calibrate the floor of the count output at ``result``'s choice: MCV with the Poisson loss over :data:`FLOORS`.
 
-    The splits are drawn as the calibration's (the same ones for an integer seed). Returns the record
-    ``uns`` keeps: the chosen ``share`` of the null rate, the ``grid`` of shares and its ``loss``
-    (held-out Poisson negative log-likelihood per entry).
+    The splits are drawn as the calibration's (the same ones for an integer seed). The record
+    ``uns`` keeps holds the chosen ``share`` of the null rate, the ``grid`` of shares and its
+    ``loss`` (held-out Poisson negative log-likelihood per entry); the genes' shares of all
+    counts come with it, for the output.
     """
     shares = null_shares(source, totals)
     floored = _Floored(denoiser=denoiser, value=result.best, depths=settings.split_fraction * totals, shares=shares)
@@ -117,4 +118,4 @@ def count_floor(
     floors = run_mcv(source, floored, poisson, method=result.method, totals=totals, bar=bar)
     share = int(floors.best) / PER
     logg.info(f"    expected counts floored at {share:g} of each entry's null rate (held-out likelihood)")
-    return {"share": share, "grid": floors.grid / PER, "loss": floors.loss_mean}
+    return CountFloor(share, shares, {"share": share, "grid": floors.grid / PER, "loss": floors.loss_mean})

@@ -113,6 +113,17 @@ def gene_sums(counts: sparse.csr_matrix) -> np.ndarray:
     return np.bincount(counts.indices, weights=counts.data, minlength=counts.shape[1])
 
 
+class CountFloor(NamedTuple):
+    """The floor of a count output: a share of each entry's null rate (see :mod:`~sc_noise2self._engine.floor`)."""
+
+    share: float
+    """The share of the null rate chosen."""
+    shares: np.ndarray
+    """Each kept gene's share of all counts (:func:`null_shares`)."""
+    record: dict[str, Any]
+    """What ``uns`` keeps of the choice."""
+
+
 def null_shares(source: Source, totals: np.ndarray) -> np.ndarray:
     """Each kept gene's share of all counts: ``totals[c] · share[g]`` is an entry's null rate (its expected count)."""
     return source.reduce(lambda counts, rows: gene_sums(counts), np.add) / max(float(totals.sum()), 1.0)
@@ -158,13 +169,13 @@ def output(
     totals: np.ndarray,
     max_count: float,
     genes: GeneSelection | None = None,
-    count_floor: float = 0.0,
+    count_floor: CountFloor | None = None,
 ) -> Output:
     """Refit at the chosen value and return the output over every input cell and gene, checked finite.
 
     ``factored``: store a low-rank output as factors with a lazy layer (data read block by block
     always are). ``scale="counts"``: the expected count of each entry instead of the transformed
-    value, at least ``count_floor`` times its null rate (:func:`null_shares`). ``genes``: the
+    value, at least ``count_floor``'s share of its null rate (:func:`null_shares`). ``genes``: the
     method was fitted on some genes; every other gene is denoised through its low-rank output.
     """
     value = result.best
@@ -179,18 +190,19 @@ def output(
             )
             raise ValueError(msg)
         counts = to_counts(settings.transform, totals, settings.target_sum, max_count, source.cells)
-        shares = null_shares(source, totals) if count_floor > 0 else np.zeros(source.shape[1])  # kept genes
-        if genes is not None:  # every gene is written: the shares of all of them
-            columns = gene_sums(genes.counts) / max(float(genes.totals.sum()), 1.0) if count_floor > 0 else None
-        else:
-            columns = embed(shares[None], None, source.genes)[0]
-        counts = counts.with_floor(count_floor, columns)
+        if count_floor is not None and count_floor.share > 0:  # the shares of the columns written
+            if genes is not None:  # every gene
+                columns = gene_sums(genes.counts) / max(float(genes.totals.sum()), 1.0)
+            else:  # the kept genes, placed
+                columns = embed(count_floor.shares[None], None, source.genes)[0]
+            counts = counts.with_floor(count_floor.share, columns)
     positive = source.non_negative  # (with a gene mask: and the other genes, see calibrate)
     n_cells = source.input_shape[0]
     if not isinstance(fitted, LowRank):
         if not source.in_memory:
-            lazy_counts = None if counts is None else counts.with_floor(count_floor, shares)
-            return _lazy(source, data, fitted, value, denoiser, totals, lazy_counts, positive)
+            if counts is not None and counts.floor > 0:  # the blocks hold the kept genes only
+                counts = counts.with_floor(counts.floor, count_floor.shares)
+            return _lazy(source, data, fitted, value, denoiser, totals, counts, positive)
         layer = _dense(fitted, data, settings.chunk_size)
         check_finite_output((layer,), value, denoiser)
         return _dense_output(embed(layer, source.cells, source.genes), counts, value, denoiser, settings, positive)

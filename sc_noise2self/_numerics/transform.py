@@ -628,10 +628,9 @@ class ToCounts(NamedTuple):
             rates = np.maximum(rates, self.floor * np.outer(self.depths[rows], self.shares))
         return rates.astype(np.float32)
 
-    def with_floor(self, floor: float, shares: np.ndarray | None) -> ToCounts:
+    def with_floor(self, floor: float, shares: np.ndarray) -> ToCounts:
         """Return this map with expected counts floored at ``floor`` times the null rates (``shares`` per column)."""
-        shares = None if shares is None else np.asarray(shares, dtype=np.float64)
-        return self._replace(floor=float(floor), shares=shares)
+        return self._replace(floor=float(floor), shares=np.asarray(shares, dtype=np.float64))
 
 
 def to_counts(

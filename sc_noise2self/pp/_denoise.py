@@ -228,7 +228,7 @@ def denoise(
             totals=fit.totals,
             max_count=fit.source.max_count if genes is None else float(genes[0].counts.data.max()),
             genes=None if genes is None else genes[0],
-            count_floor=0.0 if floor is None else floor["share"],
+            count_floor=floor,
         )
         bar.update(1)
     uns = calibration_record(
@@ -244,7 +244,7 @@ def denoise(
     uns["non_negative"] = out.non_negative
     uns["n_genes_fitted"] = int(adata.n_vars if genes is None else genes[0].mask.sum())
     if floor is not None:
-        uns["count_floor"] = floor
+        uns["count_floor"] = floor.record
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
     log_choice(result, chosen)
 
