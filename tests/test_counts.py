@@ -151,3 +151,16 @@ def test_the_gene_partition_writes_counts_without_a_floor(sim):
     n2s.pp.denoise(a, calibration="genes", grid=[2, 4], scale="counts", progress=False)
     assert "count_floor" not in a.uns["denoised"]
     assert (a.layers["denoised"] >= 0).all() and np.isfinite(a.layers["denoised"]).all()
+
+
+def test_an_interrupted_floor_leaves_the_data_as_they_were(sim, monkeypatch):
+    a = ad.AnnData(sim.counts.copy())
+    a.layers["denoised"] = np.ones(a.shape, dtype=np.float32)  # the user's own layer of that name
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sc_noise2self.pp._denoise.count_floor", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        n2s.pp.denoise(a, grid=[2, 4], scale="counts", overwrite=True, progress=False)
+    assert "denoised" not in a.uns and (a.layers["denoised"] == 1).all()
