@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._engine import GeneSelection
-from ._numerics.checks import as_canonical_csr, check_count_values, check_flag
+from ._numerics.checks import check_flag
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -74,9 +73,7 @@ def counts_of(data: AnnData | ArrayLike, layer: str | None) -> tuple[ArrayLike, 
     return data, "The count matrix"
 
 
-def resolve_mask_var(
-    adata: AnnData, mask_var: object, layer: str | None, *, counts: bool
-) -> tuple[GeneSelection, str] | None:
+def resolve_mask_var(adata: AnnData, mask_var: object) -> tuple[np.ndarray, str] | None:
     """Return the genes to fit on and what ``uns`` calls them (the column, or ``"array"``); None for every gene.
 
     ``mask_var``: a boolean ``var`` column's name, a boolean array over genes, None (all
@@ -104,9 +101,7 @@ def resolve_mask_var(
     if mask.sum() < 2:
         msg = f"mask_var selects {int(mask.sum())} gene(s); a denoiser needs at least 2 to fit on."
         raise ValueError(msg)
-    matrix = as_canonical_csr(get_counts(adata, layer))
-    check_count_values(matrix, what="adata.X" if layer is None else f"adata.layers[{layer!r}]", counts=counts)
-    return GeneSelection(mask, matrix, np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()), name
+    return mask, name
 
 
 # -- Writing to a user's AnnData: checked before any work, then all at once or nothing. ---------

@@ -69,3 +69,29 @@ def block_data(values, counts, rows_per_block, **data):
         transform=whole.transform,
         max_rate=whole.max_rate,
     )
+
+
+def out_of_core(adata, tmp_path, kinds=("dask-97", "dask-250", "backed", "lazy")):
+    """The same AnnData (counts in ``X``, with its ``var``) as each kind of input read block by block.
+
+    ``dask-N``: a dask array of CSR chunks of N cells; ``backed``: ``read_h5ad(..., backed="r")``;
+    ``lazy``: ``anndata.experimental.read_lazy`` (left out without xarray). Yields ``(kind, adata)``.
+    """
+    import importlib.util
+
+    import anndata as ad
+    import dask.array as da
+
+    path = tmp_path / "counts.h5ad"
+    ad.AnnData(sparse.csr_matrix(adata.X), obs=adata.obs, var=adata.var).write_h5ad(path)
+    for kind in kinds:
+        if kind.startswith("dask"):
+            chunks = (int(kind.split("-")[1]), -1)
+            X = da.from_array(sparse.csr_matrix(adata.X), chunks=chunks, asarray=False)
+            yield kind, ad.AnnData(X, obs=adata.obs.copy(), var=adata.var.copy())
+        elif kind == "backed":
+            backed = ad.read_h5ad(path, backed="r")
+            yield kind, backed
+            backed.file.close()
+        elif importlib.util.find_spec("xarray") is not None:
+            yield kind, ad.experimental.read_lazy(path)

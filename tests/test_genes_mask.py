@@ -9,6 +9,7 @@ import pytest
 import sc_noise2self as n2s
 from sc_noise2self._numerics.transform import cell_scales, expected_transform
 
+from ._helpers import out_of_core
 from .conftest import simulate_low_rank_poisson
 
 SQRT = {"transform": "sqrt", "target_sum": None}
@@ -113,12 +114,26 @@ def test_bad_masks_are_refused_before_any_work(adata, mask_var, kwargs, match):
     assert (sorted(adata.layers), sorted(adata.uns)) == before
 
 
-def test_dask_input_refuses_an_explicit_mask(adata):
-    da = pytest.importorskip("dask.array")
-    lazy = ad.AnnData(da.from_array(adata.X, chunks=(200, -1)), var=adata.var)
-    with pytest.raises(ValueError, match="mask_var needs the counts in memory"):
-        n2s.pp.denoise(lazy, progress=False)
-    with pytest.raises(ValueError, match="mask_var needs the counts in memory"):  # an array as the mask too
-        n2s.pp.denoise(lazy, mask_var=adata.var["highly_variable"].to_numpy(), progress=False)
-    n2s.pp.denoise(lazy, mask_var=None, grid=[2, 4], progress=False)
-    assert lazy.uns["denoised"]["n_genes_fitted"] == adata.n_vars
+@pytest.mark.parametrize("method", ["pca", "diffusion"])
+@pytest.mark.parametrize("scale", ["transformed", "counts"])
+def test_a_mask_out_of_core_gives_the_in_memory_output(adata, method, scale, tmp_path):
+    pytest.importorskip("dask.array")
+    X = adata.X.tolil()
+    X[3, np.flatnonzero(adata.var["highly_variable"].to_numpy())] = 0  # a cell left out for the mask only
+    adata.X = X.tocsr()
+    settings = {"method": method, "grid": [2, 4, 6] if method == "pca" else [0, 1, 2], "scale": scale}
+    memory = adata.copy()
+    n2s.pp.denoise(memory, max_dense_bytes=1, progress=False, **settings)
+    for kind, other in out_of_core(adata, tmp_path):
+        n2s.pp.denoise(other, progress=False, **settings)
+        info, expected = other.uns["denoised"], memory.uns["denoised"]
+        assert info["best"] == expected["best"] and info["n_genes_fitted"] == 100 and info["n_dropped_cells"] == 1, kind
+        np.testing.assert_allclose(info["loss"], expected["loss"], rtol=1e-9, err_msg=kind)
+        np.testing.assert_allclose(
+            np.asarray(other.layers["denoised"].compute()),
+            np.asarray(memory.layers["denoised"].compute()),
+            rtol=1e-4,
+            atol=1e-4,
+            err_msg=kind,
+        )
+        assert not np.asarray(other.layers["denoised"][3].compute()).any()

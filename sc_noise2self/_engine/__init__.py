@@ -17,12 +17,12 @@ from .. import _logging as logg
 from .._numerics.split import Stream, seed_sequence
 from ..denoisers._base import Denoiser
 from ..denoisers._registry import registered
-from .blocks import Source, chunk_rows, is_blockwise, non_negative
+from .blocks import Source, chunk_rows, is_blockwise
 from .floor import count_floor
 from .genes import run_genes
 from .mcv import run_mcv
 from .progress import add_steps, bar_label, progress_bar
-from .refit import GeneSelection, Output, finish, output
+from .refit import Output, finish, output
 from .result import (
     CalibrationResult,
     calibration_record,
@@ -45,7 +45,6 @@ __all__ = [
     "SWEEPS_ON",
     "Calibrated",
     "CalibrationResult",
-    "GeneSelection",
     "Output",
     "Settings",
     "add_steps",
@@ -122,27 +121,20 @@ def calibrate(
     *,
     what: str,
     bar: tqdm,
-    genes: GeneSelection | None = None,
+    mask: np.ndarray | None = None,
 ) -> Calibrated:
     """Validate ``X`` (one pass), then calibrate ``denoiser`` over its grid.
 
-    ``what`` names the matrix in messages. ``genes`` (``mask_var``): calibrate on its genes of
-    ``X`` only, each cell's depth normalised by its total over all genes; the output is
-    projected onto ≥ 0 (and scored so) only if every gene is non-negative.
+    ``what`` names the matrix in messages. ``mask`` (``mask_var``, boolean over genes):
+    calibrate on its genes only, each cell's depth normalised by its total over all genes; the
+    output is projected onto ≥ 0 (and scored so) only if every gene is non-negative.
     """
-    cell_totals, others_non_negative = None, True
-    if genes is not None:
-        X, what = genes.counts[:, genes.mask], "The count matrix"
-        cell_totals, others_non_negative = genes.totals, non_negative(genes.counts)
     if is_blockwise(X):
         _check_blockwise(denoiser, name, settings.calibration)
-    source = Source(X, what, empty=settings.empty, counts=settings.calibration == "mcv")
-    source.non_negative = source.non_negative and others_non_negative
+    source = Source(X, what, empty=settings.empty, counts=settings.calibration == "mcv", columns=mask)
     _log_dropped(source.cells, source.genes)
     denoiser.check_data(source.shape, in_memory=source.in_memory)
-    totals = source.totals
-    if cell_totals is not None:
-        totals = cell_totals if source.cells is None else cell_totals[source.cells]
+    totals = source.totals if source.selection is None else source.selection.totals
     run = run_mcv if settings.calibration == "mcv" else run_genes
     result = run(source, denoiser, settings, method=name, totals=totals, bar=bar)
     for _ in range(SWEEPS_ON if settings.grid is None else 0):  # the default grid: on where the method says

@@ -35,7 +35,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Literal
 
-__all__ = ["CHUNK_ELEMENTS", "BlockData", "Source", "chunk_rows", "is_blockwise", "non_negative", "training_data"]
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "BlockData",
+    "GeneSelection",
+    "Source",
+    "chunk_rows",
+    "is_blockwise",
+    "non_negative",
+    "training_data",
+]
 
 CHUNK_ELEMENTS = 2**19
 """Cells per scoring block × genes: a block of predictions is 4 MiB of float64."""
@@ -67,6 +76,17 @@ def non_negative(X: sparse.csr_matrix) -> bool:
     return not X.nnz or bool(X.data.min() >= 0)
 
 
+class GeneSelection(NamedTuple):
+    """With a gene mask (``mask_var``), what the engine needs of every gene besides the masked ones it fits on."""
+
+    mask: np.ndarray
+    """Boolean over all input genes: fitted on (True) or denoised through the fit (False)."""
+    totals: np.ndarray
+    """Each kept cell's total count over all genes (the depth normalisation divides by it)."""
+    max_count: float
+    """The largest count of any gene."""
+
+
 class _Facts(NamedTuple):
     is_counts: bool
     non_negative: bool
@@ -74,6 +94,41 @@ class _Facts(NamedTuple):
     has_counts: np.ndarray
     gene_nonzeros: np.ndarray
     max_count: float
+    all_totals: np.ndarray
+    all_max_count: float
+
+
+def _facts(block: sparse.csr_matrix, columns: np.ndarray | None, *, what: str, counts: bool) -> _Facts:
+    """Validate a block of counts (every gene) and count what the source keeps of it (the genes of ``columns``)."""
+    is_counts = check_count_values(block, what=what, counts=counts)
+    all_totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+    all_max_count = float(block.data.max()) if block.nnz else 0.0
+    fitted = block if columns is None else as_canonical_csr(block[:, columns])
+    has_counts, gene_nonzeros = nonzero_counts(fitted)
+    return _Facts(
+        is_counts,
+        is_counts or non_negative(block),
+        all_totals if columns is None else np.asarray(fitted.sum(axis=1), dtype=np.float64).ravel(),
+        has_counts,
+        gene_nonzeros,
+        all_max_count if columns is None else (float(fitted.data.max()) if fitted.nnz else 0.0),
+        all_totals,
+        all_max_count,
+    )
+
+
+def _merged(parts: list[_Facts]) -> _Facts:
+    """Return the facts of every block: per-cell arrays joined, per-gene counts added, flags and maxima combined."""
+    return _Facts(
+        is_counts=all(p.is_counts for p in parts),
+        non_negative=all(p.non_negative for p in parts),
+        totals=np.concatenate([p.totals for p in parts]),
+        has_counts=np.concatenate([p.has_counts for p in parts]),
+        gene_nonzeros=np.sum([p.gene_nonzeros for p in parts], axis=0),
+        max_count=max(p.max_count for p in parts),
+        all_totals=np.concatenate([p.all_totals for p in parts]),
+        all_max_count=max(p.all_max_count for p in parts),
+    )
 
 
 class Source:
@@ -84,10 +139,23 @@ class Source:
     per-cell arrays and the split's counter keys line up whatever the blocks. ``is_counts``:
     raw counts throughout; ``non_negative``: no negative value (the output is then projected
     onto values ≥ 0).
+
+    ``columns`` (a boolean mask over genes, ``mask_var``): the source holds those genes only;
+    every gene is still validated, :attr:`selection` keeps what the engine needs of all of them,
+    and ``map``/``reduce`` with ``all_genes=True`` read the kept cells' every gene.
     """
 
-    def __init__(self, X: Any, what: str, *, empty: Literal["error", "drop"], counts: bool) -> None:
+    def __init__(
+        self,
+        X: Any,
+        what: str,
+        *,
+        empty: Literal["error", "drop"],
+        counts: bool,
+        columns: np.ndarray | None = None,
+    ) -> None:
         self.what = what
+        self.columns = columns
         self.in_memory = not is_blockwise(X)
         if self.in_memory:
             self._prepare_in_memory(X, empty=empty, counts=counts)
@@ -96,19 +164,17 @@ class Source:
 
     # -- the validation pass ---------------------------------------------------------------------
     def _prepare_in_memory(self, X: Any, *, empty: Literal["error", "drop"], counts: bool) -> None:
-        matrix = as_canonical_csr(X)
-        self.is_counts = check_count_values(matrix, what=self.what, counts=counts)
-        self.non_negative = self.is_counts or non_negative(matrix)
-        keep_cells, gene_nonzeros = nonzero_counts(matrix)
-        self.cells, self.genes = check_empty(keep_cells, gene_nonzeros > 0, what=self.what, empty=empty)
-        if self.cells is not None or self.genes is not None:
-            matrix = as_canonical_csr(matrix[keep_cells][:, gene_nonzeros > 0])
-        self._matrix = matrix
+        every_gene = as_canonical_csr(X)
+        facts = _facts(every_gene, self.columns, what=self.what, counts=counts)
         self.input_shape = (int(X.shape[0]), int(X.shape[1]))
-        self.totals = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
-        self.max_count = float(matrix.data.max()) if matrix.nnz else 0.0
-        self._slices = [slice(0, matrix.shape[0])]
-        self._kept_before = np.arange(matrix.shape[0] + 1)
+        self._keep(facts, empty=empty)
+        matrix = every_gene if self.columns is None else every_gene[:, self.columns]
+        if self.cells is not None or self.genes is not None:
+            matrix = matrix[facts.has_counts][:, facts.gene_nonzeros > 0]
+        self._matrix = as_canonical_csr(matrix)
+        self._every_gene = None if self.columns is None else every_gene  # read by all_genes passes only
+        self._slices = [slice(0, self._matrix.shape[0])]  # one block of the kept cells
+        self._kept_before = np.arange(self._matrix.shape[0] + 1)
 
     def _prepare_blocks(self, X: Any, *, empty: Literal["error", "drop"], counts: bool) -> None:
         from anndata.abc import CSCDataset
@@ -141,49 +207,53 @@ class Source:
         self._kept_before = np.arange(self.input_shape[0] + 1)
 
         def inspect(block: sparse.csr_matrix, rows: slice) -> _Facts:
-            where = f"{self.what} (cells {rows.start}..{rows.stop - 1})"
-            is_counts = check_count_values(block, what=where, counts=counts)
-            has_counts, gene_nonzeros = nonzero_counts(block)
-            return _Facts(
-                is_counts,
-                is_counts or non_negative(block),
-                np.asarray(block.sum(axis=1), dtype=np.float64).ravel(),
-                has_counts,
-                gene_nonzeros,
-                float(block.data.max()) if block.nnz else 0.0,
-            )
+            return _facts(block, self.columns, what=f"{self.what} (cells {rows.start}..{rows.stop - 1})", counts=counts)
 
-        facts = self.map(inspect)
-        keep_cells = np.concatenate([f.has_counts for f in facts])
-        keep_genes = np.sum([f.gene_nonzeros for f in facts], axis=0) > 0
-        self.cells, self.genes = check_empty(keep_cells, keep_genes, what=self.what, empty=empty)
+        self._keep(_merged(self.map(inspect, all_genes=True)), empty=empty)
+
+    def _keep(self, facts: _Facts, *, empty: Literal["error", "drop"]) -> None:
+        """Keep the cells and genes with counts (``facts`` of all cells), and what the engine needs of them."""
+        what = self.what if self.columns is None else f"{self.what} (the genes of mask_var)"
+        self.cells, self.genes = check_empty(facts.has_counts, facts.gene_nonzeros > 0, what=what, empty=empty)
         if self.cells is not None:
             self._kept_before = np.r_[0, np.cumsum(self.cells)]
-        totals = np.concatenate([f.totals for f in facts])  # dropped genes hold no counts
-        self.totals = totals if self.cells is None else totals[self.cells]
-        self.is_counts = all(f.is_counts for f in facts)
-        self.non_negative = all(f.non_negative for f in facts)
-        self.max_count = max(f.max_count for f in facts)
+        kept = slice(None) if self.cells is None else self.cells
+        self.totals = facts.totals[kept]  # dropped genes hold no counts
+        self.is_counts, self.non_negative, self.max_count = facts.is_counts, facts.non_negative, facts.max_count
+        self.selection = (
+            None if self.columns is None else GeneSelection(self.columns, facts.all_totals[kept], facts.all_max_count)
+        )
 
     # -- reading ---------------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
         """Kept cells × kept genes."""
         n_cells = self.input_shape[0] if self.cells is None else int(self.cells.sum())
-        n_genes = self.input_shape[1] if self.genes is None else int(self.genes.sum())
-        return n_cells, n_genes
+        return n_cells, self.gene_index().size
+
+    def gene_index(self) -> np.ndarray:
+        """Return the kept genes' positions among the input genes."""
+        index = np.arange(self.input_shape[1]) if self.columns is None else np.flatnonzero(self.columns)
+        return index if self.genes is None else index[self.genes]
 
     def matrix(self) -> sparse.csr_matrix:
         """All kept counts as canonical CSR (in memory only)."""
         return self._matrix
 
-    def _apply(self, fn: Callable[[sparse.csr_matrix, slice], Any], block: Any, rows: slice) -> Any:
+    def _apply(
+        self, fn: Callable[[sparse.csr_matrix, slice], Any], block: Any, rows: slice, all_genes: bool = False
+    ) -> Any:
         if self.in_memory:
-            return fn(self._matrix, rows)
+            if not all_genes:
+                return fn(self._matrix, rows)
+            every_gene = self._every_gene
+            return fn(every_gene if self.cells is None else as_canonical_csr(every_gene[self.cells]), rows)
         block = as_canonical_csr(block)
         if self.cells is not None:
             block = block[self.cells[rows]]
-        if self.genes is not None:
+        if not all_genes and self.columns is not None:
+            block = block[:, self.columns]
+        if not all_genes and self.genes is not None:
             block = block[:, self.genes]
         start = int(self._kept_before[rows.start])
         return fn(as_canonical_csr(block), slice(start, start + block.shape[0]))
@@ -198,38 +268,48 @@ class Source:
         # tasks carry this object to dask's workers: the delayed blocks (the whole graph again) stay here
         return {**self.__dict__, "_delayed": None}
 
-    def _tasks(self, fn: Callable[[sparse.csr_matrix, slice], Any], indices: Iterable[int]) -> list[Any]:
+    def _tasks(
+        self, fn: Callable[[sparse.csr_matrix, slice], Any], indices: Iterable[int], all_genes: bool
+    ) -> list[Any]:
         import dask
 
         blocks = self._blocks()
-        return [dask.delayed(self._apply)(fn, blocks[i], self._slices[i]) for i in indices]
+        return [dask.delayed(self._apply)(fn, blocks[i], self._slices[i], all_genes) for i in indices]
 
-    def map(self, fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
-        """``fn`` of every block, in block order."""
-        return self.load(range(len(self._slices)), fn)
+    def map(self, fn: Callable[[sparse.csr_matrix, slice], Any], *, all_genes: bool = False) -> list[Any]:
+        """``fn`` of every block, in block order (``all_genes``: the kept cells' every input gene)."""
+        return self.load(range(len(self._slices)), fn, all_genes=all_genes)
 
-    def load(self, indices: Iterable[int], fn: Callable[[sparse.csr_matrix, slice], Any]) -> list[Any]:
+    def load(
+        self, indices: Iterable[int], fn: Callable[[sparse.csr_matrix, slice], Any], *, all_genes: bool = False
+    ) -> list[Any]:
         """``fn`` of the blocks at ``indices``, in that order, computed together."""
         if self.in_memory:
-            return [fn(self._matrix, slice(0, self._matrix.shape[0])) for _ in indices]
+            return [self._apply(fn, None, self._slices[0], all_genes) for _ in indices]
         if _is_dask(self._source):
             import dask
 
-            return list(dask.compute(*self._tasks(fn, indices)))
-        return [self._apply(fn, self._source[self._slices[i]], self._slices[i]) for i in indices]
+            return list(dask.compute(*self._tasks(fn, indices, all_genes)))
+        return [self._apply(fn, self._source[self._slices[i]], self._slices[i], all_genes) for i in indices]
 
-    def reduce(self, fn: Callable[[sparse.csr_matrix, slice], Any], merge: Callable[[Any, Any], Any]) -> Any:
+    def reduce(
+        self,
+        fn: Callable[[sparse.csr_matrix, slice], Any],
+        merge: Callable[[Any, Any], Any],
+        *,
+        all_genes: bool = False,
+    ) -> Any:
         """``fn`` of every block, merged pairwise (a tree of merges under dask, so partials are freed early)."""
         if not self.in_memory and _is_dask(self._source):
             import dask
 
-            parts = self._tasks(fn, range(len(self._slices)))
+            parts = self._tasks(fn, range(len(self._slices)), all_genes)
             while len(parts) > 1:
                 parts = [dask.delayed(_merge_all)(merge, parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]
             return dask.compute(parts[0])[0]
         total = None
         for rows in self._slices:
-            part = self._apply(fn, None if self.in_memory else self._source[rows], rows)
+            part = self._apply(fn, None if self.in_memory else self._source[rows], rows, all_genes)
             total = part if total is None else merge(total, part)
         return total
 
@@ -256,9 +336,7 @@ class Source:
             out = np.zeros((rows.stop - rows.start, n_columns), dtype=np.float32)
             kept = np.ones(out.shape[0], dtype=bool) if self.cells is None else self.cells[rows]
             if kept.any():
-                values = self._apply(fn, block, rows)
-                columns = slice(None) if self.genes is None else np.flatnonzero(self.genes)
-                out[np.ix_(np.flatnonzero(kept), np.arange(n_columns)[columns])] = values
+                out[np.ix_(np.flatnonzero(kept), self.gene_index())] = self._apply(fn, block, rows)
             return out
 
         if _is_dask(self._source):

@@ -33,20 +33,9 @@ if TYPE_CHECKING:
     from .result import CalibrationResult
     from .settings import Settings
 
-__all__ = ["GeneSelection", "Output", "lazy_low_rank", "output"]
+__all__ = ["Output", "lazy_low_rank", "output"]
 
 _BLOCK_BYTES = 64 * 2**20
-
-
-class GeneSelection(NamedTuple):
-    """The genes a method was fitted on (``mask_var``), and what the others need to be denoised through its fit."""
-
-    mask: np.ndarray
-    """Boolean over all genes: fitted on (True) or denoised through the fit (False)."""
-    counts: sparse.csr_matrix
-    """All genes' counts, canonical CSR."""
-    totals: np.ndarray
-    """Each cell's total count over all genes."""
 
 
 class Output(NamedTuple):
@@ -124,9 +113,13 @@ class CountFloor(NamedTuple):
     """What ``uns`` keeps of the choice."""
 
 
-def null_shares(source: Source, totals: np.ndarray) -> np.ndarray:
-    """Each kept gene's share of all counts: ``totals[c] · share[g]`` is an entry's null rate (its expected count)."""
-    return source.reduce(lambda counts, rows: gene_sums(counts), np.add) / max(float(totals.sum()), 1.0)
+def null_shares(source: Source, totals: np.ndarray, *, all_genes: bool = False) -> np.ndarray:
+    """Each kept gene's share of all counts: ``totals[c] · share[g]`` is an entry's null rate (its expected count).
+
+    ``all_genes``: of every input gene (with a gene mask), over the kept cells.
+    """
+    sums = source.reduce(lambda counts, rows: gene_sums(counts), np.add, all_genes=all_genes)
+    return sums / max(float(totals.sum()), 1.0)
 
 
 def finish(values: np.ndarray, rows: Any, counts: ToCounts | None, *, non_negative: bool) -> np.ndarray:
@@ -167,16 +160,15 @@ def output(
     factored: bool,
     scale: str,
     totals: np.ndarray,
-    max_count: float,
-    genes: GeneSelection | None = None,
     count_floor: CountFloor | None = None,
 ) -> Output:
     """Refit at the chosen value and return the output over every input cell and gene, checked finite.
 
     ``factored``: store a low-rank output as factors with a lazy layer (data read block by block
     always are). ``scale="counts"``: the expected count of each entry instead of the transformed
-    value, at least ``count_floor``'s share of its null rate (:func:`null_shares`). ``genes``: the
-    method was fitted on some genes; every other gene is denoised through its low-rank output.
+    value, at least ``count_floor``'s share of its null rate (:func:`null_shares`). With a gene
+    mask (``source.selection``) the method was fitted on some genes; every other gene is denoised
+    through its low-rank output.
     """
     value = result.best
     partition = None if result.gene_groups is None else Partition(result.gene_groups, None, np.zeros(0, int))
@@ -189,14 +181,16 @@ def output(
                 "scale='transformed'."
             )
             raise ValueError(msg)
+        selection = source.selection
+        max_count = source.max_count if selection is None else selection.max_count
         counts = to_counts(settings.transform, totals, settings.target_sum, max_count, source.cells)
         if count_floor is not None and count_floor.share > 0:  # the shares of the columns written
-            if genes is not None:  # every gene
-                columns = gene_sums(genes.counts) / max(float(genes.totals.sum()), 1.0)
+            if selection is not None:  # every gene
+                columns = null_shares(source, selection.totals, all_genes=True)
             else:  # the kept genes, placed
                 columns = embed(count_floor.shares[None], None, source.genes)[0]
             counts = counts.with_floor(count_floor.share, columns)
-    positive = source.non_negative  # (with a gene mask: and the other genes, see calibrate)
+    positive = source.non_negative  # of every gene
     n_cells = source.input_shape[0]
     if not isinstance(fitted, LowRank):
         if not source.in_memory:
@@ -208,8 +202,8 @@ def output(
         return _dense_output(embed(layer, source.cells, source.genes), counts, value, denoiser, settings, positive)
     scores = np.concatenate(data.map(fitted.scores))
     factors, columns = (fitted.offset, scores, fitted.loadings), source.genes
-    if genes is not None:  # fitted on the masked genes: every other gene through the low-rank output
-        factors = extend_factors(factors, genes, source.genes, source.cells, settings)
+    if source.selection is not None:  # fitted on the masked genes: every other gene through the low-rank output
+        factors = extend_factors(factors, source, totals, settings)
         columns = None
     if factored or not source.in_memory:
         factors = (factors[0], factors[1].astype(np.float32), factors[2])
@@ -298,33 +292,32 @@ def _lazy(
 
 
 def extend_factors(
-    factors: tuple[np.ndarray, np.ndarray, np.ndarray],
-    genes: GeneSelection,
-    fitted_genes: np.ndarray | None,
-    cells: np.ndarray | None,
-    settings: Settings,
+    factors: tuple[np.ndarray, np.ndarray, np.ndarray], source: Source, totals: np.ndarray, settings: Settings
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Factors over every gene from the factors of the masked genes.
+    """Factors over every gene from the factors of the masked genes (``source.selection``).
 
-    ``factors`` = ``(offset, scores, loadings)`` of the masked genes kept by the calibration
-    (``fitted_genes``: which of the masked genes; None: all) for the kept ``cells``. Each other
-    gene's offset and loadings are its least-squares fit on the scores with an intercept; masked
-    genes left out (no counts) get zeros.
+    ``factors`` = ``(offset, scores, loadings)`` of the source's kept genes and cells; ``totals``:
+    each kept cell's total over all genes. Each other gene's offset and loadings are its
+    least-squares fit on the scores with an intercept, from sums over blocks of cells (one pass);
+    masked genes left out (no counts) get zeros.
     """
     offset, scores, loadings = factors
-    n_genes = genes.mask.size
-    full_offset, full_loadings = np.zeros(n_genes), np.zeros((scores.shape[1], n_genes))
-    masked = np.flatnonzero(genes.mask)
-    masked = masked if fitted_genes is None else masked[fitted_genes]
-    full_offset[masked], full_loadings[:, masked] = offset, loadings
-    others = np.flatnonzero(~genes.mask)
-    rows = slice(None) if cells is None else cells
-    totals = genes.totals if cells is None else genes.totals[cells]
-    values = transformed(genes.counts[rows][:, others], settings.transform, settings.target_sum, totals=totals)
-    z_mean, y_mean = scores.mean(axis=0), np.asarray(values.mean(axis=0)).ravel()
+    mask = source.selection.mask
+    full_offset, full_loadings = np.zeros(mask.size), np.zeros((scores.shape[1], mask.size))
+    fitted = source.gene_index()
+    full_offset[fitted], full_loadings[:, fitted] = offset, loadings
+    others = np.flatnonzero(~mask)
+    z_mean = scores.mean(axis=0)
     centred = scores - z_mean
+
+    def sums(counts: sparse.csr_matrix, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        values = transformed(counts[:, others], settings.transform, settings.target_sum, totals=totals[rows])
+        return np.asarray(values.sum(axis=0)).ravel(), np.asarray(values.T @ centred[rows]).T
+
+    y_sum, cross = source.reduce(sums, lambda a, b: (a[0] + b[0], a[1] + b[1]), all_genes=True)
+    y_mean = y_sum / scores.shape[0]
+    cross -= np.outer(centred.sum(axis=0), y_mean)
     gram = centred.T @ centred
-    cross = np.asarray(values.T @ centred).T - np.outer(centred.sum(axis=0), y_mean)
     coefs = linalg.lstsq(gram, cross, cond=1e-10, lapack_driver="gelsy")[0]  # k × other genes; rank-safe
     full_loadings[:, others] = coefs
     full_offset[others] = y_mean - z_mean @ coefs

@@ -8,7 +8,6 @@ import numpy as np
 
 from .. import _logging as logg
 from .._anndata import (
-    MASK_DEFAULT,
     check_key,
     check_targets,
     commit,
@@ -41,7 +40,6 @@ from ..denoisers._registry import registered, with_methods
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from .._engine import GeneSelection
     from .._types import ArrayLike, Calibration, Depth, Empty, LossName, RandomState, Sampling, Select, TransformName
     from ..denoisers import Denoiser
 
@@ -138,6 +136,7 @@ def denoise(
         ``sc.pp.highly_variable_genes``), else all genes. Every gene is still written: the
         others are denoised through the fitted low-rank output (regressed on its scores), so
         PCA or diffusion only. Depth normalisation uses each cell's total over all genes.
+        Dask and backed input are masked block by block, as in memory.
     max_dense_bytes
         Largest dense output to write (float32 cells × genes); default a quarter of the
         machine's memory. Above it, PCA and diffusion output is stored as low-rank factors
@@ -202,7 +201,7 @@ def denoise(
     start = logg.info(f"denoising with {name}")
     X, what = counts_of(adata, layer)
     blockwise = is_blockwise(X)
-    genes = _gene_mask(adata, mask_var, layer, denoiser, blockwise=blockwise, calibration=calibration)
+    genes = _gene_mask(adata, mask_var, denoiser)
     streamed = blockwise and not denoiser.tags.low_rank  # the autoencoder on dask or backed input: a lazy layer
     factored = not streamed and (blockwise or not _dense_fits(adata, denoiser, max_dense_bytes))
     if factored or streamed:
@@ -212,7 +211,7 @@ def denoise(
     check_targets(adata, key_added, targets, function="denoise", read_layer=layer, overwrite=overwrite)
     with progress_bar(bar_label(name, calibration), progress=settings.progress) as bar:
         add_steps(bar, 1)  # the refit on all counts, last
-        fit = calibrate(X, name, denoiser, settings, what=what, bar=bar, genes=None if genes is None else genes[0])
+        fit = calibrate(X, name, denoiser, settings, what=what, bar=bar, mask=None if genes is None else genes[0])
         result = fit.result
         warn_about_choice(result)
         floor = None
@@ -226,8 +225,6 @@ def denoise(
             factored=factored,
             scale=scale,
             totals=fit.totals,
-            max_count=fit.source.max_count if genes is None else float(genes[0].counts.data.max()),
-            genes=None if genes is None else genes[0],
             count_floor=floor,
         )
         bar.update(1)
@@ -242,7 +239,7 @@ def denoise(
     uns["output"] = out.kind
     uns["scale"] = scale
     uns["non_negative"] = out.non_negative
-    uns["n_genes_fitted"] = int(adata.n_vars if genes is None else genes[0].mask.sum())
+    uns["n_genes_fitted"] = int(adata.n_vars if genes is None else genes[0].sum())
     if floor is not None:
         uns["count_floor"] = floor.record
     chosen = ", ".join(f"{n}={v}" for n, v in zip(result.grid_names, np.atleast_1d(result.best), strict=True))
@@ -266,17 +263,9 @@ def denoise(
 denoise.__doc__ = with_methods(denoise.__doc__)
 
 
-def _gene_mask(
-    adata: AnnData, mask_var: object, layer: str | None, denoiser: Denoiser, *, blockwise: bool, calibration: str
-) -> tuple[GeneSelection, str] | None:
+def _gene_mask(adata: AnnData, mask_var: object, denoiser: Denoiser) -> tuple[np.ndarray, str] | None:
     """Return the genes to fit on and their name (None: all), checked against what can denoise the others."""
-    if blockwise:  # dask or backed input: a mask given explicitly is refused, the default is not applied
-        default = isinstance(mask_var, str) and mask_var == MASK_DEFAULT and MASK_DEFAULT not in adata.var.columns
-        if mask_var is not None and not default:
-            msg = "mask_var needs the counts in memory; for dask or backed input select the genes first, or pass None."
-            raise ValueError(msg)
-        return None
-    genes = resolve_mask_var(adata, mask_var, layer, counts=calibration == "mcv")
+    genes = resolve_mask_var(adata, mask_var)
     if genes is not None and not denoiser.tags.low_rank:
         able = " or ".join(repr(n) for n, cls in registered().items() if cls.tags.low_rank)
         msg = (

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from anndata import AnnData
 
-    from .._engine import Calibrated, GeneSelection
+    from .._engine import Calibrated
     from .._types import ArrayLike, Calibration, Depth, RandomState, Sampling, Select, TransformName
     from ..denoisers import Denoiser
 
@@ -166,7 +166,7 @@ def pca(
         msg = f"objective must be 'neighbors' or 'reconstruction', got {objective!r}."
         raise ValueError(msg)
     genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.pca")
-    shape = (adata.n_obs, adata.n_vars if genes is None else int(genes[0].mask.sum()))
+    shape = (adata.n_obs, adata.n_vars if genes is None else int(genes[0].sum()))
     if objective == "neighbors":
         settings = replace(settings, grid=_graph_grid(grid, shape))
     name, calibrated = resolve_method("knn" if objective == "neighbors" else "pca", random_state)
@@ -423,7 +423,7 @@ def _graph_grid(grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
 
 def _in_memory_genes(
     adata: AnnData, layer: str | None, mask_var: object, calibration: str, function: str
-) -> tuple[GeneSelection, str] | None:
+) -> tuple[np.ndarray, str] | None:
     """Return the genes to calibrate on and their name (None: all genes), after refusing data that are not in memory."""
     if is_blockwise(counts_of(adata, layer)[0]):
         msg = (
@@ -434,7 +434,7 @@ def _in_memory_genes(
     if calibration not in ("mcv", "genes"):
         msg = f"calibration must be 'mcv' or 'genes', got {calibration!r}."
         raise ValueError(msg)
-    return resolve_mask_var(adata, mask_var, layer, counts=calibration == "mcv")
+    return resolve_mask_var(adata, mask_var)
 
 
 def _calibrate(
@@ -444,15 +444,15 @@ def _calibrate(
     settings: Settings,
     *,
     layer: str | None,
-    genes: tuple[GeneSelection, str] | None,
+    genes: tuple[np.ndarray, str] | None,
     bar: Any,
 ) -> Calibrated:
     """Run the calibration on the counts (of the masked genes, normalised by all genes' totals)."""
     X, what = counts_of(adata, layer)
-    return calibrate(X, name, denoiser, settings, what=what, bar=bar, genes=None if genes is None else genes[0])
+    return calibrate(X, name, denoiser, settings, what=what, bar=bar, mask=None if genes is None else genes[0])
 
 
-def _record(fit: Calibrated, layer: str | None, genes: tuple[GeneSelection, str] | None) -> dict[str, Any]:
+def _record(fit: Calibrated, layer: str | None, genes: tuple[np.ndarray, str] | None) -> dict[str, Any]:
     """Return the calibration's record, kept inside scanpy's ``uns`` entry."""
     return calibration_record(
         fit.result,
@@ -469,7 +469,7 @@ def _pca_outputs(
     scores: np.ndarray,
     components: np.ndarray,
     source: Any,
-    genes: tuple[GeneSelection, str] | None,
+    genes: tuple[np.ndarray, str] | None,
     shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates of every cell (float32) and loadings of every gene, from the PCA of the kept ones."""
@@ -479,11 +479,8 @@ def _pca_outputs(
     else:  # an empty cell's values are all zero: it projects to -mean @ components.T
         coordinates[source.cells] = scores
         coordinates[~source.cells] = -mean @ components.T
-    fitted_genes = np.flatnonzero(genes[0].mask) if genes is not None else np.arange(shape[1])
-    if source.genes is not None:
-        fitted_genes = fitted_genes[source.genes]
     loadings = np.zeros((shape[1], components.shape[0]))
-    loadings[fitted_genes] = components.T
+    loadings[source.gene_index()] = components.T
     return coordinates, loadings
 
 
