@@ -14,7 +14,7 @@ from sc_noise2self.denoisers import Block, KNNAverage
 from sc_noise2self.denoisers.knn import neighbour_means
 from sc_noise2self.pp import _pipeline
 
-from ._helpers import fit, predict, predictions
+from ._helpers import fit, out_of_core, predict, predictions
 from .conftest import simulate_clusters, simulate_low_rank_poisson
 from .test_hostile import assert_same
 
@@ -239,11 +239,37 @@ def test_bad_input_is_refused_before_any_write(adata, call, match):
     assert_same(adata, before)
 
 
-def test_backed_counts_are_refused(adata, tmp_path):
-    adata.write_h5ad(tmp_path / "a.h5ad")
-    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
-    with pytest.raises(ValueError, match="in memory"):
-        n2s.pp.pca(backed, progress=False)
+def test_neighbour_graphs_refuse_counts_read_block_by_block(adata, tmp_path):
+    pytest.importorskip("dask.array")
+    adata.obsm["X_pca"] = np.zeros((adata.n_obs, 3))
+    counts = ad.AnnData(adata.layers["counts"], obs=adata.obs, obsm=dict(adata.obsm))
+    for kind, other in out_of_core(counts, tmp_path, kinds=("dask-100", "backed")):
+        other.obsm["X_pca"] = adata.obsm["X_pca"]
+        for call in (n2s.pp.pca, n2s.pp.neighbors):
+            before = other.uns.copy()
+            with pytest.raises(ValueError, match="needs the counts in memory.*objective='reconstruction'"):
+                call(other, progress=False)
+            assert dict(other.uns) == dict(before), kind
+
+
+@pytest.mark.parametrize("hvg", [False, True], ids=["all genes", "highly variable"])
+def test_pca_reconstruction_out_of_core_gives_the_in_memory_pca(sim, tmp_path, hvg):
+    pytest.importorskip("dask.array")
+    counts = ad.AnnData(sim.counts.astype(np.float32))
+    if hvg:
+        counts.var["highly_variable"] = np.arange(counts.n_vars) % 3 > 0
+    memory = counts.copy()
+    settings = {"objective": "reconstruction", "grid": PCS, "progress": False}
+    n2s.pp.pca(memory, **settings)
+    for kind, other in out_of_core(counts, tmp_path):
+        n2s.pp.pca(other, **settings)
+        got, expected = other.uns["pca"], memory.uns["pca"]
+        assert got["calibration"]["best"] == expected["calibration"]["best"], kind
+        np.testing.assert_allclose(got["calibration"]["loss"], expected["calibration"]["loss"], rtol=1e-9)
+        for key in ("variance", "variance_ratio"):
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-7, err_msg=kind)
+        np.testing.assert_allclose(other.obsm["X_pca"], memory.obsm["X_pca"], rtol=1e-4, atol=1e-4, err_msg=kind)
+        np.testing.assert_allclose(other.varm["PCs"], memory.varm["PCs"], atol=1e-6, err_msg=kind)
 
 
 # -- the kNN average --------------------------------------------------------------------------

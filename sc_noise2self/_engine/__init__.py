@@ -22,7 +22,7 @@ from .floor import count_floor
 from .genes import run_genes
 from .mcv import run_mcv
 from .progress import add_steps, bar_label, progress_bar
-from .refit import Output, finish, output
+from .refit import Output, finish, output, refit
 from .result import (
     CalibrationResult,
     calibration_record,
@@ -62,6 +62,7 @@ __all__ = [
     "output",
     "package_version",
     "progress_bar",
+    "refit",
     "resolve_method",
     "seed_record",
     "warn_about_choice",

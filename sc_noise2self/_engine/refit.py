@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .result import CalibrationResult
     from .settings import Settings
 
-__all__ = ["Output", "lazy_low_rank", "output"]
+__all__ = ["Output", "lazy_low_rank", "output", "refit"]
 
 _BLOCK_BYTES = 64 * 2**20
 

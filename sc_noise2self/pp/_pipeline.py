@@ -24,6 +24,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from scipy import sparse
 
 from .. import _logging as logg
 from .._anndata import check_key, check_targets, commit, counts_of, resolve_mask_var, writable
@@ -41,13 +42,12 @@ from .._engine import (
     method_seed,
     package_version,
     progress_bar,
+    refit,
     resolve_method,
     warn_about_choice,
 )
 from .._numerics.checks import check_flag, check_int_grid, check_positive_int
 from .._numerics.machine import adapts_threads
-from .._numerics.transform import transformed
-from ..denoisers import ArrayData
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from .._engine import Calibrated
     from .._types import ArrayLike, Calibration, Depth, RandomState, Sampling, Select, TransformName
-    from ..denoisers import Denoiser
+    from ..denoisers import Block, Data, Denoiser
 
 __all__ = ["neighbors", "pca"]
 
@@ -112,7 +112,9 @@ def pca(
     ----------
     adata
         Annotated data matrix with raw UMI counts in ``X`` or in ``layer`` (cells ×
-        genes, sparse or dense, in memory).
+        genes, sparse or dense). With ``objective="reconstruction"`` the counts may be a
+        dask array or a backed or lazily read AnnData, calibrated and fitted block by
+        block; ``"neighbors"`` needs them in memory.
     layer
         Layer holding the raw counts (e.g. ``"counts"`` when ``X`` is already
         log-normalised); ``adata.X`` when None.
@@ -165,7 +167,9 @@ def pca(
     if objective not in ("neighbors", "reconstruction"):
         msg = f"objective must be 'neighbors' or 'reconstruction', got {objective!r}."
         raise ValueError(msg)
-    genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.pca")
+    if objective == "neighbors":
+        _refuse_blockwise(adata, layer, "pp.pca(objective='neighbors')", "objective='reconstruction' (block by block)")
+    genes = _genes(adata, mask_var, calibration)
     shape = (adata.n_obs, adata.n_vars if genes is None else int(genes[0].sum()))
     if objective == "neighbors":
         settings = replace(settings, grid=_graph_grid(grid, shape))
@@ -183,13 +187,12 @@ def pca(
         result = fit.result
         warn_about_choice(result, axes=("n_pcs", "n_comps"))  # pp.pca's n_neighbors axis is not the user's
         n_comps = int(np.atleast_1d(result.best)[-1])  # (n_neighbors, n_pcs) or the rank
-        values = transformed(fit.source.matrix(), transform, target_sum, totals=fit.totals)
         _, pca = resolve_method("pca", random_state)
-        pca.fit(ArrayData(values), pca.check_grid(np.array([n_comps]), values.shape))
+        fitted, data = refit(fit.source, pca, n_comps, settings, totals=fit.totals, partition=None)
+        scores = np.concatenate(data.map(fitted.scores))
         bar.update(1)
-    scores = pca.output(n_comps).scores(ArrayData(values).block())
-    coordinates, loadings = _pca_outputs(pca.mean_, scores, pca.components_, fit.source, genes, adata.shape)
-    variance = pca.singular_values_**2 / max(values.shape[0] - 1, 1)
+    coordinates, loadings = _pca_outputs(pca.mean_, scores, pca.components_, fit.source, adata.shape)
+    variance = pca.singular_values_**2 / max(data.shape[0] - 1, 1)
     mask_name = None if genes is None else genes[1]
     params = {"zero_center": True, "use_highly_variable": mask_name == "highly_variable", "mask_var": mask_name}
     if layer is not None:
@@ -197,7 +200,7 @@ def pca(
     record = {
         "params": params,
         "variance": variance,
-        "variance_ratio": variance / _total_variance(values),
+        "variance_ratio": variance / _total_variance(data),
         "calibration": _record(fit, layer, genes) | {"objective": objective},
         "version": package_version(),
     }
@@ -266,8 +269,8 @@ def neighbors(
     Parameters
     ----------
     adata
-        Annotated data matrix with raw UMI counts in ``X`` or in ``layer`` and an
-        embedding in ``obsm`` (by default ``"X_pca"``, e.g. from
+        Annotated data matrix with raw UMI counts in ``X`` or in ``layer`` (in memory) and
+        an embedding in ``obsm`` (by default ``"X_pca"``, e.g. from
         :func:`sc_noise2self.pp.pca` or ``sc.pp.pca``).
     layer
         Layer holding the raw counts; ``adata.X`` when None.
@@ -341,7 +344,8 @@ def neighbors(
     )
     name, denoiser = resolve_method("knn", random_state, n_pcs=min(embedding.shape[1], 100))
     start = logg.info("computing neighbors, their number calibrated by self-supervision")
-    genes = _in_memory_genes(adata, layer, mask_var, calibration, "pp.neighbors")
+    _refuse_blockwise(adata, layer, "pp.neighbors", "sc_noise2self.pp.pca(adata, objective='reconstruction')")
+    genes = _genes(adata, mask_var, calibration)
     check_targets(adata, uns_key, {"obsp": list(obsp_keys)}, function="neighbors", read_layer=None, overwrite=overwrite)
     with progress_bar(bar_label("knn", calibration), progress=settings.progress) as bar:
         add_steps(bar, 1)  # the final graph, last
@@ -421,16 +425,19 @@ def _graph_grid(grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
     return grid_product(n_neighbors=check_int_grid(n_neighbors, low=2, high=shape[0], name="n_neighbors"), n_pcs=n_pcs)
 
 
-def _in_memory_genes(
-    adata: AnnData, layer: str | None, mask_var: object, calibration: str, function: str
-) -> tuple[np.ndarray, str] | None:
-    """Return the genes to calibrate on and their name (None: all genes), after refusing data that are not in memory."""
+def _refuse_blockwise(adata: AnnData, layer: str | None, function: str, instead: str) -> None:
+    """Refuse counts read block by block for a calibration of neighbour graphs (each cell's neighbours are anywhere)."""
     if is_blockwise(counts_of(adata, layer)[0]):
         msg = (
-            f"{function} needs the counts in memory (a dask array or backed AnnData was given); load them with "
-            "`adata.to_memory()`, or calibrate a subset of cells."
+            f"{function} scores kNN averages, which read each cell's neighbours wherever they are in the matrix, "
+            f"so it needs the counts in memory (a dask array or a backed or lazily read AnnData was given). Load "
+            f"them with `adata.to_memory()`, calibrate a subset of cells, or use {instead}."
         )
         raise ValueError(msg)
+
+
+def _genes(adata: AnnData, mask_var: object, calibration: str) -> tuple[np.ndarray, str] | None:
+    """Return the genes to calibrate on and their name (None: all genes)."""
     if calibration not in ("mcv", "genes"):
         msg = f"calibration must be 'mcv' or 'genes', got {calibration!r}."
         raise ValueError(msg)
@@ -469,7 +476,6 @@ def _pca_outputs(
     scores: np.ndarray,
     components: np.ndarray,
     source: Any,
-    genes: tuple[np.ndarray, str] | None,
     shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates of every cell (float32) and loadings of every gene, from the PCA of the kept ones."""
@@ -484,12 +490,17 @@ def _pca_outputs(
     return coordinates, loadings
 
 
-def _total_variance(values: Any) -> float:
-    """Sum of the genes' variances (ddof 1), sparse-aware: the denominator of ``variance_ratio``."""
-    n = values.shape[0]
-    mean = np.asarray(values.mean(axis=0)).ravel()
-    squares = values.multiply(values).sum() if hasattr(values, "multiply") else np.square(values).sum()
-    return float((squares - n * np.square(mean).sum()) / max(n - 1, 1))
+def _total_variance(data: Data) -> float:
+    """Return the sum of the genes' variances (ddof 1), block by block: the denominator of ``variance_ratio``."""
+
+    def moments(block: Block) -> tuple[np.ndarray, float]:
+        values = block.values
+        squares = values.multiply(values).sum() if sparse.issparse(values) else np.square(values).sum()
+        return np.asarray(values.sum(axis=0), dtype=np.float64).ravel(), float(squares)
+
+    sums, squares = data.reduce(moments, lambda a, b: (a[0] + b[0], a[1] + b[1]))
+    n = data.shape[0]
+    return float((squares - np.square(sums).sum() / n) / max(n - 1, 1))
 
 
 def _embedding(adata: AnnData, rep: str, n_pcs: int | None) -> np.ndarray:
