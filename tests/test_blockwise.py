@@ -80,11 +80,41 @@ def test_denoise_dask_with_diffusion_gives_the_in_memory_output(counts, tmp_path
         np.testing.assert_allclose(np.asarray(lazy.layers["denoised"][:]), memory.layers["denoised"], atol=1e-4)
 
 
-def test_blockwise_diffusion_refuses_too_many_genes_before_any_pass(counts, monkeypatch):
-    genes = np.arange(4_100)
-    wide = sparse.csr_matrix((np.ones(genes.size), (genes % 60, genes)), shape=(60, genes.size))  # every gene seen
-    with pytest.raises(ValueError, match=r"4,096 genes; this data has 4100\. Select genes first"):
-        n2s.tl.calibrate(_dask(wide, (30, -1)), method="diffusion", grid=[1, 2], progress=False)
+@pytest.mark.parametrize("method", ["pca", "diffusion"])
+def test_many_genes_go_the_randomised_route_block_by_block_as_in_memory(counts, monkeypatch, method):
+    """Above the covariance route's gene count, a randomised iteration over the blocks: dask = memory, any chunking."""
+    monkeypatch.setattr("sc_noise2self.denoisers.pca.AUTO_MAX_GENES", 40)
+    monkeypatch.setattr("sc_noise2self.denoisers.diffusion.AUTO_MAX_GENES", 40)
+    kwargs = {"method": method, "grid": [2, 4, 6] if method == "pca" else DIFFUSION_GRID, "progress": False}
+    expected = n2s.tl.calibrate(counts, **kwargs)
+    for chunks in ((37, -1), (150, 30)):
+        got = n2s.tl.calibrate(_dask(counts, chunks), **kwargs)
+        assert got.best == expected.best
+        np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-9)
+
+
+def test_the_randomised_route_finds_the_exact_components(counts):
+    """Signal components exactly; the noise bulk at least as closely as the in-memory randomised SVD."""
+    from sc_noise2self._numerics.linalg import centered_truncated_svd, covariance_svd, gram_randomized_svd, gram_stats
+    from sc_noise2self._numerics.transform import transformed
+
+    values = transformed(counts, "log1p", 1e4)
+    exact_s, exact_vt = covariance_svd(gram_stats(values), 10)
+    blocks = [values[i : i + 64] for i in range(0, values.shape[0], 64)]
+
+    def reduce(fn, merge):
+        total = None
+        for block in blocks:
+            total = fn(block) if total is None else merge(total, fn(block))
+        return total
+
+    settings = {"n_oversamples": 20, "n_iter": 4}
+    mean, s, vt = gram_randomized_svd(reduce, values.shape, 10, rng=np.random.default_rng(0), **settings)
+    np.testing.assert_allclose(mean, np.asarray(values.mean(axis=0)).ravel(), rtol=1e-12)
+    np.testing.assert_allclose(s[:4], exact_s[:4], rtol=1e-5)  # the four programs of the simulation
+    np.testing.assert_allclose(vt[:4], exact_vt[:4], atol=5e-3)  # signs fixed alike
+    _, _, svd_s, _ = centered_truncated_svd(values, 10, rng=np.random.default_rng(0), **settings)
+    assert np.abs(s / exact_s - 1).max() <= np.abs(svd_s / exact_s - 1).max() < 0.01
 
 
 def test_blockwise_diffusion_scores_value_by_value_when_the_grid_does_not_fit(counts, monkeypatch):
@@ -161,7 +191,6 @@ def test_blockwise_errors_say_what_to_do_and_leave_adata_untouched(counts):
     for kwargs, message in (
         ({"calibration": "genes"}, "needs the data in memory"),
         ({"method": n2s.denoisers.KNNAverage()}, "needs the data in memory"),
-        ({"method": n2s.denoisers.PCA(solver="randomized")}, "covariance"),
     ):
         with pytest.raises(ValueError, match=message):
             n2s.pp.denoise(good, progress=False, **kwargs)

@@ -1,6 +1,8 @@
 """Principal components of transformed counts: sparse-aware, in blocks of cells, the same bytes whatever the threads.
 
 - :func:`centered_truncated_svd`: randomised subspace iteration with implicit centring (many genes);
+- :func:`gram_randomized_svd`: the same iteration on the centred Gram matrix, one pass over blocks
+  of cells per iteration, never forming it (many genes, data read in blocks);
 - :func:`gram_stats` / :func:`merge_gram_stats` / :func:`covariance_svd`: the genes × genes centred
   Gram matrix accumulated over blocks of cells and merged (Chan, Golub & LeVeque), then one
   eigenproblem (exact; the route for data read in blocks);
@@ -9,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numba
 import numpy as np
@@ -19,6 +21,8 @@ from .machine import blas_threads
 from .rows import sparse_dense_product
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._types import ArrayLike
 
 __all__ = [
@@ -27,6 +31,7 @@ __all__ = [
     "centered_truncated_svd",
     "centred_scores",
     "covariance_svd",
+    "gram_randomized_svd",
     "gram_stats",
     "merge_gram_stats",
 ]
@@ -213,6 +218,61 @@ def covariance_svd(stats: GramStats, n_comps: int) -> tuple[np.ndarray, np.ndarr
     s = np.sqrt(np.clip(values[::-1], 0.0, None))
     vt = vectors[:, ::-1].T
     return s, vt * _fix_signs(vt)[:, None]
+
+
+def gram_randomized_svd(
+    reduce: Callable[[Callable[[ArrayLike], Any], Callable[[Any, Any], Any]], Any],
+    shape: tuple[int, int],
+    n_comps: int,
+    *,
+    n_oversamples: int,
+    n_iter: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top ``n_comps`` singular values and components of the centred data, read in blocks of cells.
+
+    Randomised subspace iteration (Halko, Martinsson & Tropp 2011) on the centred Gram matrix
+    ``G = (X - 1 m^T)^T (X - 1 m^T) = X^T X - n m m^T``, applied to a genes × width basis
+    ``Q`` as the sum over blocks of ``X_b^T (X_b Q)`` and a rank-one correction after the merge:
+    one pass over the cells per iteration and genes × width numbers in memory, where the
+    covariance route holds genes × genes. The first pass also gives the means; the last,
+    ``Q^T G Q``, whose eigenvectors rotate ``Q`` onto the components. ``reduce(fn, merge)``
+    maps ``fn`` over the blocks of values (cells × genes, sparse or dense) and merges the
+    results; ``shape`` is the whole data's. Signs are fixed as in :func:`covariance_svd`.
+
+    Returns
+    -------
+    mean, s, Vt
+        Gene means (genes,), singular values (k,), components (k × genes).
+    """
+    n_cells, n_genes = shape
+    width = min(n_comps + n_oversamples, n_cells, n_genes)
+
+    def pass_over(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def block_terms(values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+            values = as_float(values)
+            if sparse.issparse(values):
+                product = sparse_dense_product(values.T.tocsr(), sparse_dense_product(values, q))
+            else:
+                product = values.T @ (values @ q)
+            return np.asarray(values.sum(axis=0)).ravel(), product
+
+        sums, product = reduce(block_terms, lambda a, b: (a[0] + b[0], a[1] + b[1]))
+        mean = sums / n_cells
+        return mean, product - n_cells * np.outer(mean, mean @ q)
+
+    with blas_threads(1):  # the small QRs and eigenproblem: the same bytes whatever the threads
+        mean, gq = pass_over(rng.standard_normal((n_genes, width)))
+        for _ in range(n_iter):
+            q, _ = linalg.qr(gq, mode="economic")
+            gq = pass_over(q)[1]
+        q, _ = linalg.qr(gq, mode="economic")
+        gq = pass_over(q)[1]
+        small = q.T @ gq
+        values, vectors = linalg.eigh((small + small.T) / 2, subset_by_index=[width - n_comps, width - 1])
+    s = np.sqrt(np.clip(values[::-1], 0.0, None))
+    vt = (q @ vectors[:, ::-1]).T
+    return mean, s, vt * _fix_signs(vt)[:, None]
 
 
 def centred_scores(X: ArrayLike, mean: np.ndarray, components: np.ndarray) -> np.ndarray:

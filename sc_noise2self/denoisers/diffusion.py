@@ -126,7 +126,7 @@ class Diffusion(BaseDenoiser):
 
     The graph is built on the first ``n_pcs`` principal components of the (transformed)
     data, computed as :class:`~sc_noise2self.denoisers.PCA` does (exact up to 4,096
-    genes); the data are diffused as their first ``n_comps`` principal components and
+    genes, randomised above, block by block either way); the data are diffused as their first ``n_comps`` principal components and
     mapped back to genes block by block, so memory stays ``O(nnz + n_cells · n_comps)``
     and no cells × cells matrix is ever dense. ``t = 0`` is the rank-``n_comps`` PCA
     reconstruction; each step multiplies by the transition matrix once more, so a sweep
@@ -152,7 +152,7 @@ class Diffusion(BaseDenoiser):
         ``"exact"`` (compiled brute force), ``"approximate"`` (pynndescent, seeded) or
         ``"auto"``: exact up to 100,000 cells, approximate above.
     random_state
-        Seed of the randomised SVD (used above 4,096 genes; below, the PCA is exact, see
+        Seed of the randomised PCA (used above 4,096 genes; below, the PCA is exact, see
         :class:`~sc_noise2self.denoisers.PCA`) and of the approximate neighbour search.
     """
 
@@ -269,25 +269,15 @@ class Diffusion(BaseDenoiser):
             for k, n in listed.items()
         }
 
-    def check_data(self, shape: tuple[int, int], *, in_memory: bool) -> None:
-        """Refuse data read block by block with too many genes for the genes × genes covariance they go through."""
-        if in_memory or shape[1] <= AUTO_MAX_GENES:
-            return
-        msg = (
-            f"Dask or backed input is calibrated block by block through the genes × genes covariance, which is "
-            f"used up to {AUTO_MAX_GENES:,} genes; this data has {shape[1]}. Select genes first "
-            "(e.g. `sc.pp.highly_variable_genes`)."
-        )
-        raise ValueError(msg)
-
     # -- MCV ------------------------------------------------------------------------------
     def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> Diffusion | _HeldOutWalks:
         """Build the graph(s) on the top ``n_pcs`` components of the data and keep its top ``n_comps``.
 
-        Up to 4,096 genes the components come from the Gram statistics merged over blocks of cells
-        and each block's scores from its own rows (so data read block by block give the
-        in-memory result); above, from a randomised SVD of the data in memory. With a
-        ``partition``, the sweep of :meth:`held_out_genes` for its held-out group.
+        The components come from the Gram statistics merged over blocks of cells (up to 4,096
+        genes; above, a randomised subspace iteration, one pass over the blocks per iteration)
+        and each block's scores from its own rows, so data read block by block give the
+        in-memory result. With a ``partition``, the sweep of :meth:`held_out_genes` for its
+        held-out group.
         """
         if partition is not None:
             return self.held_out_genes(data.matrix(), partition.genes, partition.cell_groups, grid)
@@ -298,9 +288,9 @@ class Diffusion(BaseDenoiser):
             stats = data.reduce(lambda block: gram_stats(as_float(block.values)), merge_gram_stats)
             _, self.components_ = covariance_svd(stats, n_comps)
             self.mean_ = stats.mean
-            scores = np.concatenate(data.map(self._embedding))
         else:
-            self.mean_, scores, self.components_ = PCA(random_state=self.random_state).embed(data.matrix(), n_comps)
+            self.mean_, _, self.components_ = PCA(random_state=self.random_state).randomized_components(data, n_comps)
+        scores = np.concatenate(data.map(self._embedding))
         self.scores_ = scores
         self.operators_ = self._operators(scores[:, : min(self.n_pcs, scores.shape[1])], self.grid_)
         self._stacked: tuple[list[object], np.ndarray] | None = None

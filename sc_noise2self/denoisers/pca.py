@@ -16,6 +16,7 @@ from .._numerics.linalg import (
     centered_truncated_svd,
     centred_scores,
     covariance_svd,
+    gram_randomized_svd,
     gram_stats,
     merge_gram_stats,
 )
@@ -113,8 +114,10 @@ class PCA(BaseDenoiser):
     solver
         ``"covariance"``: eigenvectors of the genes × genes centred Gram matrix,
         accumulated over blocks of cells (exact, one pass; the route for dask input).
-        ``"randomized"``: randomised subspace iteration with implicit centring (for many
-        genes). ``"auto"``: covariance up to 4,096 genes, randomised above.
+        ``"randomized"``: randomised subspace iteration on the centred Gram matrix, one pass
+        over blocks of cells per iteration and never the genes × genes matrix (for many
+        genes, in memory or read block by block). ``"auto"``: covariance up to 4,096 genes,
+        randomised above.
     n_oversamples
         Extra random directions of the randomised SVD.
     n_iter
@@ -157,18 +160,6 @@ class PCA(BaseDenoiser):
         check_non_negative_int(self.n_oversamples, "n_oversamples")
         check_non_negative_int(self.n_iter, "n_iter")
 
-    def check_data(self, shape: tuple[int, int], *, in_memory: bool) -> None:
-        """Refuse data read block by block with too many genes for the genes × genes covariance they go through."""
-        if in_memory or self.uses_covariance(shape[1]):
-            return
-        msg = (
-            f"Dask or backed input is calibrated block by block through the genes × genes covariance, which is "
-            f"used up to {AUTO_MAX_GENES:,} genes; this data has {shape[1]}. Pass "
-            "`method=sc_noise2self.denoisers.PCA(solver='covariance')` (it holds a genes × genes float64 matrix), "
-            "or select genes first (e.g. `sc.pp.highly_variable_genes`)."
-        )
-        raise ValueError(msg)
-
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
         """Sorted unique ranks from 1 to ``min(n_cells, n_genes) - 1``."""
         self.check_params()
@@ -193,7 +184,7 @@ class PCA(BaseDenoiser):
         return mean, u * s, vt
 
     def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> PCA | _GroupedRankSweep:
-        """Fit one truncated SVD at ``max(grid)``: from merged Gram statistics, or a randomised SVD in memory.
+        """Fit one truncated SVD at ``max(grid)``: from merged Gram statistics, or randomised, block by block.
 
         With a ``partition``, the sweep of :meth:`held_out_genes` for its held-out group.
         """
@@ -207,12 +198,20 @@ class PCA(BaseDenoiser):
             self.singular_values_, self.components_ = covariance_svd(stats, n_comps)
             self.mean_, self.scores_ = stats.mean, None
             return self
-        rng = np.random.default_rng(self.random_state)
-        self.mean_, u, self.singular_values_, self.components_ = centered_truncated_svd(
-            as_float(data.matrix()), n_comps, n_oversamples=self.n_oversamples, n_iter=self.n_iter, rng=rng
-        )
-        self.scores_ = u * self.singular_values_
+        self.mean_, self.singular_values_, self.components_ = self.randomized_components(data, n_comps)
+        self.scores_ = None
         return self
+
+    def randomized_components(self, data: Data, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gene means, singular values and components by randomised subspace iteration, block by block."""
+        return gram_randomized_svd(
+            lambda fn, merge: data.reduce(lambda block: fn(block.values), merge),
+            data.shape,
+            n_comps,
+            n_oversamples=self.n_oversamples,
+            n_iter=self.n_iter,
+            rng=np.random.default_rng(self.random_state),
+        )
 
     def _scores(self, block: Block) -> np.ndarray:
         """Return the block's scores (``U S``) on every fitted component."""
