@@ -66,3 +66,23 @@ def test_denoise_output_on_a_local_cluster(client, counts):
     n2s.pp.denoise(lazy, progress=False)
     assert lazy.uns["denoised"]["best"] == memory.uns["denoised"]["best"]
     np.testing.assert_allclose(lazy.layers["denoised"].compute(), memory.layers["denoised"], atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Sending large graph:UserWarning")
+def test_masked_genes_and_pp_pca_on_a_local_cluster(client, counts, monkeypatch):
+    """mask_var with count output, the randomised route for many genes, and pp.pca: as in memory."""
+    import anndata as ad
+
+    monkeypatch.setattr("sc_noise2self.denoisers.pca.AUTO_MAX_GENES", 40)  # the randomised route, as for many genes
+    memory = ad.AnnData(counts.astype(np.float32))
+    memory.var["highly_variable"] = np.arange(memory.n_vars) % 2 == 0
+    lazy = ad.AnnData(da.from_array(counts, chunks=(100, -1)), var=memory.var.copy())
+    for a in (memory, lazy):
+        n2s.pp.denoise(a, grid=[2, 4, 6], scale="counts", max_dense_bytes=1, progress=False)
+        n2s.pp.pca(a, objective="reconstruction", grid=[2, 4, 6], progress=False)
+    assert client.run(lambda: 1)
+    assert lazy.uns["denoised"]["best"] == memory.uns["denoised"]["best"]
+    assert lazy.uns["denoised"]["n_genes_fitted"] == 45
+    np.testing.assert_allclose(lazy.layers["denoised"].compute(), memory.layers["denoised"].compute(), rtol=1e-4)
+    np.testing.assert_allclose(lazy.obsm["X_pca"], memory.obsm["X_pca"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lazy.uns["pca"]["variance_ratio"], memory.uns["pca"]["variance_ratio"], rtol=1e-7)
