@@ -72,23 +72,25 @@ def block_data(values, counts, rows_per_block, **data):
 
 
 def out_of_core(adata, tmp_path, kinds=("dask-97", "dask-250", "backed", "lazy")):
-    """The same AnnData (counts in ``X``, with its ``var``) as each kind of input read block by block.
+    """The same AnnData (counts in ``X``, its ``obs``, ``var`` and ``obsm``) as each kind of input read in blocks.
 
     ``dask-N``: a dask array of CSR chunks of N cells; ``backed``: ``read_h5ad(..., backed="r")``;
     ``lazy``: ``anndata.experimental.read_lazy`` (left out without xarray). Yields ``(kind, adata)``.
     """
     import importlib.util
+    import tempfile
+    from pathlib import Path
 
     import anndata as ad
     import dask.array as da
 
-    path = tmp_path / "counts.h5ad"
-    ad.AnnData(sparse.csr_matrix(adata.X), obs=adata.obs, var=adata.var).write_h5ad(path)
+    path = Path(tempfile.mkdtemp(dir=tmp_path)) / "counts.h5ad"  # a lazily read file stays open
+    ad.AnnData(sparse.csr_matrix(adata.X), obs=adata.obs, var=adata.var, obsm=dict(adata.obsm)).write_h5ad(path)
     for kind in kinds:
         if kind.startswith("dask"):
             chunks = (int(kind.split("-")[1]), -1)
             X = da.from_array(sparse.csr_matrix(adata.X), chunks=chunks, asarray=False)
-            yield kind, ad.AnnData(X, obs=adata.obs.copy(), var=adata.var.copy())
+            yield kind, ad.AnnData(X, obs=adata.obs.copy(), var=adata.var.copy(), obsm=dict(adata.obsm))
         elif kind == "backed":
             backed = ad.read_h5ad(path, backed="r")
             yield kind, backed

@@ -190,12 +190,12 @@ def test_blockwise_errors_say_what_to_do_and_leave_adata_untouched(counts):
     good = ad.AnnData(_dask(counts, (100, -1)))
     for kwargs, message in (
         ({"calibration": "genes"}, "needs the data in memory"),
-        ({"method": n2s.denoisers.KNNAverage()}, "needs the data in memory"),
+        ({"method": n2s.denoisers.ALRA()}, "needs the data in memory"),
     ):
         with pytest.raises(ValueError, match=message):
             n2s.pp.denoise(good, progress=False, **kwargs)
     # what cannot run blockwise is refused before the data are read: here, before the bad block
-    for kwargs in ({"calibration": "genes"}, {"method": n2s.denoisers.KNNAverage()}):
+    for kwargs in ({"calibration": "genes"}, {"method": n2s.denoisers.ALRA()}):
         with pytest.raises(ValueError, match="needs the data in memory"):
             n2s.pp.denoise(lazy, progress=False, **kwargs)
     assert not good.layers and not good.uns and not good.obsm
@@ -208,6 +208,16 @@ def test_blockwise_errors_say_what_to_do_and_leave_adata_untouched(counts):
     with pytest.raises(ValueError, match=r"cells 300\.\.399\) contains negative values"):  # one it reads: now
         n2s.pp.split_counts(ad.AnnData(_dask(bad.tocsr(), (100, -1))), copy=True)
     assert good.X is X
+
+
+def test_the_knn_average_calibrates_block_by_block_but_writes_from_memory_only(counts, monkeypatch):
+    lazy = ad.AnnData(_dask(counts, (100, -1)))
+    with pytest.raises(ValueError, match="its output needs the counts in memory"):
+        n2s.pp.denoise(lazy, method="knn", progress=False)
+    assert not lazy.layers and not lazy.uns
+    monkeypatch.setattr("sc_noise2self.denoisers.knn._GATHERED_BYTES", 2**20)
+    with pytest.raises(ValueError, match=r"averages for the 400 cells scored .* lower max_scored_cells"):
+        n2s.tl.calibrate(_dask(counts, (100, -1)), method="knn", progress=False)
 
 
 def test_backed_csc_is_refused_with_advice(counts, tmp_path):

@@ -212,7 +212,7 @@ def _paths(name: str):
     yield "dense", {}
     if tags.low_rank:
         yield "factored", {"max_dense_bytes": 1}
-    if tags.blockwise:
+    if tags.blockwise and not tags.in_memory_output:
         yield "dask", {}
     if tags.gene_partition is not None:
         yield "genes", {"calibration": "genes", "n_groups": 4}

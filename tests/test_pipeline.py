@@ -239,17 +239,42 @@ def test_bad_input_is_refused_before_any_write(adata, call, match):
     assert_same(adata, before)
 
 
-def test_neighbour_graphs_refuse_counts_read_block_by_block(adata, tmp_path):
+def test_pca_of_neighbour_graphs_refuses_counts_read_block_by_block(adata, tmp_path):
     pytest.importorskip("dask.array")
-    adata.obsm["X_pca"] = np.zeros((adata.n_obs, 3))
-    counts = ad.AnnData(adata.layers["counts"], obs=adata.obs, obsm=dict(adata.obsm))
+    counts = ad.AnnData(adata.layers["counts"], obs=adata.obs)
     for kind, other in out_of_core(counts, tmp_path, kinds=("dask-100", "backed")):
-        other.obsm["X_pca"] = adata.obsm["X_pca"]
-        for call in (n2s.pp.pca, n2s.pp.neighbors):
-            before = other.uns.copy()
-            with pytest.raises(ValueError, match="needs the counts in memory.*objective='reconstruction'"):
-                call(other, progress=False)
-            assert dict(other.uns) == dict(before), kind
+        with pytest.raises(ValueError, match=r"needs the counts in memory.*objective='reconstruction'"):
+            n2s.pp.pca(other, progress=False)
+        assert not other.uns and not other.obsm, kind
+
+
+def test_neighbors_out_of_core_gives_the_in_memory_graph(sim, tmp_path):
+    """The averages of the scored cells gathered block by block: the same curve, choice and graph."""
+    pytest.importorskip("dask.array")
+    big = simulate_clusters(1500, 120, mean_depth=600.0, seed=3)
+    for counts, settings in (
+        (ad.AnnData(sim.counts.astype(np.float32)), {}),
+        (ad.AnnData(big.counts.astype(np.float32)), {"max_scored_cells": 600, "n_splits": 2}),  # a sample
+    ):
+        counts.obs_names = [f"c{i}" for i in range(counts.n_obs)]
+        counts.obsm["X_pca"] = np.asarray(sim_embedding(counts.X))
+        memory = counts.copy()
+        _neighbors(memory, layer=None, **settings)
+        for kind, other in out_of_core(counts, tmp_path):
+            _neighbors(other, layer=None, **settings)
+            got, expected = other.uns["neighbors"]["calibration"], memory.uns["neighbors"]["calibration"]
+            assert got["best"] == expected["best"], kind
+            np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-9, err_msg=kind)
+            for key in ("distances", "connectivities"):
+                assert (other.obsp[key] != memory.obsp[key]).nnz == 0, kind
+
+
+def sim_embedding(counts) -> np.ndarray:
+    """A PCA embedding of counts, as sc.pp.pca would give after log-normalising (20 components)."""
+    values = transformed(sparse.csr_matrix(counts), "log1p", 1e4).toarray()
+    values -= values.mean(axis=0)
+    u, s, _ = np.linalg.svd(values, full_matrices=False)
+    return (u[:, :20] * s[:20]).astype(np.float32)
 
 
 @pytest.mark.parametrize("hvg", [False, True], ids=["all genes", "highly variable"])

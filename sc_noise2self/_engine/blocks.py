@@ -388,10 +388,12 @@ class BlockData:
         scales: np.ndarray,
         transform: str,
         max_rate: float,
+        scored: np.ndarray | None = None,
     ) -> None:
         self.source, self.make = source, make
         self.shape = source.shape
         self.scales, self.transform, self.max_rate = scales, transform, max_rate
+        self.scored = scored
 
     def matrix(self) -> sparse.csr_matrix:
         """Refused: these data are not in memory."""
@@ -430,10 +432,15 @@ def training_data(
     transform: str,
     max_rate: float,
     whole: Block | None = None,
+    scored: np.ndarray | None = None,
 ) -> ArrayData | BlockData:
-    """Return the data to fit on: ``make(counts, rows)`` of every block (in memory one block, or ``whole``)."""
+    """Return the data to fit on: ``make(counts, rows)`` of every block (in memory one block, or ``whole``).
+
+    ``scored``: the cells a calibration will score (sorted positions; None: every cell), which a
+    method that reads other cells' data may need to know when the data are read block by block.
+    """
     if not source.in_memory:
-        return BlockData(source, make, scales=scales, transform=transform, max_rate=max_rate)
+        return BlockData(source, make, scales=scales, transform=transform, max_rate=max_rate, scored=scored)
     if whole is None:
         whole = make(source.matrix(), slice(0, source.shape[0]))
     return ArrayData(whole.values, whole.counts, scales=scales, transform=transform, max_rate=max_rate)

@@ -207,6 +207,7 @@ def run_mcv(
             transform=settings.transform,
             max_rate=max_rate,
             whole=whole,
+            scored=scored.positions(),
         )
         sweep = denoiser.fit(data, grid)
         reports.append(sweep.report())

@@ -297,6 +297,12 @@ class ScoredCells(NamedTuple):
         starts = self.groups * GROUP
         return int((np.minimum(starts + GROUP, self.n_cells) - starts).sum())
 
+    def positions(self) -> np.ndarray | None:
+        """Return the scored cells' positions, sorted (None: every cell)."""
+        if self.groups is None:
+            return None
+        return np.concatenate([np.arange(r.start, r.stop) for r in self.runs(slice(0, self.n_cells))])
+
     def runs(self, rows: slice) -> list[slice]:
         """Return the scored cells among ``rows`` as runs of neighbouring cells (positions in the data)."""
         if rows.stop <= rows.start:

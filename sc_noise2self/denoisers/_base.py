@@ -78,6 +78,9 @@ class Tags:
     """It may train on the raw counts behind the values (a count likelihood)."""
     blockwise: bool = False
     """It fits from blocks of cells (dask arrays, backed AnnData) without the whole matrix in memory."""
+    in_memory_output: bool = False
+    """Its output for a cell reads other cells' data anywhere in the matrix: data read block by block are
+    calibrated (predicting only the cells scored, :attr:`Data.scored`) but not denoised."""
     n_cell_groups: int = 5
     """Cell groups of the gene partition's cross-fitting (at least 2)."""
 
@@ -160,6 +163,8 @@ class Data(Protocol):
     max_rate: float
     """The largest rate an output on the count scale must cover."""
     in_memory: bool
+    scored: np.ndarray | None
+    """The cells the calibration will ask predictions for (sorted positions), when not all of them."""
 
     def matrix(self) -> sparse.csr_matrix:
         """All the values (in memory only; a ``ValueError`` says what to do otherwise)."""
@@ -204,6 +209,7 @@ class ArrayData:
     """
 
     in_memory = True
+    scored = None
 
     def __init__(
         self,

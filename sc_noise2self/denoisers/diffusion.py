@@ -126,8 +126,9 @@ class Diffusion(BaseDenoiser):
 
     The graph is built on the first ``n_pcs`` principal components of the (transformed)
     data, computed as :class:`~sc_noise2self.denoisers.PCA` does (exact up to 4,096
-    genes, randomised above, block by block either way); the data are diffused as their first ``n_comps`` principal components and
-    mapped back to genes block by block, so memory stays ``O(nnz + n_cells · n_comps)``
+    genes, randomised above, block by block either way); the data are diffused as their
+    first ``n_comps`` principal components and mapped back to genes block by block, so
+    memory stays ``O(nnz + n_cells · n_comps)``
     and no cells × cells matrix is ever dense. ``t = 0`` is the rank-``n_comps`` PCA
     reconstruction; each step multiplies by the transition matrix once more, so a sweep
     over ``t = 0..T`` costs one graph and ``T`` sparse products.

@@ -9,6 +9,7 @@ the other genes and a cell's own held-out values are never read.
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, ClassVar
 
 import numba
@@ -18,7 +19,8 @@ from scipy import sparse
 from .._numerics.checks import check_int_grid, check_positive_int
 from .._numerics.linalg import as_float
 from .._numerics.loss import squared_error_row
-from ._base import BaseDenoiser, Predicted, Sweep, Tags
+from .._numerics.machine import default_max_dense_bytes
+from ._base import ArrayData, BaseDenoiser, Predicted, Sweep, Tags
 from ._registry import register
 from ._search import EXACT_MAX_CELLS, NeighborSearch, knn_graph
 from .pca import PCA
@@ -139,6 +141,58 @@ class _Sweep(Sweep):
         return np.concatenate([_sweep_kernel(*args, tuple(scorer))[1] for _, _, args in passes], axis=1)
 
 
+class _Gathered(Sweep):
+    """kNN averages of the scored cells of data read block by block, whose neighbours lie in any block.
+
+    Per ``n_pcs``, one pass over the blocks: each block adds its cells' values to the sums of the
+    scored cells they are neighbours of (a cell's own values to its own), in bands of neighbour
+    ranks between consecutive ``n_neighbors``; the bands' running sums divided by
+    ``n_neighbors`` are the averages, held as float32 (scored cells × genes per grid value).
+    Predictions exist for the scored cells (``data.scored``) only.
+    """
+
+    def __init__(self, data: Data, neighbours: dict[int, np.ndarray], grid: np.ndarray) -> None:
+        self.grid_ = grid
+        self.scored = np.arange(data.shape[0]) if data.scored is None else np.asarray(data.scored)
+        self.means: list[np.ndarray] = []  # per grid value, in grid order
+        for n_pcs, others in neighbours.items():
+            ks = grid if grid.ndim == 1 else grid[grid[:, 1] == n_pcs, 0]
+            bands = _bands(self.scored, others[self.scored], ks, data.shape[0])
+
+            def band_sums(block: Block, bands: sparse.csc_matrix = bands) -> sparse.csr_matrix:
+                return sparse.csr_matrix(bands[:, block.rows] @ block.values)
+
+            sums = data.reduce(band_sums, operator.add).toarray().reshape(len(ks), self.scored.size, -1)
+            running = np.cumsum(sums, axis=0)
+            self.means.extend((running[v] * (1.0 / k)).astype(np.float32) for v, k in enumerate(ks))
+
+    def predictions(self, block: Block) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
+        at = int(np.searchsorted(self.scored, block.rows.start))
+        cells = slice(at, at + block.rows.stop - block.rows.start)
+        if not np.array_equal(self.scored[cells], np.arange(block.rows.start, block.rows.stop)):
+            msg = "The kNN average of data read block by block predicts only the cells the calibration scores."
+            raise ValueError(msg)
+        for value, means in zip(self.grid_, self.means, strict=True):
+            yield (int(value) if self.grid_.ndim == 1 else (int(value[0]), int(value[1]))), means[cells]
+
+
+def _bands(scored: np.ndarray, others: np.ndarray, ks: np.ndarray, n_cells: int) -> sparse.csc_matrix:
+    """Which cells each scored cell's average adds, by band: (bands · scored cells) × cells, ones.
+
+    Row ``b · len(scored) + r`` marks scored cell ``r``'s neighbours of ranks ``ks[b - 1]`` to
+    ``ks[b] - 1`` (``others`` nearest first; the cell itself, rank 1, in band 0).
+    """
+    n = scored.size
+    rows, columns, done = [np.arange(n)], [scored], 1
+    for b, k in enumerate(ks):
+        ranks = np.arange(done - 1, k - 1)
+        rows.append(np.repeat(b * n + np.arange(n), ranks.size))
+        columns.append(others[:, ranks].ravel())
+        done = int(k)
+    rows, columns = np.concatenate(rows), np.concatenate(columns)
+    return sparse.csc_matrix((np.ones(rows.size), (rows, columns)), shape=(len(ks) * n, n_cells))
+
+
 @register("knn")
 class KNNAverage(BaseDenoiser):
     """Denoise each cell by the mean over its ``n_neighbors`` nearest cells, itself included.
@@ -168,7 +222,7 @@ class KNNAverage(BaseDenoiser):
         Seed of the randomised SVD (above 4,096 genes) and of the approximate search.
     """
 
-    tags = Tags(gene_partition="held_out")
+    tags = Tags(gene_partition="held_out", blockwise=True, in_memory_output=True)
     axis_labels: ClassVar[dict[str, str]] = {
         "n_neighbors": "number of neighbours (the cell included)",
         "n_pcs": "number of principal components",
@@ -221,14 +275,19 @@ class KNNAverage(BaseDenoiser):
             return {int(self.n_pcs): int(grid.max())}
         return {int(p): int(grid[grid[:, 1] == p, 0].max()) for p in np.unique(grid[:, 1])}
 
-    def _neighbours(self, X: ArrayLike, sizes: dict[int, int]) -> dict[int, np.ndarray]:
-        """Return, per ``n_pcs``, each cell's ``size - 1`` nearest other cells in the top components of ``X``."""
+    def _embedding(self, data: Data, n_comps: int) -> np.ndarray:
+        """Return every cell's scores on the top ``n_comps`` components, as PCA computes them (block by block)."""
+        n_comps = min(n_comps, min(data.shape) - 1)
+        pca = PCA(random_state=self.random_state)
+        pca.fit(data, np.array([n_comps]))
+        return np.concatenate(data.map(pca.output(n_comps).scores))
+
+    def _neighbours(self, embedding: np.ndarray, sizes: dict[int, int]) -> dict[int, np.ndarray]:
+        """Return, per ``n_pcs``, each cell's ``size - 1`` nearest other cells in the top components."""
         self.check_params()
-        n_comps = min(max(sizes), min(X.shape) - 1)
-        _, embedding, _ = PCA(random_state=self.random_state).embed(X, n_comps)
         method = self.neighbor_search
         if method == "auto":
-            method = "exact" if X.shape[0] <= EXACT_MAX_CELLS else "approximate"
+            method = "exact" if embedding.shape[0] <= EXACT_MAX_CELLS else "approximate"
         seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))
         neighbours, seeds = {}, None
         for n_pcs in sorted(sizes):  # each search seeded by the one in fewer components (faster, same result)
@@ -240,13 +299,21 @@ class KNNAverage(BaseDenoiser):
     def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> KNNAverage | _Sweep:
         """Find every cell's nearest other cells in the embedding of the data, for every ``n_pcs`` of the grid.
 
-        With a ``partition``, the sweep of :meth:`held_out_genes` for its held-out group.
+        Data read block by block give the averages of the cells the calibration scores
+        (``data.scored``), gathered in one pass over the blocks per ``n_pcs``. With a
+        ``partition``, the sweep of :meth:`held_out_genes` for its held-out group.
         """
         if partition is not None:
             return self.held_out_genes(data.matrix(), partition.genes, partition.cell_groups, grid)
         self.grid_ = np.asarray(grid, dtype=np.int64)
+        sizes = self._pcs_and_sizes(self.grid_)
+        if not data.in_memory:
+            _check_gathered_size(data, self.grid_, sizes)
+        neighbours = self._neighbours(self._embedding(data, max(sizes)), sizes)
+        if not data.in_memory:
+            return _Gathered(data, neighbours, self.grid_)
         self.data_ = sparse.csr_matrix(as_float(data.matrix()))
-        self.neighbors_ = self._neighbours(self.data_, self._pcs_and_sizes(self.grid_))
+        self.neighbors_ = neighbours
         return self
 
     def _sweep(self) -> _Sweep:
@@ -284,5 +351,31 @@ class KNNAverage(BaseDenoiser):
         """
         X = sparse.csr_matrix(as_float(X))
         grid = np.asarray(grid, dtype=np.int64)
-        neighbours = self._neighbours(X[:, ~genes], self._pcs_and_sizes(grid))
+        sizes = self._pcs_and_sizes(grid)
+        neighbours = self._neighbours(self._embedding(ArrayData(X[:, ~genes]), max(sizes)), sizes)
         return _Sweep(sparse.csr_matrix(X[:, genes]), neighbours, grid, own=False)
+
+
+def _check_gathered_size(data: Data, grid: np.ndarray, sizes: dict[int, int]) -> None:
+    """Refuse, before any pass, averages of the scored cells too large for memory (data read block by block)."""
+    if data.scored is None and data.shape[0] > 100_000:
+        msg = (
+            "The kNN average of data read block by block predicts the cells a calibration scores, and here every "
+            f"cell ({data.shape[0]:,}) would be: pass max_scored_cells (e.g. 10,000), or load the counts in memory."
+        )
+        raise ValueError(msg)
+    n_scored = data.shape[0] if data.scored is None else len(data.scored)
+    most_bands = max(int((grid if grid.ndim == 1 else grid[grid[:, 1] == p]).shape[0]) for p in sizes)
+    size = n_scored * data.shape[1] * (4 * len(grid) + 16 * most_bands)  # the averages, one n_pcs' sums
+    budget = min(default_max_dense_bytes(), _GATHERED_BYTES)
+    if size > budget:
+        msg = (
+            f"The kNN average of data read block by block holds its averages for the {n_scored:,} cells scored "
+            f"({len(grid)} settings × {data.shape[1]:,} genes: {size / 2**30:.1f} GiB, above {budget / 2**30:.1f} "
+            "GiB): pass a lower max_scored_cells or a shorter grid, select genes first, or load the counts."
+        )
+        raise ValueError(msg)
+
+
+_GATHERED_BYTES = 2**31
+"""Most memory the averages of the scored cells may take (data read block by block)."""

@@ -202,6 +202,13 @@ def denoise(
     X, what = counts_of(adata, layer)
     blockwise = is_blockwise(X)
     genes = _gene_mask(adata, mask_var, denoiser)
+    if blockwise and denoiser.tags.in_memory_output:
+        msg = (
+            f"method {name!r} averages each cell over other cells anywhere in the matrix, so its output needs the "
+            "counts in memory (a dask array or a backed or lazily read AnnData was given): load them "
+            "(`adata = adata.to_memory()`), or calibrate it alone with sc_noise2self.tl.calibrate."
+        )
+        raise ValueError(msg)
     streamed = blockwise and not denoiser.tags.low_rank  # the autoencoder on dask or backed input: a lazy layer
     factored = not streamed and (blockwise or not _dense_fits(adata, denoiser, max_dense_bytes))
     if factored or streamed:

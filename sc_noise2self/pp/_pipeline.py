@@ -167,8 +167,14 @@ def pca(
     if objective not in ("neighbors", "reconstruction"):
         msg = f"objective must be 'neighbors' or 'reconstruction', got {objective!r}."
         raise ValueError(msg)
-    if objective == "neighbors":
-        _refuse_blockwise(adata, layer, "pp.pca(objective='neighbors')", "objective='reconstruction' (block by block)")
+    if objective == "neighbors" and is_blockwise(counts_of(adata, layer)[0]):
+        msg = (
+            "pp.pca(objective='neighbors') scores a neighbour graph for every number of components, which needs the "
+            "counts in memory (a dask array or a backed or lazily read AnnData was given). Use "
+            "objective='reconstruction' (block by block; then sc_noise2self.pp.neighbors chooses n_neighbors block "
+            "by block), or load the counts (`adata.to_memory()`)."
+        )
+        raise ValueError(msg)
     genes = _genes(adata, mask_var, calibration)
     shape = (adata.n_obs, adata.n_vars if genes is None else int(genes[0].sum()))
     if objective == "neighbors":
@@ -269,8 +275,9 @@ def neighbors(
     Parameters
     ----------
     adata
-        Annotated data matrix with raw UMI counts in ``X`` or in ``layer`` (in memory) and
-        an embedding in ``obsm`` (by default ``"X_pca"``, e.g. from
+        Annotated data matrix with raw UMI counts in ``X`` or in ``layer`` (in memory, or a
+        dask array or a backed or lazily read AnnData, read block by block) and an embedding
+        in ``obsm`` (by default ``"X_pca"``, e.g. from
         :func:`sc_noise2self.pp.pca` or ``sc.pp.pca``).
     layer
         Layer holding the raw counts; ``adata.X`` when None.
@@ -344,7 +351,6 @@ def neighbors(
     )
     name, denoiser = resolve_method("knn", random_state, n_pcs=min(embedding.shape[1], 100))
     start = logg.info("computing neighbors, their number calibrated by self-supervision")
-    _refuse_blockwise(adata, layer, "pp.neighbors", "sc_noise2self.pp.pca(adata, objective='reconstruction')")
     genes = _genes(adata, mask_var, calibration)
     check_targets(adata, uns_key, {"obsp": list(obsp_keys)}, function="neighbors", read_layer=None, overwrite=overwrite)
     with progress_bar(bar_label("knn", calibration), progress=settings.progress) as bar:
@@ -423,17 +429,6 @@ def _graph_grid(grid: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray:
     n_neighbors = _GRAPH_NEIGHBORS[_GRAPH_NEIGHBORS <= shape[0]]
     n_neighbors = n_neighbors if n_neighbors.size else np.arange(2, shape[0] + 1)
     return grid_product(n_neighbors=check_int_grid(n_neighbors, low=2, high=shape[0], name="n_neighbors"), n_pcs=n_pcs)
-
-
-def _refuse_blockwise(adata: AnnData, layer: str | None, function: str, instead: str) -> None:
-    """Refuse counts read block by block for a calibration of neighbour graphs (each cell's neighbours are anywhere)."""
-    if is_blockwise(counts_of(adata, layer)[0]):
-        msg = (
-            f"{function} scores kNN averages, which read each cell's neighbours wherever they are in the matrix, "
-            f"so it needs the counts in memory (a dask array or a backed or lazily read AnnData was given). Load "
-            f"them with `adata.to_memory()`, calibrate a subset of cells, or use {instead}."
-        )
-        raise ValueError(msg)
 
 
 def _genes(adata: AnnData, mask_var: object, calibration: str) -> tuple[np.ndarray, str] | None:
