@@ -31,6 +31,7 @@ __all__ = [
     "centered_truncated_svd",
     "centred_scores",
     "covariance_svd",
+    "fix_signs",
     "gram_randomized_svd",
     "gram_stats",
     "merge_gram_stats",
@@ -98,11 +99,11 @@ def centered_truncated_svd(
         u_small, s, vt = linalg.svd(times_t(q).T, full_matrices=False)
     u = q @ u_small[:, :n_comps]
     s, vt = s[:n_comps], vt[:n_comps]
-    signs = _fix_signs(vt)
+    signs = fix_signs(vt)
     return mean, u * signs, s, vt * signs[:, None]
 
 
-def _fix_signs(vt: np.ndarray) -> np.ndarray:
+def fix_signs(vt: np.ndarray) -> np.ndarray:
     """Sign of each component so that its largest loading is positive (reproducible output)."""
     signs = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
     signs[signs == 0] = 1.0
@@ -217,7 +218,17 @@ def covariance_svd(stats: GramStats, n_comps: int) -> tuple[np.ndarray, np.ndarr
         values, vectors = linalg.eigh(stats.m2, subset_by_index=[n_genes - n_comps, n_genes - 1])
     s = np.sqrt(np.clip(values[::-1], 0.0, None))
     vt = vectors[:, ::-1].T
-    return s, vt * _fix_signs(vt)[:, None]
+    return s, vt * fix_signs(vt)[:, None]
+
+
+def gram_times(values: ArrayLike, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column sums of ``values`` and ``valuesᵀ (values q)``: a block's share of a :func:`gram_randomized_svd` pass."""
+    values = as_float(values)
+    if sparse.issparse(values):
+        product = sparse_dense_product(values.T.tocsr(), sparse_dense_product(values, q))
+    else:
+        product = values.T @ (values @ q)
+    return np.asarray(values.sum(axis=0)).ravel(), product
 
 
 def gram_randomized_svd(
@@ -228,6 +239,7 @@ def gram_randomized_svd(
     n_oversamples: int,
     n_iter: int,
     rng: np.random.Generator,
+    terms: Callable[[ArrayLike, np.ndarray], tuple[np.ndarray, np.ndarray]] = gram_times,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top ``n_comps`` singular values and components of the centred data, read in blocks of cells.
 
@@ -238,7 +250,8 @@ def gram_randomized_svd(
     covariance route holds genes × genes. The first pass also gives the means; the last,
     ``Q^T G Q``, whose eigenvectors rotate ``Q`` onto the components. ``reduce(fn, merge)``
     maps ``fn`` over the blocks of values (cells × genes, sparse or dense) and merges the
-    results; ``shape`` is the whole data's. Signs are fixed as in :func:`covariance_svd`.
+    results; ``shape`` is the whole data's; ``terms``: a block's share of a pass
+    (:func:`gram_times`, or its counterpart on a device). Signs are fixed as in :func:`covariance_svd`.
 
     Returns
     -------
@@ -249,15 +262,7 @@ def gram_randomized_svd(
     width = min(n_comps + n_oversamples, n_cells, n_genes)
 
     def pass_over(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        def block_terms(values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-            values = as_float(values)
-            if sparse.issparse(values):
-                product = sparse_dense_product(values.T.tocsr(), sparse_dense_product(values, q))
-            else:
-                product = values.T @ (values @ q)
-            return np.asarray(values.sum(axis=0)).ravel(), product
-
-        sums, product = reduce(block_terms, lambda a, b: (a[0] + b[0], a[1] + b[1]))
+        sums, product = reduce(lambda values: terms(values, q), lambda a, b: (a[0] + b[0], a[1] + b[1]))
         mean = sums / n_cells
         return mean, product - n_cells * np.outer(mean, mean @ q)
 
@@ -272,7 +277,7 @@ def gram_randomized_svd(
         values, vectors = linalg.eigh((small + small.T) / 2, subset_by_index=[width - n_comps, width - 1])
     s = np.sqrt(np.clip(values[::-1], 0.0, None))
     vt = (q @ vectors[:, ::-1]).T
-    return mean, s, vt * _fix_signs(vt)[:, None]
+    return mean, s, vt * fix_signs(vt)[:, None]
 
 
 def centred_scores(X: ArrayLike, mean: np.ndarray, components: np.ndarray) -> np.ndarray:

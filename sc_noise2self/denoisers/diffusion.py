@@ -9,14 +9,15 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
+from .._numerics import device as on_device
 from .._numerics.checks import check_int_grid, check_number, check_positive_int
-from .._numerics.linalg import as_float, centred_scores, covariance_svd, gram_stats, merge_gram_stats
+from .._numerics.linalg import as_float
 from .._numerics.machine import default_max_dense_bytes
 from .._numerics.rows import low_rank_rows, low_rank_sweep_losses
 from ._base import BaseDenoiser, LowRank, Step, Sweep, Tags
 from ._registry import register
 from ._search import EXACT_MAX_CELLS, NeighborSearch, knn_graph
-from .pca import AUTO_MAX_GENES, PCA, _cross_fitted_prediction
+from .pca import PCA, _cross_fitted_prediction
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -152,6 +153,11 @@ class Diffusion(BaseDenoiser):
     neighbor_search
         ``"exact"`` (compiled brute force), ``"approximate"`` (pynndescent, seeded) or
         ``"auto"``: exact up to 100,000 cells, approximate above.
+    device
+        Where the embedding's Gram matrices and eigenproblem and the sweep's scoring run:
+        ``"auto"`` (a CUDA device when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or
+        ``"cuda:N"``, as for :class:`~sc_noise2self.denoisers.PCA`; the graph and its steps
+        stay on the CPU.
     random_state
         Seed of the randomised PCA (used above 4,096 genes; below, the PCA is exact, see
         :class:`~sc_noise2self.denoisers.PCA`) and of the approximate neighbour search.
@@ -177,6 +183,7 @@ class Diffusion(BaseDenoiser):
         kernel: Kernel = "knn",
         decay: float = 40.0,
         neighbor_search: NeighborSearch = "auto",
+        device: str = "auto",
         random_state: object = 0,
     ) -> None:
         self.n_neighbors = n_neighbors
@@ -185,6 +192,7 @@ class Diffusion(BaseDenoiser):
         self.kernel = kernel
         self.decay = decay
         self.neighbor_search = neighbor_search
+        self.device = device
         self.random_state = random_state
 
     def __getstate__(self) -> dict:
@@ -212,6 +220,7 @@ class Diffusion(BaseDenoiser):
         if self.neighbor_search not in ("auto", "exact", "approximate"):
             msg = f"neighbor_search must be 'auto', 'exact' or 'approximate', got {self.neighbor_search!r}."
             raise ValueError(msg)
+        on_device.check_device(self.device)
 
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
         """``t`` values (1-D) or ``(t, n_neighbors)`` pairs (2-D), sorted by ``n_neighbors`` then ``t``."""
@@ -285,21 +294,14 @@ class Diffusion(BaseDenoiser):
         self.grid_ = np.asarray(grid)
         self._held_out_pca = None
         n_comps = min(self.n_comps, min(data.shape) - 1)
-        if data.shape[1] <= AUTO_MAX_GENES:
-            stats = data.reduce(lambda block: gram_stats(as_float(block.values)), merge_gram_stats)
-            _, self.components_ = covariance_svd(stats, n_comps)
-            self.mean_ = stats.mean
-        else:
-            self.mean_, _, self.components_ = PCA(random_state=self.random_state).randomized_components(data, n_comps)
-        scores = np.concatenate(data.map(self._embedding))
+        pca = PCA(device=self.device, random_state=self.random_state)  # its route for this many genes
+        pca.fit(data, np.array([n_comps]))
+        self.mean_, self.components_, self.device_ = pca.mean_, pca.components_, pca.device_
+        scores = np.concatenate(data.map(pca.output(n_comps).scores))
         self.scores_ = scores
         self.operators_ = self._operators(scores[:, : min(self.n_pcs, scores.shape[1])], self.grid_)
         self._stacked: tuple[list[object], np.ndarray] | None = None
         return self
-
-    def _embedding(self, block: Block) -> np.ndarray:
-        """Return the block's scores on the fitted components, from its own rows."""
-        return centred_scores(as_float(block.values), self.mean_, self.components_)
 
     def _diffused_scores(self) -> Iterator[tuple[object, np.ndarray]]:
         """For each ``n_neighbors``, the scores diffused one step at a time through the ``t`` grid."""
@@ -359,7 +361,10 @@ class Diffusion(BaseDenoiser):
         Each block is mapped to genes and scored at every value in a row, as :meth:`predictions`
         would, to the same bytes.
         """
-        return low_rank_sweep_losses(self.mean_, self._stack()[1][:, block.rows], self.components_, scorer)
+        stacked = self._stack()[1][:, block.rows]
+        if self.device_ is not None:
+            return on_device.stacked_losses(self.mean_, stacked, self.components_, scorer, self.device_)
+        return low_rank_sweep_losses(self.mean_, stacked, self.components_, scorer)
 
     def output(self, value: int | tuple[int, int]) -> LowRank:
         """Return the output after ``t`` steps, factored: mean + diffused scores @ components."""

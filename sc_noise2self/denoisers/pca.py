@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import weakref
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numba
 import numpy as np
 from scipy import linalg, sparse
 
+from .._numerics import device as on_device
 from .._numerics.checks import check_int_grid, check_non_negative_int
 from .._numerics.linalg import (
     GramStats,
@@ -18,6 +20,7 @@ from .._numerics.linalg import (
     covariance_svd,
     gram_randomized_svd,
     gram_stats,
+    gram_times,
     merge_gram_stats,
 )
 from .._numerics.loss import at_least, squared_error_row
@@ -123,6 +126,11 @@ class PCA(BaseDenoiser):
     n_iter
         Power iterations of the randomised SVD; more is more accurate for the trailing
         components.
+    device
+        Where the calibration's Gram matrices, eigenproblem and scoring run: ``"auto"``
+        (a CUDA device when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or
+        ``"cuda:N"`` (needs torch, the ``autoencoder`` extra). The choice on a CUDA device
+        is the CPU's; its losses agree to rounding.
     random_state
         Seed of the randomised SVD's test matrix (anything :func:`numpy.random.default_rng` takes).
     """
@@ -136,11 +144,13 @@ class PCA(BaseDenoiser):
         solver: Literal["auto", "covariance", "randomized"] = "auto",
         n_oversamples: int = 20,
         n_iter: int = 7,
+        device: str = "auto",
         random_state: object = 0,
     ) -> None:
         self.solver = solver
         self.n_oversamples = n_oversamples
         self.n_iter = n_iter
+        self.device = device
         self.random_state = random_state
 
     def grid_names(self, grid: np.ndarray) -> tuple[str, ...]:
@@ -159,6 +169,7 @@ class PCA(BaseDenoiser):
             raise ValueError(msg)
         check_non_negative_int(self.n_oversamples, "n_oversamples")
         check_non_negative_int(self.n_iter, "n_iter")
+        on_device.check_device(self.device)
 
     def check_grid(self, grid: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
         """Sorted unique ranks from 1 to ``min(n_cells, n_genes) - 1``."""
@@ -193,17 +204,23 @@ class PCA(BaseDenoiser):
         self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
         n_comps = int(self.grid_[-1])
         self._gram_cache = None
-        if self.uses_covariance(data.shape[1]):  # scores are made block by block from each block's rows
-            stats = data.reduce(lambda block: gram_stats(as_float(block.values)), merge_gram_stats)
-            self.singular_values_, self.components_ = covariance_svd(stats, n_comps)
-            self.mean_, self.scores_ = stats.mean, None
+        self.device_ = device = on_device.resolve(self.device)
+        self.scores_ = None  # scores are made block by block from each block's rows
+        if self.uses_covariance(data.shape[1]):
+            if device is None:
+                stats = data.reduce(lambda block: gram_stats(as_float(block.values)), merge_gram_stats)
+                self.singular_values_, self.components_ = covariance_svd(stats, n_comps)
+            else:
+                stats = data.reduce(lambda block: on_device.gram_stats(block.values, device), merge_gram_stats)
+                self.singular_values_, self.components_ = on_device.covariance_svd(stats, n_comps, device)
+            self.mean_ = stats.mean
             return self
         self.mean_, self.singular_values_, self.components_ = self.randomized_components(data, n_comps)
-        self.scores_ = None
         return self
 
     def randomized_components(self, data: Data, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Gene means, singular values and components by randomised subspace iteration, block by block."""
+        device = on_device.resolve(self.device)
         return gram_randomized_svd(
             lambda fn, merge: data.reduce(lambda block: fn(block.values), merge),
             data.shape,
@@ -211,12 +228,15 @@ class PCA(BaseDenoiser):
             n_oversamples=self.n_oversamples,
             n_iter=self.n_iter,
             rng=np.random.default_rng(self.random_state),
+            terms=gram_times if device is None else partial(on_device.gram_times, device=device),
         )
 
     def _scores(self, block: Block) -> np.ndarray:
         """Return the block's scores (``U S``) on every fitted component."""
         if self.scores_ is not None:
             return self.scores_[block.rows]
+        if self.device_ is not None:
+            return on_device.centred_scores(block.values, self.mean_, self.components_, self.device_)
         return centred_scores(as_float(block.values), self.mean_, self.components_)
 
     def predictions(self, block: Block) -> Iterator[tuple[int, np.ndarray]]:
@@ -236,6 +256,9 @@ class PCA(BaseDenoiser):
 
     def losses(self, block: Block, scorer: RowScorer) -> np.ndarray:
         """Per-cell MSE of the block at every rank (cells × ranks), predicted and scored in one parallel region."""
+        if self.device_ is not None:
+            args = (self.mean_, self._scores(block), self.components_, self.grid_, scorer, self.device_)
+            return on_device.rank_sweep_losses(*args)
         coefs = np.ascontiguousarray(self._scores(block), dtype=np.float32)
         out = np.empty((coefs.shape[0], len(self.grid_)))
         _rank_sweep_losses(
