@@ -15,7 +15,7 @@ from sc_noise2self.denoisers import PCA, Block, Diffusion
 from sc_noise2self.denoisers._search import knn_graph
 from sc_noise2self.denoisers.diffusion import transition_matrix
 
-from ._helpers import fit, predictions
+from ._helpers import fit, out_of_core, predictions
 from .conftest import grid_errors, regret, simulate_low_rank_poisson
 
 
@@ -285,3 +285,31 @@ def test_a_pca_used_for_gene_groups_still_pickles(simulation):
     denoiser.held_out_genes(X, random_groups(X.shape[1], 4, 0, 3) == 0, _two_level_groups(X.shape[0]), np.array([2]))
     copy = pickle.loads(pickle.dumps(denoiser))
     assert repr(copy) == repr(denoiser) and getattr(copy, "_gram_cache", None) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "grid"), [("pca", [1, 2, 4, 6]), ("diffusion", [0, 1, 2, 4]), ("knn", [2, 5, 10])], ids=str
+)
+def test_the_gene_partition_out_of_core_gives_the_in_memory_result(simulation, method, grid, tmp_path):
+    """Dask (two chunkings), backed and lazily read counts: the same curve and choice, and for PCA and diffusion
+    the same layer from pp.denoise."""
+    pytest.importorskip("dask.array")
+    settings = {"method": method, "calibration": "genes", "grid": grid, "progress": False}
+    counts = ad.AnnData(simulation.counts.astype(np.float32))
+    memory = counts.copy()
+    expected = n2s.tl.calibrate(memory, **settings)
+    if method != "knn":
+        n2s.pp.denoise(memory, max_dense_bytes=1, **settings)
+    for kind, other in out_of_core(counts, tmp_path):
+        got = n2s.tl.calibrate(other, **settings)
+        assert got.best == expected.best, kind
+        np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-9, err_msg=kind)
+        if method != "knn":
+            n2s.pp.denoise(other, **settings)
+            np.testing.assert_allclose(
+                np.asarray(other.layers["denoised"].compute()),
+                np.asarray(memory.layers["denoised"].compute()),
+                rtol=1e-4,
+                atol=1e-4,
+                err_msg=kind,
+            )

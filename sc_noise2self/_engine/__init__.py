@@ -156,10 +156,11 @@ SWEEPS_ON = 2
 
 def _check_blockwise(denoiser: Denoiser, name: str, calibration: str) -> None:
     """Refuse what cannot run block by block, before any pass over the data."""
-    if calibration != "mcv":
+    if calibration == "genes" and denoiser.tags.gene_partition == "masked":
         msg = (
-            "calibration='genes' needs the data in memory; dask or backed input is calibrated with "
-            "calibration='mcv'. Load the data first (`adata = adata.to_memory()`, or `.compute()` the dask array)."
+            f"calibration='genes' trains method {name!r} by masking gene groups, which needs the data in memory; "
+            "dask or backed input is calibrated with calibration='mcv'. Load the data first "
+            "(`adata = adata.to_memory()`, or `.compute()` the dask array)."
         )
         raise ValueError(msg)
     if not denoiser.tags.blockwise:

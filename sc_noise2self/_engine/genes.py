@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._numerics.checks import check_magnitude, check_positive_int
+from .._numerics.checks import check_largest, check_magnitude, check_positive_int
 from .._numerics.loss import DataScorer, row_squared_errors
 from .._numerics.machine import blas_threads
 from .._numerics.rows import CellSum
 from .._numerics.split import Stream, seed_sequence
-from .._numerics.transform import transformed
-from ..denoisers._base import ArrayData, Partition
-from .blocks import chunk_rows
+from .._numerics.transform import cell_scales, transform_counts, transformed
+from ..denoisers._base import ArrayData, Block, Partition
+from .blocks import BlockData, chunk_rows
 from .progress import add_steps
 from .result import CalibrationResult
 from .scoring import Passes, Scoring, show_step, sweep_losses, sweep_steps, total
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from .._types import RandomState
-    from ..denoisers._base import Block, Denoiser, Sweep
+    from ..denoisers._base import Denoiser, Sweep
     from .blocks import Source
     from .settings import Settings
 
@@ -65,7 +65,7 @@ class _Data(Scoring):
 def run_genes(
     source: Source, denoiser: Denoiser, settings: Settings, *, method: str, totals: np.ndarray, bar: tqdm
 ) -> CalibrationResult:
-    """Noise2Self calibration of ``denoiser`` over its grid on validated data (in memory)."""
+    """Noise2Self calibration of ``denoiser`` over its grid on validated data (in memory, or read block by block)."""
     if settings.loss != "mse":
         msg = "calibration='genes' scores predictions against the data itself with loss='mse'."
         raise ValueError(msg)
@@ -75,9 +75,8 @@ def run_genes(
             "pass transform='none' and target_sum=None, or pass raw counts."
         )
         raise ValueError(msg)
-    values = transformed(source.matrix(), settings.transform, settings.target_sum, totals=totals)
-    check_magnitude(values, what=source.what)
-    n_cells, n_genes = values.shape
+    data = _values(source, settings, totals)
+    n_cells, n_genes = data.shape
     n_groups = check_positive_int(settings.n_groups, "n_groups")
     if not 2 <= n_groups <= n_genes:
         msg = f"n_groups must lie in 2..{n_genes} (the number of genes), got {n_groups}."
@@ -95,7 +94,6 @@ def run_genes(
     # Each prediction is fitted on the other genes and the other cell groups: the grid must fit those.
     fitted_on = (n_cells - int(np.bincount(cell_groups).max()), n_genes - int(np.bincount(groups).max()))
     grid = denoiser.check_grid(denoiser.default_grid(fitted_on) if settings.grid is None else settings.grid, fitted_on)
-    data = ArrayData(values, transform=settings.transform)
     lower = 0.0 if source.non_negative else -np.inf  # predictions scored as the output is written
 
     if kind == "masked":
@@ -104,7 +102,7 @@ def run_genes(
     else:
         losses = np.zeros((n_groups, len(grid)))
         add_steps(bar, n_groups)
-        passes = Passes(data, None, None, lambda extra, rows: None)
+        passes = Passes(data, lambda counts, rows: (data.make(counts, rows), None), None, lambda extra, rows: None)
         for g in range(n_groups):
             held_out = groups == g
             sweep = denoiser.fit(data, grid, partition=Partition(groups, g, cell_groups))
@@ -132,6 +130,26 @@ def run_genes(
         select=settings.select,
         gene_groups=groups,
     )
+
+
+def _values(source: Source, settings: Settings, totals: np.ndarray) -> ArrayData | BlockData:
+    """Return the transformed values the gene partition predicts, checked: in memory, or made block by block."""
+    if source.in_memory:
+        values = transformed(source.matrix(), settings.transform, settings.target_sum, totals=totals)
+        check_magnitude(values, what=source.what)
+        return ArrayData(values, transform=settings.transform)
+    scales = cell_scales(totals, settings.target_sum)
+
+    def make(counts: sparse.csr_matrix, rows: slice) -> Block:
+        return Block(rows, transform_counts(counts, settings.transform, scales[rows]), None)
+
+    data = BlockData(source, make, scales=scales, transform=settings.transform, max_rate=float(totals.max()) + 1.0)
+    largest, nnz = data.reduce(
+        lambda block: (float(np.abs(block.values.data).max()) if block.values.nnz else 0.0, block.values.nnz),
+        lambda a, b: (max(a[0], b[0]), a[1] + b[1]),
+    )
+    check_largest(largest, nnz, what=source.what)
+    return data
 
 
 def _masked_losses(

@@ -20,6 +20,7 @@ __all__ = [
     "check_fraction",
     "check_int_grid",
     "check_known_chunks",
+    "check_largest",
     "check_magnitude",
     "check_non_negative_int",
     "check_number",
@@ -269,8 +270,12 @@ def check_target_sum(target_sum: object) -> float | None:
 
 def check_magnitude(values: sparse.csr_matrix, *, what: str) -> None:
     """Refuse values so large that their sum of squares overflows float64 (the denoisers' products would)."""
-    limit = np.sqrt(np.finfo(np.float64).max / max(1, values.nnz))
-    largest = float(np.abs(values.data).max()) if values.nnz else 0.0
+    check_largest(float(np.abs(values.data).max()) if values.nnz else 0.0, values.nnz, what=what)
+
+
+def check_largest(largest: float, nnz: int, *, what: str) -> None:
+    """:func:`check_magnitude` from the largest absolute value and the number of stored values (blocks merged)."""
+    limit = np.sqrt(np.finfo(np.float64).max / max(1, nnz))
     if largest > limit:
         msg = (
             f"{what} holds values up to {largest:.3g} after the transform; their squares overflow float64 in the "

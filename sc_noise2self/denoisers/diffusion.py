@@ -11,13 +11,12 @@ from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from .._numerics import device as on_device
 from .._numerics.checks import check_int_grid, check_number, check_positive_int
-from .._numerics.linalg import as_float
 from .._numerics.machine import default_max_dense_bytes
 from .._numerics.rows import low_rank_rows, low_rank_sweep_losses
 from ._base import BaseDenoiser, LowRank, Step, Sweep, Tags
 from ._registry import register
 from ._search import EXACT_MAX_CELLS, NeighborSearch, knn_graph
-from .pca import PCA, _cross_fitted_prediction
+from .pca import PCA, _cross_fitted_prediction, as_data, held_out_values
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -290,7 +289,7 @@ class Diffusion(BaseDenoiser):
         held-out group.
         """
         if partition is not None:
-            return self.held_out_genes(data.matrix(), partition.genes, partition.cell_groups, grid)
+            return self.held_out_genes(data, partition.genes, partition.cell_groups, grid)
         self.grid_ = np.asarray(grid)
         self._held_out_pca = None
         n_comps = min(self.n_comps, min(data.shape) - 1)
@@ -376,7 +375,7 @@ class Diffusion(BaseDenoiser):
 
     # -- Noise2Self -----------------------------------------------------------------------
     def held_out_genes(
-        self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
+        self, data: Data | ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
     ) -> _HeldOutWalks:
         """Smooth genes ``genes`` over a graph built from the other genes, never reading a cell's own values.
 
@@ -392,25 +391,26 @@ class Diffusion(BaseDenoiser):
         (as :meth:`PCA.held_out_genes <sc_noise2self.denoisers.PCA.held_out_genes>` does). The walks
         of every cell group take each step together, in float32, in one pass over the graph
         (:func:`_avoiding_step`), with cells in an order that keeps neighbours close in
-        memory. Memory: two float32 arrays of cells × cell groups × held-out genes.
+        memory. Memory: two float32 arrays of cells × cell groups × held-out genes. ``data``:
+        :class:`~sc_noise2self.denoisers.Data` (read block by block) or a matrix.
         """
+        data = as_data(data)
         grid = np.asarray(grid)
-        n_other = X.shape[1] - int(np.count_nonzero(genes))
-        n_pcs = min(self.n_pcs, min(X.shape[0], n_other) - 1)
+        n_other = data.shape[1] - int(np.count_nonzero(genes))
+        n_pcs = min(self.n_pcs, min(data.shape[0], n_other) - 1)
         pca = getattr(self, "_held_out_pca", None)
         if pca is None or pca.random_state != self.random_state:  # one PCA: its Gram matrix serves every group
             self._held_out_pca = PCA(random_state=self.random_state)
         n_groups = int(cell_groups.max()) + 1
-        n_comps = min(self.n_comps, n_other - 1, X.shape[0] - int(np.bincount(cell_groups).max()) - 1)
-        scores = self._held_out_pca.other_genes_scores(X, genes, max(n_pcs, n_comps))
+        n_comps = min(self.n_comps, n_other - 1, data.shape[0] - int(np.bincount(cell_groups).max()) - 1)
+        scores = self._held_out_pca.other_genes_scores(data, genes, max(n_pcs, n_comps))
         embedding = scores[:, :n_pcs]
         # The previous gene group's neighbours seed this group's search: near cells first, the
         # same answer (a function of this embedding alone, so J-invariance holds), less time.
         seeds = getattr(self, "_last_neighbours", None)
         seeds = seeds if seeds is not None and len(seeds) == len(embedding) else None
         operators = self._operators(embedding, grid, cell_groups=n_groups, seeds=seeds)
-        target = as_float(X)[:, genes]
-        target = target.toarray() if sparse.issparse(target) else target
+        target = held_out_values(data, genes)
         # t = 0 (and a cell whose every neighbour is in its own group): the rank-n_comps PCA
         # reconstruction the output starts from, in its J-invariant form — the held-out genes
         # regressed on the other genes' components, learnt from the other cell groups.

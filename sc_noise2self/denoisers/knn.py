@@ -20,10 +20,10 @@ from .._numerics.checks import check_int_grid, check_positive_int
 from .._numerics.linalg import as_float
 from .._numerics.loss import squared_error_row
 from .._numerics.machine import default_max_dense_bytes
-from ._base import ArrayData, BaseDenoiser, Predicted, Sweep, Tags
+from ._base import BaseDenoiser, Predicted, Sweep, Tags
 from ._registry import register
 from ._search import EXACT_MAX_CELLS, NeighborSearch, knn_graph
-from .pca import PCA
+from .pca import PCA, as_data
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -304,7 +304,7 @@ class KNNAverage(BaseDenoiser):
         ``partition``, the sweep of :meth:`held_out_genes` for its held-out group.
         """
         if partition is not None:
-            return self.held_out_genes(data.matrix(), partition.genes, partition.cell_groups, grid)
+            return self.held_out_genes(data, partition.genes, partition.cell_groups, grid)
         self.grid_ = np.asarray(grid, dtype=np.int64)
         sizes = self._pcs_and_sizes(self.grid_)
         if not data.in_memory:
@@ -341,19 +341,25 @@ class KNNAverage(BaseDenoiser):
         return Predicted(predict)
 
     # -- Noise2Self -----------------------------------------------------------------------
-    def held_out_genes(self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray) -> _Sweep:
+    def held_out_genes(
+        self, data: Data | ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
+    ) -> _Sweep:
         """Average genes ``genes`` over the ``n_neighbors - 1`` nearest other cells, found from the other genes.
 
         A cell's prediction reads only other cells' held-out values (so ``cell_groups``
         is not needed) and the graph never sees the held-out genes: the prediction is
         J-invariant. The neighbourhood has the size of scanpy's graph with that
-        ``n_neighbors``, the cell itself being the one member that cannot be used.
+        ``n_neighbors``, the cell itself being the one member that cannot be used. ``data``:
+        :class:`~sc_noise2self.denoisers.Data` (read block by block; the held-out genes of every
+        cell are gathered, sparse) or a matrix.
         """
-        X = sparse.csr_matrix(as_float(X))
+        data = as_data(data)
         grid = np.asarray(grid, dtype=np.int64)
         sizes = self._pcs_and_sizes(grid)
-        neighbours = self._neighbours(self._embedding(ArrayData(X[:, ~genes]), max(sizes)), sizes)
-        return _Sweep(sparse.csr_matrix(X[:, genes]), neighbours, grid, own=False)
+        n_comps = min(max(sizes), min(data.shape[0], data.shape[1] - int(np.count_nonzero(genes))) - 1)
+        embedding = PCA(random_state=self.random_state).other_genes_scores(data, genes, n_comps)
+        held_out = sparse.vstack(data.map(lambda block: sparse.csr_matrix(as_float(block.values))[:, genes]))
+        return _Sweep(sparse.csr_matrix(held_out), self._neighbours(embedding, sizes), grid, own=False)
 
 
 def _check_gathered_size(data: Data, grid: np.ndarray, sizes: dict[int, int]) -> None:

@@ -15,7 +15,6 @@ from .._numerics.checks import check_int_grid, check_non_negative_int
 from .._numerics.linalg import (
     GramStats,
     as_float,
-    centered_truncated_svd,
     centred_scores,
     covariance_svd,
     gram_randomized_svd,
@@ -24,7 +23,7 @@ from .._numerics.linalg import (
     merge_gram_stats,
 )
 from .._numerics.loss import at_least, squared_error_row
-from ._base import BaseDenoiser, LowRank, Sweep, Tags
+from ._base import ArrayData, BaseDenoiser, LowRank, Sweep, Tags
 from ._registry import register
 
 if TYPE_CHECKING:
@@ -181,26 +180,13 @@ class PCA(BaseDenoiser):
         self.check_params()
         return self.solver == "covariance" or (self.solver == "auto" and n_genes <= AUTO_MAX_GENES)
 
-    def embed(self, X: ArrayLike, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Gene means, scores (``U S``, cells × ``n_comps``) and components of the centred ``X``."""
-        X = as_float(X)
-        if self.uses_covariance(X.shape[1]):
-            stats = gram_stats(X)
-            _, vt = covariance_svd(stats, n_comps)
-            return stats.mean, centred_scores(X, stats.mean, vt), vt
-        rng = np.random.default_rng(self.random_state)
-        mean, u, s, vt = centered_truncated_svd(
-            X, n_comps, n_oversamples=self.n_oversamples, n_iter=self.n_iter, rng=rng
-        )
-        return mean, u * s, vt
-
     def fit(self, data: Data, grid: np.ndarray, *, partition: Partition | None = None) -> PCA | _GroupedRankSweep:
         """Fit one truncated SVD at ``max(grid)``: from merged Gram statistics, or randomised, block by block.
 
         With a ``partition``, the sweep of :meth:`held_out_genes` for its held-out group.
         """
         if partition is not None:
-            return self.held_out_genes(data.matrix(), partition.genes, partition.cell_groups, grid)
+            return self.held_out_genes(data, partition.genes, partition.cell_groups, grid)
         self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
         n_comps = int(self.grid_[-1])
         self._gram_cache = None
@@ -276,56 +262,77 @@ class PCA(BaseDenoiser):
         return LowRank(self.mean_, lambda block: self._scores(block)[:, :value], self.components_[:value])
 
     def held_out_genes(
-        self, X: ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
+        self, data: Data | ArrayLike, genes: np.ndarray, cell_groups: np.ndarray, grid: np.ndarray
     ) -> _GroupedRankSweep:
         """Predict genes ``genes`` from the other genes' top ``k`` components, cross-fitted over cell groups.
 
         The components come from the other genes only (one SVD at ``max(grid)``; on the
         covariance route, one eigenproblem of the other genes' block of a Gram matrix
-        computed once for every gene group of ``X``). For each cell group, the held-out
+        computed once for every gene group of ``data``). For each cell group, the held-out
         genes are regressed on those components over the cells of the *other* groups and
         read off for the group's cells, so no prediction uses a cell's own held-out values.
+        ``data``: :class:`~sc_noise2self.denoisers.Data` (read block by block; the held-out
+        genes' values are held densely, cells × genes in the group) or a matrix.
         """
+        data = as_data(data)
         grid = np.sort(np.asarray(grid, dtype=np.int64))
-        scores = self.other_genes_scores(X, genes, int(grid[-1]))
-        target = as_float(X)[:, genes]
-        target = target.toarray() if sparse.issparse(target) else target
-        coefs, offsets, loadings = _cross_fitted_regression(scores, target, cell_groups)
+        scores = self.other_genes_scores(data, genes, int(grid[-1]))
+        coefs, offsets, loadings = _cross_fitted_regression(scores, held_out_values(data, genes), cell_groups)
         return _GroupedRankSweep(grid, cell_groups, coefs, offsets, loadings)
 
-    def other_genes_scores(self, X: ArrayLike, genes: np.ndarray, n_comps: int) -> np.ndarray:
-        """Scores (``U S``) of the top ``n_comps`` components of the genes other than ``genes``.
+    def other_genes_scores(self, data: Data | ArrayLike, genes: np.ndarray, n_comps: int) -> np.ndarray:
+        """Scores (``U S``) of the top ``n_comps`` components of the genes other than ``genes``, block by block.
 
-        Equal to ``embed(X[:, ~genes], n_comps)[1]``. On the covariance route the other genes'
-        block of one Gram matrix of ``X`` is used, computed once for all the gene groups of a
-        calibration: the components are padded with zeros on ``genes``, whose values then add
-        exact zeros to the scores, so they never reach them.
+        The components are padded with zeros on ``genes``, whose values then add exact zeros to
+        the scores, so they never reach them. On the covariance route they come from the other
+        genes' block of one Gram matrix of ``data``, computed once for all the gene groups of a
+        calibration; above, from the randomised iteration over the other genes.
         """
-        source, X = X, as_float(X)
+        data = as_data(data)
         others = ~np.asarray(genes, dtype=bool)
-        if not self.uses_covariance(int(others.sum())):
-            return self.embed(X[:, others], n_comps)[1]
-        stats = self._gram_of(source, X)
-        _, vt = covariance_svd(GramStats(stats.n, stats.mean[others], stats.m2[np.ix_(others, others)]), n_comps)
-        padded = np.zeros((n_comps, X.shape[1]))
-        padded[:, others] = vt
-        return centred_scores(X, stats.mean, padded)
+        padded, mean = np.zeros((n_comps, data.shape[1])), np.zeros(data.shape[1])
+        if self.uses_covariance(int(others.sum())):
+            stats = self._gram_of(data)
+            other_stats = GramStats(stats.n, stats.mean[others], stats.m2[np.ix_(others, others)])
+            _, padded[:, others] = covariance_svd(other_stats, n_comps)
+            mean = stats.mean
+        else:
+            mean[others], _, padded[:, others] = gram_randomized_svd(
+                lambda fn, merge: data.reduce(lambda block: fn(block.values[:, others]), merge),
+                (data.shape[0], int(others.sum())),
+                n_comps,
+                n_oversamples=self.n_oversamples,
+                n_iter=self.n_iter,
+                rng=np.random.default_rng(self.random_state),
+            )
+        return np.concatenate(data.map(lambda block: centred_scores(as_float(block.values), mean, padded)))
 
     def __getstate__(self) -> dict:
         """Pickle without the gene groups' Gram matrix (a cache holding a weak reference)."""
         return {key: value for key, value in self.__dict__.items() if key != "_gram_cache"}
 
-    def _gram_of(self, source: ArrayLike, X: ArrayLike) -> GramStats:
-        """:func:`gram_stats` of ``X`` (``source`` as float), computed once for the gene groups of a calibration.
-
-        Kept while ``source`` is the same object with the same values (its sum, a cheap
-        check against changes in place); :meth:`fit` drops it.
-        """
-        key = (X.shape, float(X.sum()))
+    def _gram_of(self, data: Data) -> GramStats:
+        """:func:`gram_stats` of ``data``, computed once for the gene groups of a calibration (the same ``data``)."""
         cached = getattr(self, "_gram_cache", None)
-        if cached is None or cached[0]() is not source or cached[1] != key:
-            self._gram_cache = (weakref.ref(source), key, gram_stats(X))
-        return self._gram_cache[2]
+        if cached is None or cached[0]() is not data:
+            stats = data.reduce(lambda block: gram_stats(as_float(block.values)), merge_gram_stats)
+            self._gram_cache = (weakref.ref(data), stats)
+        return self._gram_cache[1]
+
+
+def as_data(data: Data | ArrayLike) -> Data:
+    """Return ``data`` as :class:`~sc_noise2self.denoisers.Data` (a matrix as ``ArrayData``)."""
+    return data if hasattr(data, "reduce") else ArrayData(data)
+
+
+def held_out_values(data: Data, genes: np.ndarray) -> np.ndarray:
+    """Return the values of genes ``genes`` of every cell, dense float64, read block by block."""
+
+    def dense(block: Block) -> np.ndarray:
+        values = as_float(block.values)[:, genes]
+        return values.toarray() if sparse.issparse(values) else values
+
+    return np.concatenate(data.map(dense))
 
 
 def _cross_fitted_regression(

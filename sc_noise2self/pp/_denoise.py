@@ -91,9 +91,9 @@ def denoise(
     ----------
     adata
         Annotated data matrix with raw UMI counts (cells × genes), sparse or dense. A
-        dask array (chunks along cells) or a backed AnnData is calibrated block by block
-        without loading it (``calibration="mcv"``): PCA and diffusion output is then
-        factored; the autoencoder trains from streamed blocks and its layer is lazy.
+        dask array (chunks along cells), a backed or a lazily read AnnData is calibrated
+        block by block without loading it: PCA and diffusion output is then factored; the
+        autoencoder (``calibration="mcv"``) trains from streamed blocks and its layer is lazy.
     method
         {methods}, or a denoiser instance (its parameters are used, the object itself is never
         fitted), e.g. ``sc_noise2self.denoisers.PCA(n_iter=10)``.

@@ -72,7 +72,8 @@ def calibrate(
     data
         Raw counts (or, for ``calibration="genes"``, any values): an AnnData (cells ×
         genes) or a matrix (dense, CSR or CSC). Sparse input is never densified. Dask
-        arrays and backed AnnData are read block by block (PCA or diffusion, ``calibration="mcv"``).
+        arrays, backed and lazily read AnnData are read block by block (PCA, diffusion and the
+        kNN average with either calibration; the autoencoder with ``calibration="mcv"``).
     method
         {methods}, or a denoiser instance (its parameters are used, the object itself is never
         fitted), e.g. ``sc_noise2self.denoisers.Diffusion(kernel="adaptive")``.
