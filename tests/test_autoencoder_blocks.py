@@ -120,7 +120,7 @@ def test_an_epoch_reads_every_block_once_in_buffers(counts):
 
 def test_blockwise_autoencoder_refuses_the_gene_partition_and_bad_block_settings(counts):
     lazy = ad.AnnData(da.from_array(counts, chunks=(100, -1)))
-    with pytest.raises(ValueError, match="calibration='genes' needs the data in memory"):
+    with pytest.raises(ValueError, match="calibration='genes' trains method 'autoencoder' by masking"):
         n2s.pp.denoise(lazy, method=Autoencoder(**SMALL), calibration="genes", progress=False)
     for bad in ({"block_cells": 0}, {"buffer_cells": -5}, {"block_cells": 2.5}, {"buffer_cells": None}):
         with pytest.raises(ValueError, match="must be a positive integer"):

@@ -201,7 +201,7 @@ STAGES = [
         ("sc_noise2self.denoisers.pca.PCA.fit", (False, True)),
         ("sc_noise2self._engine.mcv.score_block", (False, True)),
         ("sc_noise2self._engine.mcv.row_scorer", (False, True)),  # the fused block scoring
-        ("sc_noise2self._engine.refit.refit", (False, True)),
+        ("sc_noise2self._engine.refit.fit_at", (False, True)),
         ("sc_noise2self._engine.refit.check_finite_output", (False, True)),
         ("sc_noise2self._engine.refit._dense_output", (False,)),
         ("sc_noise2self._engine.refit.embed", (False,)),

@@ -22,7 +22,7 @@ from .floor import count_floor
 from .genes import run_genes
 from .mcv import run_mcv
 from .progress import add_steps, bar_label, progress_bar
-from .refit import Output, finish, output, refit
+from .refit import Output, finish, fit_at, output
 from .result import (
     CalibrationResult,
     calibration_record,
@@ -54,6 +54,7 @@ __all__ = [
     "chunk_rows",
     "count_floor",
     "finish",
+    "fit_at",
     "grid_product",
     "is_blockwise",
     "log_choice",
@@ -62,7 +63,6 @@ __all__ = [
     "output",
     "package_version",
     "progress_bar",
-    "refit",
     "resolve_method",
     "seed_record",
     "warn_about_choice",

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .result import CalibrationResult
     from .settings import Settings
 
-__all__ = ["Output", "lazy_low_rank", "output", "refit"]
+__all__ = ["Output", "fit_at", "lazy_low_rank", "output"]
 
 _BLOCK_BYTES = 64 * 2**20
 
@@ -129,7 +129,7 @@ def finish(values: np.ndarray, rows: Any, counts: ToCounts | None, *, non_negati
     return np.maximum(values, 0, out=values) if non_negative else values
 
 
-def refit(
+def fit_at(
     source: Source, denoiser: Denoiser, value: GridValue, settings: Settings, *, totals: np.ndarray, partition: Any
 ) -> tuple[LowRank | Predicted, Data]:
     """Fit ``denoiser`` on all the data at one grid value; return its output and the data it was fitted on.
@@ -172,7 +172,7 @@ def output(
     """
     value = result.best
     partition = None if result.gene_groups is None else Partition(result.gene_groups, None, np.zeros(0, int))
-    fitted, data = refit(source, denoiser, value, settings, totals=totals, partition=partition)
+    fitted, data = fit_at(source, denoiser, value, settings, totals=totals, partition=partition)
     counts = None
     if scale == "counts":
         if not source.is_counts:

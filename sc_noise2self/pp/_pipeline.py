@@ -36,13 +36,13 @@ from .._engine import (
     bar_label,
     calibrate,
     calibration_record,
+    fit_at,
     grid_product,
     is_blockwise,
     log_choice,
     method_seed,
     package_version,
     progress_bar,
-    refit,
     resolve_method,
     warn_about_choice,
 )
@@ -194,7 +194,7 @@ def pca(
         warn_about_choice(result, axes=("n_pcs", "n_comps"))  # pp.pca's n_neighbors axis is not the user's
         n_comps = int(np.atleast_1d(result.best)[-1])  # (n_neighbors, n_pcs) or the rank
         _, pca = resolve_method("pca", random_state)
-        fitted, data = refit(fit.source, pca, n_comps, settings, totals=fit.totals, partition=None)
+        fitted, data = fit_at(fit.source, pca, n_comps, settings, totals=fit.totals, partition=None)
         scores = np.concatenate(data.map(fitted.scores))
         bar.update(1)
     coordinates, loadings = _pca_outputs(pca.mean_, scores, pca.components_, fit.source, adata.shape)
