@@ -364,12 +364,6 @@ class KNNAverage(BaseDenoiser):
 
 def _check_gathered_size(data: Data, grid: np.ndarray, sizes: dict[int, int]) -> None:
     """Refuse, before any pass, averages of the scored cells too large for memory (data read block by block)."""
-    if data.scored is None and data.shape[0] > 100_000:
-        msg = (
-            "The kNN average of data read block by block predicts the cells a calibration scores, and here every "
-            f"cell ({data.shape[0]:,}) would be: pass max_scored_cells (e.g. 10,000), or load the counts in memory."
-        )
-        raise ValueError(msg)
     n_scored = data.shape[0] if data.scored is None else len(data.scored)
     most_bands = max(int((grid if grid.ndim == 1 else grid[grid[:, 1] == p]).shape[0]) for p in sizes)
     size = n_scored * data.shape[1] * (4 * len(grid) + 16 * most_bands)  # the averages, one n_pcs' sums
