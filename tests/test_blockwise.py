@@ -86,7 +86,6 @@ def test_denoise_dask_with_diffusion_gives_the_in_memory_output(counts, tmp_path
 def test_many_genes_go_the_randomised_route_block_by_block_as_in_memory(counts, monkeypatch, method):
     """Above the covariance route's gene count, a randomised iteration over the blocks: dask = memory, any chunking."""
     monkeypatch.setattr("sc_noise2self.denoisers.pca.AUTO_MAX_GENES", 40)
-    monkeypatch.setattr("sc_noise2self.denoisers.diffusion.AUTO_MAX_GENES", 40)
     kwargs = {"method": method, "grid": [2, 4, 6] if method == "pca" else DIFFUSION_GRID, "progress": False}
     expected = n2s.tl.calibrate(counts, **kwargs)
     for chunks in ((37, -1), (150, 30)):

@@ -17,6 +17,8 @@ made into its values (a split's training part, or all counts) as it is read.
 from __future__ import annotations
 
 import itertools
+import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -268,13 +270,23 @@ class Source:
         # tasks carry this object to dask's workers: the delayed blocks (the whole graph again) stay here
         return {**self.__dict__, "_delayed": None}
 
+    def _shared(self, fn: Callable[..., Any]) -> Any:
+        """Return the source and ``fn`` as one node of a dask graph, which the tasks of a pass take as input.
+
+        Their per-cell arrays then travel to each worker once, and are held there once, rather
+        than once with every task (a pass has a task per block: memory would grow with cells²).
+        """
+        import dask
+
+        return dask.delayed(_Shared(self, fn), name=f"sc_noise2self-pass-{uuid.uuid4().hex}", traverse=False)
+
     def _tasks(
         self, fn: Callable[[sparse.csr_matrix, slice], Any], indices: Iterable[int], all_genes: bool
     ) -> list[Any]:
         import dask
 
-        blocks = self._blocks()
-        return [dask.delayed(self._apply)(fn, blocks[i], self._slices[i], all_genes) for i in indices]
+        blocks, shared = self._blocks(), self._shared(fn)
+        return [dask.delayed(_apply_shared)(shared, blocks[i], self._slices[i], all_genes) for i in indices]
 
     def map(self, fn: Callable[[sparse.csr_matrix, slice], Any], *, all_genes: bool = False) -> list[Any]:
         """``fn`` of every block, in block order (``all_genes``: the kept cells' every input gene)."""
@@ -332,22 +344,44 @@ class Source:
         import dask
         import dask.array as da
 
-        def full(block: Any, rows: slice) -> np.ndarray:
-            out = np.zeros((rows.stop - rows.start, n_columns), dtype=np.float32)
-            kept = np.ones(out.shape[0], dtype=bool) if self.cells is None else self.cells[rows]
-            if kept.any():
-                out[np.ix_(np.flatnonzero(kept), self.gene_index())] = self._apply(fn, block, rows)
-            return out
-
         if _is_dask(self._source):
             sources = self._blocks()
         else:
             sources = [dask.delayed(self._source.__getitem__)(rows) for rows in self._slices]
+        shared = self._shared(fn)
         parts = [
-            da.from_delayed(dask.delayed(full)(b, rows), shape=(rows.stop - rows.start, n_columns), dtype=np.float32)
+            da.from_delayed(
+                dask.delayed(_full_rows)(shared, b, rows, n_columns),
+                shape=(rows.stop - rows.start, n_columns),
+                dtype=np.float32,
+            )
             for b, rows in zip(sources, self._slices, strict=True)
         ]
         return da.concatenate(parts, axis=0)
+
+    def full_rows(self, fn: Callable[[sparse.csr_matrix, slice], np.ndarray], block: Any, rows: slice, n_columns: int):
+        """``fn`` of a block placed among every input cell and gene (0 for those left out), float32."""
+        out = np.zeros((rows.stop - rows.start, n_columns), dtype=np.float32)
+        kept = np.ones(out.shape[0], dtype=bool) if self.cells is None else self.cells[rows]
+        if kept.any():
+            out[np.ix_(np.flatnonzero(kept), self.gene_index())] = self._apply(fn, block, rows)
+        return out
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """A source and the function a pass maps over its blocks (one graph node; see :meth:`Source._shared`)."""
+
+    source: Source
+    fn: Callable[..., Any]
+
+
+def _apply_shared(shared: _Shared, block: Any, rows: slice, all_genes: bool) -> Any:
+    return shared.source._apply(shared.fn, block, rows, all_genes)
+
+
+def _full_rows(shared: _Shared, block: Any, rows: slice, n_columns: int) -> np.ndarray:
+    return shared.source.full_rows(shared.fn, block, rows, n_columns)
 
 
 def _merge_all(merge: Callable[[Any, Any], Any], parts: list[Any]) -> Any:
