@@ -97,3 +97,13 @@ def out_of_core(adata, tmp_path, kinds=("dask-97", "dask-250", "backed", "lazy")
             backed.file.close()
         elif importlib.util.find_spec("xarray") is not None:
             yield kind, ad.experimental.read_lazy(path)
+
+
+def assert_same_layer(got, expected, kind: str, key: str = "denoised") -> None:
+    """Two AnnDatas' layers ``key`` (dense or lazy) agree to float32 rounding of their factors."""
+
+    def values(adata) -> np.ndarray:
+        layer = adata.layers[key]
+        return np.asarray(layer.compute() if hasattr(layer, "compute") else layer)
+
+    np.testing.assert_allclose(values(got), values(expected), rtol=1e-4, atol=1e-4, err_msg=kind)
