@@ -70,7 +70,7 @@ def test_denoise_output_on_a_local_cluster(client, counts):
 
 @pytest.mark.filterwarnings("ignore:Sending large graph:UserWarning")
 def test_masked_genes_and_the_pipeline_on_a_local_cluster(client, counts, monkeypatch):
-    """mask_var with count output, the randomised route for many genes, pp.pca and pp.neighbors: as in memory."""
+    """mask_var with count output, the randomised route, the gene partition, pp.pca and pp.neighbors: as in memory."""
     import anndata as ad
 
     monkeypatch.setattr("sc_noise2self.denoisers.pca.AUTO_MAX_GENES", 40)  # the randomised route, as for many genes
@@ -79,6 +79,7 @@ def test_masked_genes_and_the_pipeline_on_a_local_cluster(client, counts, monkey
     lazy = ad.AnnData(da.from_array(counts, chunks=(100, -1)), var=memory.var.copy())
     for a in (memory, lazy):
         n2s.pp.denoise(a, grid=[2, 4, 6], scale="counts", max_dense_bytes=1, progress=False)
+        n2s.pp.denoise(a, key_added="genes", calibration="genes", n_groups=4, grid=[2, 4], progress=False)
         n2s.pp.pca(a, objective="reconstruction", grid=[2, 4, 6], progress=False)
         n2s.pp.neighbors(a, grid=[3, 5, 10], progress=False)
     assert client.run(lambda: 1)
@@ -87,6 +88,7 @@ def test_masked_genes_and_the_pipeline_on_a_local_cluster(client, counts, monkey
     np.testing.assert_allclose(lazy.layers["denoised"].compute(), memory.layers["denoised"].compute(), rtol=1e-4)
     np.testing.assert_allclose(lazy.obsm["X_pca"], memory.obsm["X_pca"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(lazy.uns["pca"]["variance_ratio"], memory.uns["pca"]["variance_ratio"], rtol=1e-7)
+    np.testing.assert_allclose(lazy.uns["genes"]["loss"], memory.uns["genes"]["loss"], rtol=1e-9)
     got, expected = lazy.uns["neighbors"]["calibration"], memory.uns["neighbors"]["calibration"]
     assert got["best"] == expected["best"]
     np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-9)
