@@ -57,6 +57,27 @@ def test_device_linear_algebra_equals_the_cpu(values, dense, monkeypatch):
     )
 
 
+def test_device_graph_and_walk_equal_the_cpu(values):
+    """The exact search screened on the device finds the CPU's neighbours; the walk's steps match scipy's."""
+    from sc_noise2self.denoisers._search import exact_neighbours
+    from sc_noise2self.denoisers.diffusion import transition_matrix
+
+    cpu = torch.device("cpu")
+    embedding = linalg.centred_scores(values, np.asarray(values.mean(axis=0)).ravel(), np.eye(90)[:10])
+    expected = exact_neighbours(embedding, 15)
+    got = exact_neighbours(embedding, 15, device=cpu)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])
+    walk = transition_matrix(*expected, kernel="adaptive")
+    z = np.random.default_rng(1).standard_normal((values.shape[0], 6))
+    steps = list(on_device.diffuse(walk, z, [0, 1, 3], cpu))
+    for got_z, t in zip(steps, (0, 1, 3), strict=True):
+        want = z
+        for _ in range(t):
+            want = walk @ want
+        np.testing.assert_allclose(got_z, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "method",
     [

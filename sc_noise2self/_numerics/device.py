@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from scipy import sparse
 from .linalg import GramStats, fix_signs
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from .._types import ArrayLike
     from .loss import RowScorer
 
@@ -30,8 +33,10 @@ __all__ = [
     "centred_scores",
     "check_device",
     "covariance_svd",
+    "diffuse",
     "gram_stats",
     "gram_times",
+    "neighbour_candidates",
     "rank_sweep_losses",
     "resolve",
     "stacked_losses",
@@ -224,3 +229,46 @@ def stacked_losses(
     shift = torch.as_tensor(np.asarray(offset, dtype=np.float32), device=device)
     out = [score.errors(shift + torch.as_tensor(z, dtype=torch.float32, device=device) @ loadings) for z in stacked]
     return torch.stack(out, dim=1).cpu().numpy() if out else np.zeros((stacked.shape[1], 0))
+
+
+def neighbour_candidates(points: np.ndarray, half_norms: np.ndarray, n_candidates: int, device: Any) -> np.ndarray:
+    """Each cell's ``n_candidates`` nearest other cells by float32 distances on ``device`` (brute force, in tiles).
+
+    The screening of :func:`~sc_noise2self.denoisers._search.exact_neighbours`, which reranks the
+    candidates exactly in float64 on the CPU: a cell ranks others by ``|x_j|² / 2 - q · x_j``.
+    """
+    import torch
+
+    n = points.shape[0]
+    single = torch.as_tensor(np.ascontiguousarray(points, dtype=np.float32), device=device)
+    half = torch.as_tensor(np.asarray(half_norms, dtype=np.float32), device=device)
+    out = np.empty((n, n_candidates), np.int64)
+    tile = max(1, 2**26 // n)  # a tile × cells float32 block of 256 MiB
+    for start in range(0, n, tile):
+        stop = min(start + tile, n)
+        values = half[None, :] - single[start:stop] @ single.T
+        values[torch.arange(stop - start, device=device), torch.arange(start, stop, device=device)] = torch.inf
+        out[start:stop] = torch.topk(values, n_candidates, dim=1, largest=False).indices.cpu().numpy()
+    return out
+
+
+def diffuse(walk: sparse.csr_matrix, scores: np.ndarray, times: list[int], device: Any) -> Iterator[np.ndarray]:
+    """Yield ``walk^t @ scores`` for each ``t`` of ``times`` (increasing), stepping on ``device`` (float64)."""
+    import torch
+
+    walk = sparse.csr_matrix(walk)
+    with warnings.catch_warnings():  # torch marks its sparse CSR tensors as beta
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        operator = torch.sparse_csr_tensor(
+            torch.as_tensor(walk.indptr.astype(np.int64), device=device),
+            torch.as_tensor(walk.indices.astype(np.int64), device=device),
+            torch.as_tensor(walk.data.astype(np.float64), device=device),
+            size=walk.shape,
+            check_invariants=False,  # scipy's canonical CSR
+        )
+    z, done = torch.as_tensor(np.asarray(scores, dtype=np.float64), device=device), 0
+    for t in times:
+        for _ in range(int(t) - done):
+            z = operator @ z
+        done = int(t)
+        yield z.cpu().numpy()

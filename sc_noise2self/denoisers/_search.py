@@ -28,11 +28,12 @@ workers, so the result does not depend on the thread count.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numba
 import numpy as np
 
+from .._numerics import device as on_device
 from .._numerics.machine import blas_threads
 
 __all__ = ["EXACT_MAX_CELLS", "MARGIN", "NeighborSearch", "exact_neighbours", "knn_graph"]
@@ -138,14 +139,15 @@ def _rerank(points, candidates, distances, indices):  # pragma: no cover - compi
 
 
 def exact_neighbours(
-    embedding: np.ndarray, n_neighbors: int, *, seeds: np.ndarray | None = None
+    embedding: np.ndarray, n_neighbors: int, *, seeds: np.ndarray | None = None, device: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return distances (float64) and indices (int64) of each cell's ``n_neighbors`` nearest other cells.
 
     ``embedding`` is cells × dimensions; ``n_neighbors`` < cells. Rows are sorted by
     distance, ties by cell index. ``seeds`` (cells × any, cell indices, ``-1`` for none)
     are cells likely to be near each cell; they make the search faster, never different
-    (see the module's notes).
+    (see the module's notes). ``device``: a torch device screens the candidates
+    (:func:`~sc_noise2self._numerics.device.neighbour_candidates`; seeds are not needed there).
     """
     points = np.asarray(embedding, dtype=np.float64)
     n = points.shape[0]
@@ -162,10 +164,14 @@ def exact_neighbours(
     if seeds.shape[0] != n or (seeds.size and seeds.max() >= n):
         msg = f"seeds must have one row per cell and hold cell indices below {n}."
         raise ValueError(msg)
-    candidates = np.empty((n, min(n_neighbors + MARGIN, n - 1)), np.int64)
-    tile = int(np.clip(_TILE_BYTES // (4 * n), 8, 128))
-    with blas_threads(1):
-        _candidates(single, np.ascontiguousarray(single.T), half_norms, seeds, tile, candidates)
+    n_candidates = min(n_neighbors + MARGIN, n - 1)
+    if device is not None:
+        candidates = on_device.neighbour_candidates(single, half_norms, n_candidates, device)
+    else:
+        candidates = np.empty((n, n_candidates), np.int64)
+        tile = int(np.clip(_TILE_BYTES // (4 * n), 8, 128))
+        with blas_threads(1):
+            _candidates(single, np.ascontiguousarray(single.T), half_norms, seeds, tile, candidates)
     distances = np.empty((n, n_neighbors))
     indices = np.empty((n, n_neighbors), np.int64)
     _rerank(points, candidates, distances, indices)
@@ -179,16 +185,17 @@ def knn_graph(
     method: Literal["exact", "approximate"] = "exact",
     seed: int = 0,
     seeds: np.ndarray | None = None,
+    device: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distances and indices of each cell's ``n_neighbors`` nearest other cells.
 
     ``"exact"``: a compiled brute-force search (:func:`~sc_noise2self.denoisers._search.exact_neighbours`;
     its cost grows with cells squared), ``seeds`` being cells likely near each one (they
     speed it up). ``"approximate"``: pynndescent's NN-descent, seeded by ``seed`` (the same
-    seed gives the same graph).
+    seed gives the same graph). ``device``: a torch device for the exact search's screening.
     """
     if method == "exact":
-        return exact_neighbours(embedding, n_neighbors, seeds=seeds)
+        return exact_neighbours(embedding, n_neighbors, seeds=seeds, device=device)
     from pynndescent import NNDescent
 
     index = NNDescent(embedding, n_neighbors=n_neighbors + 1, random_state=seed, n_jobs=-1)

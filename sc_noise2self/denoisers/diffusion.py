@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numba
 import numpy as np
@@ -153,10 +153,11 @@ class Diffusion(BaseDenoiser):
         ``"exact"`` (compiled brute force), ``"approximate"`` (pynndescent, seeded) or
         ``"auto"``: exact up to 100,000 cells, approximate above.
     device
-        Where the embedding's Gram matrices and eigenproblem and the sweep's scoring run:
-        ``"auto"`` (a CUDA device when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or
-        ``"cuda:N"``, as for :class:`~sc_noise2self.denoisers.PCA`; the graph and its steps
-        stay on the CPU.
+        Where the embedding (Gram matrices, eigenproblem), an exact neighbour search's
+        screening, the diffusion steps of the sweep and its scoring run: ``"auto"`` (a CUDA
+        device when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, as for
+        :class:`~sc_noise2self.denoisers.PCA`. The approximate search (above 100,000 cells by
+        default) and the graph's kernel stay on the CPU.
     random_state
         Seed of the randomised PCA (used above 4,096 genes; below, the PCA is exact, see
         :class:`~sc_noise2self.denoisers.PCA`) and of the approximate neighbour search.
@@ -253,7 +254,12 @@ class Diffusion(BaseDenoiser):
         return int(t) if grid.ndim == 1 else (int(t), int(k))
 
     def _operators(
-        self, embedding: np.ndarray, grid: np.ndarray, cell_groups: int = 1, seeds: np.ndarray | None = None
+        self,
+        embedding: np.ndarray,
+        grid: np.ndarray,
+        cell_groups: int = 1,
+        seeds: np.ndarray | None = None,
+        device: Any = None,
     ) -> dict[int, sparse.csr_matrix]:
         """Return the walk of every ``n_neighbors`` of the grid, from one neighbour search.
 
@@ -262,6 +268,7 @@ class Diffusion(BaseDenoiser):
         neighbours, so that a cell keeps about ``k`` of them outside any one group — as many
         as the output's graph averages over. ``seeds`` speed up an exact search (its answer
         does not depend on them); the neighbours found are kept in ``_last_neighbours``.
+        ``device``: a torch device for an exact search's screening.
         """
         ks = self._neighbour_counts(grid)
         self.check_params()
@@ -271,7 +278,9 @@ class Diffusion(BaseDenoiser):
         seed = int(np.random.default_rng(self.random_state).integers(2**31 - 1))
         listed = {int(k): int(k) if cell_groups < 2 else -(-int(k) * cell_groups // (cell_groups - 1)) for k in ks}
         listed = {k: min(n, len(embedding) - 1) for k, n in listed.items()}
-        distances, indices = knn_graph(embedding, max(listed.values()), method=method, seed=seed, seeds=seeds)
+        distances, indices = knn_graph(
+            embedding, max(listed.values()), method=method, seed=seed, seeds=seeds, device=device
+        )
         self._last_neighbours = indices
         return {
             k: transition_matrix(distances[:, :n], indices[:, :n], kernel=self.kernel, decay=self.decay)
@@ -298,15 +307,22 @@ class Diffusion(BaseDenoiser):
         self.mean_, self.components_, self.device_ = pca.mean_, pca.components_, pca.device_
         scores = np.concatenate(data.map(pca.output(n_comps).scores))
         self.scores_ = scores
-        self.operators_ = self._operators(scores[:, : min(self.n_pcs, scores.shape[1])], self.grid_)
+        self.operators_ = self._operators(
+            scores[:, : min(self.n_pcs, scores.shape[1])], self.grid_, device=self.device_
+        )
         self._stacked: tuple[list[object], np.ndarray] | None = None
         return self
 
     def _diffused_scores(self) -> Iterator[tuple[object, np.ndarray]]:
         """For each ``n_neighbors``, the scores diffused one step at a time through the ``t`` grid."""
         for k, P in self.operators_.items():
+            times = self._times(self.grid_, k)
+            if self.device_ is not None:
+                for t, z in zip(times, on_device.diffuse(P, self.scores_, list(times), self.device_), strict=True):
+                    yield self._value(self.grid_, t, k), z
+                continue
             z, done = self.scores_, 0
-            for t in self._times(self.grid_, k):
+            for t in times:
                 for _ in range(int(t) - done):
                     z = P @ z
                 done = int(t)
