@@ -51,7 +51,7 @@ __all__ = [
 CHUNK_ELEMENTS = 2**19
 """Cells per scoring block × genes: a block of predictions is 4 MiB of float64."""
 _BACKED_BLOCK_ELEMENTS = 2**24  # cells per block of a backed matrix × genes
-_FAN_IN = 8  # partial results merged at once in dask's reduction tree
+_FAN_IN = 2  # partial results merged at once in dask's reduction tree
 
 
 def chunk_rows(n_cells: int, n_genes: int, chunk_size: int | None) -> list[slice]:
