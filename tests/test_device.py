@@ -46,6 +46,9 @@ def test_device_linear_algebra_equals_the_cpu(values, dense, monkeypatch):
     (s, vt), (s_cpu, vt_cpu) = on_device.covariance_svd(expected, 10, cpu), linalg.covariance_svd(expected, 10)
     np.testing.assert_allclose(s, s_cpu, rtol=1e-10)
     np.testing.assert_allclose(vt, vt_cpu, atol=1e-8)  # the same signs
+    empty = on_device.gram_stats(X[:0], cpu)  # a block whose cells were all left out
+    assert empty.n == 0 and not empty.m2.any()
+    assert not on_device.gram_times(X[:0], np.ones((90, 2)), cpu)[1].any()
     q = np.random.default_rng(0).standard_normal((90, 12))
     for a, b in zip(on_device.gram_times(X, q, cpu), linalg.gram_times(X, q), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)

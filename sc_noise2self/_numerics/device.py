@@ -108,11 +108,13 @@ def gram_stats(values: ArrayLike, device: Any) -> GramStats:
     """:func:`~sc_noise2self._numerics.linalg.gram_stats` on ``device``: rows' count, mean and centred Gram matrix."""
     import torch
 
+    if values.shape[0] == 0:  # a block whose cells were all left out
+        return GramStats(0, np.zeros(values.shape[1]), np.zeros((values.shape[1], values.shape[1])))
     n, mean, m2 = 0, None, None
     for rows in _row_steps(values):
         block = _dense(values, device, rows)
         n_b, mean_b = block.shape[0], block.mean(dim=0)
-        block -= mean_b
+        block = block - mean_b  # not in place: on the CPU the tensor may share the caller's array
         m2_b = block.T @ block
         if mean is None:
             n, mean, m2 = n_b, mean_b, m2_b
@@ -140,7 +142,8 @@ def gram_times(values: ArrayLike, q: np.ndarray, device: Any) -> tuple[np.ndarra
     import torch
 
     basis = torch.as_tensor(q, dtype=torch.float64, device=device)
-    sums, product = 0, 0
+    sums = torch.zeros(values.shape[1], dtype=torch.float64, device=device)
+    product = torch.zeros((values.shape[1], q.shape[1]), dtype=torch.float64, device=device)
     for rows in _row_steps(values):
         block = _dense(values, device, rows)
         sums = sums + block.sum(dim=0)

@@ -163,8 +163,8 @@ class _Gathered(Sweep):
                 return sparse.csr_matrix(bands[:, block.rows] @ block.values)
 
             sums = data.reduce(band_sums, operator.add).toarray().reshape(len(ks), self.scored.size, -1)
-            running = np.cumsum(sums, axis=0)
-            self.means.extend((running[v] * (1.0 / k)).astype(np.float32) for v, k in enumerate(ks))
+            np.cumsum(sums, axis=0, out=sums)  # in place: the bands' running sums
+            self.means.extend((sums[v] * (1.0 / k)).astype(np.float32) for v, k in enumerate(ks))
 
     def predictions(self, block: Block) -> Iterator[tuple[int | tuple[int, int], np.ndarray]]:
         at = int(np.searchsorted(self.scored, block.rows.start))
@@ -366,7 +366,7 @@ def _check_gathered_size(data: Data, grid: np.ndarray, sizes: dict[int, int]) ->
     """Refuse, before any pass, averages of the scored cells too large for memory (data read block by block)."""
     n_scored = data.shape[0] if data.scored is None else len(data.scored)
     most_bands = max(int((grid if grid.ndim == 1 else grid[grid[:, 1] == p]).shape[0]) for p in sizes)
-    size = n_scored * data.shape[1] * (4 * len(grid) + 16 * most_bands)  # the averages, one n_pcs' sums
+    size = n_scored * data.shape[1] * (4 * len(grid) + 8 * most_bands)  # the averages, one n_pcs' sums
     budget = min(default_max_dense_bytes(), _GATHERED_BYTES)
     if size > budget:
         msg = (
@@ -377,5 +377,5 @@ def _check_gathered_size(data: Data, grid: np.ndarray, sizes: dict[int, int]) ->
         raise ValueError(msg)
 
 
-_GATHERED_BYTES = 2**31
+_GATHERED_BYTES = 2**33
 """Most memory the averages of the scored cells may take (data read block by block)."""

@@ -191,7 +191,6 @@ class PCA(BaseDenoiser):
         n_comps = int(self.grid_[-1])
         self._gram_cache = None
         self.device_ = device = on_device.resolve(self.device)
-        self.scores_ = None  # scores are made block by block from each block's rows
         if self.uses_covariance(data.shape[1]):
             if device is None:
                 stats = data.reduce(lambda block: gram_stats(as_float(block.values)), merge_gram_stats)
@@ -219,8 +218,6 @@ class PCA(BaseDenoiser):
 
     def _scores(self, block: Block) -> np.ndarray:
         """Return the block's scores (``U S``) on every fitted component."""
-        if self.scores_ is not None:
-            return self.scores_[block.rows]
         if self.device_ is not None:
             return on_device.centred_scores(block.values, self.mean_, self.components_, self.device_)
         return centred_scores(as_float(block.values), self.mean_, self.components_)
