@@ -18,7 +18,8 @@ def _compare_records(got: dict, want: dict, where: str) -> None:
     for key, value in want.items():
         here = f"{where}.{key}"
         if key in ("loss", "loss_no_denoising", "sampling_dispersion") and not isinstance(value, str):
-            np.testing.assert_allclose(got[key], value, rtol=1e-12, atol=0, err_msg=here)
+            # on another CPU the compiled kernels vectorise sums differently: rounding, not a change
+            np.testing.assert_allclose(got[key], value, rtol=1e-12 if SAME_CPU else 1e-7, atol=0, err_msg=here)
         elif isinstance(value, dict):
             _compare_records(got[key], value, here)
         else:
