@@ -134,6 +134,18 @@ def test_device_settings_are_checked(monkeypatch):
             on_device.resolve("cuda")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+@pytest.mark.parametrize("cls", [n2s.denoisers.PCA, n2s.denoisers.Diffusion])
+def test_a_missing_cuda_device_is_refused_before_any_work(counts, monkeypatch, cls):
+    import anndata as ad
+
+    adata = ad.AnnData(counts.copy())
+    monkeypatch.setattr("sc_noise2self.pp._denoise.calibrate", lambda *a, **k: pytest.fail("calibration started"))
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        n2s.pp.denoise(adata, method=cls(device="cuda:0"), progress=False)
+    assert list(adata.layers) == [] and list(adata.uns) == []
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["pca", "diffusion"])
 def test_cuda_chooses_as_the_cpu(counts, name):

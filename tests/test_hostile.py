@@ -302,6 +302,28 @@ def test_missing_torch_says_how_to_install_it(adata, monkeypatch, method):
     assert_same(adata, before)
 
 
+
+@pytest.mark.parametrize("name", ["pca", "diffusion"])
+def test_a_cuda_device_without_torch_is_refused_before_any_work(adata, monkeypatch, name):
+    import builtins
+
+    import scanpy  # noqa: F401
+
+    real_import = builtins.__import__
+
+    def no_torch(module, *args, **kwargs):
+        if module == "torch" or module.startswith("torch."):
+            raise ModuleNotFoundError(module, name=module)
+        return real_import(module, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    monkeypatch.setattr("sc_noise2self.pp._denoise.calibrate", _failing(AssertionError))  # no calibration may start
+    method = {"pca": PCA, "diffusion": Diffusion}[name](device="cuda")
+    before = adata.copy()
+    with pytest.raises(ImportError, match=r"device='cuda' computes with torch, which is not installed.*device='cpu'"):
+        pp.denoise(adata, method=method, progress=False)
+    assert_same(adata, before)
+
 # -- never a non-finite number -------------------------------------------------------------------
 
 

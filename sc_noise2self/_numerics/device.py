@@ -46,11 +46,21 @@ _DENSE_ELEMENTS = 2**25  # cells × genes made dense on the device at once (256 
 
 
 def check_device(device: object) -> str:
-    """Return ``device`` if it names one: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    """Return ``device`` if it names one: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    A CUDA device asked for by name is looked for now, before any work: an ``ImportError``
+    without torch, a ``ValueError`` where torch sees no CUDA device.
+    """
+    _check_name(device)
+    if device.startswith("cuda"):
+        resolve(device)
+    return device
+
+
+def _check_name(device: object) -> None:
     if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         msg = f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}."
         raise ValueError(msg)
-    return device
 
 
 def _cuda_driver() -> bool:
@@ -64,16 +74,20 @@ def resolve(device: str) -> Any:
     """Return the torch device to compute on, or None for the CPU's compiled kernels.
 
     ``"auto"``: CUDA when torch sees a CUDA device, else the CPU; ``"cpu"``: the CPU;
-    ``"cuda"``/``"cuda:N"``: that device (a ``ValueError`` if torch or the device is missing).
+    ``"cuda"``/``"cuda:N"``: that device (an ``ImportError`` without torch, a ``ValueError``
+    where torch sees no CUDA device).
     """
-    check_device(device)
+    _check_name(device)
     if device == "cpu" or (device == "auto" and not _cuda_driver()):
         return None
     try:
         import torch
     except ImportError as error:
-        msg = f"device={device!r} computes with torch, not installed here: pip install 'sc_noise2self[autoencoder]'."
-        raise ValueError(msg) from error
+        msg = (
+            f"device={device!r} computes with torch, which is not installed: install a CUDA build of torch "
+            "(https://pytorch.org/get-started/locally/), or use device='cpu'."
+        )
+        raise ImportError(msg) from error
     if not torch.cuda.is_available():
         if device == "auto":
             return None

@@ -185,12 +185,12 @@ class PCA(BaseDenoiser):
 
         With a ``partition``, the sweep of :meth:`held_out_genes` for its held-out group.
         """
+        self.device_ = device = on_device.resolve(self.device)
         if partition is not None:
             return self.held_out_genes(data, partition.genes, partition.cell_groups, grid)
         self.grid_ = np.sort(np.asarray(grid, dtype=np.int64))
         n_comps = int(self.grid_[-1])
         self._gram_cache = None
-        self.device_ = device = on_device.resolve(self.device)
         if self.uses_covariance(data.shape[1]):
             if device is None:
                 stats = data.reduce(lambda block: gram_stats(as_float(block.values)), merge_gram_stats)
@@ -203,12 +203,18 @@ class PCA(BaseDenoiser):
         self.mean_, self.singular_values_, self.components_ = self.randomized_components(data, n_comps)
         return self
 
-    def randomized_components(self, data: Data, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Gene means, singular values and components by randomised subspace iteration, block by block."""
-        device = on_device.resolve(self.device)
+    def randomized_components(
+        self, data: Data, n_comps: int, columns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gene means, singular values and components by randomised subspace iteration, block by block.
+
+        ``columns``: a boolean mask of the genes to decompose (default: all of them).
+        """
+        device = getattr(self, "device_", None)
+        select = (lambda values: values) if columns is None else (lambda values: values[:, columns])
         return gram_randomized_svd(
-            lambda fn, merge: data.reduce(lambda block: fn(block.values), merge),
-            data.shape,
+            lambda fn, merge: data.reduce(lambda block: fn(select(block.values)), merge),
+            (data.shape[0], data.shape[1] if columns is None else int(columns.sum())),
             n_comps,
             n_oversamples=self.n_oversamples,
             n_iter=self.n_iter,
@@ -294,14 +300,7 @@ class PCA(BaseDenoiser):
             _, padded[:, others] = covariance_svd(other_stats, n_comps)
             mean = stats.mean
         else:
-            mean[others], _, padded[:, others] = gram_randomized_svd(
-                lambda fn, merge: data.reduce(lambda block: fn(block.values[:, others]), merge),
-                (data.shape[0], int(others.sum())),
-                n_comps,
-                n_oversamples=self.n_oversamples,
-                n_iter=self.n_iter,
-                rng=np.random.default_rng(self.random_state),
-            )
+            mean[others], _, padded[:, others] = self.randomized_components(data, n_comps, others)
         return np.concatenate(data.map(lambda block: centred_scores(as_float(block.values), mean, padded)))
 
     def __getstate__(self) -> dict:
