@@ -302,7 +302,6 @@ def test_missing_torch_says_how_to_install_it(adata, monkeypatch, method):
     assert_same(adata, before)
 
 
-
 @pytest.mark.parametrize("name", ["pca", "diffusion"])
 def test_a_cuda_device_without_torch_is_refused_before_any_work(adata, monkeypatch, name):
     import builtins
@@ -323,6 +322,7 @@ def test_a_cuda_device_without_torch_is_refused_before_any_work(adata, monkeypat
     with pytest.raises(ImportError, match=r"device='cuda' computes with torch, which is not installed.*device='cpu'"):
         pp.denoise(adata, method=method, progress=False)
     assert_same(adata, before)
+
 
 # -- never a non-finite number -------------------------------------------------------------------
 
