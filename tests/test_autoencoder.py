@@ -646,15 +646,51 @@ def test_the_last_epoch_of_the_default_grid_trains_on(sim, monkeypatch, calibrat
 
     # A default grid whose last epoch is still the best: the chosen width trains on, to twice its epochs.
     monkeypatch.setattr(autoencoder, "_DEFAULT_EPOCHS", 2)
-    model = Autoencoder(bottleneck=4, **SMALL, device="cpu", random_state=0)
-    monkeypatch.setattr(Autoencoder, "default_grid", lambda self, shape: np.array([[2, 1], [2, 2], [4, 1], [4, 2]]))
+    model = Autoencoder(bottleneck=4, **{**SMALL, "hidden": (4,)}, device="cpu", random_state=0)  # no wider width
+    monkeypatch.setattr(Autoencoder, "default_grid", lambda self, shape: np.array([[1, 1], [1, 2], [4, 1], [4, 2]]))
     swept = n2s.tl.calibrate(sim.counts, method=model, calibration=calibration, progress=False)
-    width = int(swept.best[0])  # two epochs are too few here: the loss still falls at the second
-    added = [(width, 3), (width, 4)]  # the chosen width only
-    assert sorted(map(tuple, swept.grid.tolist())) == sorted([(2, 1), (2, 2), (4, 1), (4, 2), *added])
+    width, last = int(swept.best[0]), int(swept.grid[swept.grid[:, 0] == swept.best[0], 1].max())
+    assert last in (4, 8)  # two epochs are too few here: trained on to twice, and again where the last is best
+    added = [(width, e) for e in range(3, last + 1)]  # the chosen width only
+    assert sorted(map(tuple, swept.grid.tolist())) == sorted([(1, 1), (1, 2), (4, 1), (4, 2), *added])
     given = n2s.tl.calibrate(sim.counts, method=model, calibration=calibration, grid=swept.grid, progress=False)
     np.testing.assert_array_equal(given.grid, swept.grid)  # in sweep order
     np.testing.assert_array_equal(given.loss, swept.loss)  # as if the longer grid had been given
+
+
+def test_the_edge_widths_of_the_default_grid_sweep_on(sim, monkeypatch):
+    from sc_noise2self.denoisers import autoencoder
+
+    monkeypatch.setattr(autoencoder, "_DEFAULT_EPOCHS", 2)
+    model = Autoencoder(**SMALL, device="cpu", random_state=0)
+    monkeypatch.setattr(Autoencoder, "default_grid", lambda self, shape: np.array([[2, 1], [2, 2]]))
+    swept = n2s.tl.calibrate(sim.counts, method=model, progress=False)
+    assert {1, 2, 4} <= set(swept.grid[:, 0].tolist()) <= {1, 2, 4, 8}  # half and twice as wide, twice at most
+    assert {(1, 1), (1, 2), (4, 1), (4, 2)} <= set(map(tuple, swept.grid.tolist()))  # over the chosen width's epochs
+    given = n2s.tl.calibrate(sim.counts, method=model, grid=swept.grid, progress=False)
+    np.testing.assert_array_equal(given.loss, swept.loss)  # as if the longer grid had been given
+
+
+@pytest.mark.parametrize(
+    ("hidden", "n_genes", "best", "added"),
+    [
+        ((256,), 2000, (128, 20), [(128, e) for e in range(21, 41)] + [(256, e) for e in range(1, 21)]),
+        ((256,), 2000, (128, 7), [(256, e) for e in range(1, 21)]),  # an inner epoch: only wider
+        ((256,), 200, (128, 9), [(199, e) for e in range(1, 21)]),  # below the number of genes
+        ((64,), 2000, (128, 9), None),  # never wider than the narrowest hidden layer
+        ((256,), 2000, (64, 9), None),  # an inner width and epoch
+        ((), 100, (64, 9), [(99, e) for e in range(1, 21)]),  # no hidden layer: only the genes bound it
+        ((256,), 2000, (4, 9), [(2, e) for e in range(1, 21)]),  # the narrowest: half as wide
+        ((256,), 2, (1, 20), [(1, e) for e in range(21, 41)]),  # one width, of 1: only the epochs go on
+        ((256,), 2000, (16, 40), [(16, e) for e in range(41, 81)]),  # trained on to 40, and 40 is best
+    ],
+)
+def test_where_the_autoencoder_sweeps_on(hidden, n_genes, best, added):
+    model = Autoencoder(hidden=hidden)
+    grid = model.default_grid((1000, n_genes))
+    grid = np.concatenate([grid, [(16, e) for e in range(21, 41)]]) if best == (16, 40) else grid
+    more = model.grid_beyond(grid, best, [], (1000, n_genes))
+    assert (more is None) if added is None else sorted(map(tuple, more.tolist())) == sorted(added)
 
 
 def test_a_given_autoencoder_grid_is_never_extended(sim):

@@ -139,10 +139,10 @@ def calibrate(
     run = run_mcv if settings.calibration == "mcv" else run_genes
     result = run(source, denoiser, settings, method=name, totals=totals, bar=bar)
     for _ in range(SWEEPS_ON if settings.grid is None else 0):  # the default grid: on where the method says
-        more = denoiser.grid_beyond(result.grid, result.best, result.grid_edge)
+        more = denoiser.grid_beyond(result.grid, result.best, result.grid_edge, source.shape)
         if more is None:
             break
-        logg.info(f"    the choice {result.best} is the largest swept on {', '.join(result.grid_edge)}: sweeping on")
+        logg.info(f"    the choice {result.best} lies on the edge of the grid swept so far: sweeping on")
         extra = run(source, denoiser, replace(settings, grid=more), method=name, totals=totals, bar=bar)
         merged = np.concatenate([result.grid, extra.grid])
         result = result.merged(extra, denoiser.check_grid(merged, source.shape))

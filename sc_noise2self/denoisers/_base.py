@@ -343,8 +343,12 @@ class Denoiser(Protocol):
         """Return the grid checked for data of this shape, in sweep order (a ``ValueError`` says what is wrong)."""
         raise NotImplementedError
 
-    def grid_beyond(self, grid: np.ndarray, best: GridValue, edge: list[str]) -> np.ndarray | None:
+    def grid_beyond(
+        self, grid: np.ndarray, best: GridValue, edge: list[str], shape: tuple[int, int]
+    ) -> np.ndarray | None:
         """Return grid values to sweep on to, where ``best`` is the default grid's largest on the axes ``edge``.
+
+        ``shape``: the calibrated data's cells × genes (the values must pass :meth:`check_grid`).
 
         Only where going on is cheap and may pay; the values are added to the grid and calibrated
         on the same splits. None (the default): the sweep ends with the grid.

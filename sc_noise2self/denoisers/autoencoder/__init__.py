@@ -89,7 +89,9 @@ class Autoencoder(BaseDenoiser):
     trained epoch by epoch and scored after every epoch in the grid, so the held-out loss
     per width per epoch comes from one training run per width, and the chosen epoch is a
     self-supervised early stop. On the default grid (widths 4..128 × epochs 1..20), where
-    epoch 20 is best, the chosen width trains on to epoch 40 (:meth:`grid_beyond`).
+    epoch 20 is best, the chosen width trains on to epoch 40 (and 80, where 40 is best), and
+    where width 128 (or 4) is best, a network twice (half) as wide is trained too
+    (:meth:`grid_beyond`).
     Minibatches are sliced from the sparse matrix and made dense one batch at a time;
     inference streams blocks of cells.
 
@@ -205,19 +207,27 @@ class Autoencoder(BaseDenoiser):
         widths = [w for w in (4, 8, 16, 32, 64, 128) if w < shape[1]] or [max(1, shape[1] - 1)]
         return np.array([(w, e) for w in widths for e in range(1, _DEFAULT_EPOCHS + 1)], dtype=np.int64)
 
-    def grid_beyond(self, grid: np.ndarray, best: GridValue, edge: list[str]) -> np.ndarray | None:
-        """Train the chosen width on, to twice the default's epochs, where the last epoch is chosen.
+    def grid_beyond(
+        self, grid: np.ndarray, best: GridValue, edge: list[str], shape: tuple[int, int]
+    ) -> np.ndarray | None:
+        """Sweep on where the chosen width's last epoch, or the widest or narrowest width, is chosen.
 
-        The networks of the other widths are not trained again: only the chosen width's held-out
-        loss is followed beyond the default's last epoch.
+        The last epoch: the chosen width trains on, to twice its epochs (the networks of the
+        other widths are not trained again). The widest width: a network twice as wide
+        (at most the narrowest hidden layer and below the number of genes, where these leave
+        room) is trained over the chosen width's epochs; the narrowest: one half as wide.
         """
-        last = int(np.max(grid if grid.ndim == 1 else grid[:, 1]))
-        epochs = np.arange(last + 1, 2 * _DEFAULT_EPOCHS + 1)
-        if "epochs" not in edge or not epochs.size:
-            return None
         if grid.ndim == 1:
-            return epochs
-        return np.column_stack([np.full(epochs.size, np.atleast_1d(best)[0]), epochs]).astype(np.int64)
+            return np.arange(int(best) + 1, 2 * int(best) + 1) if best == grid.max() else None
+        width, epoch = (int(v) for v in best)
+        trained = int(grid[grid[:, 0] == width, 1].max())
+        more = [(width, e) for e in range(epoch + 1, 2 * epoch + 1) if epoch == trained]
+        wider = min(2 * width, min(self.hidden, default=shape[1]), shape[1] - 1)
+        if width == grid[:, 0].max() and wider > width:
+            more += [(wider, e) for e in range(1, trained + 1)]
+        if width == grid[:, 0].min() and width > 1:
+            more += [(width // 2, e) for e in range(1, trained + 1)]
+        return np.array(more, dtype=np.int64) if more else None
 
     def check_params(self) -> None:
         """Raise a ``ValueError`` for a setting out of range, an ``ImportError`` without torch (before any work)."""
