@@ -346,12 +346,12 @@ class Denoiser(Protocol):
     def grid_beyond(
         self, grid: np.ndarray, best: GridValue, edge: list[str], shape: tuple[int, int]
     ) -> np.ndarray | None:
-        """Return grid values to sweep on to, where ``best`` is the default grid's largest on the axes ``edge``.
+        """Return grid values to sweep on to after a calibration over the default grid (or the grid so far).
 
-        ``shape``: the calibrated data's cells × genes (the values must pass :meth:`check_grid`).
-
-        Only where going on is cheap and may pay; the values are added to the grid and calibrated
-        on the same splits. None (the default): the sweep ends with the grid.
+        ``edge``: the axes on which ``best`` is the grid's largest value; ``shape``: the
+        calibrated data's cells × genes (the values must pass :meth:`check_grid`). Only where
+        going on is cheap and may pay; the values are added to the grid and calibrated on the
+        same splits. None (the default): the sweep ends with the grid.
         """
         return None
 
