@@ -280,13 +280,12 @@ def test_missing_dask_is_found_before_any_work(adata, monkeypatch):
     assert_same(adata, before)
 
 
-@pytest.mark.parametrize("method", ["autoencoder", "instance"], ids=["by-name", "instance"])
-def test_missing_torch_says_how_to_install_it(adata, monkeypatch, method):
+@pytest.fixture
+def without_torch(monkeypatch):
+    """Imports of torch fail, as where it is not installed (scanpy imported first, as in any session)."""
     import builtins
 
-    import scanpy  # noqa: F401  # imported first, as in any session: it looks for dask with find_spec
-
-    from sc_noise2self.denoisers import Autoencoder
+    import scanpy  # noqa: F401  # it looks for dask with find_spec
 
     real_import = builtins.__import__
 
@@ -296,31 +295,24 @@ def test_missing_torch_says_how_to_install_it(adata, monkeypatch, method):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
+
+
+@pytest.mark.parametrize("method", ["autoencoder", "instance"], ids=["by-name", "instance"])
+def test_missing_torch_says_how_to_install_it(adata, without_torch, method):
+    from sc_noise2self.denoisers import Autoencoder
+
     before = adata.copy()
     with pytest.raises(ImportError, match=r"needs torch, which is not installed: .*pip install '\.\[autoencoder\]'"):
         pp.denoise(adata, method=Autoencoder() if method == "instance" else method, progress=False)
     assert_same(adata, before)
 
 
-@pytest.mark.parametrize("name", ["pca", "diffusion"])
-def test_a_cuda_device_without_torch_is_refused_before_any_work(adata, monkeypatch, name):
-    import builtins
-
-    import scanpy  # noqa: F401
-
-    real_import = builtins.__import__
-
-    def no_torch(module, *args, **kwargs):
-        if module == "torch" or module.startswith("torch."):
-            raise ModuleNotFoundError(module, name=module)
-        return real_import(module, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torch)
+@pytest.mark.parametrize("cls", [PCA, Diffusion], ids=["pca", "diffusion"])
+def test_a_cuda_device_without_torch_is_refused_before_any_work(adata, monkeypatch, without_torch, cls):
     monkeypatch.setattr("sc_noise2self.pp._denoise.calibrate", _failing(AssertionError))  # no calibration may start
-    method = {"pca": PCA, "diffusion": Diffusion}[name](device="cuda")
     before = adata.copy()
     with pytest.raises(ImportError, match=r"device='cuda' computes with torch, which is not installed.*device='cpu'"):
-        pp.denoise(adata, method=method, progress=False)
+        pp.denoise(adata, method=cls(device="cuda"), progress=False)
     assert_same(adata, before)
 
 
