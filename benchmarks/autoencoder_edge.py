@@ -56,9 +56,10 @@ def _denoise(adata: ad.AnnData, seed: int, sweeps_on: int) -> tuple[dict, float]
         _engine.SWEEPS_ON = default
 
 
-def _row(data: str, record: dict, seconds: float, error: str) -> str:
+def _row(data: str, shape: tuple[int, int], record: dict, seconds: float, error: str) -> str:
     grid, loss = np.asarray(record["grid"]), np.asarray(record["loss_mean"])
-    default = np.isin(grid[:, 0], [4, 8, 16, 32, 64, 128]) & (grid[:, 1] <= 20)
+    defaults = set(map(tuple, n2s.denoisers.Autoencoder().default_grid(shape).tolist()))
+    default = np.array([tuple(row) in defaults for row in grid.tolist()])
     first = tuple(grid[default][np.argmin(loss[default])].tolist())
     widths = ", ".join(f"{w}: {loss[grid[:, 0] == w].min():.5f}" for w in np.unique(grid[:, 0]))
     edge = ", ".join(np.atleast_1d(record["grid_edge"]).tolist()) or "inside"
@@ -85,11 +86,12 @@ def main() -> None:
                     adata, truth = _simulated(seed)
                     record, seconds = _denoise(adata, seed, sweeps_on)
                     error = np.mean((np.asarray(adata.layers["denoised"], dtype=np.float64) - truth) ** 2)
-                    print(_row(f"simulator, seed {seed}, {label}", record, seconds, f"{error:.5f}"), flush=True)
+                    row = _row(f"simulator, seed {seed}, {label}", adata.shape, record, seconds, f"{error:.5f}")
+                    print(row, flush=True)
             continue
         adata = {"bundled": n2s.datasets.pbmc2k, "mouse10k": mouse10k, "pbmc8k": pbmc8k}[data]()
         record, seconds = _denoise(adata, 0, _engine.SWEEPS_ON)
-        print(_row(f"{data} ({adata.n_obs:,} × {adata.n_vars:,})", record, seconds, "–"), flush=True)
+        print(_row(f"{data} ({adata.n_obs:,} × {adata.n_vars:,})", adata.shape, record, seconds, "–"), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 import sc_noise2self as n2s  # noqa: E402
 from sc_noise2self._numerics.transform import expected_transform, transformed  # noqa: E402
 from sc_noise2self.denoisers import ArrayData, Autoencoder, Block, Sweep  # noqa: E402
+from sc_noise2self.denoisers.autoencoder import _DEFAULT_EPOCHS  # noqa: E402
 
 from ._helpers import block_data, fit, predict, predictions  # noqa: E402
 from .conftest import regret, simulate_low_rank_poisson  # noqa: E402
@@ -687,9 +688,9 @@ def test_the_edge_widths_of_the_default_grid_sweep_on(sim, monkeypatch):
 )
 def test_where_the_autoencoder_sweeps_on(hidden, n_genes, best, added):
     model = Autoencoder(hidden=hidden)
-    grid = model.default_grid((1000, n_genes))
-    grid = np.concatenate([grid, [(16, e) for e in range(21, 41)]]) if best == (16, 40) else grid
-    more = model.grid_beyond(grid, best, [], (1000, n_genes))
+    trained_on = [(best[0], e) for e in range(_DEFAULT_EPOCHS + 1, best[1] + 1)]  # the grid holds the choice
+    grid = np.concatenate([model.default_grid((1000, n_genes)), np.reshape(trained_on, (-1, 2))]).astype(np.int64)
+    more = model.grid_beyond(grid, best, (1000, n_genes))
     assert (more is None) if added is None else sorted(map(tuple, more.tolist())) == sorted(added)
 
 

@@ -139,7 +139,7 @@ def calibrate(
     run = run_mcv if settings.calibration == "mcv" else run_genes
     result = run(source, denoiser, settings, method=name, totals=totals, bar=bar)
     for _ in range(SWEEPS_ON if settings.grid is None else 0):  # the default grid: on where the method says
-        more = denoiser.grid_beyond(result.grid, result.best, result.grid_edge, source.shape)
+        more = denoiser.grid_beyond(result.grid, result.best, source.shape)
         if more is None:
             break
         logg.info(f"    the choice {result.best} lies on the edge of the grid swept so far: sweeping on")

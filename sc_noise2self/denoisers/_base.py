@@ -343,12 +343,10 @@ class Denoiser(Protocol):
         """Return the grid checked for data of this shape, in sweep order (a ``ValueError`` says what is wrong)."""
         raise NotImplementedError
 
-    def grid_beyond(
-        self, grid: np.ndarray, best: GridValue, edge: list[str], shape: tuple[int, int]
-    ) -> np.ndarray | None:
+    def grid_beyond(self, grid: np.ndarray, best: GridValue, shape: tuple[int, int]) -> np.ndarray | None:
         """Return grid values to sweep on to after a calibration over the default grid (or the grid so far).
 
-        ``edge``: the axes on which ``best`` is the grid's largest value; ``shape``: the
+        ``best``: the choice on ``grid``, which says whether it lies on an edge; ``shape``: the
         calibrated data's cells × genes (the values must pass :meth:`check_grid`). Only where
         going on is cheap and may pay; the values are added to the grid and calibrated on the
         same splits. None (the default): the sweep ends with the grid.

@@ -207,9 +207,7 @@ class Autoencoder(BaseDenoiser):
         widths = [w for w in (4, 8, 16, 32, 64, 128) if w < shape[1]] or [max(1, shape[1] - 1)]
         return np.array([(w, e) for w in widths for e in range(1, _DEFAULT_EPOCHS + 1)], dtype=np.int64)
 
-    def grid_beyond(
-        self, grid: np.ndarray, best: GridValue, edge: list[str], shape: tuple[int, int]
-    ) -> np.ndarray | None:
+    def grid_beyond(self, grid: np.ndarray, best: GridValue, shape: tuple[int, int]) -> np.ndarray | None:
         """Sweep on where the chosen width's last epoch, or the widest or narrowest width, is chosen.
 
         The last epoch: the chosen width trains on, to twice its epochs (the networks of the
