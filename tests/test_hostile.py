@@ -316,6 +316,33 @@ def test_a_cuda_device_without_torch_is_refused_before_any_work(adata, monkeypat
     assert_same(adata, before)
 
 
+def test_an_interrupted_sweep_past_the_default_grid_writes_nothing(monkeypatch):
+    """The autoencoder sweeps on past its default grid; an interruption there leaves the AnnData as it was."""
+    pytest.importorskip("torch")
+    from sc_noise2self import _engine
+    from sc_noise2self.denoisers import Autoencoder, autoencoder
+
+    monkeypatch.setattr(autoencoder, "_DEFAULT_EPOCHS", 2)
+    monkeypatch.setattr(Autoencoder, "default_grid", lambda self, shape: np.array([[2, 1], [2, 2]]))
+    real, calls = _engine.run_mcv, []
+
+    def interrupted_on_sweeping_on(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_engine, "run_mcv", interrupted_on_sweeping_on)
+    adata = ad.AnnData(simulate_low_rank_poisson(300, 60, 4, mean_depth=500.0, seed=0).counts)
+    adata.layers["denoised"] = adata.X.copy()  # the user's own layer of the same name
+    before = adata.copy()
+    model = Autoencoder(hidden=(16,), batch_size=64, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        pp.denoise(adata, method=model, progress=False, overwrite=True)
+    assert len(calls) == 2  # the default grid's calibration, then the sweep on
+    assert_same(adata, before)
+
+
 # -- never a non-finite number -------------------------------------------------------------------
 
 
